@@ -1,0 +1,631 @@
+//! The per-line ledger: which lines are active on each thread, what each allocation and free
+//! means for them, and the figures of SPEC section 2.
+//!
+//! The allocation hook must stay tiny, so it never touches per-line state. Each thread keeps
+//! cumulative counters (`Hot`: bytes and counts allocated and freed, and the high-water mark of
+//! its net since the innermost measured execution began). An execution snapshots them when it
+//! opens and charges the difference to its line when it closes, which makes figures inclusive
+//! of callees for free. Peaks fold outwards: when an execution closes, its high-water mark
+//! becomes a candidate for the enclosing one.
+//!
+//! Recursion is charged once: an execution of a line that is already active further out on the
+//! same thread is not measured (only `hits` counts it); the outer execution already covers it.
+//!
+//! Retained bytes are allocated bytes minus the bytes of those blocks freed before their
+//! frame's call returned. Each block remembers the node (interned chain of active lines, one
+//! node per execution level, each naming its thread and frame depth) it was born under and the
+//! thread's frame stamp at birth. A frame at depth d that is still on its thread's stack and was
+//! pushed no later than the block's stamp is the very frame the block was born under, because
+//! frames on one thread nest.
+
+use crate::blocks::{Block, BlockTable};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Owner of blocks allocated while no profiled line is active on the thread.
+pub const NO_NODE: u32 = 0;
+/// Owner of blocks that the profiler caused (frame objects materialised for its trace function,
+/// ints created for its callbacks): they never reach a figure.
+pub const PROFILER_NODE: u32 = 1;
+const FIRST_NODE: u32 = 2;
+const NO_LINE: u32 = u32::MAX;
+
+/// An RSS reading is due once the thread's tracked net moved this much since the last one.
+pub const RSS_NET_TRIGGER: i64 = 64 * 1024;
+/// ... or when this much time has passed.
+pub const RSS_TIME_TRIGGER_US: u64 = 1_000;
+/// Requests at least this large may be served by mmap (glibc's threshold starts at 128 KiB and
+/// only grows), so they always make the next reading due.
+pub const BIG_BLOCK: u64 = 128 * 1024;
+
+/// A thread's cumulative counters and current attribution, read and written by the hooks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hot {
+    pub alloc_bytes: u64,
+    pub allocs: u64,
+    pub freed_bytes: u64,
+    pub frees: u64,
+    /// Highest `net()` since the innermost measured execution opened (or since its last fold).
+    pub high: i64,
+    /// The node new blocks are owned by.
+    pub owner: u32,
+    /// Stamp of the most recent frame pushed on this thread.
+    pub stamp: u32,
+    /// Index of this thread in the ledger plus one; 0 before the thread's first profiled call.
+    pub thread: u32,
+    /// Code object of the thread's innermost profiled frame: line events for any other code
+    /// object are ignored without taking a lock.
+    pub top_code: usize,
+    pub big_event: bool,
+    pub net_at_rss: i64,
+    pub rss_time_us: u64,
+}
+
+impl Hot {
+    pub const ZERO: Hot = Hot {
+        alloc_bytes: 0,
+        allocs: 0,
+        freed_bytes: 0,
+        frees: 0,
+        high: 0,
+        owner: NO_NODE,
+        stamp: 0,
+        thread: 0,
+        top_code: 0,
+        big_event: false,
+        net_at_rss: 0,
+        rss_time_us: 0,
+    };
+
+    #[inline(always)]
+    pub fn net(&self) -> i64 {
+        self.alloc_bytes.wrapping_sub(self.freed_bytes) as i64
+    }
+
+    /// Whether the RSS reading at the next line boundary may not be skipped (SPEC section 2).
+    #[inline]
+    pub fn rss_due(&self, now_us: u64) -> bool {
+        self.big_event
+            || (self.net() - self.net_at_rss).abs() >= RSS_NET_TRIGGER
+            || now_us.wrapping_sub(self.rss_time_us) >= RSS_TIME_TRIGGER_US
+    }
+
+    pub fn rss_taken(&mut self, now_us: u64) {
+        self.big_event = false;
+        self.net_at_rss = self.net();
+        self.rss_time_us = now_us;
+    }
+}
+
+/// What the user-facing report needs to know about a profiled function.
+#[derive(Clone, Debug, Default)]
+pub struct FuncInfo {
+    pub name: String,
+    pub module: String,
+    pub filename: String,
+    pub first_lineno: u32,
+    /// Source lines from `first_lineno` on.
+    pub source: Vec<String>,
+    /// Identity of the function's code object.
+    pub code: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LineStats {
+    pub hits: u64,
+    pub allocated_bytes: u64,
+    pub allocations: u64,
+    pub freed_bytes: u64,
+    pub frees: u64,
+    pub peak_bytes: i64,
+    /// Bytes of blocks born under this line and freed before their call returned.
+    pub freed_before_return: u64,
+    pub rss_after: Option<u64>,
+    pub rss_delta: i64,
+}
+
+impl LineStats {
+    pub fn net_bytes(&self) -> i64 {
+        self.allocated_bytes as i64 - self.freed_bytes as i64
+    }
+    pub fn retained_bytes(&self) -> u64 {
+        self.allocated_bytes.saturating_sub(self.freed_before_return)
+    }
+}
+
+pub struct Func {
+    pub info: FuncInfo,
+    /// Line id per line number offset from `first_lineno`; NO_LINE until the line first runs.
+    line_ids: Vec<u32>,
+    /// A pseudo-line spanning each call: the function's totals.
+    total_line: u32,
+    pub calls: u64,
+    pub rss_at_entry: Option<u64>,
+}
+
+#[derive(Clone, Copy)]
+struct Node {
+    parent: u32,
+    line: u32,
+    thread: u32,
+    depth: u32,
+    /// No ancestor carries the same line: this is where a free is charged under recursion.
+    outermost: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Exec {
+    line: u32,
+    measured: bool,
+    node: u32,
+    snap: [u64; 4],
+    start_net: i64,
+    high: i64,
+    rss_start: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    func: u32,
+    code: usize,
+    stamp: u32,
+    total: Exec,
+    line: Option<Exec>,
+    lineno: u32,
+}
+
+/// A generator's or coroutine's frame while it is suspended.
+#[derive(Clone, Copy, Debug)]
+pub struct SavedFrame {
+    pub func: u32,
+    stamp: u32,
+    lineno: u32,
+}
+
+impl SavedFrame {
+    /// A frame that has not run yet: its first resume is its call.
+    pub fn unstarted(func: u32) -> Self {
+        SavedFrame { func, stamp: 0, lineno: 0 }
+    }
+}
+
+#[derive(Default)]
+struct ThreadLedger {
+    frames: Vec<Frame>,
+    /// Active executions per line id on this thread.
+    active: Vec<u32>,
+    /// Measured executions, innermost last: (frame index, is the line execution).
+    measured: Vec<(u32, bool)>,
+    last_rss: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessStats {
+    pub allocated_bytes: u64,
+    pub freed_bytes: u64,
+    pub live_bytes: u64,
+    pub tracked_peak_bytes: u64,
+    pub untracked_frees: u64,
+}
+
+/// FxHash: the node index is keyed by small integers, so a multiply-rotate hash is plenty.
+#[derive(Default)]
+pub struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type NodeKey = (u32, u32, u32, u32);
+
+pub struct Ledger {
+    pub table: BlockTable,
+    funcs: Vec<Func>,
+    lines: Vec<LineStats>,
+    nodes: Vec<Node>,
+    node_index: HashMap<NodeKey, u32, BuildHasherDefault<FxHasher>>,
+    threads: Vec<ThreadLedger>,
+    pub process: ProcessStats,
+    clock: u32,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ledger {
+    pub const fn new() -> Self {
+        Ledger {
+            table: BlockTable::new(),
+            funcs: Vec::new(),
+            lines: Vec::new(),
+            nodes: Vec::new(),
+            node_index: HashMap::with_hasher(BuildHasherDefault::new()),
+            threads: Vec::new(),
+            process: ProcessStats {
+                allocated_bytes: 0,
+                freed_bytes: 0,
+                live_bytes: 0,
+                tracked_peak_bytes: 0,
+                untracked_frees: 0,
+            },
+            clock: 0,
+        }
+    }
+
+    /// Bytes of the ledger's own tables.
+    pub fn footprint(&self) -> usize {
+        self.table.footprint()
+            + self.lines.capacity() * std::mem::size_of::<LineStats>()
+            + self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.node_index.capacity() * (std::mem::size_of::<NodeKey>() + 4)
+    }
+
+    pub fn register_function(&mut self, info: FuncInfo) -> u32 {
+        if let Some(i) = self.funcs.iter().position(|f| f.info.code == info.code) {
+            return i as u32;
+        }
+        let total_line = self.new_line();
+        self.funcs.push(Func { info, line_ids: Vec::new(), total_line, calls: 0, rss_at_entry: None });
+        (self.funcs.len() - 1) as u32
+    }
+
+    pub fn funcs(&self) -> &[Func] {
+        &self.funcs
+    }
+
+    fn new_line(&mut self) -> u32 {
+        self.lines.push(LineStats::default());
+        (self.lines.len() - 1) as u32
+    }
+
+    fn line_id(&mut self, func: u32, lineno: u32) -> u32 {
+        let first = self.funcs[func as usize].info.first_lineno;
+        let offset = lineno.saturating_sub(first) as usize;
+        if offset >= self.funcs[func as usize].line_ids.len() {
+            self.funcs[func as usize].line_ids.resize(offset + 1, NO_LINE);
+        }
+        let id = self.funcs[func as usize].line_ids[offset];
+        if id != NO_LINE {
+            return id;
+        }
+        let id = self.new_line();
+        self.funcs[func as usize].line_ids[offset] = id;
+        id
+    }
+
+    /// Stats of each line that ran, by line number, and the function's totals.
+    pub fn function_stats(&self, func: u32) -> (Vec<(u32, &LineStats)>, &LineStats) {
+        let f = &self.funcs[func as usize];
+        let lines = f
+            .line_ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| **id != NO_LINE)
+            .map(|(off, id)| (f.info.first_lineno + off as u32, &self.lines[*id as usize]))
+            .collect();
+        (lines, &self.lines[f.total_line as usize])
+    }
+
+    fn thread_mut(&mut self, hot: &mut Hot) -> usize {
+        if hot.thread == 0 {
+            self.threads.push(ThreadLedger::default());
+            hot.thread = self.threads.len() as u32;
+        }
+        (hot.thread - 1) as usize
+    }
+
+    fn intern(&mut self, parent: u32, line: u32, thread: u32, depth: u32) -> u32 {
+        let key = (parent, line, thread, depth);
+        if let Some(&n) = self.node_index.get(&key) {
+            return n;
+        }
+        let mut outermost = true;
+        let mut p = parent;
+        while p >= FIRST_NODE {
+            let node = &self.nodes[(p - FIRST_NODE) as usize];
+            if node.line == line {
+                outermost = false;
+                break;
+            }
+            p = node.parent;
+        }
+        self.nodes.push(Node { parent, line, thread, depth, outermost });
+        let id = FIRST_NODE + self.nodes.len() as u32 - 1;
+        self.node_index.insert(key, id);
+        id
+    }
+
+    // ----- allocator events -----
+
+    #[inline]
+    pub fn on_alloc(&mut self, hot: &mut Hot, addr: usize, size: u64) {
+        hot.alloc_bytes += size;
+        hot.allocs += 1;
+        let net = hot.net();
+        if net > hot.high {
+            hot.high = net;
+        }
+        if size >= BIG_BLOCK {
+            hot.big_event = true;
+        }
+        let p = &mut self.process;
+        p.allocated_bytes += size;
+        p.live_bytes += size;
+        if p.live_bytes > p.tracked_peak_bytes {
+            p.tracked_peak_bytes = p.live_bytes;
+        }
+        if let Some(lost) = self.table.insert(addr, Block { size, node: hot.owner, stamp: hot.stamp }) {
+            // The block at this address was freed behind the hooks' back: drop it silently.
+            if lost.node != PROFILER_NODE {
+                self.process.live_bytes -= lost.size.min(self.process.live_bytes);
+            }
+        }
+    }
+
+    /// Returns whether the block was tracked.
+    #[inline]
+    pub fn on_free(&mut self, hot: &mut Hot, addr: usize) -> bool {
+        let Some(block) = self.table.remove(addr) else {
+            self.process.untracked_frees += 1;
+            return false;
+        };
+        if block.node == PROFILER_NODE {
+            return true;
+        }
+        hot.freed_bytes += block.size;
+        hot.frees += 1;
+        if block.size >= BIG_BLOCK {
+            hot.big_event = true;
+        }
+        self.process.freed_bytes += block.size;
+        self.process.live_bytes -= block.size.min(self.process.live_bytes);
+        if block.node >= FIRST_NODE {
+            self.charge_freed_before_return(block);
+        }
+        true
+    }
+
+    /// `realloc(old, size)` returned `new` (`old` may be 0): a free of old plus an allocation.
+    #[inline]
+    pub fn on_realloc(&mut self, hot: &mut Hot, old: usize, new: usize, size: u64) {
+        if old != 0 {
+            self.on_free(hot, old);
+        }
+        self.on_alloc(hot, new, size);
+    }
+
+    /// Takes a block the interpreter just allocated on the profiler's behalf out of every figure.
+    /// Only a block born in the thread's current context qualifies: an object handed out by a
+    /// free list was allocated long ago and stays the program's.
+    pub fn mark_profiler(&mut self, hot: &mut Hot, addr: usize) {
+        let Some(block) = self.table.get_mut(addr) else { return };
+        if block.node != hot.owner || block.stamp != hot.stamp {
+            return;
+        }
+        block.node = PROFILER_NODE;
+        let size = block.size;
+        hot.alloc_bytes -= size;
+        hot.allocs -= 1;
+        self.process.allocated_bytes -= size;
+        self.process.live_bytes -= size.min(self.process.live_bytes);
+    }
+
+    fn charge_freed_before_return(&mut self, block: Block) {
+        let mut n = block.node;
+        while n >= FIRST_NODE {
+            let node = self.nodes[(n - FIRST_NODE) as usize];
+            if node.outermost {
+                let alive = self.threads[(node.thread - 1) as usize]
+                    .frames
+                    .get(node.depth as usize)
+                    .is_some_and(|f| f.stamp <= block.stamp);
+                if alive {
+                    self.lines[node.line as usize].freed_before_return += block.size;
+                }
+            }
+            n = node.parent;
+        }
+    }
+
+    // ----- execution events -----
+
+    fn open_exec(&mut self, hot: &mut Hot, t: usize, line: u32, parent: u32, frame_index: u32, is_line: bool) -> Exec {
+        self.lines[line as usize].hits += 1;
+        let th = &mut self.threads[t];
+        if th.active.len() <= line as usize {
+            th.active.resize(line as usize + 1, 0);
+        }
+        let measured = th.active[line as usize] == 0;
+        th.active[line as usize] += 1;
+        let net = hot.net();
+        if measured {
+            if let Some(&outer) = th.measured.last() {
+                let exec = exec_mut(&mut th.frames, outer);
+                exec.high = exec.high.max(hot.high);
+            }
+            hot.high = net;
+            th.measured.push((frame_index, is_line));
+        }
+        let rss_start = th.last_rss;
+        let node = self.intern(parent, line, hot.thread, frame_index);
+        hot.owner = node;
+        Exec {
+            line,
+            measured,
+            node,
+            snap: [hot.alloc_bytes, hot.allocs, hot.freed_bytes, hot.frees],
+            start_net: net,
+            high: net,
+            rss_start,
+        }
+    }
+
+    fn close_exec(&mut self, hot: &mut Hot, t: usize, exec: Exec) {
+        let th = &mut self.threads[t];
+        th.active[exec.line as usize] -= 1;
+        let stats = &mut self.lines[exec.line as usize];
+        stats.rss_after = Some(th.last_rss);
+        if !exec.measured {
+            return;
+        }
+        stats.allocated_bytes += hot.alloc_bytes - exec.snap[0];
+        stats.allocations += hot.allocs - exec.snap[1];
+        stats.freed_bytes += hot.freed_bytes - exec.snap[2];
+        stats.frees += hot.frees - exec.snap[3];
+        stats.peak_bytes = stats.peak_bytes.max(hot.high - exec.start_net);
+        stats.rss_delta += th.last_rss as i64 - exec.rss_start as i64;
+        th.measured.pop();
+        if let Some(&outer) = th.measured.last() {
+            hot.high = hot.high.max(exec_mut(&mut th.frames, outer).high);
+        }
+    }
+
+    fn innermost_node(th: &ThreadLedger) -> u32 {
+        th.frames.last().map_or(NO_NODE, |f| f.line.map_or(f.total.node, |e| e.node))
+    }
+
+    fn note_rss(&mut self, t: usize, rss: Option<u64>) {
+        if let Some(r) = rss {
+            self.threads[t].last_rss = r;
+        }
+    }
+
+    /// A call of `func` begins (its wrapper runs): `rss` is read at entry.
+    pub fn enter(&mut self, hot: &mut Hot, func: u32, rss: u64) {
+        self.clock = self.clock.wrapping_add(1);
+        let stamp = self.clock;
+        let f = &mut self.funcs[func as usize];
+        f.calls += 1;
+        f.rss_at_entry = Some(rss);
+        self.push_frame(hot, SavedFrame { func, stamp, lineno: 0 }, rss);
+    }
+
+    /// A suspended generator or coroutine frame resumes.
+    pub fn resume(&mut self, hot: &mut Hot, saved: SavedFrame, rss: u64) {
+        if saved.stamp == 0 {
+            return self.enter(hot, saved.func, rss);
+        }
+        self.push_frame(hot, saved, rss);
+    }
+
+    fn push_frame(&mut self, hot: &mut Hot, saved: SavedFrame, rss: u64) {
+        let t = self.thread_mut(hot);
+        self.note_rss(t, Some(rss));
+        let f = &self.funcs[saved.func as usize];
+        let (code, total_line) = (f.info.code, f.total_line);
+        let th = &self.threads[t];
+        let parent = Self::innermost_node(th);
+        let depth = th.frames.len() as u32;
+        // Stamps only grow along a thread's history; a resumed frame keeps its first one.
+        hot.stamp = hot.stamp.max(saved.stamp).max(self.clock);
+        let total = self.open_exec(hot, t, total_line, parent, depth, false);
+        self.threads[t].frames.push(Frame { func: saved.func, code, stamp: saved.stamp, total, line: None, lineno: 0 });
+        hot.top_code = code;
+        if saved.lineno != 0 {
+            self.start_line(hot, t, saved.lineno);
+        }
+    }
+
+    fn start_line(&mut self, hot: &mut Hot, t: usize, lineno: u32) {
+        let depth = self.threads[t].frames.len() as u32 - 1;
+        let frame = self.threads[t].frames[depth as usize];
+        let line = self.line_id(frame.func, lineno);
+        let exec = self.open_exec(hot, t, line, frame.total.node, depth, true);
+        let top = self.threads[t].frames.last_mut().expect("frame just read");
+        top.line = Some(exec);
+        top.lineno = lineno;
+    }
+
+    /// A line event from `code` at `lineno`. `rss` is a fresh reading, if one was taken.
+    pub fn on_line(&mut self, hot: &mut Hot, code: usize, lineno: u32, rss: Option<u64>) {
+        if hot.thread == 0 {
+            return;
+        }
+        let t = (hot.thread - 1) as usize;
+        let Some(top) = self.threads[t].frames.last_mut() else { return };
+        if top.code != code || top.lineno == lineno {
+            return;
+        }
+        let previous = top.line.take();
+        self.note_rss(t, rss);
+        if let Some(exec) = previous {
+            self.close_exec(hot, t, exec);
+        }
+        self.start_line(hot, t, lineno);
+    }
+
+    /// Whether a line event from `code` at `lineno` would start a new execution.
+    #[inline]
+    pub fn line_changes(&self, hot: &Hot, code: usize, lineno: u32) -> bool {
+        hot.thread != 0
+            && self.threads[(hot.thread - 1) as usize]
+                .frames
+                .last()
+                .is_some_and(|f| f.code == code && f.lineno != lineno)
+    }
+
+    fn pop_frame(&mut self, hot: &mut Hot, rss: u64) -> Option<Frame> {
+        if hot.thread == 0 {
+            return None;
+        }
+        let t = (hot.thread - 1) as usize;
+        self.note_rss(t, Some(rss));
+        let mut frame = *self.threads[t].frames.last()?;
+        if let Some(exec) = frame.line.take() {
+            self.close_exec(hot, t, exec);
+        }
+        self.close_exec(hot, t, frame.total);
+        let th = &mut self.threads[t];
+        th.frames.pop();
+        hot.owner = Self::innermost_node(th);
+        hot.top_code = th.frames.last().map_or(0, |f| f.code);
+        Some(frame)
+    }
+
+    /// The innermost call returns (or raises), after its frame is gone. Returns the function and
+    /// whether no other call of it remains on this thread (so its report may be printed).
+    pub fn leave(&mut self, hot: &mut Hot, rss: u64) -> Option<(u32, bool)> {
+        let frame = self.pop_frame(hot, rss)?;
+        let total_line = self.funcs[frame.func as usize].total_line as usize;
+        let th = &self.threads[(hot.thread - 1) as usize];
+        let outermost = th.active.get(total_line).is_none_or(|n| *n == 0);
+        Some((frame.func, outermost))
+    }
+
+    /// The innermost frame (a generator or coroutine) yields.
+    pub fn suspend(&mut self, hot: &mut Hot, rss: u64) -> Option<SavedFrame> {
+        let frame = self.pop_frame(hot, rss)?;
+        Some(SavedFrame { func: frame.func, stamp: frame.stamp, lineno: frame.lineno })
+    }
+
+    /// Whether `func` has a call on this thread's stack.
+    pub fn is_active(&self, hot: &Hot, func: u32) -> bool {
+        hot.thread != 0
+            && self.threads[(hot.thread - 1) as usize].frames.iter().any(|f| f.func == func)
+    }
+}
+
+fn exec_mut(frames: &mut [Frame], (frame, is_line): (u32, bool)) -> &mut Exec {
+    let f = &mut frames[frame as usize];
+    if is_line {
+        f.line.as_mut().expect("a measured line execution is open")
+    } else {
+        &mut f.total
+    }
+}

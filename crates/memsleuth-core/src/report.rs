@@ -1,0 +1,268 @@
+//! Reports: the figures of SPEC section 2 gathered from the ledger, rendered as memory_profiler's
+//! table with the exact columns beside it (section 6) or as JSON (section 5).
+
+use crate::json::JsonWriter;
+use crate::ledger::{Ledger, LineStats, ProcessStats};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Figures {
+    pub hits: u64,
+    pub allocated_bytes: u64,
+    pub allocations: u64,
+    pub freed_bytes: u64,
+    pub frees: u64,
+    pub net_bytes: i64,
+    pub peak_bytes: i64,
+    pub retained_bytes: u64,
+    pub rss_after_bytes: Option<u64>,
+    pub rss_delta_bytes: i64,
+}
+
+impl Figures {
+    fn from_stats(s: &LineStats) -> Self {
+        Figures {
+            hits: s.hits,
+            allocated_bytes: s.allocated_bytes,
+            allocations: s.allocations,
+            freed_bytes: s.freed_bytes,
+            frees: s.frees,
+            net_bytes: s.net_bytes(),
+            peak_bytes: s.peak_bytes,
+            retained_bytes: s.retained_bytes(),
+            rss_after_bytes: s.rss_after,
+            rss_delta_bytes: s.rss_delta,
+        }
+    }
+
+    fn write_json(&self, w: &mut JsonWriter) {
+        w.field_u64("hits", self.hits);
+        w.field_u64("allocated_bytes", self.allocated_bytes);
+        w.field_u64("allocations", self.allocations);
+        w.field_u64("freed_bytes", self.freed_bytes);
+        w.field_u64("frees", self.frees);
+        w.field_i64("net_bytes", self.net_bytes);
+        w.field_i64("peak_bytes", self.peak_bytes);
+        w.field_u64("retained_bytes", self.retained_bytes);
+        match self.rss_after_bytes {
+            Some(v) => w.field_u64("rss_after_bytes", v),
+            None => w.field_null("rss_after_bytes"),
+        }
+        w.field_i64("rss_delta_bytes", self.rss_delta_bytes);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LineReport {
+    pub lineno: u32,
+    pub source: String,
+    pub figures: Figures,
+}
+
+#[derive(Clone, Debug)]
+pub struct FunctionReport {
+    pub name: String,
+    pub module: String,
+    pub filename: String,
+    pub first_lineno: u32,
+    pub calls: u64,
+    pub rss_at_entry: Option<u64>,
+    pub totals: Figures,
+    /// Lines that ran, in source order.
+    pub lines: Vec<LineReport>,
+    /// The whole source of the function, from `first_lineno`.
+    pub source: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub python_version: String,
+    pub argv: Option<Vec<String>>,
+    pub functions: Vec<FunctionReport>,
+    pub process: ProcessStats,
+    pub rss_peak_bytes: u64,
+}
+
+impl Report {
+    /// Gathers every function that was called at least once.
+    pub fn from_ledger(ledger: &Ledger, python_version: &str, argv: Option<Vec<String>>, rss_peak_bytes: u64) -> Self {
+        let functions = (0..ledger.funcs().len() as u32)
+            .filter_map(|i| function_report(ledger, i))
+            .collect();
+        Report { python_version: python_version.to_string(), argv, functions, process: ledger.process, rss_peak_bytes }
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut w = JsonWriter::new();
+        w.begin_object();
+        w.field_str("schema", "memsleuth.report/1");
+        w.field_str("python_version", &self.python_version);
+        w.key("argv");
+        match &self.argv {
+            Some(argv) => {
+                w.begin_array();
+                for a in argv {
+                    w.item_str(a);
+                }
+                w.end_array();
+            }
+            None => w.null(),
+        }
+        w.key("functions");
+        w.begin_array();
+        for f in &self.functions {
+            w.begin_object();
+            w.field_str("name", &f.name);
+            w.field_str("module", &f.module);
+            w.field_str("filename", &f.filename);
+            w.field_u64("first_lineno", f.first_lineno as u64);
+            w.field_u64("calls", f.calls);
+            w.key("totals");
+            w.begin_object();
+            f.totals.write_json(&mut w);
+            w.end_object();
+            w.key("lines");
+            w.begin_array();
+            for l in &f.lines {
+                w.begin_object();
+                w.field_u64("lineno", l.lineno as u64);
+                w.field_str("source", l.source.trim());
+                l.figures.write_json(&mut w);
+                w.end_object();
+            }
+            w.end_array();
+            w.end_object();
+        }
+        w.end_array();
+        w.key("process");
+        w.begin_object();
+        let p = &self.process;
+        w.field_u64("allocated_bytes", p.allocated_bytes);
+        w.field_u64("freed_bytes", p.freed_bytes);
+        w.field_u64("live_bytes", p.live_bytes);
+        w.field_u64("tracked_peak_bytes", p.tracked_peak_bytes);
+        w.field_u64("rss_peak_bytes", self.rss_peak_bytes);
+        w.field_u64("untracked_frees", p.untracked_frees);
+        w.end_object();
+        w.end_object();
+        w.finish()
+    }
+}
+
+fn function_report(ledger: &Ledger, func: u32) -> Option<FunctionReport> {
+    let f = &ledger.funcs()[func as usize];
+    if f.calls == 0 {
+        return None;
+    }
+    let (lines, totals) = ledger.function_stats(func);
+    let source_of = |lineno: u32| {
+        f.info.source.get((lineno - f.info.first_lineno) as usize).map_or(String::new(), |s| s.trim_end().to_string())
+    };
+    Some(FunctionReport {
+        name: f.info.name.clone(),
+        module: f.info.module.clone(),
+        filename: f.info.filename.clone(),
+        first_lineno: f.info.first_lineno,
+        calls: f.calls,
+        rss_at_entry: f.rss_at_entry,
+        totals: Figures::from_stats(totals),
+        lines: lines
+            .into_iter()
+            .filter(|(_, s)| s.hits > 0)
+            .map(|(lineno, s)| LineReport { lineno, source: source_of(lineno), figures: Figures::from_stats(s) })
+            .collect(),
+        source: f.info.source.iter().map(|s| s.trim_end().to_string()).collect(),
+    })
+}
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// A byte count in the largest binary unit that keeps it at or above 1, one decimal.
+pub fn human_bytes(bytes: i64) -> String {
+    let magnitude = bytes.unsigned_abs();
+    if magnitude < 1024 {
+        return format!("{bytes} B");
+    }
+    let units = ["KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value.abs() >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
+fn mib(bytes: f64, precision: usize) -> String {
+    format!("{:.*} MiB", precision, bytes / MIB)
+}
+
+/// memory_profiler's table for one function, the exact columns beside it.
+pub fn render_function(f: &FunctionReport, precision: usize) -> String {
+    let width = precision + 8;
+    let row = |lineno: &str, mem: &str, inc: &str, occ: &str, exact: [&str; 4], src: &str| {
+        format!(
+            "{lineno:>6} {mem:>w$} {inc:>w$}  {occ:>10} {:>11} {:>11} {:>11} {:>11}   {src}\n",
+            exact[0],
+            exact[1],
+            exact[2],
+            exact[3],
+            w = width
+        )
+    };
+    let mut out = format!("Filename: {}   function: {}   calls: {}\n\n", f.filename, f.name, f.calls);
+    let header = row("Line #", "Mem usage", "Increment", "Occurrences", ["Allocated", "Freed", "Net", "Peak"], "Line Contents");
+    out.push_str(&header);
+    out.push_str(&"=".repeat(header.trim_end().len()));
+    out.push('\n');
+    for (i, src) in f.source.iter().enumerate() {
+        let lineno = f.first_lineno + i as u32;
+        let ran = f.lines.iter().find(|l| l.lineno == lineno);
+        let text = match ran {
+            Some(l) => {
+                let g = &l.figures;
+                row(
+                    &lineno.to_string(),
+                    &g.rss_after_bytes.map_or(String::new(), |r| mib(r as f64, precision)),
+                    &mib(g.rss_delta_bytes as f64, precision),
+                    &g.hits.to_string(),
+                    [
+                        &human_bytes(g.allocated_bytes as i64),
+                        &human_bytes(g.freed_bytes as i64),
+                        &human_bytes(g.net_bytes),
+                        &human_bytes(g.peak_bytes),
+                    ],
+                    src,
+                )
+            }
+            None if i == 0 => {
+                let entry = f.rss_at_entry.map_or(String::new(), |r| mib(r as f64, precision));
+                row(&lineno.to_string(), &entry, "", "", ["", "", "", ""], src)
+            }
+            None => row(&lineno.to_string(), "", "", "", ["", "", "", ""], src),
+        };
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+/// Every function's table, in the order they were first profiled.
+pub fn render_text(report: &Report, precision: usize) -> String {
+    report.functions.iter().map(|f| render_function(f, precision)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(-56), "-56 B");
+        assert_eq!(human_bytes(8_000_056), "7.6 MiB");
+        assert_eq!(human_bytes(-160_000_000), "-152.6 MiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+}
