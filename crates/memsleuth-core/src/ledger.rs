@@ -355,6 +355,10 @@ impl Ledger {
 
     #[inline]
     pub fn on_alloc(&mut self, hot: &mut Hot, addr: usize, size: u64) {
+        if hot.owner == PROFILER_NODE {
+            self.table.insert(addr, Block { size, node: PROFILER_NODE, stamp: hot.stamp });
+            return;
+        }
         hot.alloc_bytes += size;
         hot.allocs += 1;
         let net = hot.net();
@@ -441,6 +445,16 @@ impl Ledger {
             }
             n = node.parent;
         }
+    }
+
+    /// While the profiler itself runs Python code on this thread (rendering a report), what it
+    /// allocates is its own. Returns the owner to restore with `end_profiler_work`.
+    pub fn begin_profiler_work(&mut self, hot: &mut Hot) -> u32 {
+        std::mem::replace(&mut hot.owner, PROFILER_NODE)
+    }
+
+    pub fn end_profiler_work(&mut self, hot: &mut Hot, owner: u32) {
+        hot.owner = owner;
     }
 
     // ----- execution events -----

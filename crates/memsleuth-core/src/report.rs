@@ -198,7 +198,8 @@ fn mib(bytes: f64, precision: usize) -> String {
 
 /// memory_profiler's table for one function, the exact columns beside it.
 pub fn render_function(f: &FunctionReport, precision: usize) -> String {
-    let width = precision + 8;
+    // memory_profiler's '{:>12}' columns, widened only when the precision needs it.
+    let width = (precision + 8).max(12);
     let row = |lineno: &str, mem: &str, inc: &str, occ: &str, exact: [&str; 4], src: &str| {
         format!(
             "{lineno:>6} {mem:>w$} {inc:>w$}  {occ:>10} {:>11} {:>11} {:>11} {:>11}   {src}\n",

@@ -1,0 +1,192 @@
+"""The @profile decorator and the tracking it starts."""
+
+import functools
+import inspect
+import json
+import linecache
+import sys
+import threading
+
+from . import _native
+
+_started = False
+_start_lock = threading.Lock()
+_monitoring_tool = None
+
+#: Under ``memsleuth run`` tables are printed once at exit, not after each call.
+deferred = False
+#: Precision of the MiB columns when a decorator does not set its own.
+default_precision = 1
+#: The profiled program's argv under ``memsleuth run`` (None in decorator mode).
+program_argv = None
+
+
+def _start():
+    """Installs the allocator hooks and the line tracer, once per process."""
+    global _started, _monitoring_tool
+    with _start_lock:
+        if _started:
+            return
+        _native.install(sys.version_info[1])
+        if sys.version_info >= (3, 12):
+            mon = sys.monitoring
+            for tool in (mon.PROFILER_ID, 3, 4, 5):
+                if mon.get_tool(tool) is None:
+                    mon.use_tool_id(tool, "memsleuth")
+                    _monitoring_tool = tool
+                    break
+            else:
+                raise RuntimeError("memsleuth: every sys.monitoring tool id is taken")
+            mon.register_callback(_monitoring_tool, mon.events.LINE, _native.line_event)
+        else:
+            _native.start_trace()
+            threading.settrace(_bootstrap_thread)
+        _started = True
+
+
+def _bootstrap_thread(frame, event, arg):
+    """threading.settrace hook: gives each new thread the C trace function, then steps aside."""
+    _native.start_trace()
+    return None
+
+
+def _watch(code):
+    if _monitoring_tool is not None:
+        mon = sys.monitoring
+        mon.set_local_events(_monitoring_tool, code, mon.events.LINE)
+
+
+def _source_lines(func, code):
+    try:
+        lines, _ = inspect.getsourcelines(func)
+    except (OSError, TypeError):
+        lines = []
+        lineno = code.co_firstlineno
+        while True:
+            line = linecache.getline(code.co_filename, lineno)
+            if not line or (lines and line.strip() and not line[:1].isspace() and not line.startswith("@")):
+                break
+            lines.append(line)
+            lineno += 1
+    return [line.rstrip("\n") for line in lines]
+
+
+def _register(func):
+    code = func.__code__
+    return _native.register(
+        code,
+        func.__qualname__,
+        getattr(func, "__module__", None) or "",
+        code.co_filename,
+        code.co_firstlineno,
+        _source_lines(func, code),
+    )
+
+
+def _print_report(code, precision, stream):
+    if deferred:
+        return
+    _native.begin_quiet()
+    try:
+        text = _native.report_text(precision, code)
+        out = stream if stream is not None else sys.stdout
+        out.write(text)
+        out.flush()
+    finally:
+        _native.end_quiet()
+
+
+def profile(func=None, *, precision=None, stream=None, backend=None):
+    """Profiles ``func`` line by line; usable bare or as ``@profile(precision=4, stream=f)``.
+
+    ``backend`` is accepted for memory_profiler compatibility and ignored.
+    """
+    if func is None:
+        return lambda f: profile(f, precision=precision, stream=stream, backend=backend)
+    if isinstance(func, (staticmethod, classmethod)):
+        return type(func)(profile(func.__func__, precision=precision, stream=stream))
+    if not hasattr(func, "__code__"):
+        raise TypeError(f"memsleuth.profile expects a function, got {type(func).__name__}")
+    _start()
+    fid = _register(func)
+    code = func.__code__
+    _watch(code)
+    def report(outermost):
+        if outermost:
+            _print_report(code, default_precision if precision is None else precision, stream)
+
+    if inspect.iscoroutinefunction(func):
+        @functools.wraps(func)
+        async def coroutine_wrapper(*args, **kwargs):
+            return await _Drive(func(*args, **kwargs), fid, report)
+
+        wrapper = coroutine_wrapper
+    elif inspect.isgeneratorfunction(func):
+        @functools.wraps(func)
+        def generator_wrapper(*args, **kwargs):
+            return (yield from _Drive(func(*args, **kwargs), fid, report).__await__())
+
+        wrapper = generator_wrapper
+    else:
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            _native.enter(fid)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                report(_native.leave())
+
+    wrapper.__memsleuth_profiled__ = True
+    return wrapper
+
+
+class _Drive:
+    """Runs a generator or coroutine one resume at a time, so that its lines are active only
+    while it runs: time it spends suspended belongs to whoever resumes it."""
+
+    __slots__ = ("_inner", "_frame", "_report")
+
+    def __init__(self, inner, fid, report):
+        self._inner = inner
+        self._frame = _native.GenFrame(fid)
+        self._report = report
+
+    def __await__(self):
+        inner, frame = self._inner, self._frame
+        send_value, thrown = None, None
+        while True:
+            frame.resume()
+            try:
+                if thrown is not None:
+                    out = inner.throw(thrown)
+                else:
+                    out = inner.send(send_value)
+            except StopIteration as stop:
+                self._report(frame.finish())
+                return stop.value
+            except BaseException:
+                self._report(frame.finish())
+                raise
+            frame.suspend()
+            send_value, thrown = None, None
+            try:
+                send_value = yield out
+            except GeneratorExit:
+                frame.resume()
+                try:
+                    inner.close()
+                finally:
+                    self._report(frame.finish())
+                raise
+            except BaseException as exc:
+                thrown = exc
+
+
+def last_report():
+    """The JSON report (a dict, schema memsleuth.report/1) of everything profiled so far."""
+    version = ".".join(str(part) for part in sys.version_info[:3])
+    _native.begin_quiet()
+    try:
+        return json.loads(_native.report_json(version, program_argv))
+    finally:
+        _native.end_quiet()

@@ -1,0 +1,120 @@
+//! PyMem_SetAllocator hooks for the RAW, MEM and OBJ domains. Each wraps the allocator found at
+//! install time, forwards the call, and records the block in the ledger. They are installed once
+//! and never removed: raw-domain calls read the allocator table without a lock, so another
+//! thread may be inside a hook at any moment.
+
+use crate::state::{guarded, with_ledger, ENABLED};
+use pyo3_ffi::{PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_GetAllocator, PyMem_SetAllocator};
+use std::cell::UnsafeCell;
+use std::ffi::c_void;
+use std::sync::atomic::Ordering;
+use std::sync::Once;
+
+/// The allocator a domain had before us; our hooks receive its address as their context.
+struct Original(UnsafeCell<PyMemAllocatorEx>);
+
+// SAFETY: written once inside `install` before the hooks that read it are published with
+// PyMem_SetAllocator, and only read afterwards.
+unsafe impl Sync for Original {}
+
+const NULL_ALLOCATOR: PyMemAllocatorEx =
+    PyMemAllocatorEx { ctx: std::ptr::null_mut(), malloc: None, calloc: None, realloc: None, free: None };
+
+static RAW: Original = Original(UnsafeCell::new(NULL_ALLOCATOR));
+static MEM: Original = Original(UnsafeCell::new(NULL_ALLOCATOR));
+static OBJ: Original = Original(UnsafeCell::new(NULL_ALLOCATOR));
+static INSTALL: Once = Once::new();
+
+#[inline(always)]
+fn original(ctx: *mut c_void) -> &'static PyMemAllocatorEx {
+    // SAFETY: every hook is installed with ctx pointing at one of the static `Original`s above,
+    // fully written before installation and never written again.
+    unsafe { &*(ctx as *const PyMemAllocatorEx) }
+}
+
+extern "C" fn hook_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
+    let orig = original(ctx);
+    let Some(malloc) = orig.malloc else { return std::ptr::null_mut() };
+    guarded(|| {
+        let ptr = malloc(orig.ctx, size);
+        if !ptr.is_null() {
+            with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size as u64));
+        }
+        ptr
+    })
+    .unwrap_or_else(|| malloc(orig.ctx, size))
+}
+
+extern "C" fn hook_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
+    let orig = original(ctx);
+    let Some(calloc) = orig.calloc else { return std::ptr::null_mut() };
+    guarded(|| {
+        let ptr = calloc(orig.ctx, nelem, elsize);
+        if !ptr.is_null() {
+            let size = nelem.saturating_mul(elsize) as u64;
+            with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size));
+        }
+        ptr
+    })
+    .unwrap_or_else(|| calloc(orig.ctx, nelem, elsize))
+}
+
+extern "C" fn hook_realloc(ctx: *mut c_void, ptr: *mut c_void, new_size: usize) -> *mut c_void {
+    let orig = original(ctx);
+    let Some(realloc) = orig.realloc else { return std::ptr::null_mut() };
+    guarded(|| {
+        // The table update must not be overtaken by another thread reusing the old address, so
+        // the ledger lock is held across the call when tracking is on.
+        let mut result = None;
+        with_ledger(|l, hot| {
+            let new = realloc(orig.ctx, ptr, new_size);
+            result = Some(new);
+            if !new.is_null() {
+                l.on_realloc(hot, ptr as usize, new as usize, new_size as u64);
+            }
+        });
+        // Tracking off (or failed before the call): forward untracked.
+        result.unwrap_or_else(|| realloc(orig.ctx, ptr, new_size))
+    })
+    .unwrap_or_else(|| realloc(orig.ctx, ptr, new_size))
+}
+
+extern "C" fn hook_free(ctx: *mut c_void, ptr: *mut c_void) {
+    let orig = original(ctx);
+    let Some(free) = orig.free else { return };
+    guarded(|| {
+        if !ptr.is_null() {
+            // Forget the block before releasing it, so a concurrent allocation of the same
+            // address can never be removed by this free.
+            with_ledger(|l, hot| l.on_free(hot, ptr as usize));
+        }
+        free(orig.ctx, ptr)
+    })
+    .unwrap_or_else(|| free(orig.ctx, ptr))
+}
+
+fn install_domain(domain: PyMemAllocatorDomain, slot: &'static Original) {
+    // SAFETY: called with the GIL held, once per domain; `slot` is not yet referenced by any
+    // installed hook, so writing it cannot race with a reader.
+    unsafe {
+        PyMem_GetAllocator(domain, slot.0.get());
+        let mut hooks = PyMemAllocatorEx {
+            ctx: slot.0.get() as *mut c_void,
+            malloc: Some(hook_malloc),
+            calloc: Some(hook_calloc),
+            realloc: Some(hook_realloc),
+            free: Some(hook_free),
+        };
+        PyMem_SetAllocator(domain, &mut hooks);
+    }
+}
+
+/// Installs the hooks on all three domains (once) and starts tracking.
+pub fn install() {
+    INSTALL.call_once(|| {
+        install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &RAW);
+        install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, &MEM);
+        install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, &OBJ);
+        ENABLED.store(true, Ordering::Release);
+    });
+}
