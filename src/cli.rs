@@ -2,7 +2,6 @@
 //! user asked for, so errors and help look like every other clap tool.
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -24,12 +23,12 @@ pub enum Command {
     Run {
         /// Write the JSON report (schema memsleuth.report/1) to this file
         #[arg(long, value_name = "PATH")]
-        json: Option<PathBuf>,
+        json: Option<String>,
         /// Decimals of the MiB columns
         #[arg(long, default_value_t = 1, value_name = "N")]
         precision: usize,
         /// The script to run
-        script: PathBuf,
+        script: String,
         /// Arguments passed to the script as sys.argv[1:]
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -4,6 +4,7 @@ import functools
 import inspect
 import json
 import linecache
+import os
 import sys
 import threading
 
@@ -77,7 +78,7 @@ def _register(func):
         code,
         func.__qualname__,
         getattr(func, "__module__", None) or "",
-        code.co_filename,
+        os.path.abspath(code.co_filename),
         code.co_firstlineno,
         _source_lines(func, code),
     )
