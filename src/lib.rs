@@ -152,6 +152,13 @@ fn report_text(precision: usize, code: Option<&Bound<'_, PyAny>>) -> String {
     }
 }
 
+/// The profiler's own bookkeeping: live tracked blocks and the bytes its tables occupy.
+#[pyfunction]
+fn overhead() -> (usize, usize) {
+    let ledger = state::LEDGER.lock();
+    (ledger.table.len(), ledger.footprint())
+}
+
 /// Parses memsleuth's command line. Returns ("run", options) or ("exit", status, message) for
 /// help, version and usage errors, which the caller prints.
 #[pyfunction]
@@ -184,6 +191,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(report_json, m)?)?;
     m.add_function(wrap_pyfunction!(report_text, m)?)?;
     m.add_function(wrap_pyfunction!(parse_cli, m)?)?;
+    m.add_function(wrap_pyfunction!(overhead, m)?)?;
     m.add_class::<GenFrame>()?;
     Ok(())
 }

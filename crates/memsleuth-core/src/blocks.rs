@@ -1,14 +1,14 @@
 //! The block table: live tracked block address -> (requested size, owner node, frame stamp).
 //!
 //! It is touched on every allocation and free, so its layout decides memsleuth's speed
-//! (hook-costs.md: a scrambling hash misses the cache on nearly every operation). Slots are
-//! chosen so that neighbouring addresses land in neighbouring slots: the 4 KiB page an address
-//! lies in picks a scrambled group of 256 slots, and the address's offset inside the page (in
-//! 16-byte units, pymalloc's alignment) picks the slot inside that group. pymalloc hands out
-//! consecutive blocks of a pool one after another, so successive operations touch the same few
-//! cache lines, while pages that would alias (1 MiB-aligned mmaps, distant heaps) are spread over
-//! the table by the scramble. Linear probing with backward-shift deletion keeps probe chains
-//! short and leaves no tombstones behind.
+//! (hook-costs.md: a scrambling hash misses the cache on nearly every operation). An address's
+//! home slot is the address itself in 16-byte units (pymalloc's alignment) modulo the table
+//! size, so a contiguous heap maps onto contiguous slots without any collision: pymalloc hands
+//! out neighbouring blocks of a pool one after another and successive operations touch the same
+//! cache lines. Only addresses a whole table-span apart alias. Robin Hood linear probing keeps
+//! every entry as close to its home as the others allow, so a lookup stops at the first entry
+//! closer to its own home than the probe is, and a deletion (backward shift, no tombstones)
+//! stops at the first entry sitting at its home: dense runs of blocks cost nothing extra.
 
 /// What the table stores for one live block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,20 +20,37 @@ pub struct Block {
     pub stamp: u32,
 }
 
+/// 20 bytes: the table's footprint is memsleuth's main memory cost (one slot per live block at
+/// up to 80% load), so sizes are stored in 32 bits and the rare larger ones beside the table.
 #[derive(Clone, Copy)]
+#[repr(C, packed(4))]
 struct Slot {
     /// 0 marks an empty slot: no allocator returns a block at address 0.
     addr: usize,
-    block: Block,
+    /// The size, or HUGE when it is kept in `huge_sizes`.
+    size: u32,
+    node: u32,
+    stamp: u32,
 }
 
-const EMPTY: Slot = Slot { addr: 0, block: Block { size: 0, node: 0, stamp: 0 } };
-const GROUP_BITS: u32 = 8;
-const MIN_SLOTS: usize = 1 << 14;
+const HUGE: u32 = u32::MAX;
+const EMPTY: Slot = Slot { addr: 0, size: 0, node: 0, stamp: 0 };
+const MIN_SLOTS: usize = 1 << 16;
+/// Grow when more than 4/5 of the slots are taken: Robin Hood probing stays short up to there
+/// for addresses spread over the table.
+const MAX_LOAD_NUM: usize = 4;
+const MAX_LOAD_DEN: usize = 5;
+/// Dense heap ranges a table-span apart overlay each other and make long runs whatever the
+/// load. A placement probing this far doubles the span at the next insert, as long as the table
+/// stays at least a quarter full (so memory stays bounded at 4 slots per live block).
+const CROWDED_PROBE: usize = 256;
 
 pub struct BlockTable {
     slots: Vec<Slot>,
+    mask: usize,
     len: usize,
+    crowded: bool,
+    huge_sizes: std::collections::BTreeMap<usize, u64>,
 }
 
 impl Default for BlockTable {
@@ -44,7 +61,7 @@ impl Default for BlockTable {
 
 impl BlockTable {
     pub const fn new() -> Self {
-        BlockTable { slots: Vec::new(), len: 0 }
+        BlockTable { slots: Vec::new(), mask: 0, len: 0, crowded: false, huge_sizes: std::collections::BTreeMap::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -61,10 +78,14 @@ impl BlockTable {
     }
 
     #[inline(always)]
-    fn home(addr: usize, mask: usize) -> usize {
-        let page = (addr >> 12) as u64;
-        let group = (page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize;
-        ((group << GROUP_BITS) | ((addr >> 4) & ((1 << GROUP_BITS) - 1))) & mask
+    fn home(&self, addr: usize) -> usize {
+        (addr >> 4) & self.mask
+    }
+
+    /// How far the entry in slot `i` sits from its home.
+    #[inline(always)]
+    fn displacement(&self, i: usize) -> usize {
+        i.wrapping_sub(self.home(self.slots[i].addr)) & self.mask
     }
 
     /// Inserts or replaces; returns the block previously recorded at `addr`, if any (a free the
@@ -72,29 +93,68 @@ impl BlockTable {
     #[inline]
     pub fn insert(&mut self, addr: usize, block: Block) -> Option<Block> {
         debug_assert!(addr != 0);
-        if (self.len + 1) * 2 > self.slots.len() {
+        let full = (self.len + 1) * MAX_LOAD_DEN > self.slots.len() * MAX_LOAD_NUM;
+        if full || (self.crowded && self.len * 4 >= self.slots.len()) {
             self.grow();
         }
-        let mask = self.slots.len() - 1;
-        let mut i = Self::home(addr, mask);
+        let size = if block.size >= HUGE as u64 {
+            self.huge_sizes.insert(addr, block.size);
+            HUGE
+        } else {
+            block.size as u32
+        };
+        let entry = Slot { addr, size, node: block.node, stamp: block.stamp };
+        if let Some(i) = self.find(addr) {
+            let old = self.block_at(i);
+            self.slots[i] = entry;
+            return Some(old);
+        }
+        self.place(entry);
+        self.len += 1;
+        None
+    }
+
+    #[inline(always)]
+    fn block_at(&self, i: usize) -> Block {
+        let slot = self.slots[i];
+        let size = if slot.size == HUGE { self.huge_sizes.get(&{ slot.addr }).copied().unwrap_or(0) } else { slot.size as u64 };
+        Block { size, node: slot.node, stamp: slot.stamp }
+    }
+
+    /// Robin Hood placement of an entry known to be absent.
+    #[inline]
+    fn place(&mut self, mut entry: Slot) {
+        let mut i = self.home(entry.addr);
+        let mut dist = 0;
         loop {
-            let slot = &mut self.slots[i];
-            if slot.addr == 0 {
-                *slot = Slot { addr, block };
-                self.len += 1;
-                return None;
+            if self.slots[i].addr == 0 {
+                self.slots[i] = entry;
+                return;
             }
-            if slot.addr == addr {
-                return Some(std::mem::replace(&mut slot.block, block));
+            let theirs = self.displacement(i);
+            if theirs < dist {
+                std::mem::swap(&mut self.slots[i], &mut entry);
+                dist = theirs;
             }
-            i = (i + 1) & mask;
+            i = (i + 1) & self.mask;
+            dist += 1;
+            if dist == CROWDED_PROBE {
+                self.crowded = true;
+            }
         }
     }
 
     #[inline]
-    pub fn get_mut(&mut self, addr: usize) -> Option<&mut Block> {
-        let i = self.find(addr)?;
-        Some(&mut self.slots[i].block)
+    pub fn get(&self, addr: usize) -> Option<Block> {
+        self.find(addr).map(|i| self.block_at(i))
+    }
+
+    /// Changes the owner node of a live block; false if the block is unknown.
+    #[inline]
+    pub fn set_node(&mut self, addr: usize, node: u32) -> bool {
+        let Some(i) = self.find(addr) else { return false };
+        self.slots[i].node = node;
+        true
     }
 
     #[inline]
@@ -102,40 +162,35 @@ impl BlockTable {
         if self.slots.is_empty() || addr == 0 {
             return None;
         }
-        let mask = self.slots.len() - 1;
-        let mut i = Self::home(addr, mask);
+        let mut i = self.home(addr);
+        let mut dist = 0;
         loop {
-            let slot = &self.slots[i];
-            if slot.addr == addr {
+            let slot_addr = self.slots[i].addr;
+            if slot_addr == addr {
                 return Some(i);
             }
-            if slot.addr == 0 {
+            if slot_addr == 0 || self.displacement(i) < dist {
                 return None;
             }
-            i = (i + 1) & mask;
+            i = (i + 1) & self.mask;
+            dist += 1;
         }
     }
 
     #[inline]
     pub fn remove(&mut self, addr: usize) -> Option<Block> {
         let mut hole = self.find(addr)?;
-        let removed = self.slots[hole].block;
-        let mask = self.slots.len() - 1;
-        // Backward-shift deletion: pull later members of the probe run into the hole whenever
-        // their home does not lie cyclically in (hole, j].
-        let mut j = hole;
+        let removed = self.block_at(hole);
+        if self.slots[hole].size == HUGE {
+            self.huge_sizes.remove(&addr);
+        }
         loop {
-            j = (j + 1) & mask;
-            let addr_j = self.slots[j].addr;
-            if addr_j == 0 {
+            let next = (hole + 1) & self.mask;
+            if self.slots[next].addr == 0 || self.displacement(next) == 0 {
                 break;
             }
-            let home = Self::home(addr_j, mask);
-            let home_in_gap = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
-            if !home_in_gap {
-                self.slots[hole] = self.slots[j];
-                hole = j;
-            }
+            self.slots[hole] = self.slots[next];
+            hole = next;
         }
         self.slots[hole] = EMPTY;
         self.len -= 1;
@@ -145,19 +200,16 @@ impl BlockTable {
     fn grow(&mut self) {
         let new_len = (self.slots.len() * 2).max(MIN_SLOTS);
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; new_len]);
-        let mask = new_len - 1;
+        self.mask = new_len - 1;
+        self.crowded = false;
         for slot in old.into_iter().filter(|s| s.addr != 0) {
-            let mut i = Self::home(slot.addr, mask);
-            while self.slots[i].addr != 0 {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = slot;
+            self.place(slot);
         }
     }
 
     /// Live blocks, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, &Block)> {
-        self.slots.iter().filter(|s| s.addr != 0).map(|s| (s.addr, &s.block))
+    pub fn iter(&self) -> impl Iterator<Item = (usize, Block)> + '_ {
+        (0..self.slots.len()).filter(|&i| self.slots[i].addr != 0).map(|i| (self.slots[i].addr, self.block_at(i)))
     }
 }
 
@@ -214,9 +266,20 @@ mod tests {
             assert_eq!(table.len(), model.len());
         }
         for (addr, b) in &model {
-            assert_eq!(table.get_mut(*addr).copied(), Some(*b));
+            assert_eq!(table.get(*addr), Some(*b));
         }
         assert_eq!(table.iter().count(), model.len());
+    }
+
+    #[test]
+    fn sizes_beyond_32_bits() {
+        let mut t = BlockTable::new();
+        let big = Block { size: 5 << 30, node: 3, stamp: 4 };
+        assert_eq!(t.insert(0x2000, big), None);
+        assert_eq!(t.get(0x2000), Some(big));
+        assert!(t.set_node(0x2000, 9));
+        assert_eq!(t.remove(0x2000), Some(Block { node: 9, ..big }));
+        assert_eq!(t.get(0x2000), None);
     }
 
     #[test]

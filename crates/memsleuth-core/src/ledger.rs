@@ -56,6 +56,8 @@ pub struct Hot {
     /// Code object of the thread's innermost profiled frame: line events for any other code
     /// object are ignored without taking a lock.
     pub top_code: usize,
+    /// Address of this thread's most recent allocation: the only block `mark_profiler` takes.
+    pub last_alloc: usize,
     pub big_event: bool,
     pub net_at_rss: i64,
     pub rss_time_us: u64,
@@ -72,6 +74,7 @@ impl Hot {
         stamp: 0,
         thread: 0,
         top_code: 0,
+        last_alloc: 0,
         big_event: false,
         net_at_rss: 0,
         rss_time_us: 0,
@@ -361,6 +364,7 @@ impl Ledger {
         }
         hot.alloc_bytes += size;
         hot.allocs += 1;
+        hot.last_alloc = addr;
         let net = hot.net();
         if net > hot.high {
             hot.high = net;
@@ -415,19 +419,35 @@ impl Ledger {
     }
 
     /// Takes a block the interpreter just allocated on the profiler's behalf out of every figure.
-    /// Only a block born in the thread's current context qualifies: an object handed out by a
-    /// free list was allocated long ago and stays the program's.
+    /// Only this thread's most recent allocation qualifies, and only if it was made in the
+    /// current context: an object handed out by a free list was allocated long ago and stays the
+    /// program's.
     pub fn mark_profiler(&mut self, hot: &mut Hot, addr: usize) {
-        let Some(block) = self.table.get_mut(addr) else { return };
+        if addr != hot.last_alloc {
+            return;
+        }
+        let Some(block) = self.table.get(addr) else { return };
         if block.node != hot.owner || block.stamp != hot.stamp {
             return;
         }
-        block.node = PROFILER_NODE;
+        self.table.set_node(addr, PROFILER_NODE);
+        hot.last_alloc = 0;
         let size = block.size;
+        // If this block set the high-water marks, they fall back to the value after removing it
+        // (exact unless the previous mark lay within `size` of it).
+        let net = hot.net();
         hot.alloc_bytes -= size;
         hot.allocs -= 1;
-        self.process.allocated_bytes -= size;
-        self.process.live_bytes -= size.min(self.process.live_bytes);
+        if hot.high == net {
+            hot.high = hot.net();
+        }
+        let p = &mut self.process;
+        let peak_was_this = p.tracked_peak_bytes == p.live_bytes;
+        p.allocated_bytes -= size;
+        p.live_bytes -= size.min(p.live_bytes);
+        if peak_was_this {
+            p.tracked_peak_bytes = p.live_bytes;
+        }
     }
 
     fn charge_freed_before_return(&mut self, block: Block) {
@@ -479,6 +499,7 @@ impl Ledger {
         let rss_start = th.last_rss;
         let node = self.intern(parent, line, hot.thread, frame_index);
         hot.owner = node;
+        hot.last_alloc = 0;
         Exec {
             line,
             measured,
@@ -498,10 +519,10 @@ impl Ledger {
         if !exec.measured {
             return;
         }
-        stats.allocated_bytes += hot.alloc_bytes - exec.snap[0];
-        stats.allocations += hot.allocs - exec.snap[1];
-        stats.freed_bytes += hot.freed_bytes - exec.snap[2];
-        stats.frees += hot.frees - exec.snap[3];
+        stats.allocated_bytes += hot.alloc_bytes.saturating_sub(exec.snap[0]);
+        stats.allocations += hot.allocs.saturating_sub(exec.snap[1]);
+        stats.freed_bytes += hot.freed_bytes.saturating_sub(exec.snap[2]);
+        stats.frees += hot.frees.saturating_sub(exec.snap[3]);
         stats.peak_bytes = stats.peak_bytes.max(hot.high - exec.start_net);
         stats.rss_delta += th.last_rss as i64 - exec.rss_start as i64;
         th.measured.pop();

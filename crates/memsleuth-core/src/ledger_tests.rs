@@ -1,1 +1,1112 @@
 //! Ledger behaviour without an interpreter: events are fed by hand as the hooks would.
+//!
+//! Each test plays one scenario: `enter`/`leave` as the `@profile` wrapper calls them, `on_line`
+//! as the line tracer does, `on_alloc`/`on_free`/`on_realloc` as the allocator hooks do, one
+//! `Hot` per simulated thread. Expected figures are worked out from SPEC sections 1 and 2, not
+//! read back from the ledger.
+
+use crate::ledger::*;
+use crate::report::*;
+
+// Fake code object identities.
+const MAIN: usize = 0x1_0000;
+const F: usize = 0x2_0000;
+const G: usize = 0x3_0000;
+const UNPROFILED: usize = 0x9_0000;
+
+// Fake block addresses (distinct, 16-byte aligned like pymalloc's).
+const A: usize = 0x7f00_0000_1000;
+const B: usize = 0x7f00_0000_1010;
+const C: usize = 0x7f00_0000_1020;
+const D: usize = 0x7f00_0000_1030;
+const E: usize = 0x7f00_0000_1040;
+const P: usize = 0x7f00_0000_2000;
+const NEVER_TRACKED: usize = 0x5500_0000_0000;
+
+fn register(l: &mut Ledger, name: &str, code: usize, first_lineno: u32) -> u32 {
+    l.register_function(FuncInfo {
+        name: name.to_string(),
+        module: "mod".to_string(),
+        filename: "mod.py".to_string(),
+        first_lineno,
+        source: (0..6).map(|i| format!("    line_{}()", first_lineno + i)).collect(),
+        code,
+    })
+}
+
+/// The stats of one line; panics if the line never ran.
+fn line(l: &Ledger, func: u32, lineno: u32) -> LineStats {
+    let (lines, _) = l.function_stats(func);
+    lines
+        .into_iter()
+        .find(|(n, _)| *n == lineno)
+        .map(|(_, s)| s.clone())
+        .unwrap_or_else(|| panic!("line {lineno} never ran"))
+}
+
+fn totals(l: &Ledger, func: u32) -> LineStats {
+    l.function_stats(func).1.clone()
+}
+
+fn linenos(l: &Ledger, func: u32) -> Vec<u32> {
+    l.function_stats(func).0.into_iter().map(|(n, _)| n).collect()
+}
+
+/// The byte figures of SPEC section 2 in one comparable value.
+#[derive(Debug, PartialEq, Eq)]
+struct Fig {
+    hits: u64,
+    alloc: u64,
+    allocs: u64,
+    freed: u64,
+    frees: u64,
+    net: i64,
+    peak: i64,
+    retained: u64,
+}
+
+fn fig(s: &LineStats) -> Fig {
+    Fig {
+        hits: s.hits,
+        alloc: s.allocated_bytes,
+        allocs: s.allocations,
+        freed: s.freed_bytes,
+        frees: s.frees,
+        net: s.net_bytes(),
+        peak: s.peak_bytes,
+        retained: s.retained_bytes(),
+    }
+}
+
+/// A line that ran but saw no memory event.
+fn quiet(hits: u64) -> Fig {
+    Fig { hits, alloc: 0, allocs: 0, freed: 0, frees: 0, net: 0, peak: 0, retained: 0 }
+}
+
+// ----- per-line basics -----
+
+#[test]
+fn per_line_allocated_freed_net_counts() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 1000);
+    l.on_line(&mut h, F, 11, None);
+    l.on_alloc(&mut h, A, 100);
+    l.on_alloc(&mut h, B, 28);
+    assert!(l.on_free(&mut h, B));
+    l.on_line(&mut h, F, 12, None);
+    assert!(l.on_free(&mut h, A));
+    l.on_alloc(&mut h, C, 8);
+    assert_eq!(l.leave(&mut h, 1000), Some((f, true)));
+
+    // Only lines that ran are listed, in source order.
+    assert_eq!(linenos(&l, f), vec![11, 12]);
+    assert_eq!(
+        fig(&line(&l, f, 11)),
+        Fig { hits: 1, alloc: 128, allocs: 2, freed: 28, frees: 1, net: 100, peak: 128, retained: 0 }
+    );
+    // Line 12 starts at net 100 and never rises above it: peak 0 while net is -92.
+    assert_eq!(
+        fig(&line(&l, f, 12)),
+        Fig { hits: 1, alloc: 8, allocs: 1, freed: 100, frees: 1, net: -92, peak: 0, retained: 8 }
+    );
+    assert_eq!(
+        fig(&totals(&l, f)),
+        Fig { hits: 1, alloc: 136, allocs: 3, freed: 128, frees: 2, net: 8, peak: 128, retained: 8 }
+    );
+    assert_eq!(l.funcs()[f as usize].calls, 1);
+}
+
+#[test]
+fn line_events_from_other_code_and_repeated_lines_are_ignored() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    // Line events before any profiled call are dropped.
+    l.on_line(&mut h, F, 10, None);
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    assert!(!l.line_changes(&h, F, 10));
+    assert!(l.line_changes(&h, F, 11));
+    assert!(!l.line_changes(&h, UNPROFILED, 11));
+    // An unprofiled callee's lines: the work stays on line 10.
+    l.on_line(&mut h, UNPROFILED, 500, None);
+    l.on_alloc(&mut h, A, 40);
+    l.on_line(&mut h, UNPROFILED, 501, None);
+    // Several line events for the same line are one execution (section 1).
+    l.on_line(&mut h, F, 10, None);
+    l.on_line(&mut h, F, 10, None);
+    l.on_line(&mut h, F, 11, None);
+    l.leave(&mut h, 0);
+
+    assert_eq!(linenos(&l, f), vec![10, 11]);
+    assert_eq!(
+        fig(&line(&l, f, 10)),
+        Fig { hits: 1, alloc: 40, allocs: 1, freed: 0, frees: 0, net: 40, peak: 40, retained: 40 }
+    );
+    assert_eq!(fig(&line(&l, f, 11)), quiet(1));
+    assert!(!l.line_changes(&h, F, 12), "no profiled frame left");
+}
+
+#[test]
+fn register_function_is_idempotent_per_code_object() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let g = register(&mut l, "g", G, 20);
+    assert_ne!(f, g);
+    assert_eq!(register(&mut l, "f again", F, 10), f);
+    assert_eq!(l.funcs().len(), 2);
+    assert_eq!(l.funcs()[f as usize].info.name, "f");
+}
+
+// ----- peak -----
+
+#[test]
+fn peak_is_the_transient_high_water_mark_max_over_executions() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    // Execution 1 of line 10: 100 + 50 live at once, then 100 freed, then 20 more.
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, A, 100);
+    l.on_alloc(&mut h, B, 50);
+    l.on_free(&mut h, A);
+    l.on_alloc(&mut h, C, 20); // net 70, high 150
+    l.on_line(&mut h, F, 11, None);
+    // Execution 2: a 300-byte temporary, and B freed.
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, D, 300);
+    l.on_free(&mut h, D);
+    l.on_free(&mut h, B); // net back to 20, high 370 (70 + 300)
+    l.on_line(&mut h, F, 11, None);
+    // Execution 3: 10 bytes kept.
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, E, 10);
+    l.leave(&mut h, 0);
+
+    let s = line(&l, f, 10);
+    // Per execution: 150, 300, 10. Peak is their max, not their sum, and never the running net.
+    assert_eq!(fig(&s), Fig { hits: 3, alloc: 480, allocs: 5, freed: 450, frees: 3, net: 30, peak: 300, retained: 30 });
+    assert_eq!(fig(&line(&l, f, 11)), quiet(2));
+    // The call rose from 0 to 370 at most.
+    assert_eq!(totals(&l, f).peak_bytes, 370);
+}
+
+#[test]
+fn peak_is_measured_from_the_start_of_each_execution() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    // Some program memory before the call: the thread's net does not start at 0.
+    l.on_alloc(&mut h, P, 5000);
+    l.enter(&mut h, f, 0);
+    for (i, addr) in [A, B, C].into_iter().enumerate() {
+        l.on_line(&mut h, F, 10, None);
+        l.on_alloc(&mut h, addr, 100); // kept: net grows 100 per iteration
+        l.on_line(&mut h, F, 11, None);
+        assert_eq!(line(&l, f, 10).peak_bytes, 100, "iteration {i}");
+    }
+    l.leave(&mut h, 0);
+
+    assert_eq!(
+        fig(&line(&l, f, 10)),
+        Fig { hits: 3, alloc: 300, allocs: 3, freed: 0, frees: 0, net: 300, peak: 100, retained: 300 }
+    );
+    assert_eq!(totals(&l, f).peak_bytes, 300);
+}
+
+#[test]
+fn peak_is_never_negative_when_a_line_only_frees() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.on_alloc(&mut h, A, 4096); // a long-lived cache, allocated outside any profiled line
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_free(&mut h, A);
+    l.leave(&mut h, 0);
+
+    assert_eq!(
+        fig(&line(&l, f, 10)),
+        Fig { hits: 1, alloc: 0, allocs: 0, freed: 4096, frees: 1, net: -4096, peak: 0, retained: 0 }
+    );
+    assert_eq!(totals(&l, f).peak_bytes, 0);
+}
+
+// ----- nested profiled calls -----
+
+#[test]
+fn nested_profiled_call_is_inclusive_and_peaks_fold_outwards() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let g = register(&mut l, "g", G, 20);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, A, 30);
+    l.enter(&mut h, g, 0); // line 10 calls g
+    assert!(l.is_active(&h, f) && l.is_active(&h, g));
+    l.on_line(&mut h, G, 20, None);
+    l.on_alloc(&mut h, B, 100);
+    l.on_free(&mut h, B);
+    l.on_line(&mut h, G, 21, None);
+    l.on_alloc(&mut h, C, 5);
+    assert_eq!(l.leave(&mut h, 0), Some((g, true)));
+    assert!(!l.is_active(&h, g));
+    l.on_line(&mut h, F, 11, None);
+    l.leave(&mut h, 0);
+
+    assert_eq!(
+        fig(&line(&l, g, 20)),
+        Fig { hits: 1, alloc: 100, allocs: 1, freed: 100, frees: 1, net: 0, peak: 100, retained: 0 }
+    );
+    assert_eq!(
+        fig(&line(&l, g, 21)),
+        Fig { hits: 1, alloc: 5, allocs: 1, freed: 0, frees: 0, net: 5, peak: 5, retained: 5 }
+    );
+    assert_eq!(
+        fig(&totals(&l, g)),
+        Fig { hits: 1, alloc: 105, allocs: 2, freed: 100, frees: 1, net: 5, peak: 100, retained: 5 }
+    );
+    // Line 10 was active through g's whole call: every event of g, once, plus its own 30.
+    // Its peak is 30 (own) + 100 (g's temporary).
+    assert_eq!(
+        fig(&line(&l, f, 10)),
+        Fig { hits: 1, alloc: 135, allocs: 3, freed: 100, frees: 1, net: 35, peak: 130, retained: 35 }
+    );
+    assert_eq!(fig(&line(&l, f, 11)), quiet(1));
+    assert_eq!(
+        fig(&totals(&l, f)),
+        Fig { hits: 1, alloc: 135, allocs: 3, freed: 100, frees: 1, net: 35, peak: 130, retained: 35 }
+    );
+}
+
+// ----- recursion -----
+
+/// f(n): line 2 `x = alloc(10); if n: f(n - 1)`, line 3 `tmp = alloc(1); del tmp` or a free.
+#[test]
+fn recursion_charges_each_event_once_per_line_and_counts_every_hit() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 1);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 1000); // f(2)
+    l.on_line(&mut h, F, 2, None);
+    l.on_alloc(&mut h, A, 10);
+    l.enter(&mut h, f, 1100); // f(1)
+    l.on_line(&mut h, F, 2, None);
+    l.on_alloc(&mut h, B, 10);
+    l.enter(&mut h, f, 1200); // f(0)
+    l.on_line(&mut h, F, 2, None);
+    l.on_alloc(&mut h, C, 10);
+    l.on_line(&mut h, F, 3, Some(1300));
+    l.on_alloc(&mut h, D, 1);
+    l.on_free(&mut h, D);
+    assert_eq!(l.leave(&mut h, 1400), Some((f, false)), "f(0) returns inside f(1)");
+    l.on_line(&mut h, F, 3, Some(1500)); // f(1), line 3: frees f(0)'s block
+    l.on_free(&mut h, C);
+    assert_eq!(l.leave(&mut h, 1600), Some((f, false)), "f(1) returns inside f(2)");
+    l.on_line(&mut h, F, 3, Some(1700)); // f(2), line 3
+    assert_eq!(l.leave(&mut h, 1700), Some((f, true)), "the outermost call returns");
+
+    assert_eq!(l.funcs()[f as usize].calls, 3);
+    // Line 2 was active in three frames at once; every byte counts once. Of its 31 bytes, C and
+    // D were freed before the outermost call returned; A and B were not.
+    let s2 = line(&l, f, 2);
+    assert_eq!(fig(&s2), Fig { hits: 3, alloc: 31, allocs: 4, freed: 11, frees: 2, net: 20, peak: 31, retained: 20 });
+    // Line 3 ran three times, never nested in itself, so each execution is measured.
+    let s3 = line(&l, f, 3);
+    assert_eq!(fig(&s3), Fig { hits: 3, alloc: 1, allocs: 1, freed: 11, frees: 2, net: -10, peak: 1, retained: 0 });
+    // RSS of line 2 is measured over the outermost execution only: 1000 -> 1700.
+    assert_eq!(s2.rss_delta, 700);
+    // Line 3: f(0) 1300 -> 1400, f(1) 1500 -> 1600, f(2) 1700 -> 1700.
+    assert_eq!(s3.rss_delta, 200);
+    assert_eq!(s3.rss_after, Some(1700));
+    // The totals measure the outermost call only.
+    let t = totals(&l, f);
+    assert_eq!(fig(&t), Fig { hits: 3, alloc: 31, allocs: 4, freed: 11, frees: 2, net: 20, peak: 31, retained: 20 });
+    assert_eq!(t.rss_delta, 700);
+}
+
+// ----- retained -----
+
+#[test]
+fn retained_counts_blocks_still_live_after_the_call_returned() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, A, 100); // returned to the caller
+    l.on_alloc(&mut h, B, 40); // a temporary
+    l.on_line(&mut h, F, 11, None);
+    l.on_free(&mut h, B);
+    l.leave(&mut h, 0);
+
+    assert_eq!(line(&l, f, 10).retained_bytes(), 100);
+    assert_eq!(line(&l, f, 11).retained_bytes(), 0);
+    assert_eq!(totals(&l, f).retained_bytes(), 100);
+}
+
+#[test]
+fn frees_during_frame_teardown_are_not_retained_and_belong_to_the_last_line() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, A, 100); // a local
+    l.on_line(&mut h, F, 11, None);
+    l.on_alloc(&mut h, B, 50); // the return value
+                               // `return`: the frame's locals die after the last line event, before leave().
+    l.on_free(&mut h, A);
+    l.leave(&mut h, 0);
+
+    assert_eq!(
+        fig(&line(&l, f, 10)),
+        Fig { hits: 1, alloc: 100, allocs: 1, freed: 0, frees: 0, net: 100, peak: 100, retained: 0 }
+    );
+    assert_eq!(
+        fig(&line(&l, f, 11)),
+        Fig { hits: 1, alloc: 50, allocs: 1, freed: 100, frees: 1, net: -50, peak: 50, retained: 50 }
+    );
+    assert_eq!(totals(&l, f).retained_bytes(), 50);
+}
+
+/// main: line 1 `a = f()`, line 2 `b = f()` (f frees the previous result), line 3 `del b`.
+/// f: line 10 `new = alloc(100)`, line 11 `del previous`.
+#[test]
+fn retained_nested_call_blocks_freed_after_return_and_summed_over_calls() {
+    let mut l = Ledger::new();
+    let main = register(&mut l, "main", MAIN, 1);
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, main, 0);
+    l.on_line(&mut h, MAIN, 1, None);
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, A, 100);
+    l.leave(&mut h, 0);
+    l.on_line(&mut h, MAIN, 2, None);
+    l.enter(&mut h, f, 0); // a new call of f at the same depth
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, B, 100);
+    l.on_line(&mut h, F, 11, None);
+    l.on_free(&mut h, A); // the first call's block, long after that call returned
+    l.leave(&mut h, 0);
+    l.on_line(&mut h, MAIN, 3, None);
+    l.on_free(&mut h, B);
+    l.leave(&mut h, 0);
+
+    // Both of line 10's blocks outlived the call that made them: 100 + 100.
+    assert_eq!(
+        fig(&line(&l, f, 10)),
+        Fig { hits: 2, alloc: 200, allocs: 2, freed: 0, frees: 0, net: 200, peak: 100, retained: 200 }
+    );
+    assert_eq!(
+        fig(&line(&l, f, 11)),
+        Fig { hits: 1, alloc: 0, allocs: 0, freed: 100, frees: 1, net: -100, peak: 0, retained: 0 }
+    );
+    assert_eq!(
+        fig(&totals(&l, f)),
+        Fig { hits: 2, alloc: 200, allocs: 2, freed: 100, frees: 1, net: 100, peak: 100, retained: 200 }
+    );
+    // For main both blocks died before main returned.
+    assert_eq!(
+        fig(&line(&l, main, 1)),
+        Fig { hits: 1, alloc: 100, allocs: 1, freed: 0, frees: 0, net: 100, peak: 100, retained: 0 }
+    );
+    assert_eq!(
+        fig(&line(&l, main, 2)),
+        Fig { hits: 1, alloc: 100, allocs: 1, freed: 100, frees: 1, net: 0, peak: 100, retained: 0 }
+    );
+    assert_eq!(
+        fig(&line(&l, main, 3)),
+        Fig { hits: 1, alloc: 0, allocs: 0, freed: 100, frees: 1, net: -100, peak: 0, retained: 0 }
+    );
+    assert_eq!(totals(&l, main).retained_bytes(), 0);
+}
+
+#[test]
+fn block_freed_by_the_caller_after_return_stays_retained() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, A, 64);
+    l.leave(&mut h, 0);
+    l.on_free(&mut h, A); // unprofiled caller drops it
+    l.enter(&mut h, f, 0); // and calls again: same depth, a newer frame
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, B, 64);
+    l.on_free(&mut h, B);
+    l.leave(&mut h, 0);
+
+    assert_eq!(
+        fig(&line(&l, f, 10)),
+        Fig { hits: 2, alloc: 128, allocs: 2, freed: 64, frees: 1, net: 64, peak: 64, retained: 64 }
+    );
+    assert_eq!(l.process.freed_bytes, 128);
+    assert_eq!(l.process.live_bytes, 0);
+}
+
+// ----- realloc, untracked frees, profiler blocks -----
+
+#[test]
+fn realloc_is_a_free_of_the_old_size_plus_an_allocation() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, A, 100);
+    l.on_line(&mut h, F, 11, None);
+    l.on_realloc(&mut h, A, B, 300); // grows and moves
+    l.on_line(&mut h, F, 12, None);
+    l.on_realloc(&mut h, B, B, 50); // shrinks in place
+    l.on_line(&mut h, F, 13, None);
+    l.on_realloc(&mut h, 0, C, 8); // realloc(NULL, n) is malloc
+    l.leave(&mut h, 0);
+
+    // A died (by realloc) before the call returned.
+    assert_eq!(
+        fig(&line(&l, f, 10)),
+        Fig { hits: 1, alloc: 100, allocs: 1, freed: 0, frees: 0, net: 100, peak: 100, retained: 0 }
+    );
+    // 100 -> 300: the new block belongs to line 11; net rises from 100 to 300 at most.
+    assert_eq!(
+        fig(&line(&l, f, 11)),
+        Fig { hits: 1, alloc: 300, allocs: 1, freed: 100, frees: 1, net: 200, peak: 200, retained: 0 }
+    );
+    assert_eq!(
+        fig(&line(&l, f, 12)),
+        Fig { hits: 1, alloc: 50, allocs: 1, freed: 300, frees: 1, net: -250, peak: 0, retained: 50 }
+    );
+    assert_eq!(
+        fig(&line(&l, f, 13)),
+        Fig { hits: 1, alloc: 8, allocs: 1, freed: 0, frees: 0, net: 8, peak: 8, retained: 8 }
+    );
+    assert_eq!(
+        l.process,
+        ProcessStats {
+            allocated_bytes: 458,
+            freed_bytes: 400,
+            live_bytes: 58,
+            tracked_peak_bytes: 300,
+            untracked_frees: 0
+        }
+    );
+}
+
+#[test]
+fn realloc_of_an_untracked_block_and_untracked_frees() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    // A block allocated before tracking started grows.
+    l.on_realloc(&mut h, NEVER_TRACKED, A, 64);
+    l.on_line(&mut h, F, 11, None);
+    assert!(!l.on_free(&mut h, NEVER_TRACKED + 0x100));
+    l.leave(&mut h, 0);
+
+    assert_eq!(
+        fig(&line(&l, f, 10)),
+        Fig { hits: 1, alloc: 64, allocs: 1, freed: 0, frees: 0, net: 64, peak: 64, retained: 64 }
+    );
+    assert_eq!(fig(&line(&l, f, 11)), quiet(1));
+    assert_eq!(
+        l.process,
+        ProcessStats {
+            allocated_bytes: 64,
+            freed_bytes: 0,
+            live_bytes: 64,
+            tracked_peak_bytes: 64,
+            untracked_frees: 2
+        }
+    );
+    // The realloc'd block is tracked from now on.
+    assert!(l.on_free(&mut h, A));
+    assert_eq!(l.process.untracked_frees, 2);
+    assert_eq!(l.process.live_bytes, 0);
+}
+
+#[test]
+fn mark_profiler_takes_a_just_allocated_block_out_of_every_figure() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, P, 500); // e.g. the int passed to the line callback
+    l.mark_profiler(&mut h, P);
+    l.on_alloc(&mut h, A, 100);
+    l.on_line(&mut h, F, 11, None);
+    assert!(l.on_free(&mut h, P), "a profiler block is tracked, so its free is not untracked");
+    l.on_free(&mut h, A);
+    l.leave(&mut h, 0);
+    l.mark_profiler(&mut h, P); // no longer live: nothing happens
+
+    let s10 = line(&l, f, 10);
+    assert_eq!((s10.allocated_bytes, s10.allocations, s10.retained_bytes()), (100, 1, 0));
+    assert_eq!((s10.freed_bytes, s10.frees), (0, 0));
+    let s11 = line(&l, f, 11);
+    assert_eq!((s11.allocated_bytes, s11.freed_bytes, s11.frees, s11.net_bytes()), (0, 100, 1, -100));
+    let t = totals(&l, f);
+    assert_eq!((t.allocated_bytes, t.allocations, t.freed_bytes, t.frees), (100, 1, 100, 1));
+    assert_eq!(l.process.allocated_bytes, 100);
+    assert_eq!(l.process.freed_bytes, 100);
+    assert_eq!(l.process.live_bytes, 0);
+    assert_eq!(l.process.untracked_frees, 0);
+}
+
+#[test]
+fn mark_profiler_leaves_blocks_from_an_earlier_context_to_the_program() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let g = register(&mut l, "g", G, 20);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, A, 100);
+    l.on_line(&mut h, F, 11, None);
+    l.mark_profiler(&mut h, A); // born on another line: stays the program's
+    l.on_alloc(&mut h, B, 50);
+    l.enter(&mut h, g, 0);
+    l.leave(&mut h, 0);
+    l.mark_profiler(&mut h, B); // same line, but a call happened since: stays the program's
+    l.mark_profiler(&mut h, NEVER_TRACKED); // unknown: ignored
+    l.leave(&mut h, 0);
+
+    assert_eq!(line(&l, f, 10).allocated_bytes, 100);
+    assert_eq!((line(&l, f, 11).allocated_bytes, line(&l, f, 11).allocations), (50, 1));
+    assert_eq!(totals(&l, f).allocated_bytes, 150);
+    assert_eq!(l.process.allocated_bytes, 150);
+    assert_eq!(l.process.live_bytes, 150);
+    l.on_free(&mut h, A);
+    assert_eq!((l.process.freed_bytes, l.process.live_bytes), (100, 50));
+}
+
+#[test]
+fn mark_profiler_block_does_not_raise_the_line_peak() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, P, 500);
+    l.mark_profiler(&mut h, P);
+    l.on_alloc(&mut h, A, 100);
+    l.on_free(&mut h, P);
+    l.leave(&mut h, 0);
+
+    assert_eq!(line(&l, f, 10).peak_bytes, 100);
+    assert_eq!(totals(&l, f).peak_bytes, 100);
+}
+
+#[test]
+fn mark_profiler_block_does_not_raise_the_process_peak() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, P, 500);
+    l.mark_profiler(&mut h, P);
+    l.on_alloc(&mut h, A, 100);
+    l.leave(&mut h, 0);
+
+    assert_eq!(l.process.tracked_peak_bytes, 100);
+}
+
+/// A loop re-runs line 10 in the same frame: the block born in the first execution has the same
+/// owner node and stamp as the current context, yet it was allocated long ago (a free-list
+/// object the interpreter now hands to the profiler).
+#[test]
+fn mark_profiler_leaves_a_block_from_an_earlier_execution_of_the_same_line() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, A, 64);
+    l.on_line(&mut h, F, 11, None);
+    l.on_line(&mut h, F, 10, None); // next iteration
+    l.mark_profiler(&mut h, A);
+    l.on_line(&mut h, F, 11, None);
+    l.leave(&mut h, 0);
+
+    let s = line(&l, f, 10);
+    assert_eq!((s.hits, s.allocated_bytes, s.allocations, s.retained_bytes()), (2, 64, 1, 64));
+    assert_eq!(totals(&l, f).allocated_bytes, 64);
+    assert_eq!(l.process.allocated_bytes, 64);
+    assert_eq!(l.process.live_bytes, 64);
+}
+
+// ----- threads -----
+
+#[test]
+fn interleaved_threads_do_not_leak_into_each_others_lines() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let g = register(&mut l, "g", G, 20);
+    let (mut t1, mut t2, mut t3) = (Hot::ZERO, Hot::ZERO, Hot::ZERO);
+
+    l.enter(&mut t1, f, 1000);
+    l.enter(&mut t2, g, 2000);
+    l.on_line(&mut t1, F, 10, None);
+    l.on_line(&mut t2, G, 20, None);
+    // A line event for the other thread's code is not this thread's.
+    l.on_line(&mut t2, F, 11, None);
+    l.on_line(&mut t1, G, 21, None);
+    l.on_alloc(&mut t1, A, 100);
+    l.on_alloc(&mut t2, B, 7);
+    l.on_alloc(&mut t3, E, 1000); // a thread with no profiled frame
+    l.on_line(&mut t1, F, 11, Some(1100));
+    l.on_free(&mut t2, A); // thread 2 frees thread 1's block
+    l.on_alloc(&mut t1, C, 5);
+    l.on_line(&mut t2, G, 21, Some(2500));
+    l.on_alloc(&mut t2, D, 1);
+    assert_eq!(l.leave(&mut t1, 1200), Some((f, true)));
+    assert_eq!(l.leave(&mut t2, 2600), Some((g, true)));
+    assert_eq!(l.leave(&mut t3, 0), None);
+
+    assert_eq!(linenos(&l, f), vec![10, 11]);
+    assert_eq!(linenos(&l, g), vec![20, 21]);
+    // A was freed (on thread 2) while f was still running on thread 1: not retained.
+    assert_eq!(
+        fig(&line(&l, f, 10)),
+        Fig { hits: 1, alloc: 100, allocs: 1, freed: 0, frees: 0, net: 100, peak: 100, retained: 0 }
+    );
+    assert_eq!(
+        fig(&line(&l, f, 11)),
+        Fig { hits: 1, alloc: 5, allocs: 1, freed: 0, frees: 0, net: 5, peak: 5, retained: 5 }
+    );
+    assert_eq!(
+        fig(&line(&l, g, 20)),
+        Fig { hits: 1, alloc: 7, allocs: 1, freed: 100, frees: 1, net: -93, peak: 7, retained: 7 }
+    );
+    assert_eq!(
+        fig(&line(&l, g, 21)),
+        Fig { hits: 1, alloc: 1, allocs: 1, freed: 0, frees: 0, net: 1, peak: 1, retained: 1 }
+    );
+    assert_eq!(totals(&l, f).allocated_bytes, 105);
+    assert_eq!(totals(&l, g).allocated_bytes, 8);
+    // RSS readings are per thread.
+    assert_eq!((line(&l, f, 10).rss_delta, line(&l, f, 11).rss_delta), (100, 100));
+    assert_eq!((line(&l, g, 20).rss_delta, line(&l, g, 21).rss_delta), (500, 100));
+    assert_eq!(line(&l, g, 21).rss_after, Some(2600));
+    // The unprofiled thread's 1000 bytes are in the process figures only.
+    assert_eq!(
+        l.process,
+        ProcessStats {
+            allocated_bytes: 1113,
+            freed_bytes: 100,
+            live_bytes: 1013,
+            tracked_peak_bytes: 1107,
+            untracked_frees: 0
+        }
+    );
+}
+
+#[test]
+fn the_same_line_on_two_threads_is_measured_on_each() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let (mut t1, mut t2) = (Hot::ZERO, Hot::ZERO);
+
+    l.enter(&mut t1, f, 0);
+    l.on_line(&mut t1, F, 10, None);
+    l.enter(&mut t2, f, 0);
+    l.on_line(&mut t2, F, 10, None);
+    l.on_alloc(&mut t1, A, 10);
+    l.on_alloc(&mut t2, B, 20);
+    l.on_line(&mut t2, F, 11, None);
+    // Each thread's call is its own outermost one.
+    assert_eq!(l.leave(&mut t1, 0), Some((f, true)));
+    assert_eq!(l.leave(&mut t2, 0), Some((f, true)));
+
+    assert_eq!(l.funcs()[f as usize].calls, 2);
+    assert_eq!(
+        fig(&line(&l, f, 10)),
+        Fig { hits: 2, alloc: 30, allocs: 2, freed: 0, frees: 0, net: 30, peak: 20, retained: 30 }
+    );
+    assert_eq!(fig(&line(&l, f, 11)), quiet(1));
+    assert_eq!(
+        fig(&totals(&l, f)),
+        Fig { hits: 2, alloc: 30, allocs: 2, freed: 0, frees: 0, net: 30, peak: 20, retained: 30 }
+    );
+}
+
+// ----- generators -----
+
+/// main: line 1 `g = gen()`, line 2 `for x in g:`, line 3 body, line 4 after the loop.
+/// gen: lines 20, 21 each yield once, line 22 falls off the end.
+#[test]
+fn generator_suspended_time_belongs_to_the_caller_and_resume_reopens_the_line() {
+    let mut l = Ledger::new();
+    let main = register(&mut l, "main", MAIN, 1);
+    let gen = register(&mut l, "gen", G, 20);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, main, 0);
+    l.on_line(&mut h, MAIN, 1, None);
+    let mut saved = SavedFrame::unstarted(gen); // creating the generator runs none of it
+    l.on_line(&mut h, MAIN, 2, None);
+    l.resume(&mut h, saved, 0); // first resume: the call
+    l.on_line(&mut h, G, 20, None);
+    l.on_alloc(&mut h, A, 10); // yielded value
+    saved = l.suspend(&mut h, 0).expect("generator frame");
+    assert!(!l.is_active(&h, gen));
+    l.on_alloc(&mut h, B, 3); // the for loop's own work while gen is suspended
+    l.on_line(&mut h, MAIN, 3, None);
+    l.on_alloc(&mut h, C, 100);
+    l.on_free(&mut h, C);
+    l.on_line(&mut h, MAIN, 2, None);
+    l.resume(&mut h, saved, 0); // continues on line 20
+    assert!(l.is_active(&h, gen));
+    l.on_line(&mut h, G, 20, None); // the tracer may repeat the line: same execution
+    l.on_alloc(&mut h, D, 1); // before the next line event: still line 20
+    l.on_line(&mut h, G, 21, None);
+    l.on_alloc(&mut h, E, 20);
+    saved = l.suspend(&mut h, 0).expect("generator frame");
+    l.on_line(&mut h, MAIN, 3, None);
+    l.on_line(&mut h, MAIN, 2, None);
+    l.resume(&mut h, saved, 0);
+    l.on_line(&mut h, G, 22, None);
+    assert_eq!(l.leave(&mut h, 0), Some((gen, true)), "exhausted");
+    l.on_line(&mut h, MAIN, 4, None);
+    l.leave(&mut h, 0);
+
+    assert_eq!(l.funcs()[gen as usize].calls, 1, "resumes are not calls");
+    // Line 20: executed, suspended, re-opened by the resume (2 hits); B is not its.
+    assert_eq!(
+        fig(&line(&l, gen, 20)),
+        Fig { hits: 2, alloc: 11, allocs: 2, freed: 0, frees: 0, net: 11, peak: 10, retained: 11 }
+    );
+    // Line 21 yielded and was re-opened by the last resume: 2 hits.
+    assert_eq!(
+        fig(&line(&l, gen, 21)),
+        Fig { hits: 2, alloc: 20, allocs: 1, freed: 0, frees: 0, net: 20, peak: 20, retained: 20 }
+    );
+    assert_eq!(fig(&line(&l, gen, 22)), quiet(1));
+    let t = totals(&l, gen);
+    assert_eq!((t.allocated_bytes, t.allocations, t.retained_bytes()), (31, 3, 31));
+    // The loop header: 3 executions; includes the generator's work and its own B.
+    assert_eq!(
+        fig(&line(&l, main, 2)),
+        Fig { hits: 3, alloc: 34, allocs: 4, freed: 0, frees: 0, net: 34, peak: 21, retained: 34 }
+    );
+    assert_eq!(
+        fig(&line(&l, main, 3)),
+        Fig { hits: 2, alloc: 100, allocs: 1, freed: 100, frees: 1, net: 0, peak: 100, retained: 0 }
+    );
+    assert_eq!(fig(&line(&l, main, 4)), quiet(1));
+}
+
+/// `for x in gen(): ...` rebinds x while the generator is suspended, freeing the previous
+/// value. The generator's call lasts until it is exhausted (SPEC section 2), so that value died
+/// before the call returned.
+#[test]
+#[ignore = "known limitation (generators, see issue note): retained treats a suspended generator's call as returned (its frame is off the stack)"]
+fn generator_block_freed_while_it_is_suspended_is_not_retained() {
+    let mut l = Ledger::new();
+    let main = register(&mut l, "main", MAIN, 1);
+    let gen = register(&mut l, "gen", G, 20);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, main, 0);
+    l.on_line(&mut h, MAIN, 1, None);
+    let saved = SavedFrame::unstarted(gen);
+    l.resume(&mut h, saved, 0);
+    l.on_line(&mut h, G, 20, None);
+    l.on_alloc(&mut h, A, 10);
+    let saved = l.suspend(&mut h, 0).unwrap();
+    l.on_free(&mut h, A); // x rebound / dropped by the consumer
+    l.resume(&mut h, saved, 0);
+    l.on_line(&mut h, G, 21, None);
+    l.leave(&mut h, 0); // exhausted: the call returns only now
+    l.leave(&mut h, 0);
+
+    assert_eq!(line(&l, gen, 20).retained_bytes(), 0);
+    assert_eq!(totals(&l, gen).retained_bytes(), 0);
+}
+
+/// The generator runs its first part at depth 1 and is resumed at depth 2 (from inside h),
+/// where it frees what it allocated earlier: all within its one call.
+#[test]
+#[ignore = "known limitation (generators, see issue note): a generator resumed at another depth is not recognised as the frame its earlier blocks were born under"]
+fn generator_resumed_at_another_depth_frees_its_own_block_before_returning() {
+    let mut l = Ledger::new();
+    let main = register(&mut l, "main", MAIN, 1);
+    let f = register(&mut l, "h", F, 10);
+    let gen = register(&mut l, "gen", G, 20);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, main, 0);
+    l.on_line(&mut h, MAIN, 1, None);
+    l.resume(&mut h, SavedFrame::unstarted(gen), 0);
+    l.on_line(&mut h, G, 20, None);
+    l.on_alloc(&mut h, A, 10);
+    let saved = l.suspend(&mut h, 0).unwrap();
+    l.on_line(&mut h, MAIN, 2, None);
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.resume(&mut h, saved, 0);
+    l.on_line(&mut h, G, 21, None);
+    l.on_free(&mut h, A);
+    l.leave(&mut h, 0); // gen exhausted
+    l.leave(&mut h, 0);
+    l.leave(&mut h, 0);
+
+    assert_eq!(line(&l, gen, 20).retained_bytes(), 0);
+    assert_eq!(totals(&l, gen).retained_bytes(), 0);
+}
+
+/// f returns a block and is gone; later a generator, resumed at the depth f had, frees it. The
+/// generator's frame is older than the block, so the ledger takes it for f's frame.
+#[test]
+#[ignore = "known limitation (generators, see issue note): a resumed generator keeps its old stamp, so a frame of an already-returned call at the same depth looks alive"]
+fn block_of_a_returned_call_stays_retained_when_a_resumed_generator_frees_it() {
+    let mut l = Ledger::new();
+    let main = register(&mut l, "main", MAIN, 1);
+    let f = register(&mut l, "f", F, 10);
+    let gen = register(&mut l, "gen", G, 20);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, main, 0);
+    l.on_line(&mut h, MAIN, 1, None); // g = gen(); next(g)
+    l.resume(&mut h, SavedFrame::unstarted(gen), 0);
+    l.on_line(&mut h, G, 20, None); // item = yield
+    let saved = l.suspend(&mut h, 0).unwrap();
+    l.on_line(&mut h, MAIN, 2, None); // x = f()
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, A, 100);
+    l.leave(&mut h, 0); // f has returned with A live: A is retained by f
+    l.on_line(&mut h, MAIN, 3, None); // g.send(x); del x
+    l.resume(&mut h, saved, 0);
+    l.on_line(&mut h, G, 21, None); // del item
+    l.on_free(&mut h, A);
+    l.leave(&mut h, 0);
+    l.leave(&mut h, 0);
+
+    assert_eq!(line(&l, f, 10).retained_bytes(), 100);
+    assert_eq!(totals(&l, f).retained_bytes(), 100);
+    // main outlived A: not retained there.
+    assert_eq!(line(&l, main, 2).retained_bytes(), 0);
+}
+
+// ----- RSS -----
+
+#[test]
+fn rss_deltas_telescope_over_a_call_and_rss_after_is_the_last_execution() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 1000);
+    l.on_line(&mut h, F, 10, None);
+    l.on_line(&mut h, F, 11, Some(1500)); // closes line 10: +500
+    l.on_line(&mut h, F, 12, Some(1450)); // closes line 11: -50
+    l.on_line(&mut h, F, 11, None); // no reading: line 12 +0
+    l.on_line(&mut h, F, 12, Some(2000)); // line 11: +550
+    l.leave(&mut h, 1800); // line 12: -200
+
+    let (s10, s11, s12) = (line(&l, f, 10), line(&l, f, 11), line(&l, f, 12));
+    assert_eq!((s10.rss_delta, s10.rss_after), (500, Some(1500)));
+    assert_eq!((s11.rss_delta, s11.rss_after), (500, Some(2000)));
+    assert_eq!((s12.rss_delta, s12.rss_after), (-200, Some(1800)));
+    assert_eq!(s10.rss_delta + s11.rss_delta + s12.rss_delta, 1800 - 1000);
+    let t = totals(&l, f);
+    assert_eq!((t.rss_delta, t.rss_after), (800, Some(1800)));
+    assert_eq!(l.funcs()[f as usize].rss_at_entry, Some(1000));
+}
+
+#[test]
+fn rss_deltas_telescope_around_a_nested_call() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let g = register(&mut l, "g", G, 20);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 1000);
+    l.on_line(&mut h, F, 10, None);
+    l.enter(&mut h, g, 1200);
+    l.on_line(&mut h, G, 20, None);
+    l.on_line(&mut h, G, 21, Some(1300));
+    l.leave(&mut h, 1350);
+    l.on_line(&mut h, F, 11, Some(1400));
+    l.leave(&mut h, 1400);
+
+    assert_eq!((line(&l, g, 20).rss_delta, line(&l, g, 21).rss_delta), (100, 50));
+    assert_eq!(totals(&l, g).rss_delta, 1350 - 1200);
+    // Line 10 spans g's whole call.
+    assert_eq!((line(&l, f, 10).rss_delta, line(&l, f, 11).rss_delta), (400, 0));
+    assert_eq!(line(&l, f, 10).rss_after, Some(1400));
+    assert_eq!(totals(&l, f).rss_delta, 1400 - 1000);
+    assert_eq!(l.funcs()[g as usize].rss_at_entry, Some(1200));
+}
+
+#[test]
+fn rss_reading_is_due_after_a_big_block_a_large_net_change_or_time() {
+    let mut l = Ledger::new();
+    let mut h = Hot::ZERO;
+    h.rss_taken(10_000);
+    assert!(!h.rss_due(10_000 + RSS_TIME_TRIGGER_US - 1));
+    assert!(h.rss_due(10_000 + RSS_TIME_TRIGGER_US));
+
+    l.on_alloc(&mut h, A, RSS_NET_TRIGGER as u64 - 1);
+    assert!(!h.rss_due(10_000));
+    l.on_alloc(&mut h, B, 1);
+    assert!(h.rss_due(10_000));
+    h.rss_taken(10_000);
+    assert!(!h.rss_due(10_000));
+    l.on_free(&mut h, A); // a fall counts too, from 64 KiB on
+    assert!(!h.rss_due(10_000));
+    l.on_free(&mut h, B);
+    assert!(h.rss_due(10_000));
+    h.rss_taken(10_000);
+
+    l.on_alloc(&mut h, C, BIG_BLOCK);
+    h.net_at_rss = h.net(); // isolate the big-block trigger from the net trigger
+    assert!(h.big_event && h.rss_due(10_000));
+    h.rss_taken(10_000);
+    assert!(!h.big_event && !h.rss_due(10_000));
+    l.on_free(&mut h, C);
+    h.net_at_rss = h.net();
+    assert!(h.rss_due(10_000), "freeing a big block may unmap it");
+}
+
+// ----- process figures -----
+
+#[test]
+fn process_stats_track_live_peak_allocated_and_freed() {
+    let mut l = Ledger::new();
+    let mut h = Hot::ZERO; // a thread with no profiled frame: process figures only
+
+    l.on_alloc(&mut h, A, 100);
+    l.on_alloc(&mut h, B, 200);
+    l.on_free(&mut h, A);
+    l.on_alloc(&mut h, C, 50);
+    l.on_free(&mut h, B);
+    assert_eq!(
+        l.process,
+        ProcessStats {
+            allocated_bytes: 350,
+            freed_bytes: 300,
+            live_bytes: 50,
+            tracked_peak_bytes: 300,
+            untracked_frees: 0
+        }
+    );
+    // A block freed behind the hooks' back: a new allocation at its address replaces it.
+    l.on_alloc(&mut h, D, 40);
+    l.on_alloc(&mut h, D, 30);
+    assert_eq!(l.process.live_bytes, 80);
+    assert_eq!(l.table.len(), 2);
+    l.on_free(&mut h, D);
+    l.on_free(&mut h, C);
+    assert!(!l.on_free(&mut h, C), "double free is untracked");
+    assert_eq!(
+        l.process,
+        ProcessStats {
+            allocated_bytes: 420,
+            freed_bytes: 380,
+            live_bytes: 0,
+            tracked_peak_bytes: 300,
+            untracked_frees: 1
+        }
+    );
+    assert!(l.table.is_empty());
+    // No thread ledger was ever needed.
+    assert_eq!(l.leave(&mut h, 0), None);
+    assert_eq!(h.thread, 0);
+}
+
+// ----- report -----
+
+#[test]
+fn report_gathers_called_functions_and_their_lines() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let _never_called = register(&mut l, "g", G, 20);
+    let mut h = Hot::ZERO;
+
+    l.enter(&mut h, f, 1 << 20);
+    l.on_line(&mut h, F, 11, None);
+    l.on_alloc(&mut h, A, 100);
+    l.on_alloc(&mut h, B, 28);
+    l.on_free(&mut h, B);
+    l.on_line(&mut h, F, 12, Some(2 << 20));
+    l.on_free(&mut h, A);
+    l.on_alloc(&mut h, C, 8);
+    l.leave(&mut h, 2 << 20);
+
+    let r = Report::from_ledger(&l, "3.12.1", Some(vec!["prog.py".into()]), 3 << 20);
+    assert_eq!(r.functions.len(), 1, "g was never called");
+    let fr = &r.functions[0];
+    assert_eq!((fr.name.as_str(), fr.calls, fr.first_lineno, fr.rss_at_entry), ("f", 1, 10, Some(1 << 20)));
+    assert_eq!(fr.lines.iter().map(|l| l.lineno).collect::<Vec<_>>(), vec![11, 12]);
+    assert_eq!(fr.lines[0].source, "    line_11()");
+    assert_eq!(
+        fr.lines[0].figures,
+        Figures {
+            hits: 1,
+            allocated_bytes: 128,
+            allocations: 2,
+            freed_bytes: 28,
+            frees: 1,
+            net_bytes: 100,
+            peak_bytes: 128,
+            retained_bytes: 0,
+            rss_after_bytes: Some(2 << 20),
+            rss_delta_bytes: 1 << 20,
+        }
+    );
+    assert_eq!(
+        fr.lines[1].figures,
+        Figures {
+            hits: 1,
+            allocated_bytes: 8,
+            allocations: 1,
+            freed_bytes: 100,
+            frees: 1,
+            net_bytes: -92,
+            peak_bytes: 0,
+            retained_bytes: 8,
+            rss_after_bytes: Some(2 << 20),
+            rss_delta_bytes: 0,
+        }
+    );
+    assert_eq!((fr.totals.net_bytes, fr.totals.retained_bytes, fr.totals.rss_delta_bytes), (8, 8, 1 << 20));
+    assert_eq!(r.process, l.process);
+
+    let json = r.to_json();
+    assert!(json.contains(r#""net_bytes":-92"#), "{json}");
+    assert!(json.contains(r#""retained_bytes":8"#), "{json}");
+    assert!(json.contains(r#""rss_peak_bytes":3145728"#), "{json}");
+    let text = render_text(&r, 1);
+    assert!(text.contains("function: f   calls: 1"), "{text}");
+}
