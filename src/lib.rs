@@ -8,7 +8,7 @@ mod tracing;
 
 use clap::Parser;
 use memsleuth_core::ledger::{FuncInfo, SavedFrame};
-use memsleuth_core::report::{render_function, render_text, Report};
+use memsleuth_core::report::{render_function, Report};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use state::with_ledger;
@@ -132,24 +132,15 @@ fn report_json(python_version: &str, argv: Option<Vec<String>>) -> String {
     build_report(python_version, argv).to_json()
 }
 
-/// The text report (SPEC section 6): of the function with code object `code`, or of all.
+/// The text report (SPEC section 6) of the function with code object `code`.
 #[pyfunction]
-#[pyo3(signature = (precision, code=None))]
-fn report_text(precision: usize, code: Option<&Bound<'_, PyAny>>) -> String {
-    let report = build_report("", None);
-    match code {
-        None => render_text(&report, precision),
-        Some(code) => {
-            let ledger = state::LEDGER.lock();
-            let wanted = ledger.funcs().iter().find(|f| f.info.code == code.as_ptr() as usize).map(|f| &f.info.name);
-            report
-                .functions
-                .iter()
-                .filter(|f| Some(&f.name) == wanted)
-                .map(|f| render_function(f, precision))
-                .collect()
-        }
-    }
+fn report_text(precision: usize, code: &Bound<'_, PyAny>) -> String {
+    build_report("", None)
+        .functions
+        .iter()
+        .filter(|f| f.code == code.as_ptr() as usize)
+        .map(|f| render_function(f, precision))
+        .collect()
 }
 
 /// The profiler's own bookkeeping: live tracked blocks and the bytes its tables occupy.

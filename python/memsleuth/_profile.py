@@ -20,6 +20,9 @@ deferred = False
 default_precision = 1
 #: The profiled program's argv under ``memsleuth run`` (None in decorator mode).
 program_argv = None
+#: Each profiled code object, in the order first profiled, with its decorator's precision
+#: (None: the default).
+precisions = {}
 
 
 def _start():
@@ -111,6 +114,7 @@ def profile(func=None, *, precision=None, stream=None, backend=None):
     _start()
     fid = _register(func)
     code = func.__code__
+    precisions.setdefault(code, precision)
     _watch(code)
     def report(outermost):
         if outermost:

@@ -97,7 +97,8 @@ def _exit_status(code):
 def _write_reports(json_path, precision):
     _native.begin_quiet()
     try:
-        sys.stdout.write(_native.report_text(precision))
+        for code, own_precision in _profile.precisions.items():
+            sys.stdout.write(_native.report_text(precision if own_precision is None else own_precision, code))
         sys.stdout.flush()
         if json_path is not None:
             version = ".".join(str(part) for part in sys.version_info[:3])

@@ -60,6 +60,8 @@ pub struct LineReport {
 
 #[derive(Clone, Debug)]
 pub struct FunctionReport {
+    /// Identity of the function's code object.
+    pub code: usize,
     pub name: String,
     pub module: String,
     pub filename: String,
@@ -158,6 +160,7 @@ fn function_report(ledger: &Ledger, func: u32) -> Option<FunctionReport> {
         f.info.source.get((lineno - f.info.first_lineno) as usize).map_or(String::new(), |s| s.trim_end().to_string())
     };
     Some(FunctionReport {
+        code: f.info.code,
         name: f.info.name.clone(),
         module: f.info.module.clone(),
         filename: f.info.filename.clone(),

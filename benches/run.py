@@ -1,0 +1,164 @@
+"""memsleuth's benchmark suite: slowdown and peak RSS against plain Python, side by side.
+
+    python benches/run.py [--python PY] [--peers-python PY] [--runs N] [--only WORKLOAD]
+
+Every workload runs in two shapes: the hot loop inside the profiled function ("inline") and a
+profiled function whose hot loop sits in an unprofiled callee ("callee"); "outside" runs the loop
+with memsleuth tracking but no profiled function on the stack. Each cell is the median over
+--runs alternating rounds of the tool's wall time divided by plain Python's median at the same
+size, and the tool's peak RSS divided by plain's. memory_profiler runs a scaled-down size (it is
+hundreds of times slower) against a plain baseline at that size. Machines are noisy: read the
+ratios, not the seconds.
+
+--python runs plain, memsleuth and tracemalloc (it must have memsleuth installed); --peers-python
+(same CPython version, memray and memory_profiler installed) runs the peers.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+WORKLOADS = {
+    "alloc-heavy": (
+        "d = {}\n"
+        "for i in range(int(N * 2_000_000)):\n"
+        "    d[i] = str(i)\n"
+        "del d\n"
+    ),
+    "temporaries": "s = sum([x * x for x in range(int(N * 1_000_000))])\n",
+    # Small ints are cached and repeat() yields the same object: no allocation at all.
+    "no-alloc": (
+        "from itertools import repeat\n"
+        "t = 0\n"
+        "for _ in repeat(None, int(N * 3_000_000)):\n"
+        "    t = (t + 3) & 255\n"
+    ),
+    "large-buffers": (
+        "for i in range(int(N * 200)):\n"
+        "    b = bytearray(4_000_000)\n"
+        "    b[0] = 1\n"
+        "    del b\n"
+    ),
+    "small-calls": (
+        "def small(a, b):\n"
+        "    return (a, b)\n"
+        "t = None\n"
+        "for i in range(int(N * 1_500_000)):\n"
+        "    t = small(i, t is None)\n"
+    ),
+}
+
+PRELUDES = {
+    "plain": "def profile(f):\n    return f\n",
+    "memsleuth": "from memsleuth import profile\n",
+    "tracemalloc": "import tracemalloc\ntracemalloc.start(1)\ndef profile(f):\n    return f\n",
+    "memray": "def profile(f):\n    return f\n",
+    "memray-pyalloc": "def profile(f):\n    return f\n",
+    "memory_profiler": "from memory_profiler import profile\n",
+}
+
+# memory_profiler prints its table to stdout; results go to /dev/null either way.
+SCALE = {"memory_profiler": 0.01}
+
+
+def indent(code, prefix="    "):
+    return "".join(prefix + line + "\n" for line in code.splitlines())
+
+
+def program(tool, workload, shape, scale):
+    body = WORKLOADS[workload]
+    src = PRELUDES[tool] + f"N = {scale!r}\n"
+    if shape == "inline":
+        src += "@profile\ndef work():\n" + indent(body) + "work()\n"
+    elif shape == "callee":
+        src += "def hot():\n" + indent(body) + "@profile\ndef work():\n    hot()\nwork()\n"
+    else:  # outside: tracking on, nothing profiled on the stack
+        src += "@profile\ndef unused():\n    pass\ndef hot():\n" + indent(body) + "hot()\n"
+    if "memray" in tool or tool == "plain":
+        src = src.replace("@profile\n", "")
+    return src
+
+
+def command(tool, python, peers_python, script, tmp):
+    if tool == "memray":
+        return [peers_python, "-m", "memray", "run", "-q", "-f", "-o", os.path.join(tmp, "m.bin"), script]
+    if tool == "memray-pyalloc":
+        return [peers_python, "-m", "memray", "run", "-q", "-f", "--trace-python-allocators",
+                "-o", os.path.join(tmp, "m.bin"), script]
+    if tool == "memory_profiler":
+        return [peers_python, script]
+    return [python, script]
+
+
+def measure(cmd):
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    if status != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {err.strip()[-500:]}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--peers-python", default=None)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", action="append", choices=sorted(WORKLOADS))
+    parser.add_argument("--shapes", default="inline,callee,outside")
+    args = parser.parse_args()
+
+    tools = ["memsleuth", "tracemalloc"]
+    if args.peers_python:
+        tools += ["memray", "memray-pyalloc", "memory_profiler"]
+    workloads = args.only or list(WORKLOADS)
+    shapes = args.shapes.split(",")
+    version = subprocess.check_output([args.python, "-c", "import sys; print(sys.version.split()[0])"], text=True)
+    tmp = tempfile.mkdtemp(prefix="memsleuth-bench-")
+    rows = []
+    try:
+        for workload in workloads:
+            for shape in shapes:
+                times, rss = {}, {}
+                scales = {t: SCALE.get(t, 1) for t in tools}
+                baselines = sorted(set(scales.values()))
+                for _ in range(args.runs):
+                    for tool in [("plain", s) for s in baselines] + [(t, scales[t]) for t in tools]:
+                        name, scale = tool
+                        script = os.path.join(tmp, f"{name}-{workload}-{shape}.py")
+                        with open(script, "w") as f:
+                            f.write(program(name, workload, shape, scale))
+                        cmd = command(name, args.python, args.peers_python, script, tmp)
+                        elapsed, peak = measure(cmd)
+                        times.setdefault(tool, []).append(elapsed)
+                        rss.setdefault(tool, []).append(peak)
+                cells = []
+                for tool in tools:
+                    key, base = (tool, scales[tool]), ("plain", scales[tool])
+                    slowdown = statistics.median(times[key]) / statistics.median(times[base])
+                    mem = statistics.median(rss[key]) / statistics.median(rss[base])
+                    cells.append(f"{slowdown:.2f}x / {mem:.2f}x")
+                plain_s = statistics.median(times[("plain", 1)])
+                rows.append((workload, shape, f"{plain_s:.2f} s", cells))
+                print(f"{workload:14} {shape:8} plain {plain_s:.2f} s  " + "  ".join(
+                    f"{t}={c}" for t, c in zip(tools, cells)), file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\nCPython {version.strip()}, {args.runs} alternating runs, median slowdown / median peak RSS vs plain")
+    print("| workload | shape | plain | " + " | ".join(tools) + " |")
+    print("|---|---|---|" + "---|" * len(tools))
+    for workload, shape, plain_s, cells in rows:
+        print(f"| {workload} | {shape} | {plain_s} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
