@@ -30,16 +30,20 @@ WORKLOADS = {
         "    d[i] = str(i)\n"
         "del d\n"
     ),
-    "temporaries": "s = sum([x * x for x in range(int(N * 1_000_000))])\n",
+    # The seed's list comprehension at a million elements, repeated.
+    "temporaries": (
+        "for _ in range(max(1, int(N * 6))):\n"
+        "    s = sum([x * x for x in range(1_000_000)])\n"
+    ),
     # Small ints are cached and repeat() yields the same object: no allocation at all.
     "no-alloc": (
         "from itertools import repeat\n"
         "t = 0\n"
-        "for _ in repeat(None, int(N * 3_000_000)):\n"
+        "for _ in repeat(None, int(N * 12_000_000)):\n"
         "    t = (t + 3) & 255\n"
     ),
     "large-buffers": (
-        "for i in range(int(N * 200)):\n"
+        "for i in range(int(N * 3_000)):\n"
         "    b = bytearray(4_000_000)\n"
         "    b[0] = 1\n"
         "    del b\n"
@@ -48,7 +52,7 @@ WORKLOADS = {
         "def small(a, b):\n"
         "    return (a, b)\n"
         "t = None\n"
-        "for i in range(int(N * 1_500_000)):\n"
+        "for i in range(int(N * 5_000_000)):\n"
         "    t = small(i, t is None)\n"
     ),
 }

@@ -3,7 +3,7 @@
 //! and never removed: raw-domain calls read the allocator table without a lock, so another
 //! thread may be inside a hook at any moment.
 
-use crate::state::{guarded, with_ledger, ENABLED};
+use crate::state::{guarded, with_ledger, ENABLED, LEDGER};
 use pyo3_ffi::{PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_GetAllocator, PyMem_SetAllocator};
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
@@ -109,9 +109,23 @@ fn install_domain(domain: PyMemAllocatorDomain, slot: &'static Original) {
     }
 }
 
+extern "C" fn before_fork() {
+    // Hold the ledger across fork() so the child never inherits it locked by a thread that
+    // does not exist there.
+    std::mem::forget(LEDGER.lock());
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: `before_fork` locked the ledger on this thread and leaked the guard; this is the
+    // matching unlock, in the parent and in the child alike.
+    unsafe { LEDGER.force_unlock() };
+}
+
 /// Installs the hooks on all three domains (once) and starts tracking.
 pub fn install() {
     INSTALL.call_once(|| {
+        // SAFETY: the handlers are plain functions that stay valid for the life of the process.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
         install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &RAW);
         install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, &MEM);
         install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, &OBJ);

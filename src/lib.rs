@@ -15,11 +15,27 @@ use state::with_ledger;
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
-/// Installs the allocator hooks (once) and starts tracking. `python_minor` is sys.version_info[1].
+/// Installs the allocator hooks (once) and starts tracking. `python_minor` is
+/// sys.version_info[1]; before 3.12, `frame` (any live frame) calibrates the C trace function.
 #[pyfunction]
-fn install(python_minor: u32) {
+#[pyo3(signature = (python_minor, frame=None))]
+fn install(python_minor: u32, frame: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
     tracing::FRAME_OBJECTS_ARE_OURS.store(python_minor == 11, Ordering::Relaxed);
+    if let Some(frame) = frame {
+        tracing::USES_TRACE.store(true, Ordering::Relaxed);
+        tracing::calibrate(frame, python_minor)?;
+    }
     hooks::install();
+    Ok(())
+}
+
+/// Before 3.12, a thread is traced only while it has a profiled call on its stack.
+fn trace_while_profiling(push: impl FnOnce(), was_idle: bool) {
+    push();
+    let idle = state::top_code() == 0;
+    if was_idle != idle && tracing::USES_TRACE.load(Ordering::Relaxed) {
+        tracing::set_thread_tracing(!idle);
+    }
 }
 
 /// Registers a profiled function; returns its id (the same id for the same code object).
@@ -41,7 +57,8 @@ fn register(
 #[pyfunction]
 fn enter(fid: u32) {
     let reading = rss::current();
-    with_ledger(|l, hot| l.enter(hot, fid, reading));
+    let was_idle = state::top_code() == 0;
+    trace_while_profiling(|| with_ledger(|l, hot| l.enter(hot, fid, reading)), was_idle);
 }
 
 /// The innermost profiled call returned or raised; true if no other call of the same function
@@ -49,7 +66,12 @@ fn enter(fid: u32) {
 #[pyfunction]
 fn leave() -> bool {
     let reading = rss::current();
-    with_ledger(|l, hot| l.leave(hot, reading).is_some_and(|(_, outermost)| outermost))
+    let mut outermost = false;
+    trace_while_profiling(
+        || outermost = with_ledger(|l, hot| l.leave(hot, reading).is_some_and(|(_, outermost)| outermost)),
+        false,
+    );
+    outermost
 }
 
 /// The frame of a profiled generator or coroutine, kept while it is suspended.
@@ -69,13 +91,14 @@ impl GenFrame {
     fn resume(&mut self) {
         let Some(saved) = self.saved.take() else { return };
         let reading = rss::current();
-        with_ledger(|l, hot| l.resume(hot, saved, reading));
+        let was_idle = state::top_code() == 0;
+        trace_while_profiling(|| with_ledger(|l, hot| l.resume(hot, saved, reading)), was_idle);
     }
 
     /// The generator yielded: its lines stop being active.
     fn suspend(&mut self) {
         let reading = rss::current();
-        self.saved = with_ledger(|l, hot| l.suspend(hot, reading));
+        trace_while_profiling(|| self.saved = with_ledger(|l, hot| l.suspend(hot, reading)), false);
     }
 
     /// The generator finished or raised; true if no other call of the function remains on this
@@ -92,14 +115,6 @@ fn line_event(code: &Bound<'_, PyAny>, line: &Bound<'_, PyAny>) {
     // Ints beyond the small-int cache are allocated for each callback: they are ours.
     let int_obj = (lineno > 256).then(|| line.as_ptr() as usize);
     tracing::line_event(code.as_ptr() as usize, lineno, int_obj);
-}
-
-/// Installs the C trace function on the calling thread (before 3.12).
-#[pyfunction]
-fn start_trace() {
-    // SAFETY: called from Python, so this thread holds the GIL; `trace` has the Py_tracefunc
-    // signature and needs no argument object.
-    unsafe { pyo3_ffi::PyEval_SetTrace(Some(tracing::trace), std::ptr::null_mut()) };
 }
 
 thread_local! {
@@ -176,7 +191,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(enter, m)?)?;
     m.add_function(wrap_pyfunction!(leave, m)?)?;
     m.add_function(wrap_pyfunction!(line_event, m)?)?;
-    m.add_function(wrap_pyfunction!(start_trace, m)?)?;
     m.add_function(wrap_pyfunction!(begin_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(end_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(report_json, m)?)?;

@@ -3,7 +3,7 @@
 
 use memsleuth_core::ledger::{Hot, Ledger};
 use parking_lot::Mutex;
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One lock for the block table and the ledger. Under the GIL it is almost never contended;
@@ -16,7 +16,7 @@ pub static ENABLED: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// Const-initialised and without Drop, so reading it never allocates or registers a
     /// destructor, even from a raw-domain hook running during thread teardown.
-    static HOT: Cell<Hot> = const { Cell::new(Hot::ZERO) };
+    static HOT: UnsafeCell<Hot> = const { UnsafeCell::new(Hot::ZERO) };
     /// Set while this thread is inside one of our hooks: nested allocator calls (pymalloc
     /// handing a large request to the raw domain) pass straight through and count once.
     static BUSY: Cell<bool> = const { Cell::new(false) };
@@ -45,10 +45,11 @@ pub fn with_ledger<R: Default>(f: impl FnOnce(&mut Ledger, &mut Hot) -> R) -> R 
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut ledger = LEDGER.lock();
         HOT.with(|h| {
-            let mut hot = h.get();
-            let r = f(&mut ledger, &mut hot);
-            h.set(hot);
-            r
+            // SAFETY: the only mutable access to this thread's counters, and it cannot nest:
+            // `f` is plain Rust that never calls into the interpreter, so no hook can run on
+            // this thread until it returns (Rust's own allocations go to libc, not PyMem).
+            let hot = unsafe { &mut *h.get() };
+            f(&mut ledger, hot)
         })
     }));
     outcome.unwrap_or_else(|_| {
@@ -57,8 +58,10 @@ pub fn with_ledger<R: Default>(f: impl FnOnce(&mut Ledger, &mut Hot) -> R) -> R 
     })
 }
 
-/// This thread's counters, read without the lock (they are thread-local).
+/// The code object of this thread's innermost profiled frame (0 if none), read without the
+/// lock (the counters are thread-local).
 #[inline(always)]
-pub fn hot() -> Hot {
-    HOT.with(|h| h.get())
+pub fn top_code() -> usize {
+    // SAFETY: a read between accesses; no `with_ledger` is running on this thread here.
+    HOT.with(|h| unsafe { (*h.get()).top_code })
 }

@@ -1,13 +1,15 @@
 //! Line events. From CPython 3.12 sys.monitoring delivers LINE events for the profiled code
-//! objects only (registered from Python, calling `line_event`); before 3.12 a C-level trace
-//! function sees every line of every frame and drops the ones that are not the innermost
-//! profiled frame's with one comparison, before taking any lock.
+//! objects only (registered from Python, calling `line_event`). Before 3.12 a C-level trace
+//! function is installed on a thread only while it has a profiled call on its stack; it turns
+//! line events off (`f_trace_lines`) in every other frame as the frame starts, and drops any
+//! other stray event with one comparison, before taking any lock.
 
 use crate::rss;
-use crate::state::{hot, with_ledger};
+use pyo3::prelude::*;
+use crate::state::{top_code, with_ledger};
 use pyo3_ffi::{PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyObject, Py_DecRef, PyTrace_CALL, PyTrace_LINE};
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// On 3.11 the trace function makes the interpreter materialise a frame object for every call;
 /// those objects are the profiler's, not the program's.
@@ -16,16 +18,61 @@ pub static FRAME_OBJECTS_ARE_OURS: AtomicBool = AtomicBool::new(false);
 /// Size of PyGC_Head, which precedes a GC-tracked object inside its allocated block.
 const GC_HEAD: usize = 16;
 
+/// Whether line events come from the C trace function (before 3.12).
+pub static USES_TRACE: AtomicBool = AtomicBool::new(false);
+
+/// Offset of `f_trace_lines` in PyFrameObject, once verified on a live frame; 0 when unknown.
+static TRACE_LINES_OFFSET: AtomicUsize = AtomicUsize::new(0);
+
+/// Where `f_trace_lines` lies in the frame struct of 3.9, 3.10 and 3.11 (private layouts, so
+/// `calibrate` checks the guess on a real frame before it is ever written).
+fn trace_lines_offset_guess(python_minor: u32) -> Option<usize> {
+    match python_minor {
+        9 => Some(88),
+        10 => Some(84),
+        11 => Some(44),
+        _ => None,
+    }
+}
+
+/// Verifies the `f_trace_lines` offset on `frame`, toggling the attribute through Python and
+/// watching the byte; enables per-frame line switching only if both values read back.
+pub fn calibrate(frame: &Bound<'_, PyAny>, python_minor: u32) -> PyResult<bool> {
+    let Some(offset) = trace_lines_offset_guess(python_minor) else { return Ok(false) };
+    let byte = || {
+        // SAFETY: `offset` lies inside the frame object on these versions (a char field after
+        // the object header and a few pointers), and the object is alive while we hold `frame`.
+        unsafe { *(frame.as_ptr() as *const u8).add(offset) }
+    };
+    let original = frame.getattr("f_trace_lines")?;
+    frame.setattr("f_trace_lines", false)?;
+    let off = byte();
+    frame.setattr("f_trace_lines", true)?;
+    let on = byte();
+    frame.setattr("f_trace_lines", original)?;
+    let verified = off == 0 && on == 1;
+    if verified {
+        TRACE_LINES_OFFSET.store(offset, Ordering::Relaxed);
+    }
+    Ok(verified)
+}
+
+/// Starts or stops the C trace function on the calling thread (GIL held).
+pub fn set_thread_tracing(on: bool) {
+    let func: Option<pyo3_ffi::Py_tracefunc> = if on { Some(trace) } else { None };
+    // SAFETY: called with the GIL held, from the thread whose tracing changes; `trace` has the
+    // Py_tracefunc signature and needs no argument object.
+    unsafe { pyo3_ffi::PyEval_SetTrace(func, std::ptr::null_mut()) };
+}
+
 /// A line event for `code` at `lineno`; `int_obj` is the int object the interpreter allocated to
 /// pass the line number, if any, so it can be taken out of the figures.
 #[inline]
 pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
-    let h = hot();
-    if h.top_code != code {
+    if top_code() != code {
         return;
     }
     let now = rss::coarse_now_us();
-    let due = h.rss_due(now);
     with_ledger(|l, hot| {
         if let Some(addr) = int_obj {
             l.mark_profiler(hot, addr);
@@ -33,7 +80,7 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
         if !l.line_changes(hot, code, lineno) {
             return;
         }
-        let reading = due.then(|| {
+        let reading = hot.rss_due(now).then(|| {
             hot.rss_taken(now);
             rss::current()
         });
@@ -54,15 +101,31 @@ pub unsafe extern "C" fn trace(_obj: *mut PyObject, frame: *mut PyFrameObject, w
             Py_DecRef(code);
             code as usize
         };
-        if hot().top_code != code {
+        if top_code() != code {
             return 0;
         }
         // SAFETY: as above; during tracing the frame's line number is current.
         let lineno = unsafe { PyFrame_GetLineNumber(frame) };
         line_event(code, lineno.max(0) as u32, None);
-    } else if what == PyTrace_CALL && FRAME_OBJECTS_ARE_OURS.load(Ordering::Relaxed) {
-        let block = frame as usize - GC_HEAD;
-        with_ledger(|l, hot| l.mark_profiler(hot, block));
+    } else if what == PyTrace_CALL {
+        if FRAME_OBJECTS_ARE_OURS.load(Ordering::Relaxed) {
+            let block = frame as usize - GC_HEAD;
+            with_ledger(|l, hot| l.mark_profiler(hot, block));
+        }
+        let offset = TRACE_LINES_OFFSET.load(Ordering::Relaxed);
+        if offset != 0 {
+            // SAFETY: as above for the frame; `offset` was verified by `calibrate` to be the
+            // frame's f_trace_lines byte on this interpreter.
+            let code = unsafe {
+                let code = PyFrame_GetCode(frame) as *mut PyObject;
+                Py_DecRef(code);
+                code as usize
+            };
+            if top_code() != code {
+                // SAFETY: see above; writing 0 to f_trace_lines only stops line events.
+                unsafe { *(frame as *mut u8).add(offset) = 0 };
+            }
+        }
     }
     0
 }

@@ -31,8 +31,8 @@ def _start():
     with _start_lock:
         if _started:
             return
-        _native.install(sys.version_info[1])
         if sys.version_info >= (3, 12):
+            _native.install(sys.version_info[1])
             mon = sys.monitoring
             for tool in (mon.PROFILER_ID, 3, 4, 5):
                 if mon.get_tool(tool) is None:
@@ -43,15 +43,9 @@ def _start():
                 raise RuntimeError("memsleuth: every sys.monitoring tool id is taken")
             mon.register_callback(_monitoring_tool, mon.events.LINE, _native.line_event)
         else:
-            _native.start_trace()
-            threading.settrace(_bootstrap_thread)
+            # The C trace function is switched on per thread by the first profiled call.
+            _native.install(sys.version_info[1], sys._getframe())
         _started = True
-
-
-def _bootstrap_thread(frame, event, arg):
-    """threading.settrace hook: gives each new thread the C trace function, then steps aside."""
-    _native.start_trace()
-    return None
 
 
 def _watch(code):

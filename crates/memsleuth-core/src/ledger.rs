@@ -167,6 +167,10 @@ struct Exec {
     rss_start: u64,
 }
 
+/// Lines whose ids and nodes a frame keeps at hand: a loop body cycles through a few lines, and
+/// this spares a hash lookup at each line event.
+const RECENT_LINES: usize = 8;
+
 #[derive(Clone, Copy, Debug)]
 struct Frame {
     func: u32,
@@ -175,6 +179,8 @@ struct Frame {
     total: Exec,
     line: Option<Exec>,
     lineno: u32,
+    /// (line number, line id, node) by line number modulo RECENT_LINES; line number 0 is empty.
+    recent: [(u32, u32, u32); RECENT_LINES],
 }
 
 /// A generator's or coroutine's frame while it is suspended.
@@ -479,7 +485,7 @@ impl Ledger {
 
     // ----- execution events -----
 
-    fn open_exec(&mut self, hot: &mut Hot, t: usize, line: u32, parent: u32, frame_index: u32, is_line: bool) -> Exec {
+    fn open_exec(&mut self, hot: &mut Hot, t: usize, line: u32, node: u32, frame_index: u32, is_line: bool) -> Exec {
         self.lines[line as usize].hits += 1;
         let th = &mut self.threads[t];
         if th.active.len() <= line as usize {
@@ -497,7 +503,6 @@ impl Ledger {
             th.measured.push((frame_index, is_line));
         }
         let rss_start = th.last_rss;
-        let node = self.intern(parent, line, hot.thread, frame_index);
         hot.owner = node;
         hot.last_alloc = 0;
         Exec {
@@ -569,8 +574,17 @@ impl Ledger {
         let depth = th.frames.len() as u32;
         // Stamps only grow along a thread's history; a resumed frame keeps its first one.
         hot.stamp = hot.stamp.max(saved.stamp).max(self.clock);
-        let total = self.open_exec(hot, t, total_line, parent, depth, false);
-        self.threads[t].frames.push(Frame { func: saved.func, code, stamp: saved.stamp, total, line: None, lineno: 0 });
+        let node = self.intern(parent, total_line, hot.thread, depth);
+        let total = self.open_exec(hot, t, total_line, node, depth, false);
+        self.threads[t].frames.push(Frame {
+            func: saved.func,
+            code,
+            stamp: saved.stamp,
+            total,
+            line: None,
+            lineno: 0,
+            recent: [(0, 0, 0); RECENT_LINES],
+        });
         hot.top_code = code;
         if saved.lineno != 0 {
             self.start_line(hot, t, saved.lineno);
@@ -579,10 +593,20 @@ impl Ledger {
 
     fn start_line(&mut self, hot: &mut Hot, t: usize, lineno: u32) {
         let depth = self.threads[t].frames.len() as u32 - 1;
-        let frame = self.threads[t].frames[depth as usize];
-        let line = self.line_id(frame.func, lineno);
-        let exec = self.open_exec(hot, t, line, frame.total.node, depth, true);
-        let top = self.threads[t].frames.last_mut().expect("frame just read");
+        let top = &self.threads[t].frames[depth as usize];
+        let slot = lineno as usize % RECENT_LINES;
+        let (line, node) = match top.recent[slot] {
+            (cached, line, node) if cached == lineno => (line, node),
+            _ => {
+                let (func, parent) = (top.func, top.total.node);
+                let line = self.line_id(func, lineno);
+                let node = self.intern(parent, line, hot.thread, depth);
+                self.threads[t].frames[depth as usize].recent[slot] = (lineno, line, node);
+                (line, node)
+            }
+        };
+        let exec = self.open_exec(hot, t, line, node, depth, true);
+        let top = &mut self.threads[t].frames[depth as usize];
         top.line = Some(exec);
         top.lineno = lineno;
     }
