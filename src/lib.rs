@@ -8,9 +8,9 @@ mod tracing;
 
 use clap::Parser;
 use memsleuth_core::ledger::{FuncInfo, SavedFrame};
-use memsleuth_core::report::{render_function, Report};
+use memsleuth_core::report::{render_function, render_text, Report};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 use state::with_ledger;
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
@@ -72,6 +72,61 @@ fn leave() -> bool {
         false,
     );
     outermost
+}
+
+extern "C" {
+    /// CPython's bound-method constructor (types.MethodType), absent from pyo3-ffi.
+    fn PyMethod_New(func: *mut pyo3_ffi::PyObject, instance: *mut pyo3_ffi::PyObject) -> *mut pyo3_ffi::PyObject;
+}
+
+/// A profiled plain function: calls go straight from the interpreter to the function through
+/// this object, with no Python-level wrapper frame whose creation a profiled caller would see.
+#[pyclass(module = "memsleuth._native", dict, weakref)]
+struct Profiled {
+    fid: u32,
+    func: Py<PyAny>,
+    /// Called with no arguments after an outermost call returns (prints the table).
+    on_return: Py<PyAny>,
+}
+
+#[pymethods]
+impl Profiled {
+    #[new]
+    fn new(fid: u32, func: Py<PyAny>, on_return: Py<PyAny>) -> Self {
+        Profiled { fid, func, on_return }
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {
+        // The interpreter built the argument tuple and dict for this call: they are ours.
+        let made_for_us = [Some(args.as_any()), kwargs.map(|k| k.as_any())];
+        with_ledger(|l, hot| {
+            for object in made_for_us.into_iter().flatten() {
+                l.mark_profiler(hot, object.as_ptr() as usize - tracing::GC_HEAD);
+            }
+        });
+        enter(self.fid);
+        let result = self.func.bind(py).call(args, kwargs);
+        if leave() {
+            self.on_return.call0(py)?;
+        }
+        result.map(Bound::unbind)
+    }
+
+    /// Binds like a function, so a profiled method receives its instance.
+    fn __get__(slf: Bound<'_, Self>, instance: Option<Bound<'_, PyAny>>, _owner: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        match instance {
+            Some(instance) if !instance.is_none() => {
+                // SAFETY: both are valid objects; PyMethod_New returns a new reference or NULL
+                // with an exception set, which from_owned_ptr_or_err turns into an error.
+                let bound = unsafe {
+                    Bound::from_owned_ptr_or_err(slf.py(), PyMethod_New(slf.as_ptr(), instance.as_ptr()))?
+                };
+                Ok(bound.unbind())
+            }
+            _ => Ok(slf.into_any().unbind()),
+        }
+    }
 }
 
 /// The frame of a profiled generator or coroutine, kept while it is suspended.
@@ -142,20 +197,30 @@ fn build_report(python_version: &str, argv: Option<Vec<String>>) -> Report {
 
 /// The JSON report (SPEC section 5) of everything profiled so far.
 #[pyfunction]
-#[pyo3(signature = (python_version, argv=None))]
-fn report_json(python_version: &str, argv: Option<Vec<String>>) -> String {
-    build_report(python_version, argv).to_json()
+#[pyo3(signature = (python_version, argv=None, selection=None))]
+fn report_json(python_version: &str, argv: Option<Vec<String>>, selection: Option<String>) -> String {
+    let mut report = build_report(python_version, argv);
+    report.selection = selection;
+    report.to_json()
 }
 
 /// The text report (SPEC section 6) of the function with code object `code`.
 #[pyfunction]
-fn report_text(precision: usize, code: &Bound<'_, PyAny>) -> String {
+#[pyo3(signature = (precision, code, min_bytes=0))]
+fn report_text(precision: usize, code: &Bound<'_, PyAny>, min_bytes: u64) -> String {
     build_report("", None)
         .functions
         .iter()
         .filter(|f| f.code == code.as_ptr() as usize)
-        .map(|f| render_function(f, precision))
+        .map(|f| render_function(f, precision, min_bytes))
         .collect()
+}
+
+/// Renders a saved JSON report as text; a ValueError says why the text is not a report.
+#[pyfunction]
+fn render_saved(text: &str, precision: usize, min_bytes: u64) -> PyResult<String> {
+    let report = Report::from_json(text).map_err(pyo3::exceptions::PyValueError::new_err)?;
+    Ok(render_text(&report, precision, min_bytes))
 }
 
 /// The profiler's own bookkeeping: live tracked blocks and the bytes its tables occupy.
@@ -165,23 +230,38 @@ fn overhead() -> (usize, usize) {
     (ledger.table.len(), ledger.footprint())
 }
 
-/// Parses memsleuth's command line. Returns ("run", options) or ("exit", status, message) for
-/// help, version and usage errors, which the caller prints.
+/// Parses memsleuth's command line. Returns (command, options) for `run` and `report`, or
+/// ("exit", status, message, to_stderr) for help, version and usage errors, which the caller
+/// prints.
 #[pyfunction]
 fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyAny>> {
-    match cli::Cli::try_parse_from(argv) {
-        Ok(cli::Cli { command: cli::Command::Run { json, precision, script, args } }) => {
-            let options = PyDict::new(py);
+    let options = PyDict::new(py);
+    let command = match cli::Cli::try_parse_from(argv) {
+        Ok(cli::Cli { command: cli::Command::Run { module, code, functions, json, output, quiet, text, program } }) => {
+            options.set_item("module", module)?;
+            options.set_item("code", code)?;
+            options.set_item("functions", functions)?;
             options.set_item("json", json)?;
-            options.set_item("precision", precision)?;
-            options.set_item("script", script)?;
-            options.set_item("args", args)?;
-            ("run", options).into_pyobject(py).map(|t| t.into_any())
+            options.set_item("output", output)?;
+            options.set_item("quiet", quiet)?;
+            options.set_item("program", program)?;
+            options.set_item("precision", text.precision)?;
+            options.set_item("min_bytes", text.min_bytes.unwrap_or(0))?;
+            "run"
+        }
+        Ok(cli::Cli { command: cli::Command::Report { file, text } }) => {
+            options.set_item("file", file)?;
+            options.set_item("precision", text.precision)?;
+            options.set_item("min_bytes", text.min_bytes.unwrap_or(0))?;
+            "report"
         }
         Err(e) => {
-            ("exit", e.exit_code(), e.render().to_string(), e.use_stderr()).into_pyobject(py).map(|t| t.into_any())
+            return ("exit", e.exit_code(), e.render().to_string(), e.use_stderr())
+                .into_pyobject(py)
+                .map(|t| t.into_any());
         }
-    }
+    };
+    (command, options).into_pyobject(py).map(|t| t.into_any())
 }
 
 #[pymodule]
@@ -195,8 +275,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(end_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(report_json, m)?)?;
     m.add_function(wrap_pyfunction!(report_text, m)?)?;
+    m.add_function(wrap_pyfunction!(render_saved, m)?)?;
     m.add_function(wrap_pyfunction!(parse_cli, m)?)?;
     m.add_function(wrap_pyfunction!(overhead, m)?)?;
     m.add_class::<GenFrame>()?;
+    m.add_class::<Profiled>()?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 pub static FRAME_OBJECTS_ARE_OURS: AtomicBool = AtomicBool::new(false);
 
 /// Size of PyGC_Head, which precedes a GC-tracked object inside its allocated block.
-const GC_HEAD: usize = 16;
+pub const GC_HEAD: usize = 16;
 
 /// Whether line events come from the C trace function (before 3.12).
 pub static USES_TRACE: AtomicBool = AtomicBool::new(false);

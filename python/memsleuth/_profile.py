@@ -127,13 +127,7 @@ def profile(func=None, *, precision=None, stream=None, backend=None):
 
         wrapper = generator_wrapper
     else:
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            _native.enter(fid)
-            try:
-                return func(*args, **kwargs)
-            finally:
-                report(_native.leave())
+        wrapper = functools.update_wrapper(_native.Profiled(fid, func, lambda: report(True)), func)
 
     wrapper.__memsleuth_profiled__ = True
     return wrapper

@@ -56,8 +56,10 @@ pub struct Hot {
     /// Code object of the thread's innermost profiled frame: line events for any other code
     /// object are ignored without taking a lock.
     pub top_code: usize,
-    /// Address of this thread's most recent allocation: the only block `mark_profiler` takes.
+    /// Addresses of this thread's two most recent allocations in the current execution: the
+    /// only blocks `mark_profiler` takes.
     pub last_alloc: usize,
+    pub prev_alloc: usize,
     pub big_event: bool,
     pub net_at_rss: i64,
     pub rss_time_us: u64,
@@ -75,6 +77,7 @@ impl Hot {
         thread: 0,
         top_code: 0,
         last_alloc: 0,
+        prev_alloc: 0,
         big_event: false,
         net_at_rss: 0,
         rss_time_us: 0,
@@ -370,6 +373,7 @@ impl Ledger {
         }
         hot.alloc_bytes += size;
         hot.allocs += 1;
+        hot.prev_alloc = hot.last_alloc;
         hot.last_alloc = addr;
         let net = hot.net();
         if net > hot.high {
@@ -425,11 +429,11 @@ impl Ledger {
     }
 
     /// Takes a block the interpreter just allocated on the profiler's behalf out of every figure.
-    /// Only this thread's most recent allocation qualifies, and only if it was made in the
-    /// current context: an object handed out by a free list was allocated long ago and stays the
-    /// program's.
+    /// Only this thread's two most recent allocations qualify, and only if they were made in
+    /// the current execution: an object handed out by a free list was allocated long ago and
+    /// stays the program's.
     pub fn mark_profiler(&mut self, hot: &mut Hot, addr: usize) {
-        if addr != hot.last_alloc {
+        if addr == 0 || (addr != hot.last_alloc && addr != hot.prev_alloc) {
             return;
         }
         let Some(block) = self.table.get(addr) else { return };
@@ -437,7 +441,11 @@ impl Ledger {
             return;
         }
         self.table.set_node(addr, PROFILER_NODE);
-        hot.last_alloc = 0;
+        if hot.last_alloc == addr {
+            hot.last_alloc = 0;
+        } else {
+            hot.prev_alloc = 0;
+        }
         let size = block.size;
         // If this block set the high-water marks, they fall back to the value after removing it
         // (exact unless the previous mark lay within `size` of it).
@@ -485,8 +493,11 @@ impl Ledger {
 
     // ----- execution events -----
 
-    fn open_exec(&mut self, hot: &mut Hot, t: usize, line: u32, node: u32, frame_index: u32, is_line: bool) -> Exec {
-        self.lines[line as usize].hits += 1;
+    #[allow(clippy::too_many_arguments)]
+    fn open_exec(&mut self, hot: &mut Hot, t: usize, line: u32, node: u32, frame_index: u32, is_line: bool, is_hit: bool) -> Exec {
+        if is_hit {
+            self.lines[line as usize].hits += 1;
+        }
         let th = &mut self.threads[t];
         if th.active.len() <= line as usize {
             th.active.resize(line as usize + 1, 0);
@@ -505,6 +516,7 @@ impl Ledger {
         let rss_start = th.last_rss;
         hot.owner = node;
         hot.last_alloc = 0;
+        hot.prev_alloc = 0;
         Exec {
             line,
             measured,
@@ -575,7 +587,7 @@ impl Ledger {
         // Stamps only grow along a thread's history; a resumed frame keeps its first one.
         hot.stamp = hot.stamp.max(saved.stamp).max(self.clock);
         let node = self.intern(parent, total_line, hot.thread, depth);
-        let total = self.open_exec(hot, t, total_line, node, depth, false);
+        let total = self.open_exec(hot, t, total_line, node, depth, false, true);
         self.threads[t].frames.push(Frame {
             func: saved.func,
             code,
@@ -587,11 +599,13 @@ impl Ledger {
         });
         hot.top_code = code;
         if saved.lineno != 0 {
-            self.start_line(hot, t, saved.lineno);
+            // The rest of the line a generator yielded from runs without a line event: it is
+            // active again, but that is no new execution.
+            self.start_line(hot, t, saved.lineno, false);
         }
     }
 
-    fn start_line(&mut self, hot: &mut Hot, t: usize, lineno: u32) {
+    fn start_line(&mut self, hot: &mut Hot, t: usize, lineno: u32, is_hit: bool) {
         let depth = self.threads[t].frames.len() as u32 - 1;
         let top = &self.threads[t].frames[depth as usize];
         let slot = lineno as usize % RECENT_LINES;
@@ -605,7 +619,7 @@ impl Ledger {
                 (line, node)
             }
         };
-        let exec = self.open_exec(hot, t, line, node, depth, true);
+        let exec = self.open_exec(hot, t, line, node, depth, true, is_hit);
         let top = &mut self.threads[t].frames[depth as usize];
         top.line = Some(exec);
         top.lineno = lineno;
@@ -621,12 +635,19 @@ impl Ledger {
         if top.code != code || top.lineno == lineno {
             return;
         }
-        let previous = top.line.take();
-        self.note_rss(t, rss);
-        if let Some(exec) = previous {
-            self.close_exec(hot, t, exec);
+        match top.line.take() {
+            Some(previous) => {
+                self.note_rss(t, rss);
+                self.close_exec(hot, t, previous);
+                self.start_line(hot, t, lineno, true);
+            }
+            None => {
+                // The frame's first line: what moved since entry (argument binding) belongs to
+                // it, so the reading lands after it opens and its deltas add up to the call's.
+                self.start_line(hot, t, lineno, true);
+                self.note_rss(t, rss);
+            }
         }
-        self.start_line(hot, t, lineno);
     }
 
     /// Whether a line event from `code` at `lineno` would start a new execution.

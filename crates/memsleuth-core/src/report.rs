@@ -1,7 +1,7 @@
 //! Reports: the figures of SPEC section 2 gathered from the ledger, rendered as memory_profiler's
 //! table with the exact columns beside it (section 6) or as JSON (section 5).
 
-use crate::json::JsonWriter;
+use crate::json::{self, JsonWriter, Value};
 use crate::ledger::{Ledger, LineStats, ProcessStats};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +19,24 @@ pub struct Figures {
 }
 
 impl Figures {
+    fn from_json(v: &Value) -> Result<Self, String> {
+        let int = |key: &str| -> Result<f64, String> {
+            v.get(key).and_then(Value::as_f64).ok_or_else(|| format!("a line lacks the number '{key}'"))
+        };
+        Ok(Figures {
+            hits: int("hits")? as u64,
+            allocated_bytes: int("allocated_bytes")? as u64,
+            allocations: int("allocations")? as u64,
+            freed_bytes: int("freed_bytes")? as u64,
+            frees: int("frees")? as u64,
+            net_bytes: int("net_bytes")? as i64,
+            peak_bytes: int("peak_bytes")? as i64,
+            retained_bytes: int("retained_bytes")? as u64,
+            rss_after_bytes: v.get("rss_after_bytes").and_then(Value::as_f64).map(|r| r as u64),
+            rss_delta_bytes: int("rss_delta_bytes")? as i64,
+        })
+    }
+
     fn from_stats(s: &LineStats) -> Self {
         Figures {
             hits: s.hits,
@@ -79,6 +97,8 @@ pub struct FunctionReport {
 pub struct Report {
     pub python_version: String,
     pub argv: Option<Vec<String>>,
+    /// What was profiled and why, when the command line chose it.
+    pub selection: Option<String>,
     pub functions: Vec<FunctionReport>,
     pub process: ProcessStats,
     pub rss_peak_bytes: u64,
@@ -90,7 +110,75 @@ impl Report {
         let functions = (0..ledger.funcs().len() as u32)
             .filter_map(|i| function_report(ledger, i))
             .collect();
-        Report { python_version: python_version.to_string(), argv, functions, process: ledger.process, rss_peak_bytes }
+        Report {
+            python_version: python_version.to_string(),
+            argv,
+            selection: None,
+            functions,
+            process: ledger.process,
+            rss_peak_bytes,
+        }
+    }
+
+    /// Reads back a report written by `to_json`; the error explains why the text is not one.
+    /// Source lines come from the profiled file when it is still there, else from the report.
+    pub fn from_json(text: &str) -> Result<Report, String> {
+        let doc = json::parse(text).map_err(|e| format!("not JSON ({e})"))?;
+        match doc.get("schema").and_then(Value::as_str) {
+            Some("memsleuth.report/1") => {}
+            Some(other) => return Err(format!("unsupported report schema '{other}'")),
+            None => return Err("not a memsleuth report (no \"schema\" field)".into()),
+        }
+        let text_field = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+        let mut functions = Vec::new();
+        for f in doc.get("functions").and_then(Value::as_array).ok_or("the report has no function list")? {
+            let first_lineno = f.get("first_lineno").and_then(Value::as_f64).ok_or("a function lacks first_lineno")? as u32;
+            let mut lines = Vec::new();
+            for l in f.get("lines").and_then(Value::as_array).unwrap_or_default() {
+                let lineno = l.get("lineno").and_then(Value::as_f64).ok_or("a line lacks lineno")? as u32;
+                lines.push(LineReport { lineno, source: text_field(l, "source"), figures: Figures::from_json(l)? });
+            }
+            let filename = text_field(f, "filename");
+            let last = lines.iter().map(|l| l.lineno).max().unwrap_or(first_lineno);
+            let source = std::fs::read_to_string(&filename)
+                .ok()
+                .map(|file| {
+                    file.lines().skip(first_lineno as usize - 1).take((last - first_lineno + 1) as usize).map(str::to_string).collect()
+                })
+                .unwrap_or_else(|| {
+                    (first_lineno..=last)
+                        .map(|n| lines.iter().find(|l| l.lineno == n).map_or(String::new(), |l| format!("    {}", l.source)))
+                        .collect()
+                });
+            functions.push(FunctionReport {
+                code: 0,
+                name: text_field(f, "name"),
+                module: text_field(f, "module"),
+                filename,
+                first_lineno,
+                calls: f.get("calls").and_then(Value::as_f64).unwrap_or(0.0) as u64,
+                rss_at_entry: None,
+                totals: Figures::from_json(f.get("totals").ok_or("a function lacks totals")?)?,
+                lines,
+                source,
+            });
+        }
+        let p = doc.get("process");
+        let num = |key: &str| p.and_then(|p| p.get(key)).and_then(Value::as_f64).unwrap_or(0.0) as u64;
+        Ok(Report {
+            python_version: text_field(&doc, "python_version"),
+            argv: doc.get("argv").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()),
+            selection: doc.get("selection").and_then(Value::as_str).map(str::to_string),
+            functions,
+            process: ProcessStats {
+                allocated_bytes: num("allocated_bytes"),
+                freed_bytes: num("freed_bytes"),
+                live_bytes: num("live_bytes"),
+                tracked_peak_bytes: num("tracked_peak_bytes"),
+                untracked_frees: num("untracked_frees"),
+            },
+            rss_peak_bytes: num("rss_peak_bytes"),
+        })
     }
 
     pub fn to_json(&self) -> String {
@@ -108,6 +196,9 @@ impl Report {
                 w.end_array();
             }
             None => w.null(),
+        }
+        if let Some(selection) = &self.selection {
+            w.field_str("selection", selection);
         }
         w.key("functions");
         w.begin_array();
@@ -195,12 +286,33 @@ pub fn human_bytes(bytes: i64) -> String {
     format!("{value:.1} {}", units[unit])
 }
 
+/// `4096`, `64KiB`, `1.5MiB`, `2GB`...: binary units for KiB/MiB/GiB (and K/M/G), decimal for
+/// KB/MB/GB.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("'{text}' is not a size (try 4096, 64KiB, 1MiB)"))?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        other => return Err(format!("unknown unit '{other}' (use B, KiB, MiB, GiB, KB, MB or GB)")),
+    };
+    Ok((number * factor).round() as u64)
+}
+
 fn mib(bytes: f64, precision: usize) -> String {
     format!("{:.*} MiB", precision, bytes / MIB)
 }
 
-/// memory_profiler's table for one function, the exact columns beside it.
-pub fn render_function(f: &FunctionReport, precision: usize) -> String {
+/// memory_profiler's table for one function, the exact columns beside it. Lines whose
+/// allocated, freed and RSS change all stay below `min_bytes` are left out.
+pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> String {
     // memory_profiler's '{:>12}' columns, widened only when the precision needs it.
     let width = (precision + 8).max(12);
     let row = |lineno: &str, mem: &str, inc: &str, occ: &str, exact: [&str; 4], src: &str| {
@@ -221,6 +333,13 @@ pub fn render_function(f: &FunctionReport, precision: usize) -> String {
     for (i, src) in f.source.iter().enumerate() {
         let lineno = f.first_lineno + i as u32;
         let ran = f.lines.iter().find(|l| l.lineno == lineno);
+        let below = |l: &LineReport| {
+            let g = &l.figures;
+            g.allocated_bytes < min_bytes && g.freed_bytes < min_bytes && g.rss_delta_bytes.unsigned_abs() < min_bytes
+        };
+        if min_bytes > 0 && (ran.is_none_or(below) && i > 0) {
+            continue;
+        }
         let text = match ran {
             Some(l) => {
                 let g = &l.figures;
@@ -252,13 +371,24 @@ pub fn render_function(f: &FunctionReport, precision: usize) -> String {
 }
 
 /// Every function's table, in the order they were first profiled.
-pub fn render_text(report: &Report, precision: usize) -> String {
-    report.functions.iter().map(|f| render_function(f, precision)).collect()
+pub fn render_text(report: &Report, precision: usize, min_bytes: u64) -> String {
+    let heading = report.selection.as_ref().map_or(String::new(), |s| format!("memsleuth: {s}\n\n"));
+    heading + &report.functions.iter().map(|f| render_function(f, precision, min_bytes)).collect::<String>()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("1.5MiB"), Ok(1_572_864));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+    }
 
     #[test]
     fn human_units() {
