@@ -12,7 +12,6 @@ use memsleuth_core::report::{render_function, render_text, Report};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use state::with_ledger;
-use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
 /// Installs the allocator hooks (once) and starts tracking. `python_minor` is
@@ -172,21 +171,16 @@ fn line_event(code: &Bound<'_, PyAny>, line: &Bound<'_, PyAny>) {
     tracing::line_event(code.as_ptr() as usize, lineno, int_obj);
 }
 
-thread_local! {
-    static SAVED_OWNER: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Until `end_quiet`, what this thread allocates is the profiler's own (rendering a report).
+/// Until `end_quiet`, what this thread allocates is the profiler's own (registering a function,
+/// rendering a report). Returns a token for `end_quiet`, so quiet sections can nest.
 #[pyfunction]
-fn begin_quiet() {
-    let owner = with_ledger(|l, hot| l.begin_profiler_work(hot));
-    SAVED_OWNER.with(|s| s.set(owner));
+fn begin_quiet() -> u32 {
+    with_ledger(|l, hot| l.begin_profiler_work(hot))
 }
 
 #[pyfunction]
-fn end_quiet() {
-    let owner = SAVED_OWNER.with(|s| s.get());
-    with_ledger(|l, hot| l.end_profiler_work(hot, owner));
+fn end_quiet(token: u32) {
+    with_ledger(|l, hot| l.end_profiler_work(hot, token));
 }
 
 fn build_report(python_version: &str, argv: Option<Vec<String>>) -> Report {

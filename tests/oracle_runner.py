@@ -12,21 +12,23 @@ read, and nothing runs between its return and tracemalloc's snapshot that could 
 Order matters: tracemalloc starts before memsleuth is imported or used. The other way round,
 tracemalloc's own bookkeeping would go through memsleuth's raw-domain hook.
 
-Free lists. tracemalloc does not only record allocator calls: since CPython 3.7 (bpo-35053),
-``_Py_NewReference`` calls ``_PyTraceMalloc_NewReference`` whenever an object is handed out,
-including when a free list (tuple, list, dict, float, slice cache, 3.9 frames, ...) hands out
-an object without any allocator call, and that *moves* the existing trace of the object's
-block to the current line. memsleuth counts allocator calls only (SPEC section 1: a free-list
+Free lists. tracemalloc does not only record allocator calls: since CPython 3.8 (bpo-35053,
+python/cpython#10063), ``_Py_NewReference`` calls ``_PyTraceMalloc_NewReference`` whenever an
+object is handed out, including when a free list (tuple, list, dict, float, slice cache, 3.9
+frames, ...) hands one out without any allocator call, and that *moves* the existing trace of
+the object's block to the current line. memsleuth counts allocator calls only (SPEC section 1: a free-list
 hand-out counts nothing), so a block first allocated on line A, parked on a free list and
 handed out again on line B is retained by line A for memsleuth and by line B for stock
 tracemalloc; a block allocated before the call and handed out by a free list on line B is
 nothing for memsleuth and B's for stock tracemalloc. That is a difference in what is measured,
 not an error of either side, so the oracle switches the re-attribution off while the program
-runs: ``_PyTraceMalloc_NewReference`` and nothing else on these paths reads the
-``tracing`` field of tracemalloc's config, while tracemalloc's allocator hooks, which stay
-installed, trace every allocator call regardless. The field is found by watching it change as
-tracemalloc is started and stopped (``_Py_tracemalloc_config`` before 3.12, inside
-``_PyRuntime`` from 3.12). ``--stock`` leaves it on, to show the difference.
+runs, by clearing the ``tracing`` field of tracemalloc's config: ``_Py_NewReference`` reads it
+before re-attributing, while tracemalloc's allocator hooks, which stay installed, do not read it
+and go on tracing every allocator call with the current line. The field is found by watching it
+change as tracemalloc is started and stopped (``_Py_tracemalloc_config`` before 3.12, a member
+of ``_PyRuntime`` from 3.12) and is set again before anything reads tracemalloc's tables or the
+interpreter shuts down (tracemalloc only removes its hooks at exit if it sees it set).
+``--stock`` leaves it on, to show the difference.
 """
 
 import ctypes

@@ -13,10 +13,10 @@ def main(argv=None):
         _, status, message, to_stderr = parsed
         (sys.stderr if to_stderr else sys.stdout).write(message)
         return status
-    _, options = parsed
-    from ._run import run_script
+    command, options = parsed
+    from . import _run
 
-    return run_script(options["script"], options["args"], options["json"], options["precision"])
+    return _run.run(options) if command == "run" else _run.report(options)
 
 
 if __name__ == "__main__":

@@ -84,14 +84,14 @@ def _register(func):
 def _print_report(code, precision, stream):
     if deferred:
         return
-    _native.begin_quiet()
+    token = _native.begin_quiet()
     try:
         text = _native.report_text(precision, code)
         out = stream if stream is not None else sys.stdout
         out.write(text)
         out.flush()
     finally:
-        _native.end_quiet()
+        _native.end_quiet(token)
 
 
 def profile(func=None, *, precision=None, stream=None, backend=None):
@@ -106,10 +106,19 @@ def profile(func=None, *, precision=None, stream=None, backend=None):
     if not hasattr(func, "__code__"):
         raise TypeError(f"memsleuth.profile expects a function, got {type(func).__name__}")
     _start()
+    token = _native.begin_quiet()
+    try:
+        return _wrap(func, precision, stream)
+    finally:
+        _native.end_quiet(token)
+
+
+def _wrap(func, precision, stream):
     fid = _register(func)
     code = func.__code__
     precisions.setdefault(code, precision)
     _watch(code)
+
     def report(outermost):
         if outermost:
             _print_report(code, default_precision if precision is None else precision, stream)
@@ -131,6 +140,25 @@ def profile(func=None, *, precision=None, stream=None, backend=None):
 
     wrapper.__memsleuth_profiled__ = True
     return wrapper
+
+
+def profile_module_code(code, filename, source, namespace):
+    """Runs a module's top-level code in ``namespace``, profiled as a function named <module>."""
+    _start()
+    token = _native.begin_quiet()
+    try:
+        lines = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
+        fid = _native.register(code, "<module>", namespace.get("__name__", ""), os.path.abspath(filename), 1,
+                               lines.splitlines())
+        _watch(code)
+        precisions.setdefault(code, None)
+    finally:
+        _native.end_quiet(token)
+    _native.enter(fid)
+    try:
+        exec(code, namespace)
+    finally:
+        _native.leave()
 
 
 class _Drive:
@@ -178,8 +206,8 @@ class _Drive:
 def last_report():
     """The JSON report (a dict, schema memsleuth.report/1) of everything profiled so far."""
     version = ".".join(str(part) for part in sys.version_info[:3])
-    _native.begin_quiet()
+    token = _native.begin_quiet()
     try:
         return json.loads(_native.report_json(version, program_argv))
     finally:
-        _native.end_quiet()
+        _native.end_quiet(token)

@@ -1,88 +1,119 @@
-"""``memsleuth run``: runs a script as ``python SCRIPT`` would, with ``profile`` available."""
+"""``memsleuth run`` and ``memsleuth report``."""
 
+import ast
 import builtins
+import importlib.util
+import linecache
 import os
 import sys
 import traceback
 import types
 
-from . import _native, _profile
+from . import _native, _profile, _select
 
 
-def _fail(message):
+class UsageError(Exception):
+    """Bad input found before the program starts: one line on stderr, exit status 2."""
+
+
+def _error(message, status):
     sys.stderr.write(f"memsleuth: error: {message}\n")
-    return 2
+    return status
+
+
+def _check_writable(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write to {path}: it is a directory")
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write to {path}: no such directory {directory}")
+    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write to {path}: permission denied")
 
 
 def _memory_profiler_stand_in():
     """A ``memory_profiler`` module whose ``profile`` is memsleuth's, for unmodified scripts."""
     module = types.ModuleType("memory_profiler")
-    module.profile = _profile.profile
     module.__doc__ = "memsleuth's stand-in for memory_profiler: profile() is memsleuth.profile."
+    module.profile = _profile.profile
     return module
 
 
-def _check_writable(path):
-    directory = os.path.dirname(os.path.abspath(path)) or "."
+class _Program:
+    """What to run: its source, where it claims to come from and the globals it runs in."""
+
+    def __init__(self, source, filename, argv0, globals_, path0):
+        self.source = source
+        self.filename = filename
+        self.argv0 = argv0
+        self.globals = globals_
+        self.path0 = path0
+
+
+def _main_globals(filename, **extra):
+    return {"__name__": "__main__", "__file__": filename, "__builtins__": builtins, "__cached__": None,
+            "__doc__": None, "__loader__": None, "__package__": None, "__spec__": None, **extra}
+
+
+def _script(path):
+    if not os.path.exists(path):
+        raise UsageError(f"cannot open file {path!r}: no such file")
     if os.path.isdir(path):
-        return f"cannot write the report to {path}: it is a directory"
-    if not os.path.isdir(directory):
-        return f"cannot write the report to {path}: no such directory {directory}"
-    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        return f"cannot write the report to {path}: permission denied"
-    return None
-
-
-def run_script(script, args, json_path, precision):
-    if not os.path.exists(script):
-        return _fail(f"no such file: {script}")
-    if os.path.isdir(script):
-        return _fail(f"{script} is a directory, not a Python script")
-    if json_path is not None:
-        problem = _check_writable(json_path)
-        if problem:
-            return _fail(problem)
+        raise UsageError(f"{path} is a directory, not a Python script")
     try:
-        with open(script, "rb") as f:
+        with open(path, "rb") as f:
             source = f.read()
     except OSError as exc:
-        return _fail(f"cannot read {script}: {exc.strerror}")
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return _Program(source, path, path, _main_globals(path), os.path.dirname(os.path.abspath(path)))
+
+
+def _module(name):
     try:
-        code = compile(source, script, "exec")
-    except (SyntaxError, ValueError) as exc:
-        traceback.print_exception(type(exc), exc, None)
-        return 1
-
-    _profile.deferred = True
-    _profile.default_precision = precision
-    _profile.program_argv = [script, *args]
-    _profile._start()
-    builtins.profile = _profile.profile
-    sys.modules["memory_profiler"] = _memory_profiler_stand_in()
-
-    main = types.ModuleType("__main__")
-    main.__file__ = script
-    main.__builtins__ = builtins
-    main.__cached__ = None
-    sys.modules["__main__"] = main
-    sys.argv = [script, *args]
-    sys.path[0] = os.path.dirname(os.path.abspath(script))
-
-    status = 0
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            package, name = name, name + ".__main__"
+            spec = importlib.util.find_spec(name)
+            if spec is None:
+                raise UsageError(f"no module named {name}; {package!r} is a package and cannot be run directly")
+    except (ImportError, ValueError) as exc:
+        raise UsageError(f"cannot find module {name}: {exc}") from None
+    if spec is None or spec.loader is None:
+        raise UsageError(f"no module named {name}")
     try:
-        exec(code, main.__dict__)
-    except SystemExit as exc:
-        status = _exit_status(exc.code)
-    except KeyboardInterrupt:
-        traceback.print_exception(KeyboardInterrupt, KeyboardInterrupt(), None)
-        status = 130
-    except BaseException as exc:
-        # The program's own traceback, without memsleuth's frame on top.
-        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
-        status = 1
-    finally:
-        _write_reports(json_path, precision)
-    return status
+        source = spec.loader.get_source(name)
+    except (ImportError, OSError) as exc:
+        raise UsageError(f"cannot read module {name}: {exc}") from None
+    if source is None:
+        raise UsageError(f"module {name} has no Python source to run")
+    globals_ = _main_globals(spec.origin, __package__=name.rpartition(".")[0], __spec__=spec,
+                             __loader__=spec.loader)
+    return _Program(source, spec.origin, spec.origin, globals_, os.getcwd())
+
+
+def _code_string(code):
+    lines = code.splitlines(keepends=True)
+    linecache.cache["<string>"] = (len(code), None, lines, "<string>")
+    return _Program(code, "<string>", "-c", _main_globals("<string>"), "")
+
+
+def _selection(program, tree, functions):
+    """Rewrites the program's tree for the functions to profile; returns (selection sentence or
+    None, whether to profile its top-level code, the finder for other modules' targets)."""
+    main_names = {"__main__", os.path.splitext(os.path.basename(program.filename))[0]}
+    local, elsewhere = _select.split_targets(functions, main_names)
+    finder = _select.PatchOnImport(elsewhere) if elsewhere else None
+    if functions:
+        found = _select.decorate(tree, local)
+        for missing in sorted(local - found):
+            _select.warn(f"no function {missing} in {program.filename}")
+        return f"profiling @profile functions and --function {', '.join(functions)}", False, finder
+    if _select.mentions_profile(tree):
+        return None, False, finder
+    _select.decorate(tree, None)
+    sentence = (f"profiling all of {program.filename}: its top-level code and every function it defines "
+                "(it never uses `profile`; choose functions with @profile or --function)")
+    return sentence, True, finder
 
 
 def _exit_status(code):
@@ -94,15 +125,107 @@ def _exit_status(code):
     return 1
 
 
-def _write_reports(json_path, precision):
-    _native.begin_quiet()
+def run(options):
+    precision, min_bytes = options["precision"], options["min_bytes"]
     try:
-        for code, own_precision in _profile.precisions.items():
-            sys.stdout.write(_native.report_text(precision if own_precision is None else own_precision, code))
-        sys.stdout.flush()
-        if json_path is not None:
-            version = ".".join(str(part) for part in sys.version_info[:3])
-            with open(json_path, "w") as f:
-                f.write(_native.report_json(version, _profile.program_argv))
+        for path in (options["json"], options["output"]):
+            if path is not None:
+                _check_writable(path)
+        if options["module"] is not None:
+            program, args = _module(options["module"]), options["program"]
+        elif options["code"] is not None:
+            program, args = _code_string(options["code"]), options["program"]
+        elif options["program"]:
+            program, args = _script(options["program"][0]), options["program"][1:]
+        else:
+            raise UsageError("nothing to run: give a SCRIPT, -m MODULE or -c CODE (see memsleuth run --help)")
+    except UsageError as exc:
+        return _error(str(exc), 2)
+
+    try:
+        tree = ast.parse(program.source, program.filename)
+    except (SyntaxError, ValueError) as exc:
+        traceback.print_exception(type(exc), exc, None)
+        return 1
+    selection, whole_program, finder = _selection(program, tree, options["functions"])
+    code = compile(tree, program.filename, "exec")
+
+    _profile.deferred = True
+    _profile.default_precision = precision
+    _profile.program_argv = [program.argv0, *args]
+    _profile._start()
+    builtins.profile = _profile.profile
+    sys.modules["memory_profiler"] = _memory_profiler_stand_in()
+    if finder is not None:
+        sys.meta_path.insert(0, finder)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(program.globals)
+    main.__dict__[_select.INJECTED] = _profile.profile
+    sys.modules["__main__"] = main
+    sys.argv = [program.argv0, *args]
+    sys.path[0] = program.path0
+
+    status = 0
+    try:
+        if whole_program:
+            _profile.profile_module_code(code, program.filename, program.source, main.__dict__)
+        else:
+            exec(code, main.__dict__)
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    except KeyboardInterrupt:
+        traceback.print_exception(KeyboardInterrupt, KeyboardInterrupt(), None)
+        status = 130
+    except BaseException as exc:
+        # The program's own traceback, without memsleuth's frames on top.
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != program.filename:
+            tb = tb.tb_next
+        traceback.print_exception(type(exc), exc, tb)
+        status = 1
     finally:
-        _native.end_quiet()
+        if finder is not None:
+            finder.report_missing()
+        _write_reports(options, selection)
+    return status
+
+
+def _write_reports(options, selection):
+    token = _native.begin_quiet()
+    try:
+        if not options["quiet"]:
+            parts = [f"memsleuth: {selection}\n\n"] if selection else []
+            for code, own_precision in _profile.precisions.items():
+                digits = options["precision"] if own_precision is None else own_precision
+                parts.append(_native.report_text(digits, code, options["min_bytes"]))
+            text = "".join(parts)
+            if options["output"] is not None:
+                with open(options["output"], "w") as f:
+                    f.write(text)
+            else:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        if options["json"] is not None:
+            version = ".".join(str(part) for part in sys.version_info[:3])
+            with open(options["json"], "w") as f:
+                f.write(_native.report_json(version, _profile.program_argv, selection))
+    except OSError as exc:
+        sys.stderr.write(f"memsleuth: error: cannot write the report: {exc}\n")
+    finally:
+        _native.end_quiet(token)
+
+
+def report(options):
+    path = options["file"]
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        return _error(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}", 1)
+    try:
+        rendered = _native.render_saved(text, options["precision"], options["min_bytes"])
+    except ValueError as exc:
+        return _error(f"{path} is not a memsleuth report: {exc}", 1)
+    sys.stdout.write(rendered)
+    sys.stdout.flush()
+    return 0
