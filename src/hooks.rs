@@ -4,7 +4,10 @@
 //! thread may be inside a hook at any moment.
 
 use crate::state::{guarded, with_ledger, ENABLED, LEDGER};
-use pyo3_ffi::{PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_GetAllocator, PyMem_SetAllocator};
+use pyo3_ffi::{
+    PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_GetAllocator, PyMem_SetAllocator, PyObjectArenaAllocator,
+    PyObject_GetArenaAllocator, PyObject_SetArenaAllocator,
+};
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::sync::atomic::Ordering;
@@ -25,6 +28,12 @@ static MEM: Original = Original(UnsafeCell::new(NULL_ALLOCATOR));
 static OBJ: Original = Original(UnsafeCell::new(NULL_ALLOCATOR));
 static INSTALL: Once = Once::new();
 
+/// Whether a hook's context is the raw domain's (its blocks always come from glibc).
+#[inline(always)]
+fn is_raw(ctx: *mut c_void) -> bool {
+    ctx == RAW.0.get() as *mut c_void
+}
+
 #[inline(always)]
 fn original(ctx: *mut c_void) -> &'static PyMemAllocatorEx {
     // SAFETY: every hook is installed with ctx pointing at one of the static `Original`s above,
@@ -38,7 +47,7 @@ extern "C" fn hook_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
     guarded(|| {
         let ptr = malloc(orig.ctx, size);
         if !ptr.is_null() {
-            with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size as u64));
+            with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size as u64, is_raw(ctx)));
         }
         ptr
     })
@@ -52,7 +61,7 @@ extern "C" fn hook_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut
         let ptr = calloc(orig.ctx, nelem, elsize);
         if !ptr.is_null() {
             let size = nelem.saturating_mul(elsize) as u64;
-            with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size));
+            with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size, is_raw(ctx)));
         }
         ptr
     })
@@ -70,7 +79,7 @@ extern "C" fn hook_realloc(ctx: *mut c_void, ptr: *mut c_void, new_size: usize) 
             let new = realloc(orig.ctx, ptr, new_size);
             result = Some(new);
             if !new.is_null() {
-                l.on_realloc(hot, ptr as usize, new as usize, new_size as u64);
+                l.on_realloc(hot, ptr as usize, new as usize, new_size as u64, is_raw(ctx));
             }
         });
         // Tracking off (or failed before the call): forward untracked.
@@ -86,11 +95,56 @@ extern "C" fn hook_free(ctx: *mut c_void, ptr: *mut c_void) {
         if !ptr.is_null() {
             // Forget the block before releasing it, so a concurrent allocation of the same
             // address can never be removed by this free.
-            with_ledger(|l, hot| l.on_free(hot, ptr as usize));
+            with_ledger(|l, hot| l.on_free(hot, ptr as usize, is_raw(ctx)));
         }
         free(orig.ctx, ptr)
     })
     .unwrap_or_else(|| free(orig.ctx, ptr))
+}
+
+/// pymalloc's arena allocator before us.
+struct OriginalArenas(UnsafeCell<PyObjectArenaAllocator>);
+
+// SAFETY: as for `Original`: written once in `install` before the hooks are published.
+unsafe impl Sync for OriginalArenas {}
+
+static ARENAS: OriginalArenas =
+    OriginalArenas(UnsafeCell::new(PyObjectArenaAllocator { ctx: std::ptr::null_mut(), alloc: None, free: None }));
+
+fn original_arenas() -> &'static PyObjectArenaAllocator {
+    // SAFETY: written once in `install` before the arena hooks were installed, read-only after.
+    unsafe { &*ARENAS.0.get() }
+}
+
+extern "C" fn hook_arena_alloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
+    let orig = original_arenas();
+    let Some(alloc) = orig.alloc else { return std::ptr::null_mut() };
+    let ptr = alloc(orig.ctx, size);
+    if !ptr.is_null() {
+        with_ledger(|l, hot| l.on_arena(hot, ptr as usize, size as u64, true));
+    }
+    ptr
+}
+
+extern "C" fn hook_arena_free(_ctx: *mut c_void, ptr: *mut c_void, size: usize) {
+    let orig = original_arenas();
+    with_ledger(|l, hot| l.on_arena(hot, ptr as usize, size as u64, false));
+    if let Some(free) = orig.free {
+        free(orig.ctx, ptr, size);
+    }
+}
+
+fn install_arenas() {
+    // SAFETY: GIL held, once; ARENAS is not read by any installed hook before this write.
+    unsafe {
+        PyObject_GetArenaAllocator(ARENAS.0.get());
+        let mut hooks = PyObjectArenaAllocator {
+            ctx: std::ptr::null_mut(),
+            alloc: Some(hook_arena_alloc),
+            free: Some(hook_arena_free),
+        };
+        PyObject_SetArenaAllocator(&mut hooks);
+    }
 }
 
 fn install_domain(domain: PyMemAllocatorDomain, slot: &'static Original) {
@@ -129,6 +183,7 @@ pub fn install() {
         install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &RAW);
         install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, &MEM);
         install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, &OBJ);
+        install_arenas();
         ENABLED.store(true, Ordering::Release);
     });
 }

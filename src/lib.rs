@@ -14,11 +14,16 @@ use pyo3::types::{PyDict, PyTuple};
 use state::with_ledger;
 use std::sync::atomic::Ordering;
 
+#[global_allocator]
+static ALLOCATOR: rss::CountingAllocator = rss::CountingAllocator;
+
 /// Installs the allocator hooks (once) and starts tracking. `python_minor` is
-/// sys.version_info[1]; before 3.12, `frame` (any live frame) calibrates the C trace function.
+/// sys.version_info[1]; `pymalloc` says whether pymalloc serves small requests (not under
+/// PYTHONMALLOC=malloc); before 3.12, `frame` (any live frame) calibrates the C trace function.
 #[pyfunction]
-#[pyo3(signature = (python_minor, frame=None))]
-fn install(python_minor: u32, frame: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+#[pyo3(signature = (python_minor, pymalloc, frame=None))]
+fn install(python_minor: u32, pymalloc: bool, frame: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    state::LEDGER.lock().pymalloc = pymalloc;
     tracing::FRAME_OBJECTS_ARE_OURS.store(python_minor == 11, Ordering::Relaxed);
     if let Some(frame) = frame {
         tracing::USES_TRACE.store(true, Ordering::Relaxed);
@@ -55,19 +60,30 @@ fn register(
 /// A call of profiled function `fid` starts on this thread.
 #[pyfunction]
 fn enter(fid: u32) {
-    let reading = rss::current();
     let was_idle = state::top_code() == 0;
-    trace_while_profiling(|| with_ledger(|l, hot| l.enter(hot, fid, reading)), was_idle);
+    trace_while_profiling(
+        || {
+            with_ledger(|l, hot| {
+                let reading = rss::read(l);
+                l.enter(hot, fid, reading)
+            })
+        },
+        was_idle,
+    );
 }
 
 /// The innermost profiled call returned or raised; true if no other call of the same function
 /// remains on this thread.
 #[pyfunction]
 fn leave() -> bool {
-    let reading = rss::current();
     let mut outermost = false;
     trace_while_profiling(
-        || outermost = with_ledger(|l, hot| l.leave(hot, reading).is_some_and(|(_, outermost)| outermost)),
+        || {
+            outermost = with_ledger(|l, hot| {
+                let reading = rss::read(l);
+                l.leave(hot, reading).is_some_and(|(_, outermost)| outermost)
+            })
+        },
         false,
     );
     outermost
@@ -144,15 +160,29 @@ impl GenFrame {
     /// The generator is about to run (first resume is its call).
     fn resume(&mut self) {
         let Some(saved) = self.saved.take() else { return };
-        let reading = rss::current();
         let was_idle = state::top_code() == 0;
-        trace_while_profiling(|| with_ledger(|l, hot| l.resume(hot, saved, reading)), was_idle);
+        trace_while_profiling(
+            || {
+                with_ledger(|l, hot| {
+                    let reading = rss::read(l);
+                    l.resume(hot, saved, reading)
+                })
+            },
+            was_idle,
+        );
     }
 
     /// The generator yielded: its lines stop being active.
     fn suspend(&mut self) {
-        let reading = rss::current();
-        trace_while_profiling(|| self.saved = with_ledger(|l, hot| l.suspend(hot, reading)), false);
+        trace_while_profiling(
+            || {
+                self.saved = with_ledger(|l, hot| {
+                    let reading = rss::read(l);
+                    l.suspend(hot, reading)
+                })
+            },
+            false,
+        );
     }
 
     /// The generator finished or raised; true if no other call of the function remains on this
@@ -160,6 +190,20 @@ impl GenFrame {
     fn finish(&mut self) -> bool {
         leave()
     }
+}
+
+/// gc.callbacks: a collection starts (`start`) or stops on this thread. `info` is the dict the
+/// collector made for the callbacks: it is ours.
+#[pyfunction]
+fn gc_event(start: bool, info: &Bound<'_, PyAny>) {
+    with_ledger(|l, hot| {
+        l.mark_profiler(hot, info.as_ptr() as usize - tracing::GC_HEAD);
+        if start {
+            l.gc_start(hot)
+        } else {
+            l.gc_stop(hot)
+        }
+    });
 }
 
 /// The LINE callback of sys.monitoring (3.12+).
@@ -265,6 +309,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(enter, m)?)?;
     m.add_function(wrap_pyfunction!(leave, m)?)?;
     m.add_function(wrap_pyfunction!(line_event, m)?)?;
+    m.add_function(wrap_pyfunction!(gc_event, m)?)?;
     m.add_function(wrap_pyfunction!(begin_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(end_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(report_json, m)?)?;

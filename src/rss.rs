@@ -1,7 +1,13 @@
-//! Resident set size from /proc/self/statm, read through a descriptor kept open (a pread costs
-//! about 1.5 us; opening the file each time costs five times that).
+//! Readings taken at line boundaries: resident set size from /proc/self/statm, read through a
+//! descriptor kept open (a pread costs about 1.5 us; opening the file each time costs five times
+//! that), glibc's heap figures, the residency of large blocks from /proc/self/pagemap, and
+//! memsleuth's own heap.
 
+use memsleuth_core::causes::OsReading;
+use memsleuth_core::ledger::Ledger;
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
 
@@ -13,19 +19,104 @@ fn page_size() -> u64 {
     if size > 0 { size as u64 } else { 4096 }
 }
 
-/// Current RSS in bytes (anon + file + shmem), or 0 where /proc is unavailable.
-pub fn current() -> u64 {
-    let Some(file) = STATM.get_or_init(|| File::open("/proc/self/statm").ok()) else { return 0 };
+/// (resident, shared) bytes from statm: RssAnon is their difference, RssFile + RssShmem the
+/// second. Zeros where /proc is unavailable.
+fn statm() -> (u64, u64) {
+    let Some(file) = STATM.get_or_init(|| File::open("/proc/self/statm").ok()) else { return (0, 0) };
     let mut buf = [0u8; 128];
-    let Ok(n) = file.read_at(&mut buf, 0) else { return 0 };
-    let resident = buf[..n]
+    let Ok(n) = file.read_at(&mut buf, 0) else { return (0, 0) };
+    let mut fields = buf[..n]
         .split(|b| *b == b' ')
-        .nth(1)
-        .and_then(|f| std::str::from_utf8(f).ok())
-        .and_then(|f| f.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+        .map(|f| std::str::from_utf8(f).ok().and_then(|f| f.trim().parse::<u64>().ok()).unwrap_or(0));
+    let page = page();
+    let (_size, resident, shared) = (fields.next(), fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+    (resident * page, shared * page)
+}
+
+fn page() -> u64 {
     static PAGE: OnceLock<u64> = OnceLock::new();
-    resident * *PAGE.get_or_init(page_size)
+    *PAGE.get_or_init(page_size)
+}
+
+static PAGEMAP: OnceLock<Option<File>> = OnceLock::new();
+
+/// Bytes of `[addr, addr + size)` that are not resident in this process: pages that are not
+/// present, or present only as the shared zero page (mapped but not exclusively ours), which
+/// is what reading untouched memory produces.
+fn unresident(addr: usize, size: u64) -> u64 {
+    let Some(pagemap) = PAGEMAP.get_or_init(|| File::open("/proc/self/pagemap").ok()) else { return 0 };
+    let page = page();
+    let first = addr as u64 / page;
+    let last = (addr as u64 + size.max(1) - 1) / page;
+    let mut resident_pages = 0u64;
+    let mut buf = [0u8; 8 * 512];
+    let mut at = first;
+    while at <= last {
+        let count = (last - at + 1).min(512) as usize;
+        let Ok(n) = pagemap.read_at(&mut buf[..count * 8], at * 8) else { return 0 };
+        for entry in buf[..n].chunks_exact(8) {
+            let bits = u64::from_le_bytes(entry.try_into().unwrap_or_default());
+            let present = bits >> 63 & 1 == 1;
+            let exclusive = bits >> 56 & 1 == 1;
+            resident_pages += u64::from(present && exclusive);
+        }
+        at += count as u64;
+    }
+    size.saturating_sub(resident_pages * page)
+}
+
+/// Everything a reading records (SPEC section 3), for the ledger's current large blocks.
+pub fn read(ledger: &Ledger) -> OsReading {
+    let (resident, shared) = statm();
+    // SAFETY: mallinfo2 has no preconditions; it locks glibc's arenas, which no caller holds.
+    let info = unsafe { libc::mallinfo2() };
+    OsReading {
+        rss_anon: resident.saturating_sub(shared),
+        rss_file: shared,
+        malloc_in_use: info.uordblks as u64,
+        malloc_mmapped: info.hblkhd as u64,
+        malloc_arena: info.arena as u64,
+        unresident: ledger.big_blocks.iter().map(|(addr, size)| unresident(*addr, *size)).sum(),
+        profiler_bytes: PROFILER_BYTES.load(Ordering::Relaxed),
+        profiler_unresident: {
+            let (addr, bytes) = ledger.table.buffer();
+            if bytes == 0 { 0 } else { unresident(addr, bytes) }
+        },
+    }
+}
+
+/// Bytes memsleuth's own Rust code has allocated and not freed.
+static PROFILER_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The system allocator, counting what memsleuth itself holds (the `profiler` cause).
+pub struct CountingAllocator;
+
+// SAFETY: forwards every call to System unchanged; the counter is only bookkeeping.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        PROFILER_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `layout` is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        PROFILER_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        PROFILER_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: as above; `ptr` came from this allocator with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        PROFILER_BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        PROFILER_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
 }
 
 /// The process's RSS high-water mark (VmHWM), in bytes.

@@ -82,7 +82,7 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
         }
         let reading = hot.rss_due(now).then(|| {
             hot.rss_taken(now);
-            rss::current()
+            rss::read(l)
         });
         l.on_line(hot, code, lineno, reading);
     })

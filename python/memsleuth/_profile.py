@@ -1,6 +1,7 @@
 """The @profile decorator and the tracking it starts."""
 
 import functools
+import gc
 import inspect
 import json
 import linecache
@@ -31,8 +32,9 @@ def _start():
     with _start_lock:
         if _started:
             return
+        pymalloc = not os.environ.get("PYTHONMALLOC", "").startswith("malloc")
         if sys.version_info >= (3, 12):
-            _native.install(sys.version_info[1])
+            _native.install(sys.version_info[1], pymalloc)
             mon = sys.monitoring
             for tool in (mon.PROFILER_ID, 3, 4, 5):
                 if mon.get_tool(tool) is None:
@@ -44,8 +46,13 @@ def _start():
             mon.register_callback(_monitoring_tool, mon.events.LINE, _native.line_event)
         else:
             # The C trace function is switched on per thread by the first profiled call.
-            _native.install(sys.version_info[1], sys._getframe())
+            _native.install(sys.version_info[1], pymalloc, sys._getframe())
+        gc.callbacks.append(_gc_callback)
         _started = True
+
+
+def _gc_callback(phase, info):
+    _native.gc_event(phase == "start", info)
 
 
 def _watch(code):

@@ -72,6 +72,11 @@ impl BlockTable {
         self.len == 0
     }
 
+    /// Where the slots live: (address, bytes).
+    pub fn buffer(&self) -> (usize, u64) {
+        (self.slots.as_ptr() as usize, self.footprint() as u64)
+    }
+
     /// Bytes the table itself occupies.
     pub fn footprint(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Slot>()

@@ -19,6 +19,8 @@
 //! frames on one thread nest.
 
 use crate::blocks::{Block, BlockTable};
+use crate::causes::{Causes, OsReading, Sample};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -63,6 +65,13 @@ pub struct Hot {
     pub big_event: bool,
     pub net_at_rss: i64,
     pub rss_time_us: u64,
+    /// Collections that started on this thread, and tracked bytes freed inside them.
+    pub gc_collections: u64,
+    pub gc_freed_bytes: u64,
+    pub in_gc: bool,
+    /// pymalloc arenas this thread made pymalloc map and unmap.
+    pub arenas_mapped: u64,
+    pub arenas_unmapped: u64,
 }
 
 impl Hot {
@@ -81,6 +90,11 @@ impl Hot {
         big_event: false,
         net_at_rss: 0,
         rss_time_us: 0,
+        gc_collections: 0,
+        gc_freed_bytes: 0,
+        in_gc: false,
+        arenas_mapped: 0,
+        arenas_unmapped: 0,
     };
 
     #[inline(always)]
@@ -128,6 +142,11 @@ pub struct LineStats {
     pub freed_before_return: u64,
     pub rss_after: Option<u64>,
     pub rss_delta: i64,
+    pub gc_collections: u64,
+    pub gc_freed_bytes: u64,
+    pub arenas_mapped: u64,
+    pub arenas_unmapped: u64,
+    pub causes: Causes,
 }
 
 impl LineStats {
@@ -164,10 +183,10 @@ struct Exec {
     line: u32,
     measured: bool,
     node: u32,
-    snap: [u64; 4],
+    snap: [u64; 8],
     start_net: i64,
     high: i64,
-    rss_start: u64,
+    start: Sample,
 }
 
 /// Lines whose ids and nodes a frame keeps at hand: a loop body cycles through a few lines, and
@@ -208,7 +227,7 @@ struct ThreadLedger {
     active: Vec<u32>,
     /// Measured executions, innermost last: (frame index, is the line execution).
     measured: Vec<(u32, bool)>,
-    last_rss: u64,
+    last: Sample,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -218,6 +237,10 @@ pub struct ProcessStats {
     pub live_bytes: u64,
     pub tracked_peak_bytes: u64,
     pub untracked_frees: u64,
+    /// Live tracked bytes served by glibc (raw domain, pymalloc's large requests).
+    pub glibc_live: u64,
+    /// Bytes of pymalloc arenas mapped.
+    pub arena_bytes: u64,
 }
 
 /// FxHash: the node index is keyed by small integers, so a multiply-rotate hash is plenty.
@@ -252,6 +275,11 @@ pub struct Ledger {
     threads: Vec<ThreadLedger>,
     pub process: ProcessStats,
     clock: u32,
+    /// Whether pymalloc serves small MEM/OBJ requests (not under PYTHONMALLOC=malloc).
+    pub pymalloc: bool,
+    /// Live tracked blocks large enough to be mmapped, and live arenas: address -> size. Their
+    /// residency is the `lazy` cause.
+    pub big_blocks: BTreeMap<usize, u64>,
 }
 
 impl Default for Ledger {
@@ -275,7 +303,11 @@ impl Ledger {
                 live_bytes: 0,
                 tracked_peak_bytes: 0,
                 untracked_frees: 0,
+                glibc_live: 0,
+                arena_bytes: 0,
             },
+            pymalloc: true,
+            big_blocks: BTreeMap::new(),
             clock: 0,
         }
     }
@@ -365,8 +397,16 @@ impl Ledger {
 
     // ----- allocator events -----
 
+    /// Whether glibc serves a tracked block: raw-domain blocks, and pymalloc's large requests
+    /// (pymalloc hands anything over 512 bytes to the raw allocator).
+    #[inline(always)]
+    fn served_by_glibc(&self, raw: bool, size: u64) -> bool {
+        raw || !self.pymalloc || size > 512
+    }
+
+    /// A tracked allocation; `raw` says it came through the raw domain.
     #[inline]
-    pub fn on_alloc(&mut self, hot: &mut Hot, addr: usize, size: u64) {
+    pub fn on_alloc(&mut self, hot: &mut Hot, addr: usize, size: u64, raw: bool) {
         if hot.owner == PROFILER_NODE {
             self.table.insert(addr, Block { size, node: PROFILER_NODE, stamp: hot.stamp });
             return;
@@ -381,6 +421,10 @@ impl Ledger {
         }
         if size >= BIG_BLOCK {
             hot.big_event = true;
+            self.big_blocks.insert(addr, size);
+        }
+        if self.served_by_glibc(raw, size) {
+            self.process.glibc_live += size;
         }
         let p = &mut self.process;
         p.allocated_bytes += size;
@@ -396,9 +440,9 @@ impl Ledger {
         }
     }
 
-    /// Returns whether the block was tracked.
+    /// A free; returns whether the block was tracked.
     #[inline]
-    pub fn on_free(&mut self, hot: &mut Hot, addr: usize) -> bool {
+    pub fn on_free(&mut self, hot: &mut Hot, addr: usize, raw: bool) -> bool {
         let Some(block) = self.table.remove(addr) else {
             self.process.untracked_frees += 1;
             return false;
@@ -408,8 +452,15 @@ impl Ledger {
         }
         hot.freed_bytes += block.size;
         hot.frees += 1;
+        if hot.in_gc {
+            hot.gc_freed_bytes += block.size;
+        }
         if block.size >= BIG_BLOCK {
             hot.big_event = true;
+            self.big_blocks.remove(&addr);
+        }
+        if self.served_by_glibc(raw, block.size) {
+            self.process.glibc_live -= block.size.min(self.process.glibc_live);
         }
         self.process.freed_bytes += block.size;
         self.process.live_bytes -= block.size.min(self.process.live_bytes);
@@ -421,11 +472,11 @@ impl Ledger {
 
     /// `realloc(old, size)` returned `new` (`old` may be 0): a free of old plus an allocation.
     #[inline]
-    pub fn on_realloc(&mut self, hot: &mut Hot, old: usize, new: usize, size: u64) {
+    pub fn on_realloc(&mut self, hot: &mut Hot, old: usize, new: usize, size: u64, raw: bool) {
         if old != 0 {
-            self.on_free(hot, old);
+            self.on_free(hot, old, raw);
         }
-        self.on_alloc(hot, new, size);
+        self.on_alloc(hot, new, size, raw);
     }
 
     /// Takes a block the interpreter just allocated on the profiler's behalf out of every figure.
@@ -455,6 +506,12 @@ impl Ledger {
         if hot.high == net {
             hot.high = hot.net();
         }
+        if size >= BIG_BLOCK {
+            self.big_blocks.remove(&addr);
+        }
+        if self.served_by_glibc(false, size) {
+            self.process.glibc_live -= size.min(self.process.glibc_live);
+        }
         let p = &mut self.process;
         let peak_was_this = p.tracked_peak_bytes == p.live_bytes;
         p.allocated_bytes -= size;
@@ -478,6 +535,32 @@ impl Ledger {
                 }
             }
             n = node.parent;
+        }
+    }
+
+    /// A cyclic-GC collection starts on this thread (its frees until `gc_stop` are the
+    /// collector's).
+    pub fn gc_start(&mut self, hot: &mut Hot) {
+        hot.gc_collections += 1;
+        hot.in_gc = true;
+    }
+
+    pub fn gc_stop(&mut self, hot: &mut Hot) {
+        hot.in_gc = false;
+        hot.big_event = true;
+    }
+
+    /// pymalloc mapped (`mapped`) or unmapped an arena of `size` bytes at `addr`.
+    pub fn on_arena(&mut self, hot: &mut Hot, addr: usize, size: u64, mapped: bool) {
+        hot.big_event = true;
+        if mapped {
+            hot.arenas_mapped += 1;
+            self.process.arena_bytes += size;
+            self.big_blocks.insert(addr, size);
+        } else {
+            hot.arenas_unmapped += 1;
+            self.process.arena_bytes -= size.min(self.process.arena_bytes);
+            self.big_blocks.remove(&addr);
         }
     }
 
@@ -513,7 +596,7 @@ impl Ledger {
             hot.high = net;
             th.measured.push((frame_index, is_line));
         }
-        let rss_start = th.last_rss;
+        let start = th.last;
         hot.owner = node;
         hot.last_alloc = 0;
         hot.prev_alloc = 0;
@@ -521,10 +604,19 @@ impl Ledger {
             line,
             measured,
             node,
-            snap: [hot.alloc_bytes, hot.allocs, hot.freed_bytes, hot.frees],
+            snap: [
+                hot.alloc_bytes,
+                hot.allocs,
+                hot.freed_bytes,
+                hot.frees,
+                hot.gc_collections,
+                hot.gc_freed_bytes,
+                hot.arenas_mapped,
+                hot.arenas_unmapped,
+            ],
             start_net: net,
             high: net,
-            rss_start,
+            start,
         }
     }
 
@@ -532,16 +624,25 @@ impl Ledger {
         let th = &mut self.threads[t];
         th.active[exec.line as usize] -= 1;
         let stats = &mut self.lines[exec.line as usize];
-        stats.rss_after = Some(th.last_rss);
+        stats.rss_after = Some(th.last.os.rss());
         if !exec.measured {
             return;
         }
-        stats.allocated_bytes += hot.alloc_bytes.saturating_sub(exec.snap[0]);
+        let allocated = hot.alloc_bytes.saturating_sub(exec.snap[0]);
+        let freed = hot.freed_bytes.saturating_sub(exec.snap[2]);
+        let gc_freed = hot.gc_freed_bytes.saturating_sub(exec.snap[5]);
+        stats.allocated_bytes += allocated;
         stats.allocations += hot.allocs.saturating_sub(exec.snap[1]);
-        stats.freed_bytes += hot.freed_bytes.saturating_sub(exec.snap[2]);
+        stats.freed_bytes += freed;
         stats.frees += hot.frees.saturating_sub(exec.snap[3]);
+        stats.gc_collections += hot.gc_collections.saturating_sub(exec.snap[4]);
+        stats.gc_freed_bytes += gc_freed;
+        stats.arenas_mapped += hot.arenas_mapped.saturating_sub(exec.snap[6]);
+        stats.arenas_unmapped += hot.arenas_unmapped.saturating_sub(exec.snap[7]);
         stats.peak_bytes = stats.peak_bytes.max(hot.high - exec.start_net);
-        stats.rss_delta += th.last_rss as i64 - exec.rss_start as i64;
+        stats.rss_delta += th.last.os.rss() as i64 - exec.start.os.rss() as i64;
+        let net = allocated as i64 - freed as i64;
+        stats.causes.add(&Causes::of_execution(&exec.start, &th.last, net, gc_freed));
         th.measured.pop();
         if let Some(&outer) = th.measured.last() {
             hot.high = hot.high.max(exec_mut(&mut th.frames, outer).high);
@@ -552,33 +653,44 @@ impl Ledger {
         th.frames.last().map_or(NO_NODE, |f| f.line.map_or(f.total.node, |e| e.node))
     }
 
-    fn note_rss(&mut self, t: usize, rss: Option<u64>) {
-        if let Some(r) = rss {
-            self.threads[t].last_rss = r;
+    /// The exact process-wide counters beside a reading.
+    pub fn sample(&self, os: OsReading) -> Sample {
+        Sample {
+            os,
+            tracked_live: self.process.live_bytes,
+            glibc_live: self.process.glibc_live,
+            arena_bytes: self.process.arena_bytes,
         }
     }
 
-    /// A call of `func` begins (its wrapper runs): `rss` is read at entry.
-    pub fn enter(&mut self, hot: &mut Hot, func: u32, rss: u64) {
+    fn note_reading(&mut self, t: usize, os: Option<OsReading>) {
+        if let Some(os) = os {
+            self.threads[t].last = self.sample(os);
+        }
+    }
+
+    /// A call of `func` begins (its wrapper runs): `os` is read at entry.
+    pub fn enter(&mut self, hot: &mut Hot, func: u32, os: impl Into<OsReading>) {
+        let os = os.into();
         self.clock = self.clock.wrapping_add(1);
         let stamp = self.clock;
         let f = &mut self.funcs[func as usize];
         f.calls += 1;
-        f.rss_at_entry = Some(rss);
-        self.push_frame(hot, SavedFrame { func, stamp, lineno: 0 }, rss);
+        f.rss_at_entry = Some(os.rss());
+        self.push_frame(hot, SavedFrame { func, stamp, lineno: 0 }, os);
     }
 
     /// A suspended generator or coroutine frame resumes.
-    pub fn resume(&mut self, hot: &mut Hot, saved: SavedFrame, rss: u64) {
+    pub fn resume(&mut self, hot: &mut Hot, saved: SavedFrame, os: impl Into<OsReading>) {
         if saved.stamp == 0 {
-            return self.enter(hot, saved.func, rss);
+            return self.enter(hot, saved.func, os);
         }
-        self.push_frame(hot, saved, rss);
+        self.push_frame(hot, saved, os.into());
     }
 
-    fn push_frame(&mut self, hot: &mut Hot, saved: SavedFrame, rss: u64) {
+    fn push_frame(&mut self, hot: &mut Hot, saved: SavedFrame, os: OsReading) {
         let t = self.thread_mut(hot);
-        self.note_rss(t, Some(rss));
+        self.note_reading(t, Some(os));
         let f = &self.funcs[saved.func as usize];
         let (code, total_line) = (f.info.code, f.total_line);
         let th = &self.threads[t];
@@ -625,8 +737,8 @@ impl Ledger {
         top.lineno = lineno;
     }
 
-    /// A line event from `code` at `lineno`. `rss` is a fresh reading, if one was taken.
-    pub fn on_line(&mut self, hot: &mut Hot, code: usize, lineno: u32, rss: Option<u64>) {
+    /// A line event from `code` at `lineno`. `os` is a fresh reading, if one was taken.
+    pub fn on_line(&mut self, hot: &mut Hot, code: usize, lineno: u32, os: Option<OsReading>) {
         if hot.thread == 0 {
             return;
         }
@@ -637,7 +749,7 @@ impl Ledger {
         }
         match top.line.take() {
             Some(previous) => {
-                self.note_rss(t, rss);
+                self.note_reading(t, os);
                 self.close_exec(hot, t, previous);
                 self.start_line(hot, t, lineno, true);
             }
@@ -645,7 +757,7 @@ impl Ledger {
                 // The frame's first line: what moved since entry (argument binding) belongs to
                 // it, so the reading lands after it opens and its deltas add up to the call's.
                 self.start_line(hot, t, lineno, true);
-                self.note_rss(t, rss);
+                self.note_reading(t, os);
             }
         }
     }
@@ -660,12 +772,12 @@ impl Ledger {
                 .is_some_and(|f| f.code == code && f.lineno != lineno)
     }
 
-    fn pop_frame(&mut self, hot: &mut Hot, rss: u64) -> Option<Frame> {
+    fn pop_frame(&mut self, hot: &mut Hot, os: OsReading) -> Option<Frame> {
         if hot.thread == 0 {
             return None;
         }
         let t = (hot.thread - 1) as usize;
-        self.note_rss(t, Some(rss));
+        self.note_reading(t, Some(os));
         let mut frame = *self.threads[t].frames.last()?;
         if let Some(exec) = frame.line.take() {
             self.close_exec(hot, t, exec);
@@ -680,8 +792,8 @@ impl Ledger {
 
     /// The innermost call returns (or raises), after its frame is gone. Returns the function and
     /// whether no other call of it remains on this thread (so its report may be printed).
-    pub fn leave(&mut self, hot: &mut Hot, rss: u64) -> Option<(u32, bool)> {
-        let frame = self.pop_frame(hot, rss)?;
+    pub fn leave(&mut self, hot: &mut Hot, os: impl Into<OsReading>) -> Option<(u32, bool)> {
+        let frame = self.pop_frame(hot, os.into())?;
         let total_line = self.funcs[frame.func as usize].total_line as usize;
         let th = &self.threads[(hot.thread - 1) as usize];
         let outermost = th.active.get(total_line).is_none_or(|n| *n == 0);
@@ -689,8 +801,8 @@ impl Ledger {
     }
 
     /// The innermost frame (a generator or coroutine) yields.
-    pub fn suspend(&mut self, hot: &mut Hot, rss: u64) -> Option<SavedFrame> {
-        let frame = self.pop_frame(hot, rss)?;
+    pub fn suspend(&mut self, hot: &mut Hot, os: impl Into<OsReading>) -> Option<SavedFrame> {
+        let frame = self.pop_frame(hot, os.into())?;
         Some(SavedFrame { func: frame.func, stamp: frame.stamp, lineno: frame.lineno })
     }
 

@@ -2,6 +2,7 @@
 //! update, the per-line ledger, and the reports. The Python extension is a thin layer over it.
 
 pub mod blocks;
+pub mod causes;
 pub mod json;
 pub mod ledger;
 pub mod report;

@@ -2,6 +2,7 @@
 //! table with the exact columns beside it (section 6) or as JSON (section 5).
 
 use crate::json::{self, JsonWriter, Value};
+use crate::causes::{note, Causes, NoteFacts};
 use crate::ledger::{Ledger, LineStats, ProcessStats};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +17,12 @@ pub struct Figures {
     pub retained_bytes: u64,
     pub rss_after_bytes: Option<u64>,
     pub rss_delta_bytes: i64,
+    pub gc_collections: u64,
+    pub gc_freed_bytes: u64,
+    pub arenas_mapped: u64,
+    pub arenas_unmapped: u64,
+    pub causes: Causes,
+    pub note: Option<String>,
 }
 
 impl Figures {
@@ -34,6 +41,19 @@ impl Figures {
             retained_bytes: int("retained_bytes")? as u64,
             rss_after_bytes: v.get("rss_after_bytes").and_then(Value::as_f64).map(|r| r as u64),
             rss_delta_bytes: int("rss_delta_bytes")? as i64,
+            gc_collections: int("gc_collections")? as u64,
+            gc_freed_bytes: int("gc_freed_bytes")? as u64,
+            arenas_mapped: v.get("arenas_mapped").and_then(Value::as_f64).unwrap_or(0.0) as u64,
+            arenas_unmapped: v.get("arenas_unmapped").and_then(Value::as_f64).unwrap_or(0.0) as u64,
+            causes: {
+                let c = v.get("causes").ok_or("a line lacks causes")?;
+                let mut values = [0i64; 9];
+                for (value, name) in values.iter_mut().zip(Causes::NAMES) {
+                    *value = c.get(name).and_then(Value::as_f64).ok_or_else(|| format!("causes lack '{name}'"))? as i64;
+                }
+                Causes::from_values(values)
+            },
+            note: v.get("note").and_then(Value::as_str).map(str::to_string),
         })
     }
 
@@ -49,6 +69,21 @@ impl Figures {
             retained_bytes: s.retained_bytes(),
             rss_after_bytes: s.rss_after,
             rss_delta_bytes: s.rss_delta,
+            gc_collections: s.gc_collections,
+            gc_freed_bytes: s.gc_freed_bytes,
+            arenas_mapped: s.arenas_mapped,
+            arenas_unmapped: s.arenas_unmapped,
+            causes: s.causes,
+            note: note(&NoteFacts {
+                rss_delta: s.rss_delta,
+                allocated: s.allocated_bytes,
+                freed: s.freed_bytes,
+                gc_collections: s.gc_collections,
+                gc_freed: s.gc_freed_bytes,
+                arenas_mapped: s.arenas_mapped,
+                arenas_unmapped: s.arenas_unmapped,
+                causes: s.causes,
+            }),
         }
     }
 
@@ -66,6 +101,20 @@ impl Figures {
             None => w.field_null("rss_after_bytes"),
         }
         w.field_i64("rss_delta_bytes", self.rss_delta_bytes);
+        w.field_u64("gc_collections", self.gc_collections);
+        w.field_u64("gc_freed_bytes", self.gc_freed_bytes);
+        w.field_u64("arenas_mapped", self.arenas_mapped);
+        w.field_u64("arenas_unmapped", self.arenas_unmapped);
+        w.key("causes");
+        w.begin_object();
+        for (name, value) in Causes::NAMES.iter().zip(self.causes.values()) {
+            w.field_i64(name, value);
+        }
+        w.end_object();
+        match &self.note {
+            Some(note) => w.field_str("note", note),
+            None => w.field_null("note"),
+        }
     }
 }
 
@@ -176,6 +225,7 @@ impl Report {
                 live_bytes: num("live_bytes"),
                 tracked_peak_bytes: num("tracked_peak_bytes"),
                 untracked_frees: num("untracked_frees"),
+                ..ProcessStats::default()
             },
             rss_peak_bytes: num("rss_peak_bytes"),
         })
@@ -365,6 +415,15 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
         };
         out.push_str(text.trim_end());
         out.push('\n');
+    }
+    let notes: Vec<String> = f
+        .lines
+        .iter()
+        .filter_map(|l| l.figures.note.as_ref().map(|n| format!("  line {}: {n}\n", l.lineno)))
+        .collect();
+    if !notes.is_empty() {
+        out.push_str("\nNotes\n");
+        out.extend(notes);
     }
     out.push('\n');
     out

@@ -1,0 +1,343 @@
+//! Why RSS moved (SPEC sections 3 and 4): each line's RSS change split into causes from exact
+//! counters and from readings taken at the same moments as RSS, and a sentence for surprises.
+
+use crate::report::human_bytes;
+
+/// What the platform tells at a reading: RSS split by kind, glibc's view of its heap, the
+/// reserved-but-not-resident bytes of the large tracked blocks, and memsleuth's own heap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OsReading {
+    /// RssAnon (statm resident - shared).
+    pub rss_anon: u64,
+    /// RssFile + RssShmem (statm shared).
+    pub rss_file: u64,
+    /// mallinfo2 uordblks: bytes in use in glibc's heap arenas.
+    pub malloc_in_use: u64,
+    /// mallinfo2 hblkhd: bytes in chunks glibc served with mmap.
+    pub malloc_mmapped: u64,
+    /// mallinfo2 arena: bytes glibc obtained for its heap arenas.
+    pub malloc_arena: u64,
+    /// Bytes of large tracked blocks and arenas that are reserved but not resident.
+    pub unresident: u64,
+    /// Bytes memsleuth itself has allocated (its tables), from a counting Rust allocator.
+    pub profiler_bytes: u64,
+    /// The part of memsleuth's block table that is not resident yet (it is calloc'd, and slots
+    /// are touched only as addresses map to them).
+    pub profiler_unresident: u64,
+}
+
+impl OsReading {
+    pub fn rss(&self) -> u64 {
+        self.rss_anon + self.rss_file
+    }
+}
+
+/// RSS alone, for tests and platforms where nothing else is known.
+impl From<u64> for OsReading {
+    fn from(rss: u64) -> Self {
+        OsReading { rss_anon: rss, ..Default::default() }
+    }
+}
+
+impl From<i32> for OsReading {
+    fn from(rss: i32) -> Self {
+        OsReading::from(rss.max(0) as u64)
+    }
+}
+
+/// A reading together with the exact process-wide counters at the same moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    pub os: OsReading,
+    /// Live tracked bytes in the whole process (T).
+    pub tracked_live: u64,
+    /// Live tracked bytes that glibc serves (raw domain, and pymalloc's large requests).
+    pub glibc_live: u64,
+    /// Bytes of pymalloc arenas mapped, exact from the arena hook.
+    pub arena_bytes: u64,
+}
+
+/// The causes of a line's RSS change, in bytes; they sum to it exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Causes {
+    pub python: i64,
+    pub gc: i64,
+    pub other_threads: i64,
+    pub native: i64,
+    pub allocator: i64,
+    pub lazy: i64,
+    pub files: i64,
+    pub profiler: i64,
+    pub unexplained: i64,
+}
+
+fn delta(start: u64, end: u64) -> i64 {
+    end as i64 - start as i64
+}
+
+impl Causes {
+    pub const NAMES: [&'static str; 9] =
+        ["python", "gc", "other_threads", "native", "allocator", "lazy", "files", "profiler", "unexplained"];
+
+    pub fn values(&self) -> [i64; 9] {
+        [
+            self.python,
+            self.gc,
+            self.other_threads,
+            self.native,
+            self.allocator,
+            self.lazy,
+            self.files,
+            self.profiler,
+            self.unexplained,
+        ]
+    }
+
+    pub fn from_values(v: [i64; 9]) -> Self {
+        Causes {
+            python: v[0],
+            gc: v[1],
+            other_threads: v[2],
+            native: v[3],
+            allocator: v[4],
+            lazy: v[5],
+            files: v[6],
+            profiler: v[7],
+            unexplained: v[8],
+        }
+    }
+
+    pub fn sum(&self) -> i64 {
+        self.values().iter().sum()
+    }
+
+    /// The decomposition of one execution: `net` and `gc_freed` are its exact tracked figures,
+    /// `start` and `end` the samples its RSS change was measured between (SPEC section 3).
+    pub fn of_execution(start: &Sample, end: &Sample, net: i64, gc_freed: u64) -> Self {
+        let rss_delta = delta(start.os.rss(), end.os.rss());
+        let tracked = delta(start.tracked_live, end.tracked_live);
+        // memsleuth's heap as glibc sees it, and as RSS does (its untouched table pages aside).
+        let profiler_heap = delta(start.os.profiler_bytes, end.os.profiler_bytes);
+        let profiler = profiler_heap - delta(start.os.profiler_unresident, end.os.profiler_unresident);
+        let glibc_used = delta(start.os.malloc_in_use + start.os.malloc_mmapped, end.os.malloc_in_use + end.os.malloc_mmapped);
+        let native = glibc_used - delta(start.glibc_live, end.glibc_live) - profiler_heap;
+        let footprint = |s: &Sample| s.arena_bytes + s.os.malloc_arena + s.os.malloc_mmapped;
+        let allocator = delta(footprint(start), footprint(end)) - tracked - native - profiler_heap;
+        let mut causes = Causes {
+            python: net + gc_freed as i64,
+            gc: -(gc_freed as i64),
+            other_threads: tracked - net,
+            native,
+            allocator,
+            lazy: -delta(start.os.unresident, end.os.unresident),
+            files: delta(start.os.rss_file, end.os.rss_file),
+            profiler,
+            unexplained: 0,
+        };
+        causes.unexplained = rss_delta - causes.sum();
+        causes
+    }
+
+    pub fn add(&mut self, other: &Causes) {
+        let mut v = self.values();
+        for (a, b) in v.iter_mut().zip(other.values()) {
+            *a += b;
+        }
+        *self = Causes::from_values(v);
+    }
+}
+
+/// Everything a note may cite about a line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoteFacts {
+    pub rss_delta: i64,
+    pub allocated: u64,
+    pub freed: u64,
+    pub gc_collections: u64,
+    pub gc_freed: u64,
+    pub arenas_mapped: u64,
+    pub arenas_unmapped: u64,
+    pub causes: Causes,
+}
+
+/// A cause moving at least this much gets a note.
+pub const NOTE_THRESHOLD: i64 = 1 << 20;
+
+/// One plain-English sentence for a surprising line (SPEC section 4): RSS fell, or a cause other
+/// than Python's own net moved by 1 MiB or more. None when nothing is surprising.
+pub fn note(f: &NoteFacts) -> Option<String> {
+    let c = &f.causes;
+    let others = [
+        ("gc", c.gc),
+        ("other_threads", c.other_threads),
+        ("native", c.native),
+        ("allocator", c.allocator),
+        ("lazy", c.lazy),
+        ("files", c.files),
+        ("profiler", c.profiler),
+        ("unexplained", c.unexplained),
+    ];
+    let (name, value) = others.into_iter().max_by_key(|(_, v)| v.unsigned_abs()).unwrap_or(("", 0));
+    if f.rss_delta >= 0 && value.abs() < NOTE_THRESHOLD {
+        return None;
+    }
+    let b = |v: i64| human_bytes(v.abs());
+    let rss = if f.rss_delta < 0 { format!("RSS fell by {}", b(f.rss_delta)) } else { format!("RSS rose by {}", b(f.rss_delta)) };
+    if value.abs() < NOTE_THRESHOLD || (c.python.abs() >= value.abs() && c.python.signum() == f.rss_delta.signum()) {
+        // Python's own net explains the move.
+        return Some(if f.rss_delta < 0 {
+            format!("{rss}: this line freed {} of Python objects (net {})", b(f.freed as i64), human_bytes(c.python))
+        } else {
+            format!("{rss}: this line allocated and kept {} of Python objects", b(c.python))
+        });
+    }
+    let sentence = match name {
+        "gc" => format!(
+            "{rss}: the cyclic garbage collector ran {} time{} during this line and freed {} of unreachable cycles, \
+             created wherever their last reference was dropped",
+            f.gc_collections,
+            if f.gc_collections == 1 { "" } else { "s" },
+            b(f.gc_freed as i64)
+        ),
+        "allocator" if value < 0 && f.arenas_unmapped > 0 => format!(
+            "{rss}: pymalloc returned {} empty arena{} to the system ({} less held by the allocators) after blocks were freed",
+            f.arenas_unmapped,
+            if f.arenas_unmapped == 1 { "" } else { "s" },
+            b(value)
+        ),
+        "allocator" if value < 0 => {
+            format!("{rss}: the allocators released {} of memory they held free (glibc trimmed or unmapped its heap)", b(value))
+        }
+        "allocator" if f.freed as i64 >= value => format!(
+            "{rss}: Python freed {} but the allocators kept {} of it: the freed blocks sit in pymalloc arenas \
+             or glibc heap pages that still hold live objects (fragmented), so the memory is not returned",
+            b(f.freed as i64),
+            b(value)
+        ),
+        "allocator" => format!(
+            "{rss}: the allocators grew their footprint by {} beyond the live blocks ({} new pymalloc arena{})",
+            b(value),
+            f.arenas_mapped,
+            if f.arenas_mapped == 1 { "" } else { "s" }
+        ),
+        "native" if value > 0 => format!("{rss}: a C extension allocated {} outside Python's allocator (e.g. array buffers)", b(value)),
+        "native" => format!("{rss}: a C extension freed {} it had allocated outside Python's allocator", b(value)),
+        "lazy" if value < 0 => format!(
+            "{rss}: {} was reserved but not yet written, so it is not resident yet (lazy paging); RSS grows where it is first written",
+            b(value)
+        ),
+        "lazy" => format!("{rss}: first writes brought {} of previously reserved memory into RSS", b(value)),
+        "files" if value > 0 => {
+            format!("{rss}: {} of file-backed memory was mapped (an imported extension module or an mmapped file)", b(value))
+        }
+        "files" => format!("{rss}: {} of file-backed memory was unmapped or dropped from RAM", b(value)),
+        "other_threads" => format!(
+            "{rss}: other threads {} {} of tracked memory while this line ran",
+            if value > 0 { "allocated" } else { "freed" },
+            b(value)
+        ),
+        "profiler" => format!("{rss}: memsleuth's own tables changed by {}", human_bytes(value)),
+        _ => format!("{rss}: {} of the change has no tracked cause (interpreter internals, thread stacks, untracked mappings)", b(value)),
+    };
+    Some(sentence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn sample(rss_anon: u64, tracked: u64, arenas: u64) -> Sample {
+        Sample { os: OsReading { rss_anon, ..Default::default() }, tracked_live: tracked, glibc_live: 0, arena_bytes: arenas }
+    }
+
+    #[test]
+    fn causes_always_sum_to_the_rss_change() {
+        let start = Sample {
+            os: OsReading { rss_anon: 50 * MIB, rss_file: 9 * MIB, malloc_in_use: 3 * MIB, malloc_mmapped: MIB, malloc_arena: 4 * MIB, profiler_bytes: MIB, ..Default::default() },
+            tracked_live: 20 * MIB,
+            glibc_live: 2 * MIB,
+            arena_bytes: 12 * MIB,
+        };
+        let end = Sample {
+            os: OsReading { rss_anon: 130 * MIB, rss_file: 10 * MIB, malloc_in_use: 3 * MIB, malloc_mmapped: 81 * MIB, malloc_arena: 4 * MIB, profiler_bytes: MIB, ..Default::default() },
+            tracked_live: 20 * MIB + 100,
+            glibc_live: 2 * MIB,
+            arena_bytes: 12 * MIB,
+        };
+        let c = Causes::of_execution(&start, &end, 100, 0);
+        assert_eq!(c.sum(), (81 * MIB) as i64);
+        assert_eq!(c.native, (80 * MIB) as i64, "{c:?}");
+        assert_eq!(c.files, MIB as i64);
+        assert_eq!(c.python, 100);
+        assert_eq!(c.other_threads, 0);
+    }
+
+    #[test]
+    fn untouched_table_pages_are_not_the_profilers_rss() {
+        // The table grew by 8 MiB (glibc mmapped it) but only 2 MiB of it was touched.
+        let start = sample(50 * MIB, 0, 0);
+        let mut end = sample(52 * MIB, 0, 0);
+        end.os.profiler_bytes = 8 * MIB;
+        end.os.malloc_mmapped = 8 * MIB;
+        end.os.profiler_unresident = 6 * MIB;
+        let c = Causes::of_execution(&start, &end, 0, 0);
+        assert_eq!((c.profiler, c.native, c.allocator, c.unexplained), (2 * MIB as i64, 0, 0, 0));
+    }
+
+    #[test]
+    fn arenas_returned_are_the_allocator_and_gc_frees_are_split_out() {
+        // The line freed 30 MiB, 10 of it inside a collection; pymalloc unmapped 28 arenas.
+        let start = sample(60 * MIB, 40 * MIB, 36 * MIB);
+        let end = sample(32 * MIB, 10 * MIB, 8 * MIB);
+        let net = -(30 * MIB as i64);
+        let c = Causes::of_execution(&start, &end, net, 10 * MIB);
+        assert_eq!(c.python, -(20 * MIB as i64));
+        assert_eq!(c.gc, -(10 * MIB as i64));
+        assert_eq!(c.allocator, 2 * MIB as i64);
+        assert_eq!(c.sum(), -(28 * MIB as i64));
+        let facts = NoteFacts { rss_delta: c.sum(), freed: 30 * MIB, gc_collections: 1, gc_freed: 10 * MIB, causes: c, ..Default::default() };
+        let text = note(&facts).expect("RSS fell");
+        assert!(text.contains("freed 30.0 MiB"), "{text}");
+    }
+
+    #[test]
+    fn notes_name_the_cause_and_never_blame_an_absent_collector() {
+        let fragmented = NoteFacts {
+            rss_delta: 0,
+            freed: 30 * MIB,
+            causes: Causes { python: -(30 * MIB as i64), allocator: 30 * MIB as i64, ..Default::default() },
+            ..Default::default()
+        };
+        let text = note(&fragmented).unwrap();
+        assert!(text.contains("fragmented") && !text.contains("collector"), "{text}");
+
+        let released = NoteFacts {
+            rss_delta: -(3 * MIB as i64),
+            arenas_unmapped: 3,
+            causes: Causes { allocator: -(3 * MIB as i64), ..Default::default() },
+            ..Default::default()
+        };
+        assert!(note(&released).unwrap().contains("returned 3 empty arenas"));
+
+        let lazy = NoteFacts {
+            rss_delta: 0,
+            causes: Causes { python: 200_000_000, lazy: -200_000_000, ..Default::default() },
+            ..Default::default()
+        };
+        assert!(note(&lazy).unwrap().contains("not resident"));
+
+        let quiet = NoteFacts { rss_delta: 4096, causes: Causes { python: 4096, ..Default::default() }, ..Default::default() };
+        assert_eq!(note(&quiet), None);
+
+        let gc = NoteFacts {
+            rss_delta: -(5 * MIB as i64),
+            gc_collections: 1,
+            gc_freed: 5 * MIB,
+            causes: Causes { gc: -(5 * MIB as i64), ..Default::default() },
+            ..Default::default()
+        };
+        assert!(note(&gc).unwrap().contains("garbage collector ran 1 time"));
+    }
+}
