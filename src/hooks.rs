@@ -71,19 +71,14 @@ extern "C" fn hook_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut
 extern "C" fn hook_realloc(ctx: *mut c_void, ptr: *mut c_void, new_size: usize) -> *mut c_void {
     let orig = original(ctx);
     let Some(realloc) = orig.realloc else { return std::ptr::null_mut() };
+    let raw = is_raw(ctx);
     guarded(|| {
-        // The table update must not be overtaken by another thread reusing the old address, so
-        // the ledger lock is held across the call when tracking is on.
-        let mut result = None;
-        with_ledger(|l, hot| {
-            let new = realloc(orig.ctx, ptr, new_size);
-            result = Some(new);
-            if !new.is_null() {
-                l.on_realloc(hot, ptr as usize, new as usize, new_size as u64, is_raw(ctx));
-            }
-        });
-        // Tracking off (or failed before the call): forward untracked.
-        result.unwrap_or_else(|| realloc(orig.ctx, ptr, new_size))
+        // The lock is not held across the call: pymalloc may map an arena inside it, and the
+        // arena hook takes the lock.
+        let taken = with_ledger(|l, hot| l.begin_realloc(hot, ptr as usize, raw));
+        let new = realloc(orig.ctx, ptr, new_size);
+        with_ledger(|l, hot| l.end_realloc(hot, ptr as usize, new as usize, new_size as u64, raw, taken));
+        new
     })
     .unwrap_or_else(|| realloc(orig.ctx, ptr, new_size))
 }

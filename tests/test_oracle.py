@@ -54,7 +54,8 @@ RUNNER = Path(__file__).resolve().parent / "oracle_runner.py"
 
 SEEDS = list(range(40))
 
-# Seeds whose comparison fails because memsleuth is wrong: seed -> reason. Filled in from runs.
+# Seeds whose comparison fails because memsleuth is wrong, as seed -> reason; they run as
+# strict xfails. None at present (seeds 0-599 agree on CPython 3.9 to 3.13).
 KNOWN_FAILURES = {}
 
 # Magnitudes of the size variables ``n0``..``n5`` every program defines first (small int
@@ -378,7 +379,7 @@ class Program:
         rng = self.rng
         lines = []
         if rng.random() < 0.25:
-            # Line numbers above 256: on 3.12 each LINE callback then gets a freshly allocated
+            # Line numbers above 256: from 3.12 each LINE callback then gets a freshly allocated
             # int, which must stay out of the figures.
             lines += ["# padding"] * rng.randint(257, 400)
         lines += ["from memsleuth import profile", "", "KEEP = []", "", "", "@profile", "def prog():"]
@@ -413,16 +414,16 @@ def generate(seed):
     return Program(seed).generate()
 
 
-def run_runner(path, *flags):
+def run_runner(path, *flags, hash_seed=0):
     env = dict(os.environ)
     env.pop("PYTHONTRACEMALLOC", None)
-    env["PYTHONHASHSEED"] = "0"
+    env["PYTHONHASHSEED"] = str(hash_seed)  # str hashes decide set and dict layouts: reproducible
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     proc = subprocess.run(
         [sys.executable, str(RUNNER), str(path), *flags],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=120,
         env=env,
         cwd=str(Path(path).parent),
     )
@@ -467,10 +468,10 @@ def render(source, def_lineno, result, rows, bad):
     return "\n".join(out)
 
 
-def check_program(tmp_path, source, def_lineno):
+def check_program(tmp_path, source, def_lineno, hash_seed=0):
     path = Path(tmp_path) / "oracle_program.py"
     path.write_text(source)
-    result = run_runner(path)
+    result = run_runner(path, hash_seed=hash_seed)
     assert result["calls"] == 1
     rows, bad = compare(source, def_lineno, result)
     if bad:
@@ -488,7 +489,7 @@ def _seed_param(seed):
 @pytest.mark.parametrize("seed", [_seed_param(s) for s in SEEDS])
 def test_retained_bytes_match_tracemalloc(tmp_path, seed):
     source, def_lineno = generate(seed)
-    check_program(tmp_path, source, def_lineno)
+    check_program(tmp_path, source, def_lineno, hash_seed=seed)
 
 
 def test_generator_is_deterministic_and_varied():

@@ -183,8 +183,11 @@ pub fn note(f: &NoteFacts) -> Option<String> {
     }
     let b = |v: i64| human_bytes(v.abs());
     let rss = if f.rss_delta < 0 { format!("RSS fell by {}", b(f.rss_delta)) } else { format!("RSS rose by {}", b(f.rss_delta)) };
-    if value.abs() < NOTE_THRESHOLD || (c.python.abs() >= value.abs() && c.python.signum() == f.rss_delta.signum()) {
-        // Python's own net explains the move.
+    // Python's own net explains a fall only if it moved the same way and accounts for most of it;
+    // any other cause of 1 MiB or more is always named.
+    let python_explains =
+        c.python.signum() == f.rss_delta.signum() && (f.rss_delta - c.python).abs() <= f.rss_delta.abs() / 2;
+    if value.abs() < NOTE_THRESHOLD && (python_explains || value == 0) {
         return Some(if f.rss_delta < 0 {
             format!("{rss}: this line freed {} of Python objects (net {})", b(f.freed as i64), human_bytes(c.python))
         } else {
@@ -299,7 +302,7 @@ mod tests {
         assert_eq!(c.sum(), -(28 * MIB as i64));
         let facts = NoteFacts { rss_delta: c.sum(), freed: 30 * MIB, gc_collections: 1, gc_freed: 10 * MIB, causes: c, ..Default::default() };
         let text = note(&facts).expect("RSS fell");
-        assert!(text.contains("freed 30.0 MiB"), "{text}");
+        assert!(text.contains("collector ran 1 time") && text.contains("freed 10.0 MiB"), "{text}");
     }
 
     #[test]
@@ -327,6 +330,24 @@ mod tests {
             ..Default::default()
         };
         assert!(note(&lazy).unwrap().contains("not resident"));
+
+        // Python's net does not explain RSS here: the allocation is not resident.
+        let reserved = NoteFacts {
+            rss_delta: 4096,
+            causes: Causes { python: 200_000_033, lazy: -199_995_937, ..Default::default() },
+            ..Default::default()
+        };
+        assert!(note(&reserved).unwrap().contains("not resident"));
+
+        // A fall of less than 1 MiB from one arena returned is the allocator's, not Python's 64 B.
+        let one_arena = NoteFacts {
+            rss_delta: -(500 << 10),
+            freed: 64,
+            arenas_unmapped: 1,
+            causes: Causes { python: -64, allocator: -1_048_512, unexplained: 1_048_576 - (500 << 10), ..Default::default() },
+            ..Default::default()
+        };
+        assert!(note(&one_arena).unwrap().contains("returned 1 empty arena"), "{:?}", note(&one_arena));
 
         let quiet = NoteFacts { rss_delta: 4096, causes: Causes { python: 4096, ..Default::default() }, ..Default::default() };
         assert_eq!(note(&quiet), None);

@@ -473,10 +473,30 @@ impl Ledger {
     /// `realloc(old, size)` returned `new` (`old` may be 0): a free of old plus an allocation.
     #[inline]
     pub fn on_realloc(&mut self, hot: &mut Hot, old: usize, new: usize, size: u64, raw: bool) {
-        if old != 0 {
-            self.on_free(hot, old, raw);
+        let taken = self.begin_realloc(hot, old, raw);
+        self.end_realloc(hot, old, new, size, raw, taken);
+    }
+
+    /// Before `realloc(old, ...)` runs: forget `old` and count its free, so that no other
+    /// thread's allocation of the same address can be lost once realloc releases it. Returns
+    /// the size of the block taken, if it was tracked.
+    #[inline]
+    pub fn begin_realloc(&mut self, hot: &mut Hot, old: usize, raw: bool) -> Option<u64> {
+        if old == 0 {
+            return None;
         }
-        self.on_alloc(hot, new, size, raw);
+        let size = self.table.get(old).map(|b| b.size);
+        self.on_free(hot, old, raw).then_some(size).flatten()
+    }
+
+    /// After realloc returned `new` (null if it failed, leaving `old` in place).
+    #[inline]
+    pub fn end_realloc(&mut self, hot: &mut Hot, old: usize, new: usize, size: u64, raw: bool, taken: Option<u64>) {
+        if new != 0 {
+            self.on_alloc(hot, new, size, raw);
+        } else if let Some(old_size) = taken {
+            self.on_alloc(hot, old, old_size, raw);
+        }
     }
 
     /// Takes a block the interpreter just allocated on the profiler's behalf out of every figure.
