@@ -68,7 +68,7 @@ pub enum Command {
         #[command(flatten)]
         text: TextOptions,
         /// The script to run, then its arguments (with -m or -c: only the arguments)
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "SCRIPT [ARGS]")]
+        #[arg(trailing_var_arg = true, value_name = "SCRIPT [ARGS]")]
         program: Vec<String>,
     },
     /// Print a saved JSON report as text

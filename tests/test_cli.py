@@ -311,7 +311,6 @@ def test_script_sees_what_python_gives_it(tmp_path, launcher):
     assert "Filename:" in result.stdout  # the report still printed: -q went to the program
 
 
-@pytest.mark.xfail(strict=True, reason="__file__ is the path as typed; python 3.9+ makes it absolute")
 def test_script_file_is_absolute_like_python(tmp_path):
     result = run("show_argv.py", "a", tmp_path=tmp_path)
     expected = first_json_line(python("show_argv.py", "a", cwd=CLI).stdout)
@@ -320,7 +319,6 @@ def test_script_file_is_absolute_like_python(tmp_path):
     assert seen["file"] == expected["file"] == str(CLI / "show_argv.py")
 
 
-@pytest.mark.xfail(strict=True, reason="the program's globals lack __annotations__ and hold __memsleuth_profile__")
 def test_script_globals_are_pythons(tmp_path):
     result = run("show_argv.py", tmp_path=tmp_path)
     expected = first_json_line(python(CLI / "show_argv.py", cwd=CLI).stdout)
@@ -352,8 +350,7 @@ def test_module_with_relative_import(tmp_path, launcher, module):
 
 
 @pytest.mark.parametrize("launcher", [
-    pytest.param("script", marks=pytest.mark.xfail(strict=True, reason=(
-        "the console script looks MODULE up before putting the current directory on sys.path"))),
+    "script",
     "module",
 ])
 def test_module_in_current_directory(tmp_path, launcher):
@@ -379,7 +376,6 @@ def test_code_string(tmp_path, launcher):
     assert len(selection_lines(parse_text(result.stdout)[1])) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="-c programs get __file__ = '<string>'; python -c defines no __file__")
 def test_code_string_has_no_file(tmp_path):
     code = "print('__file__' in globals())"
     result = run("-q", "-c", code, tmp_path=tmp_path, cwd=tmp_path)
@@ -455,7 +451,6 @@ def test_function_option_naming_nothing_warns(tmp_path):
     assert [f["name"] for f in result.report["functions"]] == ["decorated"]
 
 
-@pytest.mark.xfail(strict=True, reason="with only @profile functions the report says nothing of the selection")
 def test_selection_is_reported_for_decorated_functions(tmp_path):
     result = run("mp_injected.py", tmp_path=tmp_path)
     [selection] = selection_lines(parse_text(result.stdout)[1])
@@ -543,7 +538,6 @@ def test_min_bytes(tmp_path, size):
         assert shown == {"a = [1] * (10 ** 6)", "b = [2] * (2 * 10 ** 6)", "del b"}
 
 
-@pytest.mark.xfail(strict=True, reason="--min-bytes never hides line 1 of <module>, even when it moved nothing")
 def test_min_bytes_on_module_code(tmp_path):
     result = run("--min-bytes", "1MiB", "auto_select.py", tmp_path=tmp_path)
     assert result.returncode == 0, result
@@ -612,15 +606,12 @@ def test_report_renders_saved_json(tmp_path, saved):
             assert table.rows[lineno] == run_table.rows[lineno], (table.name, lineno)
 
 
-@pytest.mark.xfail(strict=True, reason="a saved report has no RSS at entry, so `report` leaves the def line's Mem usage empty")
 def test_report_reproduces_the_run_text(tmp_path, saved):
     path, run_text, _ = saved
     result = memsleuth("report", path, cwd=tmp_path)
     assert result.stdout == run_text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`report` prints a function's source only up to its last line that ran; the run prints every line"))
 def test_report_prints_every_source_line(tmp_path):
     result = run("-o", tmp_path / "run.txt", "exits.py", "3", tmp_path=tmp_path)
     assert result.returncode == 3, result
@@ -728,7 +719,6 @@ def test_uncaught_exception(tmp_path):
     check_text_matches_json(result.stdout, report)
 
 
-@pytest.mark.xfail(strict=True, reason="memsleuth/_profile.py frames (generator_wrapper, __await__) in the traceback")
 def test_uncaught_exception_from_profiled_generator(tmp_path):
     script = CLI / "raises.py"
     result = run(script, "generator", tmp_path=tmp_path)
@@ -813,8 +803,7 @@ def test_missing_module(tmp_path, module):
 
 @pytest.mark.parametrize("relative", [
     False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "the SyntaxError names the script as typed; python names it by its absolute path"))),
+    True,
 ])
 def test_syntax_error(tmp_path, relative):
     script = tmp_path / "broken.py"
@@ -835,10 +824,8 @@ def test_syntax_error(tmp_path, relative):
     ["report", "--bogus", "x.json"],
     ["report"],
     ["run", "--json"],
-    pytest.param(["run", "--bogus", "show_argv.py"], marks=pytest.mark.xfail(strict=True, reason=(
-        "an unknown option before SCRIPT is taken for the script's name"))),
-    pytest.param(["run", "-Z", "show_argv.py"], marks=pytest.mark.xfail(strict=True, reason=(
-        "an unknown option before SCRIPT is taken for the script's name"))),
+    ["run", "--bogus", "show_argv.py"],
+    ["run", "-Z", "show_argv.py"],
 ], ids=" ".join)
 def test_unknown_option_or_command(args):
     result = memsleuth(*args, cwd=CLI)
@@ -869,9 +856,6 @@ MARKER_CODE = "open('program-ran', 'w').close()"
     pytest.param("output-permission-denied", marks=pytest.mark.skipif(IS_ROOT, reason="root may write anywhere")),
     pytest.param("output-in-proc", marks=[
         pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="Linux /proc"),
-        pytest.mark.xfail(IS_ROOT, strict=True, reason=(
-            "the check is os.access(): as root /proc looks writable, the program runs and the report "
-            "is lost at exit with status 0")),
     ]),
 ])
 def test_unwritable_output_checked_before_the_program_runs(tmp_path, case):

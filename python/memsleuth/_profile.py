@@ -76,13 +76,18 @@ def _source_lines(func, code):
     return [line.rstrip("\n") for line in lines]
 
 
+def _absolute(filename):
+    """The report names files absolutely; pseudo-files such as <string> keep their name."""
+    return filename if filename.startswith("<") else os.path.abspath(filename)
+
+
 def _register(func):
     code = func.__code__
     return _native.register(
         code,
         func.__qualname__,
         getattr(func, "__module__", None) or "",
-        os.path.abspath(code.co_filename),
+        _absolute(code.co_filename),
         code.co_firstlineno,
         _source_lines(func, code),
     )
@@ -155,7 +160,7 @@ def profile_module_code(code, filename, source, namespace):
     token = _native.begin_quiet()
     try:
         lines = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
-        fid = _native.register(code, "<module>", namespace.get("__name__", ""), os.path.abspath(filename), 1,
+        fid = _native.register(code, "<module>", namespace.get("__name__", ""), _absolute(filename), 1,
                                lines.splitlines())
         _watch(code)
         precisions.setdefault(code, None)

@@ -22,13 +22,14 @@ def _error(message, status):
 
 
 def _check_writable(path):
-    directory = os.path.dirname(os.path.abspath(path))
+    """Opens the report file before the program runs, so a long run is never wasted."""
     if os.path.isdir(path):
         raise UsageError(f"cannot write to {path}: it is a directory")
-    if not os.path.isdir(directory):
-        raise UsageError(f"cannot write to {path}: no such directory {directory}")
-    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise UsageError(f"cannot write to {path}: permission denied")
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to {path}: {exc.strerror or exc}") from None
 
 
 def _memory_profiler_stand_in():
@@ -50,9 +51,10 @@ class _Program:
         self.path0 = path0
 
 
-def _main_globals(filename, **extra):
-    return {"__name__": "__main__", "__file__": filename, "__builtins__": builtins, "__cached__": None,
-            "__doc__": None, "__loader__": None, "__package__": None, "__spec__": None, **extra}
+def _main_globals(**extra):
+    """The globals python gives __main__ (a script adds __file__ and __cached__)."""
+    return {"__name__": "__main__", "__builtins__": builtins, "__doc__": None, "__loader__": None,
+            "__package__": None, "__spec__": None, "__annotations__": {}, **extra}
 
 
 def _script(path):
@@ -65,10 +67,14 @@ def _script(path):
             source = f.read()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    return _Program(source, path, path, _main_globals(path), os.path.dirname(os.path.abspath(path)))
+    filename = os.path.abspath(path)
+    globals_ = _main_globals(__file__=filename, __cached__=None)
+    return _Program(source, filename, path, globals_, os.path.dirname(filename))
 
 
 def _module(name):
+    # Like python -m, the module is looked up from the current directory first.
+    sys.path[0] = os.getcwd()
     try:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations is not None:
@@ -86,15 +92,15 @@ def _module(name):
         raise UsageError(f"cannot read module {name}: {exc}") from None
     if source is None:
         raise UsageError(f"module {name} has no Python source to run")
-    globals_ = _main_globals(spec.origin, __package__=name.rpartition(".")[0], __spec__=spec,
-                             __loader__=spec.loader)
+    globals_ = _main_globals(__file__=spec.origin, __cached__=spec.cached, __package__=name.rpartition(".")[0],
+                             __spec__=spec, __loader__=spec.loader)
     return _Program(source, spec.origin, spec.origin, globals_, os.getcwd())
 
 
 def _code_string(code):
     lines = code.splitlines(keepends=True)
     linecache.cache["<string>"] = (len(code), None, lines, "<string>")
-    return _Program(code, "<string>", "-c", _main_globals("<string>"), "")
+    return _Program(code, "<string>", "-c", _main_globals(), "")
 
 
 def _selection(program, tree, functions):
@@ -109,7 +115,7 @@ def _selection(program, tree, functions):
             _select.warn(f"no function {missing} in {program.filename}")
         return f"profiling @profile functions and --function {', '.join(functions)}", False, finder
     if _select.mentions_profile(tree):
-        return None, False, finder
+        return "profiling the functions decorated with @profile", False, finder
     _select.decorate(tree, None)
     sentence = (f"profiling all of {program.filename}: its top-level code and every function it defines "
                 "(it never uses `profile`; choose functions with @profile or --function)")
@@ -128,9 +134,6 @@ def _exit_status(code):
 def run(options):
     precision, min_bytes = options["precision"], options["min_bytes"]
     try:
-        for path in (options["json"], options["output"]):
-            if path is not None:
-                _check_writable(path)
         if options["module"] is not None:
             program, args = _module(options["module"]), options["program"]
         elif options["code"] is not None:
@@ -139,6 +142,9 @@ def run(options):
             program, args = _script(options["program"][0]), options["program"][1:]
         else:
             raise UsageError("nothing to run: give a SCRIPT, -m MODULE or -c CODE (see memsleuth run --help)")
+        for path in (options["json"], options["output"]):
+            if path is not None:
+                _check_writable(path)
     except UsageError as exc:
         return _error(str(exc), 2)
 
@@ -155,12 +161,12 @@ def run(options):
     _profile.program_argv = [program.argv0, *args]
     _profile._start()
     builtins.profile = _profile.profile
+    setattr(builtins, _select.INJECTED, _profile.profile)
     sys.modules["memory_profiler"] = _memory_profiler_stand_in()
     if finder is not None:
         sys.meta_path.insert(0, finder)
     main = types.ModuleType("__main__")
     main.__dict__.update(program.globals)
-    main.__dict__[_select.INJECTED] = _profile.profile
     sys.modules["__main__"] = main
     sys.argv = [program.argv0, *args]
     sys.path[0] = program.path0
@@ -177,20 +183,36 @@ def run(options):
         traceback.print_exception(KeyboardInterrupt, KeyboardInterrupt(), None)
         status = 130
     except BaseException as exc:
-        # The program's own traceback, without memsleuth's frames on top.
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_frame.f_code.co_filename != program.filename:
-            tb = tb.tb_next
-        traceback.print_exception(type(exc), exc, tb)
+        _print_program_traceback(exc)
         status = 1
     finally:
         if finder is not None:
             finder.report_missing()
-        _write_reports(options, selection)
-    return status
+        written = _write_reports(options, selection)
+    return status if written or status else 1
+
+
+def _print_program_traceback(exc):
+    """The program's traceback as python prints it: memsleuth's own frames (the runner, the
+    generator and coroutine wrappers) left out, in chained exceptions too."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    seen = set()
+    pending = [report]
+    while pending:
+        te = pending.pop()
+        if id(te) in seen:
+            continue
+        seen.add(id(te))
+        te.stack = traceback.StackSummary.from_list(
+            [frame for frame in te.stack if not os.path.abspath(frame.filename).startswith(package)]
+        )
+        pending += [chained for chained in (te.__cause__, te.__context__) if chained is not None]
+    sys.stderr.write("".join(report.format()))
 
 
 def _write_reports(options, selection):
+    """Prints and writes the reports; False if one could not be written."""
     token = _native.begin_quiet()
     try:
         if not options["quiet"]:
@@ -210,9 +232,11 @@ def _write_reports(options, selection):
             with open(options["json"], "w") as f:
                 f.write(_native.report_json(version, _profile.program_argv, selection))
     except OSError as exc:
-        sys.stderr.write(f"memsleuth: error: cannot write the report: {exc}\n")
+        sys.stderr.write(f"memsleuth: error: cannot write the report: {exc.strerror or exc}\n")
+        return False
     finally:
         _native.end_quiet(token)
+    return True
 
 
 def report(options):

@@ -7,7 +7,8 @@ import sys
 
 from . import _profile
 
-#: The name the rewritten program's injected decorators refer to.
+#: The name the rewritten program's injected decorators refer to (a builtin, so the program's
+#: globals stay as python would make them).
 INJECTED = "__memsleuth_profile__"
 
 

@@ -188,7 +188,8 @@ impl Report {
                 lines.push(LineReport { lineno, source: text_field(l, "source"), figures: Figures::from_json(l)? });
             }
             let filename = text_field(f, "filename");
-            let last = lines.iter().map(|l| l.lineno).max().unwrap_or(first_lineno);
+            let last_ran = lines.iter().map(|l| l.lineno).max().unwrap_or(first_lineno);
+            let last = f.get("last_lineno").and_then(Value::as_f64).map_or(last_ran, |n| (n as u32).max(last_ran));
             let source = std::fs::read_to_string(&filename)
                 .ok()
                 .map(|file| {
@@ -206,7 +207,7 @@ impl Report {
                 filename,
                 first_lineno,
                 calls: f.get("calls").and_then(Value::as_f64).unwrap_or(0.0) as u64,
-                rss_at_entry: None,
+                rss_at_entry: f.get("rss_at_entry_bytes").and_then(Value::as_f64).map(|r| r as u64),
                 totals: Figures::from_json(f.get("totals").ok_or("a function lacks totals")?)?,
                 lines,
                 source,
@@ -258,7 +259,12 @@ impl Report {
             w.field_str("module", &f.module);
             w.field_str("filename", &f.filename);
             w.field_u64("first_lineno", f.first_lineno as u64);
+            w.field_u64("last_lineno", (f.first_lineno as u64 + f.source.len() as u64).saturating_sub(1));
             w.field_u64("calls", f.calls);
+            match f.rss_at_entry {
+                Some(rss) => w.field_u64("rss_at_entry_bytes", rss),
+                None => w.field_null("rss_at_entry_bytes"),
+            }
             w.key("totals");
             w.begin_object();
             f.totals.write_json(&mut w);
@@ -387,7 +393,12 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
             let g = &l.figures;
             g.allocated_bytes < min_bytes && g.freed_bytes < min_bytes && g.rss_delta_bytes.unsigned_abs() < min_bytes
         };
-        if min_bytes > 0 && (ran.is_none_or(below) && i > 0) {
+        // The first line stays when it did not run: it is the def line, showing RSS at entry.
+        let hidden = match ran {
+            Some(l) => below(l),
+            None => i > 0,
+        };
+        if min_bytes > 0 && hidden {
             continue;
         }
         let text = match ran {
