@@ -177,7 +177,13 @@ pub fn note(f: &NoteFacts) -> Option<String> {
         ("profiler", c.profiler),
         ("unexplained", c.unexplained),
     ];
-    let (name, value) = others.into_iter().max_by_key(|(_, v)| v.unsigned_abs()).unwrap_or(("", 0));
+    // A collection that freed 1 MiB or more is named first: the allocator's share is then what it
+    // kept of that memory.
+    let (name, value) = if c.gc.abs() >= NOTE_THRESHOLD {
+        ("gc", c.gc)
+    } else {
+        others.into_iter().max_by_key(|(_, v)| v.unsigned_abs()).unwrap_or(("", 0))
+    };
     if f.rss_delta >= 0 && value.abs() < NOTE_THRESHOLD {
         return None;
     }
@@ -197,10 +203,15 @@ pub fn note(f: &NoteFacts) -> Option<String> {
     let sentence = match name {
         "gc" => format!(
             "{rss}: the cyclic garbage collector ran {} time{} during this line and freed {} of unreachable cycles, \
-             created wherever their last reference was dropped",
+             created wherever their last reference was dropped{}",
             f.gc_collections,
             if f.gc_collections == 1 { "" } else { "s" },
-            b(f.gc_freed as i64)
+            b(f.gc_freed as i64),
+            if c.allocator >= NOTE_THRESHOLD {
+                format!("; the allocators kept {} of the freed memory, so RSS did not fall by as much", b(c.allocator))
+            } else {
+                String::new()
+            }
         ),
         "allocator" if value < 0 && f.arenas_unmapped > 0 => format!(
             "{rss}: pymalloc returned {} empty arena{} to the system ({} less held by the allocators) after blocks were freed",
@@ -211,7 +222,7 @@ pub fn note(f: &NoteFacts) -> Option<String> {
         "allocator" if value < 0 => {
             format!("{rss}: the allocators released {} of memory they held free (glibc trimmed or unmapped its heap)", b(value))
         }
-        "allocator" if f.freed as i64 >= value => format!(
+        "allocator" if f.freed as i64 * 2 >= value => format!(
             "{rss}: Python freed {} but the allocators kept {} of it: the freed blocks sit in pymalloc arenas \
              or glibc heap pages that still hold live objects (fragmented), so the memory is not returned",
             b(f.freed as i64),
@@ -360,5 +371,17 @@ mod tests {
             ..Default::default()
         };
         assert!(note(&gc).unwrap().contains("garbage collector ran 1 time"));
+
+        // The collector freed 19 MiB that glibc kept: named first, the allocator's share cited.
+        let kept = NoteFacts {
+            rss_delta: 0,
+            freed: 19 << 20,
+            gc_collections: 1,
+            gc_freed: 19 << 20,
+            causes: Causes { gc: -(19 << 20), allocator: (19 << 20) + 300, python: -300, ..Default::default() },
+            ..Default::default()
+        };
+        let text = note(&kept).unwrap();
+        assert!(text.contains("garbage collector") && text.contains("allocators kept 19.0 MiB"), "{text}");
     }
 }
