@@ -198,12 +198,6 @@ def test_generator_yield_line_hits(run_fixture):
     assert find_line(func, "yield len(chunk)")["hits"] == n
 
 
-@pytest.mark.xfail(
-    reason="blocks a suspended generator yielded and its consumer freed before the generator "
-    "finished are counted as retained: the free is not seen as before-return while the "
-    "generator's frame is off the stack",
-    strict=True,
-)
 def test_generator_retained_counts_only_blocks_alive_at_exhaustion(run_fixture):
     n, size = 3, 1_000_000
     run = run_fixture("generator_retained.py", n, size)
@@ -215,12 +209,6 @@ def test_generator_retained_counts_only_blocks_alive_at_exhaustion(run_fixture):
     between(line["retained_bytes"], bytearray_cost(size), bytearray_cost(size) + KiB)
 
 
-@pytest.mark.xfail(
-    reason="a resumed generator frame keeps its old stamp, so a block it frees that another "
-    "profiled call kept (and had already returned) is taken as freed before that call "
-    "returned: the other call's retained bytes lose it",
-    strict=True,
-)
 def test_generator_resumed_later_does_not_unretain_other_calls_blocks(run_fixture):
     size = 1_000_000
     run = run_fixture("generator_stamp.py", size)

@@ -11,7 +11,8 @@ kinds (lists, dicts, sets, tuples, str built by concatenation, join and formatti
 bytearray grown in place by ``+=``, which reallocs, small and big ints, floats, list, dict and
 set comprehensions, slicing, ``del``, reassignment, aliasing, in-place mutation, appending to a
 module-level container that outlives the call, objects returned, locals dropped when the frame
-goes away). Each program is written to its own file and run by ``oracle_runner.py`` in a fresh
+goes away, statements spread over several lines, two statements on one line, line numbers above
+256). Each program is written to its own file and run by ``oracle_runner.py`` in a fresh
 ``sys.executable``, which prints both per-line figures as JSON; they must agree on every line of
 the function's body, including lines that retain nothing.
 

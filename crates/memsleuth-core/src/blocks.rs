@@ -1,4 +1,4 @@
-//! The block table: live tracked block address -> (requested size, owner node, frame stamp).
+//! The block table: live tracked block address -> (requested size, owner node, activation).
 //!
 //! It is touched on every allocation and free, so its layout decides memsleuth's speed
 //! (hook-costs.md: a scrambling hash misses the cache on nearly every operation). An address's
@@ -16,8 +16,8 @@ pub struct Block {
     pub size: u64,
     /// The ledger node (active line stack) the block was allocated under; see `ledger`.
     pub node: u32,
-    /// The allocating thread's frame stamp at allocation time; see `ledger`.
-    pub stamp: u32,
+    /// The frame activation the block was allocated under; see `ledger`.
+    pub act: u32,
 }
 
 /// 20 bytes: the table's footprint is memsleuth's main memory cost (one slot per live block at
@@ -30,11 +30,11 @@ struct Slot {
     /// The size, or HUGE when it is kept in `huge_sizes`.
     size: u32,
     node: u32,
-    stamp: u32,
+    act: u32,
 }
 
 const HUGE: u32 = u32::MAX;
-const EMPTY: Slot = Slot { addr: 0, size: 0, node: 0, stamp: 0 };
+const EMPTY: Slot = Slot { addr: 0, size: 0, node: 0, act: 0 };
 const MIN_SLOTS: usize = 1 << 16;
 /// Grow when more than 4/5 of the slots are taken: Robin Hood probing stays short up to there
 /// for addresses spread over the table.
@@ -108,7 +108,7 @@ impl BlockTable {
         } else {
             block.size as u32
         };
-        let entry = Slot { addr, size, node: block.node, stamp: block.stamp };
+        let entry = Slot { addr, size, node: block.node, act: block.act };
         if let Some(i) = self.find(addr) {
             let old = self.block_at(i);
             self.slots[i] = entry;
@@ -123,7 +123,7 @@ impl BlockTable {
     fn block_at(&self, i: usize) -> Block {
         let slot = self.slots[i];
         let size = if slot.size == HUGE { self.huge_sizes.get(&{ slot.addr }).copied().unwrap_or(0) } else { slot.size as u64 };
-        Block { size, node: slot.node, stamp: slot.stamp }
+        Block { size, node: slot.node, act: slot.act }
     }
 
     /// Robin Hood placement of an entry known to be absent.
@@ -224,7 +224,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn block(size: u64) -> Block {
-        Block { size, node: size as u32, stamp: 1 }
+        Block { size, node: size as u32, act: 1 }
     }
 
     /// A deterministic xorshift so the test needs no crate.
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn sizes_beyond_32_bits() {
         let mut t = BlockTable::new();
-        let big = Block { size: 5 << 30, node: 3, stamp: 4 };
+        let big = Block { size: 5 << 30, node: 3, act: 4 };
         assert_eq!(t.insert(0x2000, big), None);
         assert_eq!(t.get(0x2000), Some(big));
         assert!(t.set_node(0x2000, 9));

@@ -13,10 +13,11 @@
 //!
 //! Retained bytes are allocated bytes minus the bytes of those blocks freed before their
 //! frame's call returned. Each block remembers the node (interned chain of active lines, one
-//! node per execution level, each naming its thread and frame depth) it was born under and the
-//! thread's frame stamp at birth. A frame at depth d that is still on its thread's stack and was
-//! pushed no later than the block's stamp is the very frame the block was born under, because
-//! frames on one thread nest.
+//! node per execution level, each naming its frame depth) it was born under and the activation
+//! (one push of a frame on a thread's stack, linked to the activation below it) it was born in.
+//! Walking both chains together gives, for each line the block was born under, the call that
+//! line belonged to; a call stays live until it returns, including while a generator or
+//! coroutine is suspended. Activations and calls are recycled once nothing refers to them.
 
 use crate::blocks::{Block, BlockTable};
 use crate::causes::{Causes, OsReading, Sample};
@@ -31,6 +32,10 @@ pub const NO_NODE: u32 = 0;
 pub const PROFILER_NODE: u32 = 1;
 const FIRST_NODE: u32 = 2;
 const NO_LINE: u32 = u32::MAX;
+/// No activation: the block was allocated with no profiled frame on the thread.
+pub const NO_ACT: u32 = u32::MAX;
+/// A generator frame that has not started: its first resume is its call.
+const NO_CALL: u32 = u32::MAX;
 
 /// An RSS reading is due once the thread's tracked net moved this much since the last one.
 pub const RSS_NET_TRIGGER: i64 = 64 * 1024;
@@ -51,8 +56,8 @@ pub struct Hot {
     pub high: i64,
     /// The node new blocks are owned by.
     pub owner: u32,
-    /// Stamp of the most recent frame pushed on this thread.
-    pub stamp: u32,
+    /// The activation of this thread's innermost profiled frame (NO_ACT if none).
+    pub act: u32,
     /// Index of this thread in the ledger plus one; 0 before the thread's first profiled call.
     pub thread: u32,
     /// Code object of the thread's innermost profiled frame: line events for any other code
@@ -82,7 +87,7 @@ impl Hot {
         frees: 0,
         high: 0,
         owner: NO_NODE,
-        stamp: 0,
+        act: NO_ACT,
         thread: 0,
         top_code: 0,
         last_alloc: 0,
@@ -193,11 +198,30 @@ struct Exec {
 /// this spares a hash lookup at each line event.
 const RECENT_LINES: usize = 8;
 
+/// One push of a frame on a thread's stack.
+#[derive(Clone, Copy, Debug)]
+struct Activation {
+    call: u32,
+    /// The activation of the frame below on the stack, or NO_ACT.
+    parent: u32,
+    /// Live blocks born in it, child activations, and 1 while it is on the stack.
+    refs: u32,
+}
+
+/// One call of a profiled function: a generator's spans all its resumes.
+#[derive(Clone, Copy, Debug)]
+struct Call {
+    live: bool,
+    /// Activations of this call.
+    refs: u32,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Frame {
     func: u32,
     code: usize,
-    stamp: u32,
+    call: u32,
+    act: u32,
     total: Exec,
     line: Option<Exec>,
     lineno: u32,
@@ -209,14 +233,14 @@ struct Frame {
 #[derive(Clone, Copy, Debug)]
 pub struct SavedFrame {
     pub func: u32,
-    stamp: u32,
+    call: u32,
     lineno: u32,
 }
 
 impl SavedFrame {
     /// A frame that has not run yet: its first resume is its call.
     pub fn unstarted(func: u32) -> Self {
-        SavedFrame { func, stamp: 0, lineno: 0 }
+        SavedFrame { func, call: NO_CALL, lineno: 0 }
     }
 }
 
@@ -274,7 +298,10 @@ pub struct Ledger {
     node_index: HashMap<NodeKey, u32, BuildHasherDefault<FxHasher>>,
     threads: Vec<ThreadLedger>,
     pub process: ProcessStats,
-    clock: u32,
+    acts: Vec<Activation>,
+    free_acts: Vec<u32>,
+    calls: Vec<Call>,
+    free_calls: Vec<u32>,
     /// Whether pymalloc serves small MEM/OBJ requests (not under PYTHONMALLOC=malloc).
     pub pymalloc: bool,
     /// Live tracked blocks large enough to be mmapped, and live arenas: address -> size. Their
@@ -308,7 +335,10 @@ impl Ledger {
             },
             pymalloc: true,
             big_blocks: BTreeMap::new(),
-            clock: 0,
+            acts: Vec::new(),
+            free_acts: Vec::new(),
+            calls: Vec::new(),
+            free_calls: Vec::new(),
         }
     }
 
@@ -408,7 +438,7 @@ impl Ledger {
     #[inline]
     pub fn on_alloc(&mut self, hot: &mut Hot, addr: usize, size: u64, raw: bool) {
         if hot.owner == PROFILER_NODE {
-            self.table.insert(addr, Block { size, node: PROFILER_NODE, stamp: hot.stamp });
+            self.table.insert(addr, Block { size, node: PROFILER_NODE, act: NO_ACT });
             return;
         }
         hot.alloc_bytes += size;
@@ -432,10 +462,12 @@ impl Ledger {
         if p.live_bytes > p.tracked_peak_bytes {
             p.tracked_peak_bytes = p.live_bytes;
         }
-        if let Some(lost) = self.table.insert(addr, Block { size, node: hot.owner, stamp: hot.stamp }) {
+        self.hold(hot.act);
+        if let Some(lost) = self.table.insert(addr, Block { size, node: hot.owner, act: hot.act }) {
             // The block at this address was freed behind the hooks' back: drop it silently.
             if lost.node != PROFILER_NODE {
                 self.process.live_bytes -= lost.size.min(self.process.live_bytes);
+                self.release(lost.act);
             }
         }
     }
@@ -467,6 +499,7 @@ impl Ledger {
         if block.node >= FIRST_NODE {
             self.charge_freed_before_return(block);
         }
+        self.release(block.act);
         true
     }
 
@@ -508,10 +541,11 @@ impl Ledger {
             return;
         }
         let Some(block) = self.table.get(addr) else { return };
-        if block.node != hot.owner || block.stamp != hot.stamp {
+        if block.node != hot.owner || block.act != hot.act {
             return;
         }
         self.table.set_node(addr, PROFILER_NODE);
+        self.release(block.act);
         if hot.last_alloc == addr {
             hot.last_alloc = 0;
         } else {
@@ -543,18 +577,84 @@ impl Ledger {
 
     fn charge_freed_before_return(&mut self, block: Block) {
         let mut n = block.node;
-        while n >= FIRST_NODE {
+        let mut act = block.act;
+        let mut act_depth = self.nodes[(n - FIRST_NODE) as usize].depth;
+        while n >= FIRST_NODE && act != NO_ACT {
             let node = self.nodes[(n - FIRST_NODE) as usize];
-            if node.outermost {
-                let alive = self.threads[(node.thread - 1) as usize]
-                    .frames
-                    .get(node.depth as usize)
-                    .is_some_and(|f| f.stamp <= block.stamp);
-                if alive {
-                    self.lines[node.line as usize].freed_before_return += block.size;
-                }
+            while act_depth > node.depth && act != NO_ACT {
+                act = self.acts[act as usize].parent;
+                act_depth -= 1;
+            }
+            if node.outermost && act != NO_ACT && self.calls[self.acts[act as usize].call as usize].live {
+                self.lines[node.line as usize].freed_before_return += block.size;
             }
             n = node.parent;
+        }
+    }
+
+    /// A new reference to activation `act` (a block born in it, a child, the stack).
+    #[inline(always)]
+    fn hold(&mut self, act: u32) {
+        if let Some(a) = self.acts.get_mut(act as usize) {
+            a.refs += 1;
+        }
+    }
+
+    /// Drops a reference; an activation nothing refers to is recycled, releasing its parent and
+    /// its call (recycled too once it has returned and no activation is left).
+    fn release(&mut self, mut act: u32) {
+        while let Some(a) = self.acts.get_mut(act as usize) {
+            a.refs -= 1;
+            if a.refs > 0 {
+                return;
+            }
+            let (call, parent) = (a.call, a.parent);
+            self.free_acts.push(act);
+            let c = &mut self.calls[call as usize];
+            c.refs -= 1;
+            if c.refs == 0 && !c.live {
+                self.free_calls.push(call);
+            }
+            act = parent;
+        }
+    }
+
+    fn new_call(&mut self) -> u32 {
+        let call = Call { live: true, refs: 0 };
+        match self.free_calls.pop() {
+            Some(id) => {
+                self.calls[id as usize] = call;
+                id
+            }
+            None => {
+                self.calls.push(call);
+                (self.calls.len() - 1) as u32
+            }
+        }
+    }
+
+    fn new_activation(&mut self, call: u32, parent: u32) -> u32 {
+        self.calls[call as usize].refs += 1;
+        self.hold(parent);
+        let act = Activation { call, parent, refs: 1 };
+        match self.free_acts.pop() {
+            Some(id) => {
+                self.acts[id as usize] = act;
+                id
+            }
+            None => {
+                self.acts.push(act);
+                (self.acts.len() - 1) as u32
+            }
+        }
+    }
+
+    /// A call returned: its blocks freed from now on were freed after the return.
+    fn end_call(&mut self, call: u32) {
+        let c = &mut self.calls[call as usize];
+        c.live = false;
+        if c.refs == 0 {
+            self.free_calls.push(call);
         }
     }
 
@@ -692,17 +792,16 @@ impl Ledger {
     /// A call of `func` begins (its wrapper runs): `os` is read at entry.
     pub fn enter(&mut self, hot: &mut Hot, func: u32, os: impl Into<OsReading>) {
         let os = os.into();
-        self.clock = self.clock.wrapping_add(1);
-        let stamp = self.clock;
+        let call = self.new_call();
         let f = &mut self.funcs[func as usize];
         f.calls += 1;
         f.rss_at_entry = Some(os.rss());
-        self.push_frame(hot, SavedFrame { func, stamp, lineno: 0 }, os);
+        self.push_frame(hot, SavedFrame { func, call, lineno: 0 }, os);
     }
 
     /// A suspended generator or coroutine frame resumes.
     pub fn resume(&mut self, hot: &mut Hot, saved: SavedFrame, os: impl Into<OsReading>) {
-        if saved.stamp == 0 {
+        if saved.call == NO_CALL {
             return self.enter(hot, saved.func, os);
         }
         self.push_frame(hot, saved, os.into());
@@ -716,14 +815,16 @@ impl Ledger {
         let th = &self.threads[t];
         let parent = Self::innermost_node(th);
         let depth = th.frames.len() as u32;
-        // Stamps only grow along a thread's history; a resumed frame keeps its first one.
-        hot.stamp = hot.stamp.max(saved.stamp).max(self.clock);
+        let parent_act = th.frames.last().map_or(NO_ACT, |f| f.act);
+        let act = self.new_activation(saved.call, parent_act);
+        hot.act = act;
         let node = self.intern(parent, total_line, hot.thread, depth);
         let total = self.open_exec(hot, t, total_line, node, depth, false, true);
         self.threads[t].frames.push(Frame {
             func: saved.func,
             code,
-            stamp: saved.stamp,
+            call: saved.call,
+            act,
             total,
             line: None,
             lineno: 0,
@@ -807,6 +908,8 @@ impl Ledger {
         th.frames.pop();
         hot.owner = Self::innermost_node(th);
         hot.top_code = th.frames.last().map_or(0, |f| f.code);
+        hot.act = th.frames.last().map_or(NO_ACT, |f| f.act);
+        self.release(frame.act);
         Some(frame)
     }
 
@@ -814,6 +917,7 @@ impl Ledger {
     /// whether no other call of it remains on this thread (so its report may be printed).
     pub fn leave(&mut self, hot: &mut Hot, os: impl Into<OsReading>) -> Option<(u32, bool)> {
         let frame = self.pop_frame(hot, os.into())?;
+        self.end_call(frame.call);
         let total_line = self.funcs[frame.func as usize].total_line as usize;
         let th = &self.threads[(hot.thread - 1) as usize];
         let outermost = th.active.get(total_line).is_none_or(|n| *n == 0);
@@ -823,7 +927,7 @@ impl Ledger {
     /// The innermost frame (a generator or coroutine) yields.
     pub fn suspend(&mut self, hot: &mut Hot, os: impl Into<OsReading>) -> Option<SavedFrame> {
         let frame = self.pop_frame(hot, os.into())?;
-        Some(SavedFrame { func: frame.func, stamp: frame.stamp, lineno: frame.lineno })
+        Some(SavedFrame { func: frame.func, call: frame.call, lineno: frame.lineno })
     }
 
     /// Whether `func` has a call on this thread's stack.

@@ -834,7 +834,6 @@ fn generator_suspended_time_belongs_to_the_caller_and_resume_reopens_the_line() 
 /// value. The generator's call lasts until it is exhausted (SPEC section 2), so that value died
 /// before the call returned.
 #[test]
-#[ignore = "known limitation (generators, see issue note): retained treats a suspended generator's call as returned (its frame is off the stack)"]
 fn generator_block_freed_while_it_is_suspended_is_not_retained() {
     let mut l = Ledger::new();
     let main = register(&mut l, "main", MAIN, 1);
@@ -861,7 +860,6 @@ fn generator_block_freed_while_it_is_suspended_is_not_retained() {
 /// The generator runs its first part at depth 1 and is resumed at depth 2 (from inside h),
 /// where it frees what it allocated earlier: all within its one call.
 #[test]
-#[ignore = "known limitation (generators, see issue note): a generator resumed at another depth is not recognised as the frame its earlier blocks were born under"]
 fn generator_resumed_at_another_depth_frees_its_own_block_before_returning() {
     let mut l = Ledger::new();
     let main = register(&mut l, "main", MAIN, 1);
@@ -892,7 +890,6 @@ fn generator_resumed_at_another_depth_frees_its_own_block_before_returning() {
 /// f returns a block and is gone; later a generator, resumed at the depth f had, frees it. The
 /// generator's frame is older than the block, so the ledger takes it for f's frame.
 #[test]
-#[ignore = "known limitation (generators, see issue note): a resumed generator keeps its old stamp, so a frame of an already-returned call at the same depth looks alive"]
 fn block_of_a_returned_call_stays_retained_when_a_resumed_generator_frees_it() {
     let mut l = Ledger::new();
     let main = register(&mut l, "main", MAIN, 1);
