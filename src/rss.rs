@@ -65,23 +65,48 @@ fn unresident(addr: usize, size: u64) -> u64 {
     size.saturating_sub(resident_pages * page)
 }
 
+/// RSS may drift from the allocators' footprint by this much before residency is read again.
+const RESIDENCY_DRIFT: u64 = 256 * 1024;
+
 /// Everything a reading records (SPEC section 3), for the ledger's current large blocks.
-pub fn read(ledger: &Ledger) -> OsReading {
+pub fn read(ledger: &mut Ledger) -> OsReading {
     let (resident, shared) = statm();
     // SAFETY: mallinfo2 has no preconditions; it locks glibc's arenas, which no caller holds.
     let info = unsafe { libc::mallinfo2() };
+    let rss_anon = resident.saturating_sub(shared);
+    let footprint = ledger.process.arena_bytes + info.arena as u64 + info.hblkhd as u64;
+    // Pages of reserved memory becoming resident (or blocks coming and going) make anon RSS
+    // move differently from the footprint; otherwise the last measurement still holds, and the
+    // pagemap walk, the costly part of a reading, is skipped.
+    let unresident = match ledger.residency_basis {
+        Some((rss0, footprint0, unresident0))
+            if (rss_anon as i64 - rss0 as i64 - (footprint as i64 - footprint0 as i64)).unsigned_abs() < RESIDENCY_DRIFT =>
+        {
+            unresident0
+        }
+        _ => {
+            let measured = ledger
+                .big_blocks
+                .iter_mut()
+                .filter(|(_, block)| !block.resident)
+                .map(|(addr, block)| {
+                    let missing = unresident(*addr, block.size);
+                    block.resident = missing == 0;
+                    missing
+                })
+                .sum();
+            ledger.residency_basis = Some((rss_anon, footprint, measured));
+            measured
+        }
+    };
     OsReading {
-        rss_anon: resident.saturating_sub(shared),
+        rss_anon,
         rss_file: shared,
         malloc_in_use: info.uordblks as u64,
         malloc_mmapped: info.hblkhd as u64,
         malloc_arena: info.arena as u64,
-        unresident: ledger.big_blocks.iter().map(|(addr, size)| unresident(*addr, *size)).sum(),
+        unresident,
         profiler_bytes: PROFILER_BYTES.load(Ordering::Relaxed),
-        profiler_unresident: {
-            let (addr, bytes) = ledger.table.buffer();
-            if bytes == 0 { 0 } else { unresident(addr, bytes) }
-        },
     }
 }
 

@@ -72,11 +72,6 @@ impl BlockTable {
         self.len == 0
     }
 
-    /// Where the slots live: (address, bytes).
-    pub fn buffer(&self) -> (usize, u64) {
-        (self.slots.as_ptr() as usize, self.footprint() as u64)
-    }
-
     /// Bytes the table itself occupies.
     pub fn footprint(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Slot>()
@@ -205,6 +200,14 @@ impl BlockTable {
     fn grow(&mut self) {
         let new_len = (self.slots.len() * 2).max(MIN_SLOTS);
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; new_len]);
+        // The zeroed slots may be fresh untouched pages; touch them all now, so the table is
+        // resident from the start and the `profiler` cause is what it allocated.
+        let base = self.slots.as_mut_ptr() as *mut u8;
+        for offset in (0..new_len * std::mem::size_of::<Slot>()).step_by(4096) {
+            // SAFETY: `offset` lies inside the slots' allocation; a volatile write of the zero
+            // already there changes nothing but makes the kernel back the page.
+            unsafe { std::ptr::write_volatile(base.add(offset), 0) };
+        }
         self.mask = new_len - 1;
         self.crowded = false;
         for slot in old.into_iter().filter(|s| s.addr != 0) {

@@ -19,11 +19,9 @@ pub struct OsReading {
     pub malloc_arena: u64,
     /// Bytes of large tracked blocks and arenas that are reserved but not resident.
     pub unresident: u64,
-    /// Bytes memsleuth itself has allocated (its tables), from a counting Rust allocator.
+    /// Bytes memsleuth itself has allocated (its tables, touched as soon as they are made),
+    /// from a counting Rust allocator.
     pub profiler_bytes: u64,
-    /// The part of memsleuth's block table that is not resident yet (it is calloc'd, and slots
-    /// are touched only as addresses map to them).
-    pub profiler_unresident: u64,
 }
 
 impl OsReading {
@@ -116,13 +114,11 @@ impl Causes {
     pub fn of_execution(start: &Sample, end: &Sample, net: i64, gc_freed: u64) -> Self {
         let rss_delta = delta(start.os.rss(), end.os.rss());
         let tracked = delta(start.tracked_live, end.tracked_live);
-        // memsleuth's heap as glibc sees it, and as RSS does (its untouched table pages aside).
-        let profiler_heap = delta(start.os.profiler_bytes, end.os.profiler_bytes);
-        let profiler = profiler_heap - delta(start.os.profiler_unresident, end.os.profiler_unresident);
+        let profiler = delta(start.os.profiler_bytes, end.os.profiler_bytes);
         let glibc_used = delta(start.os.malloc_in_use + start.os.malloc_mmapped, end.os.malloc_in_use + end.os.malloc_mmapped);
-        let native = glibc_used - delta(start.glibc_live, end.glibc_live) - profiler_heap;
+        let native = glibc_used - delta(start.glibc_live, end.glibc_live) - profiler;
         let footprint = |s: &Sample| s.arena_bytes + s.os.malloc_arena + s.os.malloc_mmapped;
-        let allocator = delta(footprint(start), footprint(end)) - tracked - native - profiler_heap;
+        let allocator = delta(footprint(start), footprint(end)) - tracked - native - profiler;
         let mut causes = Causes {
             python: net + gc_freed as i64,
             gc: -(gc_freed as i64),
@@ -286,18 +282,6 @@ mod tests {
         assert_eq!(c.files, MIB as i64);
         assert_eq!(c.python, 100);
         assert_eq!(c.other_threads, 0);
-    }
-
-    #[test]
-    fn untouched_table_pages_are_not_the_profilers_rss() {
-        // The table grew by 8 MiB (glibc mmapped it) but only 2 MiB of it was touched.
-        let start = sample(50 * MIB, 0, 0);
-        let mut end = sample(52 * MIB, 0, 0);
-        end.os.profiler_bytes = 8 * MIB;
-        end.os.malloc_mmapped = 8 * MIB;
-        end.os.profiler_unresident = 6 * MIB;
-        let c = Causes::of_execution(&start, &end, 0, 0);
-        assert_eq!((c.profiler, c.native, c.allocator, c.unexplained), (2 * MIB as i64, 0, 0, 0));
     }
 
     #[test]

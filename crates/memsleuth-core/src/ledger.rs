@@ -122,6 +122,15 @@ impl Hot {
     }
 }
 
+/// A large block or arena whose residency a reading checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BigBlock {
+    pub size: u64,
+    /// Found wholly resident by a reading: it stays so (memory is not paged back out here),
+    /// so later readings skip it.
+    pub resident: bool,
+}
+
 /// What the user-facing report needs to know about a profiled function.
 #[derive(Clone, Debug, Default)]
 pub struct FuncInfo {
@@ -177,7 +186,6 @@ pub struct Func {
 struct Node {
     parent: u32,
     line: u32,
-    thread: u32,
     depth: u32,
     /// No ancestor carries the same line: this is where a free is charged under recursion.
     outermost: bool,
@@ -304,9 +312,12 @@ pub struct Ledger {
     free_calls: Vec<u32>,
     /// Whether pymalloc serves small MEM/OBJ requests (not under PYTHONMALLOC=malloc).
     pub pymalloc: bool,
-    /// Live tracked blocks large enough to be mmapped, and live arenas: address -> size. Their
-    /// residency is the `lazy` cause.
-    pub big_blocks: BTreeMap<usize, u64>,
+    /// Live tracked blocks large enough to be mmapped, and live arenas. Their residency is the
+    /// `lazy` cause.
+    pub big_blocks: BTreeMap<usize, BigBlock>,
+    /// (anon RSS, allocator footprint, unresident bytes) when residency was last measured: while
+    /// RSS keeps moving with the footprint, residency has not changed and is not read again.
+    pub residency_basis: Option<(u64, u64, u64)>,
 }
 
 impl Default for Ledger {
@@ -335,6 +346,7 @@ impl Ledger {
             },
             pymalloc: true,
             big_blocks: BTreeMap::new(),
+            residency_basis: None,
             acts: Vec::new(),
             free_acts: Vec::new(),
             calls: Vec::new(),
@@ -419,7 +431,7 @@ impl Ledger {
             }
             p = node.parent;
         }
-        self.nodes.push(Node { parent, line, thread, depth, outermost });
+        self.nodes.push(Node { parent, line, depth, outermost });
         let id = FIRST_NODE + self.nodes.len() as u32 - 1;
         self.node_index.insert(key, id);
         id
@@ -451,7 +463,7 @@ impl Ledger {
         }
         if size >= BIG_BLOCK {
             hot.big_event = true;
-            self.big_blocks.insert(addr, size);
+            self.big_blocks.insert(addr, BigBlock { size, resident: false });
         }
         if self.served_by_glibc(raw, size) {
             self.process.glibc_live += size;
@@ -676,7 +688,7 @@ impl Ledger {
         if mapped {
             hot.arenas_mapped += 1;
             self.process.arena_bytes += size;
-            self.big_blocks.insert(addr, size);
+            self.big_blocks.insert(addr, BigBlock { size, resident: false });
         } else {
             hot.arenas_unmapped += 1;
             self.process.arena_bytes -= size.min(self.process.arena_bytes);
