@@ -111,6 +111,24 @@ def measure(cmd):
     return elapsed, usage.ru_maxrss * 1024
 
 
+TABLE_COST = """
+from memsleuth import profile, _native
+@profile
+def build():
+    return {i: str(i) for i in range(2_000_000)}
+kept = build()
+blocks, table_bytes = _native.overhead()
+print(blocks, table_bytes)
+"""
+
+
+def table_cost(python):
+    """Bytes of block table per live tracked block, with two million small objects alive."""
+    out = subprocess.check_output([python, "-c", TABLE_COST], text=True).split()
+    blocks, table_bytes = int(out[-2]), int(out[-1])
+    return f"block table: {table_bytes / 2**20:.0f} MiB for {blocks:,} live tracked blocks ({table_bytes / blocks:.1f} B per block)"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", default=sys.executable)
@@ -157,7 +175,8 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nCPython {version.strip()}, {args.runs} alternating runs, median slowdown / median peak RSS vs plain")
+    print(f"\nCPython {version.strip()}, {args.runs} alternating runs, median slowdown / median peak RSS vs plain; "
+          + table_cost(args.python))
     print("| workload | shape | plain | " + " | ".join(tools) + " |")
     print("|---|---|---|" + "---|" * len(tools))
     for workload, shape, plain_s, cells in rows:

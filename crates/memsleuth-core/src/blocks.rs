@@ -215,10 +215,6 @@ impl BlockTable {
         }
     }
 
-    /// Live blocks, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, Block)> + '_ {
-        (0..self.slots.len()).filter(|&i| self.slots[i].addr != 0).map(|i| (self.slots[i].addr, self.block_at(i)))
-    }
 }
 
 #[cfg(test)]
@@ -276,7 +272,6 @@ mod tests {
         for (addr, b) in &model {
             assert_eq!(table.get(*addr), Some(*b));
         }
-        assert_eq!(table.iter().count(), model.len());
     }
 
     #[test]

@@ -943,6 +943,7 @@ impl Ledger {
     }
 
     /// Whether `func` has a call on this thread's stack.
+    #[cfg(test)]
     pub fn is_active(&self, hot: &Hot, func: u32) -> bool {
         hot.thread != 0
             && self.threads[(hot.thread - 1) as usize].frames.iter().any(|f| f.func == func)
