@@ -66,7 +66,7 @@ fn unresident(addr: usize, size: u64) -> u64 {
 }
 
 /// RSS may drift from the allocators' footprint by this much before residency is read again.
-const RESIDENCY_DRIFT: u64 = 256 * 1024;
+const RESIDENCY_DRIFT: u64 = 1 << 20;
 
 /// Everything a reading records (SPEC section 3), for the ledger's current large blocks.
 pub fn read(ledger: &mut Ledger) -> OsReading {
@@ -75,37 +75,32 @@ pub fn read(ledger: &mut Ledger) -> OsReading {
     let info = unsafe { libc::mallinfo2() };
     let rss_anon = resident.saturating_sub(shared);
     let footprint = ledger.process.arena_bytes + info.arena as u64 + info.hblkhd as u64;
-    // Pages of reserved memory becoming resident (or blocks coming and going) make anon RSS
-    // move differently from the footprint; otherwise the last measurement still holds, and the
-    // pagemap walk, the costly part of a reading, is skipped.
-    let unresident = match ledger.residency_basis {
-        Some((rss0, footprint0, unresident0))
-            if (rss_anon as i64 - rss0 as i64 - (footprint as i64 - footprint0 as i64)).unsigned_abs() < RESIDENCY_DRIFT =>
-        {
-            unresident0
-        }
-        _ => {
-            let measured = ledger
-                .big_blocks
-                .iter_mut()
-                .filter(|(_, block)| !block.resident)
-                .map(|(addr, block)| {
-                    let missing = unresident(*addr, block.size);
-                    block.resident = missing == 0;
-                    missing
-                })
-                .sum();
-            ledger.residency_basis = Some((rss_anon, footprint, measured));
-            measured
-        }
-    };
+    // Pages of reserved memory becoming resident make anon RSS move differently from the
+    // footprint; until they do, only blocks never measured need the pagemap walk, the costly
+    // part of a reading.
+    let drifted = ledger.residency_basis.is_none_or(|(rss0, footprint0)| {
+        (rss_anon as i64 - rss0 as i64 - (footprint as i64 - footprint0 as i64)).unsigned_abs() >= RESIDENCY_DRIFT
+    });
+    let mut unresident_bytes = 0;
+    for (addr, block) in ledger.big_blocks.iter_mut() {
+        let missing = match block.unresident {
+            Some(0) => 0,
+            Some(known) if !drifted => known,
+            _ => unresident(*addr, block.size),
+        };
+        block.unresident = Some(missing);
+        unresident_bytes += missing;
+    }
+    if drifted {
+        ledger.residency_basis = Some((rss_anon, footprint));
+    }
     OsReading {
         rss_anon,
         rss_file: shared,
         malloc_in_use: info.uordblks as u64,
         malloc_mmapped: info.hblkhd as u64,
         malloc_arena: info.arena as u64,
-        unresident,
+        unresident: unresident_bytes,
         profiler_bytes: PROFILER_BYTES.load(Ordering::Relaxed),
     }
 }

@@ -126,9 +126,9 @@ impl Hot {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BigBlock {
     pub size: u64,
-    /// Found wholly resident by a reading: it stays so (memory is not paged back out here),
-    /// so later readings skip it.
-    pub resident: bool,
+    /// Its bytes not resident when last measured; None until a reading measures it. Wholly
+    /// resident blocks stay so (memory is not paged back out here) and are not measured again.
+    pub unresident: Option<u64>,
 }
 
 /// What the user-facing report needs to know about a profiled function.
@@ -315,9 +315,9 @@ pub struct Ledger {
     /// Live tracked blocks large enough to be mmapped, and live arenas. Their residency is the
     /// `lazy` cause.
     pub big_blocks: BTreeMap<usize, BigBlock>,
-    /// (anon RSS, allocator footprint, unresident bytes) when residency was last measured: while
-    /// RSS keeps moving with the footprint, residency has not changed and is not read again.
-    pub residency_basis: Option<(u64, u64, u64)>,
+    /// (anon RSS, allocator footprint) when every big block's residency was last measured:
+    /// while RSS keeps moving with the footprint, only new blocks need measuring.
+    pub residency_basis: Option<(u64, u64)>,
 }
 
 impl Default for Ledger {
@@ -463,7 +463,7 @@ impl Ledger {
         }
         if size >= BIG_BLOCK {
             hot.big_event = true;
-            self.big_blocks.insert(addr, BigBlock { size, resident: false });
+            self.big_blocks.insert(addr, BigBlock { size, unresident: None });
         }
         if self.served_by_glibc(raw, size) {
             self.process.glibc_live += size;
@@ -688,7 +688,7 @@ impl Ledger {
         if mapped {
             hot.arenas_mapped += 1;
             self.process.arena_bytes += size;
-            self.big_blocks.insert(addr, BigBlock { size, resident: false });
+            self.big_blocks.insert(addr, BigBlock { size, unresident: None });
         } else {
             hot.arenas_unmapped += 1;
             self.process.arena_bytes -= size.min(self.process.arena_bytes);
