@@ -132,7 +132,7 @@ def _exit_status(code):
 
 
 def run(options):
-    precision, min_bytes = options["precision"], options["min_bytes"]
+    precision = options["precision"]
     try:
         if options["module"] is not None:
             program, args = _module(options["module"]), options["program"]
