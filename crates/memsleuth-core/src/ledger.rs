@@ -360,6 +360,8 @@ impl Ledger {
             + self.lines.capacity() * std::mem::size_of::<LineStats>()
             + self.nodes.capacity() * std::mem::size_of::<Node>()
             + self.node_index.capacity() * (std::mem::size_of::<NodeKey>() + 4)
+            + self.acts.capacity() * std::mem::size_of::<Activation>()
+            + self.calls.capacity() * std::mem::size_of::<Call>()
     }
 
     pub fn register_function(&mut self, info: FuncInfo) -> u32 {
