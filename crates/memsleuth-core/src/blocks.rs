@@ -97,21 +97,44 @@ impl BlockTable {
         if full || (self.crowded && self.len * 4 >= self.slots.len()) {
             self.grow();
         }
-        let size = if block.size >= HUGE as u64 {
-            self.huge_sizes.insert(addr, block.size);
-            HUGE
-        } else {
-            block.size as u32
+        let huge = block.size >= HUGE as u64;
+        let entry = Slot { addr, size: if huge { HUGE } else { block.size as u32 }, node: block.node, act: block.act };
+        // One pass: the address is either met on the way, or absent once the probe passes an
+        // entry closer to its home than the probe is (Robin Hood order), where it then goes.
+        let mut i = self.home(addr);
+        let mut dist = 0;
+        let old = loop {
+            let here = self.slots[i].addr;
+            if here == 0 {
+                self.slots[i] = entry;
+                self.len += 1;
+                break None;
+            }
+            if here == addr {
+                let old = self.block_at(i);
+                if old.size >= HUGE as u64 && !huge {
+                    self.huge_sizes.remove(&addr);
+                }
+                self.slots[i] = entry;
+                break Some(old);
+            }
+            let theirs = self.displacement(i);
+            if theirs < dist {
+                let displaced = std::mem::replace(&mut self.slots[i], entry);
+                self.len += 1;
+                self.place_from(displaced, (i + 1) & self.mask, theirs + 1);
+                break None;
+            }
+            i = (i + 1) & self.mask;
+            dist += 1;
+            if dist == CROWDED_PROBE {
+                self.crowded = true;
+            }
         };
-        let entry = Slot { addr, size, node: block.node, act: block.act };
-        if let Some(i) = self.find(addr) {
-            let old = self.block_at(i);
-            self.slots[i] = entry;
-            return Some(old);
+        if huge {
+            self.huge_sizes.insert(addr, block.size);
         }
-        self.place(entry);
-        self.len += 1;
-        None
+        old
     }
 
     #[inline(always)]
@@ -121,11 +144,10 @@ impl BlockTable {
         Block { size, node: slot.node, act: slot.act }
     }
 
-    /// Robin Hood placement of an entry known to be absent.
+    /// Robin Hood placement of an entry known to be absent, probing from slot `i` at
+    /// displacement `dist`.
     #[inline]
-    fn place(&mut self, mut entry: Slot) {
-        let mut i = self.home(entry.addr);
-        let mut dist = 0;
+    fn place_from(&mut self, mut entry: Slot, mut i: usize, mut dist: usize) {
         loop {
             if self.slots[i].addr == 0 {
                 self.slots[i] = entry;
@@ -211,7 +233,8 @@ impl BlockTable {
         self.mask = new_len - 1;
         self.crowded = false;
         for slot in old.into_iter().filter(|s| s.addr != 0) {
-            self.place(slot);
+            let home = self.home(slot.addr);
+            self.place_from(slot, home, 0);
         }
     }
 
