@@ -4,7 +4,6 @@ import functools
 import gc
 import inspect
 import json
-import linecache
 import os
 import sys
 import threading
@@ -61,18 +60,12 @@ def _watch(code):
         mon.set_local_events(_monitoring_tool, code, mon.events.LINE)
 
 
-def _source_lines(func, code):
+def _source_lines(func):
+    """The function's source from its first line (decorators included); none if unavailable."""
     try:
         lines, _ = inspect.getsourcelines(func)
     except (OSError, TypeError):
-        lines = []
-        lineno = code.co_firstlineno
-        while True:
-            line = linecache.getline(code.co_filename, lineno)
-            if not line or (lines and line.strip() and not line[:1].isspace() and not line.startswith("@")):
-                break
-            lines.append(line)
-            lineno += 1
+        return []
     return [line.rstrip("\n") for line in lines]
 
 
@@ -89,7 +82,7 @@ def _register(func):
         getattr(func, "__module__", None) or "",
         _absolute(code.co_filename),
         code.co_firstlineno,
-        _source_lines(func, code),
+        _source_lines(func),
     )
 
 
