@@ -7,7 +7,8 @@ mod state;
 mod tracing;
 
 use clap::Parser;
-use memsleuth_core::ledger::{FuncInfo, SavedFrame};
+use memsleuth_core::causes::OsReading;
+use memsleuth_core::ledger::{FuncInfo, Hot, Ledger, SavedFrame};
 use memsleuth_core::report::{render_function, render_text, Report};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -31,6 +32,14 @@ fn install(python_minor: u32, pymalloc: bool, frame: Option<&Bound<'_, PyAny>>) 
     }
     hooks::install();
     Ok(())
+}
+
+/// Runs `f` on the ledger with a reading taken at this moment (calls start and end at one).
+fn with_reading<R: Default>(f: impl FnOnce(&mut Ledger, &mut Hot, OsReading) -> R) -> R {
+    with_ledger(|l, hot| {
+        let reading = rss::read(l);
+        f(l, hot, reading)
+    })
 }
 
 /// Before 3.12, a thread is traced only while it has a profiled call on its stack.
@@ -61,15 +70,7 @@ fn register(
 #[pyfunction]
 fn enter(fid: u32) {
     let was_idle = state::top_code() == 0;
-    trace_while_profiling(
-        || {
-            with_ledger(|l, hot| {
-                let reading = rss::read(l);
-                l.enter(hot, fid, reading)
-            })
-        },
-        was_idle,
-    );
+    trace_while_profiling(|| with_reading(|l, hot, reading| l.enter(hot, fid, reading)), was_idle);
 }
 
 /// The innermost profiled call returned or raised; true if no other call of the same function
@@ -78,12 +79,7 @@ fn enter(fid: u32) {
 fn leave() -> bool {
     let mut outermost = false;
     trace_while_profiling(
-        || {
-            outermost = with_ledger(|l, hot| {
-                let reading = rss::read(l);
-                l.leave(hot, reading).is_some_and(|(_, outermost)| outermost)
-            })
-        },
+        || outermost = with_reading(|l, hot, reading| l.leave(hot, reading).is_some_and(|(_, outermost)| outermost)),
         false,
     );
     outermost
@@ -112,7 +108,12 @@ impl Profiled {
     }
 
     #[pyo3(signature = (*args, **kwargs))]
-    fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
         // The interpreter built the argument tuple and dict for this call: they are ours.
         let made_for_us = [Some(args.as_any()), kwargs.map(|k| k.as_any())];
         with_ledger(|l, hot| {
@@ -129,14 +130,17 @@ impl Profiled {
     }
 
     /// Binds like a function, so a profiled method receives its instance.
-    fn __get__(slf: Bound<'_, Self>, instance: Option<Bound<'_, PyAny>>, _owner: Option<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+    fn __get__(
+        slf: Bound<'_, Self>,
+        instance: Option<Bound<'_, PyAny>>,
+        _owner: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
         match instance {
             Some(instance) if !instance.is_none() => {
                 // SAFETY: both are valid objects; PyMethod_New returns a new reference or NULL
                 // with an exception set, which from_owned_ptr_or_err turns into an error.
-                let bound = unsafe {
-                    Bound::from_owned_ptr_or_err(slf.py(), PyMethod_New(slf.as_ptr(), instance.as_ptr()))?
-                };
+                let bound =
+                    unsafe { Bound::from_owned_ptr_or_err(slf.py(), PyMethod_New(slf.as_ptr(), instance.as_ptr()))? };
                 Ok(bound.unbind())
             }
             _ => Ok(slf.into_any().unbind()),
@@ -161,28 +165,12 @@ impl GenFrame {
     fn resume(&mut self) {
         let Some(saved) = self.saved.take() else { return };
         let was_idle = state::top_code() == 0;
-        trace_while_profiling(
-            || {
-                with_ledger(|l, hot| {
-                    let reading = rss::read(l);
-                    l.resume(hot, saved, reading)
-                })
-            },
-            was_idle,
-        );
+        trace_while_profiling(|| with_reading(|l, hot, reading| l.resume(hot, saved, reading)), was_idle);
     }
 
     /// The generator yielded: its lines stop being active.
     fn suspend(&mut self) {
-        trace_while_profiling(
-            || {
-                self.saved = with_ledger(|l, hot| {
-                    let reading = rss::read(l);
-                    l.suspend(hot, reading)
-                })
-            },
-            false,
-        );
+        trace_while_profiling(|| self.saved = with_reading(|l, hot, reading| l.suspend(hot, reading)), false);
     }
 
     /// The generator finished or raised; true if no other call of the function remains on this

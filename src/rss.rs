@@ -7,8 +7,8 @@ use memsleuth_core::causes::OsReading;
 use memsleuth_core::ledger::Ledger;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 static STATM: OnceLock<Option<File>> = OnceLock::new();
@@ -16,7 +16,11 @@ static STATM: OnceLock<Option<File>> = OnceLock::new();
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 { size as u64 } else { 4096 }
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
 }
 
 /// (resident, shared) bytes from statm: RssAnon is their difference, RssFile + RssShmem the

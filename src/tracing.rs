@@ -5,9 +5,11 @@
 //! other stray event with one comparison, before taking any lock.
 
 use crate::rss;
-use pyo3::prelude::*;
 use crate::state::{top_code, with_ledger};
-use pyo3_ffi::{PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyObject, Py_DecRef, PyTrace_CALL, PyTrace_LINE};
+use pyo3::prelude::*;
+use pyo3_ffi::{
+    PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyObject, PyTrace_CALL, PyTrace_LINE, Py_DecRef,
+};
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -92,7 +94,12 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
 ///
 /// # Safety
 /// Called by the interpreter with the GIL held and a valid frame.
-pub unsafe extern "C" fn trace(_obj: *mut PyObject, frame: *mut PyFrameObject, what: c_int, _arg: *mut PyObject) -> c_int {
+pub unsafe extern "C" fn trace(
+    _obj: *mut PyObject,
+    frame: *mut PyFrameObject,
+    what: c_int,
+    _arg: *mut PyObject,
+) -> c_int {
     if what == PyTrace_LINE {
         // SAFETY: the interpreter passes a live frame; PyFrame_GetCode returns a new reference
         // that we release at once (the frame keeps the code alive), without allocating.

@@ -140,7 +140,11 @@ impl BlockTable {
     #[inline(always)]
     fn block_at(&self, i: usize) -> Block {
         let slot = self.slots[i];
-        let size = if slot.size == HUGE { self.huge_sizes.get(&{ slot.addr }).copied().unwrap_or(0) } else { slot.size as u64 };
+        let size = if slot.size == HUGE {
+            self.huge_sizes.get(&{ slot.addr }).copied().unwrap_or(0)
+        } else {
+            slot.size as u64
+        };
         Block { size, node: slot.node, act: slot.act }
     }
 
@@ -237,7 +241,6 @@ impl BlockTable {
             self.place_from(slot, home, 0);
         }
     }
-
 }
 
 #[cfg(test)]

@@ -115,7 +115,8 @@ impl Causes {
         let rss_delta = delta(start.os.rss(), end.os.rss());
         let tracked = delta(start.tracked_live, end.tracked_live);
         let profiler = delta(start.os.profiler_bytes, end.os.profiler_bytes);
-        let glibc_used = delta(start.os.malloc_in_use + start.os.malloc_mmapped, end.os.malloc_in_use + end.os.malloc_mmapped);
+        let glibc_used =
+            delta(start.os.malloc_in_use + start.os.malloc_mmapped, end.os.malloc_in_use + end.os.malloc_mmapped);
         let native = glibc_used - delta(start.glibc_live, end.glibc_live) - profiler;
         let footprint = |s: &Sample| s.arena_bytes + s.os.malloc_arena + s.os.malloc_mmapped;
         let allocator = delta(footprint(start), footprint(end)) - tracked - native - profiler;
@@ -184,7 +185,11 @@ pub fn note(f: &NoteFacts) -> Option<String> {
         return None;
     }
     let b = |v: i64| human_bytes(v.abs());
-    let rss = if f.rss_delta < 0 { format!("RSS fell by {}", b(f.rss_delta)) } else { format!("RSS rose by {}", b(f.rss_delta)) };
+    let rss = if f.rss_delta < 0 {
+        format!("RSS fell by {}", b(f.rss_delta))
+    } else {
+        format!("RSS rose by {}", b(f.rss_delta))
+    };
     // Python's own net explains a fall only if it moved the same way and accounts for most of it;
     // any other cause of 1 MiB or more is always named.
     let python_explains =
@@ -259,19 +264,40 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn sample(rss_anon: u64, tracked: u64, arenas: u64) -> Sample {
-        Sample { os: OsReading { rss_anon, ..Default::default() }, tracked_live: tracked, glibc_live: 0, arena_bytes: arenas }
+        Sample {
+            os: OsReading { rss_anon, ..Default::default() },
+            tracked_live: tracked,
+            glibc_live: 0,
+            arena_bytes: arenas,
+        }
     }
 
     #[test]
     fn causes_always_sum_to_the_rss_change() {
         let start = Sample {
-            os: OsReading { rss_anon: 50 * MIB, rss_file: 9 * MIB, malloc_in_use: 3 * MIB, malloc_mmapped: MIB, malloc_arena: 4 * MIB, profiler_bytes: MIB, ..Default::default() },
+            os: OsReading {
+                rss_anon: 50 * MIB,
+                rss_file: 9 * MIB,
+                malloc_in_use: 3 * MIB,
+                malloc_mmapped: MIB,
+                malloc_arena: 4 * MIB,
+                profiler_bytes: MIB,
+                ..Default::default()
+            },
             tracked_live: 20 * MIB,
             glibc_live: 2 * MIB,
             arena_bytes: 12 * MIB,
         };
         let end = Sample {
-            os: OsReading { rss_anon: 130 * MIB, rss_file: 10 * MIB, malloc_in_use: 3 * MIB, malloc_mmapped: 81 * MIB, malloc_arena: 4 * MIB, profiler_bytes: MIB, ..Default::default() },
+            os: OsReading {
+                rss_anon: 130 * MIB,
+                rss_file: 10 * MIB,
+                malloc_in_use: 3 * MIB,
+                malloc_mmapped: 81 * MIB,
+                malloc_arena: 4 * MIB,
+                profiler_bytes: MIB,
+                ..Default::default()
+            },
             tracked_live: 20 * MIB + 100,
             glibc_live: 2 * MIB,
             arena_bytes: 12 * MIB,
@@ -295,7 +321,14 @@ mod tests {
         assert_eq!(c.gc, -(10 * MIB as i64));
         assert_eq!(c.allocator, 2 * MIB as i64);
         assert_eq!(c.sum(), -(28 * MIB as i64));
-        let facts = NoteFacts { rss_delta: c.sum(), freed: 30 * MIB, gc_collections: 1, gc_freed: 10 * MIB, causes: c, ..Default::default() };
+        let facts = NoteFacts {
+            rss_delta: c.sum(),
+            freed: 30 * MIB,
+            gc_collections: 1,
+            gc_freed: 10 * MIB,
+            causes: c,
+            ..Default::default()
+        };
         let text = note(&facts).expect("RSS fell");
         assert!(text.contains("collector ran 1 time") && text.contains("freed 10.0 MiB"), "{text}");
     }
@@ -339,12 +372,18 @@ mod tests {
             rss_delta: -(500 << 10),
             freed: 64,
             arenas_unmapped: 1,
-            causes: Causes { python: -64, allocator: -1_048_512, unexplained: 1_048_576 - (500 << 10), ..Default::default() },
+            causes: Causes {
+                python: -64,
+                allocator: -1_048_512,
+                unexplained: 1_048_576 - (500 << 10),
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(note(&one_arena).unwrap().contains("returned 1 empty arena"), "{:?}", note(&one_arena));
 
-        let quiet = NoteFacts { rss_delta: 4096, causes: Causes { python: 4096, ..Default::default() }, ..Default::default() };
+        let quiet =
+            NoteFacts { rss_delta: 4096, causes: Causes { python: 4096, ..Default::default() }, ..Default::default() };
         assert_eq!(note(&quiet), None);
 
         let gc = NoteFacts {

@@ -156,13 +156,25 @@ impl Value {
         }
     }
     pub fn as_str(&self) -> Option<&str> {
-        if let Value::Str(s) = self { Some(s) } else { None }
+        if let Value::Str(s) = self {
+            Some(s)
+        } else {
+            None
+        }
     }
     pub fn as_f64(&self) -> Option<f64> {
-        if let Value::Number(n) = self { Some(*n) } else { None }
+        if let Value::Number(n) = self {
+            Some(*n)
+        } else {
+            None
+        }
     }
     pub fn as_array(&self) -> Option<&[Value]> {
-        if let Value::Array(a) = self { Some(a) } else { None }
+        if let Value::Array(a) = self {
+            Some(a)
+        } else {
+            None
+        }
     }
 }
 
@@ -291,7 +303,8 @@ impl Parser<'_> {
                         b'r' => out.push('\r'),
                         b't' => out.push('\t'),
                         b'u' => {
-                            let hex = self.bytes.get(self.pos..self.pos + 4).ok_or_else(|| self.error("short \\u escape"))?;
+                            let hex =
+                                self.bytes.get(self.pos..self.pos + 4).ok_or_else(|| self.error("short \\u escape"))?;
                             let code = u32::from_str_radix(std::str::from_utf8(hex).unwrap_or("x"), 16)
                                 .map_err(|_| self.error("bad \\u escape"))?;
                             self.pos += 4;
@@ -306,7 +319,9 @@ impl Parser<'_> {
 
     fn number(&mut self) -> Result<Value, String> {
         let start = self.pos;
-        while self.pos < self.bytes.len() && matches!(self.bytes[self.pos], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+        while self.pos < self.bytes.len()
+            && matches!(self.bytes[self.pos], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+        {
             self.pos += 1;
         }
         std::str::from_utf8(&self.bytes[start..self.pos])
@@ -348,8 +363,9 @@ mod parse_tests {
         for bad in ["", "{", "[1,]", "{\"a\" 1}", "nul", "\"open", "{} x", "[1 2]"] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
         }
-        assert_eq!(parse(" [true, false, null, 1.5e3] ").unwrap(), Value::Array(vec![
-            Value::Bool(true), Value::Bool(false), Value::Null, Value::Number(1500.0)
-        ]));
+        assert_eq!(
+            parse(" [true, false, null, 1.5e3] ").unwrap(),
+            Value::Array(vec![Value::Bool(true), Value::Bool(false), Value::Null, Value::Number(1500.0)])
+        );
     }
 }

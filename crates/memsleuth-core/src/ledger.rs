@@ -711,7 +711,16 @@ impl Ledger {
     // ----- execution events -----
 
     #[allow(clippy::too_many_arguments)]
-    fn open_exec(&mut self, hot: &mut Hot, t: usize, line: u32, node: u32, frame_index: u32, is_line: bool, is_hit: bool) -> Exec {
+    fn open_exec(
+        &mut self,
+        hot: &mut Hot,
+        t: usize,
+        line: u32,
+        node: u32,
+        frame_index: u32,
+        is_line: bool,
+        is_hit: bool,
+    ) -> Exec {
         if is_hit {
             self.lines[line as usize].hits += 1;
         }
@@ -947,8 +956,7 @@ impl Ledger {
     /// Whether `func` has a call on this thread's stack.
     #[cfg(test)]
     pub fn is_active(&self, hot: &Hot, func: u32) -> bool {
-        hot.thread != 0
-            && self.threads[(hot.thread - 1) as usize].frames.iter().any(|f| f.func == func)
+        hot.thread != 0 && self.threads[(hot.thread - 1) as usize].frames.iter().any(|f| f.func == func)
     }
 }
 

@@ -369,7 +369,7 @@ fn frees_during_frame_teardown_are_not_retained_and_belong_to_the_last_line() {
     l.on_alloc(&mut h, A, 100, false); // a local
     l.on_line(&mut h, F, 11, None);
     l.on_alloc(&mut h, B, 50, false); // the return value
-                               // `return`: the frame's locals die after the last line event, before leave().
+                                      // `return`: the frame's locals die after the last line event, before leave().
     l.on_free(&mut h, A, false);
     l.leave(&mut h, 0);
 

@@ -1,8 +1,8 @@
 //! Reports: the figures of SPEC section 2 gathered from the ledger, rendered as memory_profiler's
 //! table with the exact columns beside it (section 6) or as JSON (section 5).
 
-use crate::json::{self, JsonWriter, Value};
 use crate::causes::{note, Causes, NoteFacts};
+use crate::json::{self, JsonWriter, Value};
 use crate::ledger::{Ledger, LineStats, ProcessStats};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,9 +156,7 @@ pub struct Report {
 impl Report {
     /// Gathers every function that was called at least once.
     pub fn from_ledger(ledger: &Ledger, python_version: &str, argv: Option<Vec<String>>, rss_peak_bytes: u64) -> Self {
-        let functions = (0..ledger.funcs().len() as u32)
-            .filter_map(|i| function_report(ledger, i))
-            .collect();
+        let functions = (0..ledger.funcs().len() as u32).filter_map(|i| function_report(ledger, i)).collect();
         Report {
             python_version: python_version.to_string(),
             argv,
@@ -181,7 +179,8 @@ impl Report {
         let text_field = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
         let mut functions = Vec::new();
         for f in doc.get("functions").and_then(Value::as_array).ok_or("the report has no function list")? {
-            let first_lineno = f.get("first_lineno").and_then(Value::as_f64).ok_or("a function lacks first_lineno")? as u32;
+            let first_lineno =
+                f.get("first_lineno").and_then(Value::as_f64).ok_or("a function lacks first_lineno")? as u32;
             let mut lines = Vec::new();
             for l in f.get("lines").and_then(Value::as_array).unwrap_or_default() {
                 let lineno = l.get("lineno").and_then(Value::as_f64).ok_or("a line lacks lineno")? as u32;
@@ -193,11 +192,17 @@ impl Report {
             let source = std::fs::read_to_string(&filename)
                 .ok()
                 .map(|file| {
-                    file.lines().skip(first_lineno as usize - 1).take((last - first_lineno + 1) as usize).map(str::to_string).collect()
+                    file.lines()
+                        .skip(first_lineno as usize - 1)
+                        .take((last - first_lineno + 1) as usize)
+                        .map(str::to_string)
+                        .collect()
                 })
                 .unwrap_or_else(|| {
                     (first_lineno..=last)
-                        .map(|n| lines.iter().find(|l| l.lineno == n).map_or(String::new(), |l| format!("    {}", l.source)))
+                        .map(|n| {
+                            lines.iter().find(|l| l.lineno == n).map_or(String::new(), |l| format!("    {}", l.source))
+                        })
                         .collect()
                 });
             functions.push(FunctionReport {
@@ -217,7 +222,10 @@ impl Report {
         let num = |key: &str| p.and_then(|p| p.get(key)).and_then(Value::as_f64).unwrap_or(0.0) as u64;
         Ok(Report {
             python_version: text_field(&doc, "python_version"),
-            argv: doc.get("argv").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()),
+            argv: doc
+                .get("argv")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()),
             selection: doc.get("selection").and_then(Value::as_str).map(str::to_string),
             functions,
             process: ProcessStats {
@@ -382,7 +390,8 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
         )
     };
     let mut out = format!("Filename: {}   function: {}   calls: {}\n\n", f.filename, f.name, f.calls);
-    let header = row("Line #", "Mem usage", "Increment", "Occurrences", ["Allocated", "Freed", "Net", "Peak"], "Line Contents");
+    let header =
+        row("Line #", "Mem usage", "Increment", "Occurrences", ["Allocated", "Freed", "Net", "Peak"], "Line Contents");
     out.push_str(&header);
     out.push_str(&"=".repeat(header.trim_end().len()));
     out.push('\n');
@@ -427,11 +436,8 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
         out.push_str(text.trim_end());
         out.push('\n');
     }
-    let notes: Vec<String> = f
-        .lines
-        .iter()
-        .filter_map(|l| l.figures.note.as_ref().map(|n| format!("  line {}: {n}\n", l.lineno)))
-        .collect();
+    let notes: Vec<String> =
+        f.lines.iter().filter_map(|l| l.figures.note.as_ref().map(|n| format!("  line {}: {n}\n", l.lineno))).collect();
     if !notes.is_empty() {
         out.push_str("\nNotes\n");
         out.extend(notes);
