@@ -90,6 +90,20 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
     })
 }
 
+/// Identity of a frame's code object.
+///
+/// # Safety
+/// `frame` must be a live frame (the GIL held).
+unsafe fn frame_code(frame: *mut PyFrameObject) -> usize {
+    // SAFETY: per the contract; PyFrame_GetCode returns a new reference that is released at
+    // once (the frame keeps the code alive), without allocating.
+    unsafe {
+        let code = PyFrame_GetCode(frame) as *mut PyObject;
+        Py_DecRef(code);
+        code as usize
+    }
+}
+
 /// The C trace function used before 3.12.
 ///
 /// # Safety
@@ -101,13 +115,8 @@ pub unsafe extern "C" fn trace(
     _arg: *mut PyObject,
 ) -> c_int {
     if what == PyTrace_LINE {
-        // SAFETY: the interpreter passes a live frame; PyFrame_GetCode returns a new reference
-        // that we release at once (the frame keeps the code alive), without allocating.
-        let code = unsafe {
-            let code = PyFrame_GetCode(frame) as *mut PyObject;
-            Py_DecRef(code);
-            code as usize
-        };
+        // SAFETY: the interpreter passes a live frame.
+        let code = unsafe { frame_code(frame) };
         if top_code() != code {
             return 0;
         }
@@ -121,15 +130,11 @@ pub unsafe extern "C" fn trace(
         }
         let offset = TRACE_LINES_OFFSET.load(Ordering::Relaxed);
         if offset != 0 {
-            // SAFETY: as above for the frame; `offset` was verified by `calibrate` to be the
-            // frame's f_trace_lines byte on this interpreter.
-            let code = unsafe {
-                let code = PyFrame_GetCode(frame) as *mut PyObject;
-                Py_DecRef(code);
-                code as usize
-            };
+            // SAFETY: the interpreter passes a live frame.
+            let code = unsafe { frame_code(frame) };
             if top_code() != code {
-                // SAFETY: see above; writing 0 to f_trace_lines only stops line events.
+                // SAFETY: `offset` was verified by `calibrate` to be the frame's f_trace_lines
+                // byte on this interpreter; writing 0 there only stops line events.
                 unsafe { *(frame as *mut u8).add(offset) = 0 };
             }
         }

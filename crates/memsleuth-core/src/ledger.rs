@@ -883,14 +883,11 @@ impl Ledger {
 
     /// A line event from `code` at `lineno`. `os` is a fresh reading, if one was taken.
     pub fn on_line(&mut self, hot: &mut Hot, code: usize, lineno: u32, os: Option<OsReading>) {
-        if hot.thread == 0 {
+        if !self.line_changes(hot, code, lineno) {
             return;
         }
         let t = (hot.thread - 1) as usize;
         let Some(top) = self.threads[t].frames.last_mut() else { return };
-        if top.code != code || top.lineno == lineno {
-            return;
-        }
         match top.line.take() {
             Some(previous) => {
                 self.note_reading(t, os);
