@@ -518,7 +518,8 @@ impl Ledger {
     }
 
     /// `realloc(old, size)` returned `new` (`old` may be 0): a free of old plus an allocation.
-    #[inline]
+    /// The hooks split it around the call (`begin_realloc`, `end_realloc`); tests use it whole.
+    #[cfg(test)]
     pub fn on_realloc(&mut self, hot: &mut Hot, old: usize, new: usize, size: u64, raw: bool) {
         let taken = self.begin_realloc(hot, old, raw);
         self.end_realloc(hot, old, new, size, raw, taken);
