@@ -755,8 +755,11 @@ def test_keyboard_interrupt_raised(tmp_path):
 @pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name != "posix", reason="POSIX signals")
 def test_sigint(tmp_path):
     json_path = tmp_path / "report.json"
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
+    # ignored: give the program the default disposition a terminal's Ctrl-C would meet.
     proc = subprocess.Popen([BIN, "run", "--json", str(json_path), "interrupt.py", "wait"], cwd=str(CLI),
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGINT)
