@@ -194,15 +194,6 @@ fn gc_event(start: bool, info: &Bound<'_, PyAny>) {
     });
 }
 
-/// The LINE callback of sys.monitoring (3.12+).
-#[pyfunction]
-fn line_event(code: &Bound<'_, PyAny>, line: &Bound<'_, PyAny>) {
-    let Ok(lineno) = line.extract::<u32>() else { return };
-    // Ints beyond the small-int cache are allocated for each callback: they are ours.
-    let int_obj = (lineno > 256).then(|| line.as_ptr() as usize);
-    tracing::line_event(code.as_ptr() as usize, lineno, int_obj);
-}
-
 /// Until `end_quiet`, what this thread allocates is the profiler's own (registering a function,
 /// rendering a report). Returns a token for `end_quiet`, so quiet sections can nest.
 #[pyfunction]
@@ -296,7 +287,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(register, m)?)?;
     m.add_function(wrap_pyfunction!(enter, m)?)?;
     m.add_function(wrap_pyfunction!(leave, m)?)?;
-    m.add_function(wrap_pyfunction!(line_event, m)?)?;
+    m.add("line_event", tracing::line_callback_object(m.py())?)?;
     m.add_function(wrap_pyfunction!(gc_event, m)?)?;
     m.add_function(wrap_pyfunction!(begin_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(end_quiet, m)?)?;

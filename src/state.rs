@@ -110,17 +110,26 @@ pub fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
 /// `extern "C"` boundary: it disables tracking instead of aborting the interpreter.
 #[inline(always)]
 pub fn with_ledger<R: Default>(f: impl FnOnce(&mut Ledger, &mut Hot) -> R) -> R {
+    with_ledger_if(|_| true, f)
+}
+
+/// `with_ledger`, if `admit` accepts this thread's counters (checked before taking the lock,
+/// in the same thread-local access).
+#[inline(always)]
+pub fn with_ledger_if<R: Default>(admit: impl FnOnce(&Hot) -> bool, f: impl FnOnce(&mut Ledger, &mut Hot) -> R) -> R {
     if !ENABLED.load(Ordering::Relaxed) {
         return R::default();
     }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut ledger = LEDGER.lock();
         HOT.with(|h| {
             // SAFETY: the only mutable access to this thread's counters, and it cannot nest:
-            // `f` is plain Rust that never calls into the interpreter, so no hook can run on
-            // this thread until it returns (Rust's own allocations go to libc, not PyMem).
+            // `admit` and `f` are plain Rust that never call into the interpreter, so no hook
+            // can run on this thread until they return (Rust's own allocations go to libc).
             let hot = unsafe { &mut *h.get() };
-            f(&mut ledger, hot)
+            if !admit(hot) {
+                return R::default();
+            }
+            f(&mut LEDGER.lock(), hot)
         })
     }));
     outcome.unwrap_or_else(|_| {

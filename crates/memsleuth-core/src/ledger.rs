@@ -115,6 +115,21 @@ impl Hot {
             || now_us.wrapping_sub(self.rss_time_us) >= RSS_TIME_TRIGGER_US
     }
 
+    /// The counters an execution's figures are differences of (the order `close_exec` reads).
+    #[inline(always)]
+    fn snapshot(&self) -> [u64; 8] {
+        [
+            self.alloc_bytes,
+            self.allocs,
+            self.freed_bytes,
+            self.frees,
+            self.gc_collections,
+            self.gc_freed_bytes,
+            self.arenas_mapped,
+            self.arenas_unmapped,
+        ]
+    }
+
     pub fn rss_taken(&mut self, now_us: u64) {
         self.big_event = false;
         self.net_at_rss = self.net();
@@ -200,6 +215,8 @@ struct Exec {
     start_net: i64,
     high: i64,
     start: Sample,
+    /// The thread's `readings` when `start` was taken.
+    start_readings: u64,
 }
 
 /// Lines whose ids and nodes a frame keeps at hand: a loop body cycles through a few lines, and
@@ -260,6 +277,8 @@ struct ThreadLedger {
     /// Measured executions, innermost last: (frame index, is the line execution).
     measured: Vec<(u32, bool)>,
     last: Sample,
+    /// Readings noted so far: an execution that began at the current count began at `last`.
+    readings: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -318,6 +337,9 @@ pub struct Ledger {
     /// (anon RSS, allocator footprint) when every big block's residency was last measured:
     /// while RSS keeps moving with the footprint, only new blocks need measuring.
     pub residency_basis: Option<(u64, u64)>,
+    /// Tests switch `step_quietly` off to check it against the general path.
+    #[cfg(test)]
+    pub(crate) quiet_steps: bool,
 }
 
 impl Default for Ledger {
@@ -351,6 +373,8 @@ impl Ledger {
             free_acts: Vec::new(),
             calls: Vec::new(),
             free_calls: Vec::new(),
+            #[cfg(test)]
+            quiet_steps: true,
         }
     }
 
@@ -740,7 +764,7 @@ impl Ledger {
             hot.high = net;
             th.measured.push((frame_index, is_line));
         }
-        let start = th.last;
+        let (start, start_readings) = (th.last, th.readings);
         hot.owner = node;
         hot.last_alloc = 0;
         hot.prev_alloc = 0;
@@ -748,19 +772,11 @@ impl Ledger {
             line,
             measured,
             node,
-            snap: [
-                hot.alloc_bytes,
-                hot.allocs,
-                hot.freed_bytes,
-                hot.frees,
-                hot.gc_collections,
-                hot.gc_freed_bytes,
-                hot.arenas_mapped,
-                hot.arenas_unmapped,
-            ],
+            snap: hot.snapshot(),
             start_net: net,
             high: net,
             start,
+            start_readings,
         }
     }
 
@@ -809,7 +825,10 @@ impl Ledger {
 
     fn note_reading(&mut self, t: usize, os: Option<OsReading>) {
         if let Some(os) = os {
-            self.threads[t].last = self.sample(os);
+            let sample = self.sample(os);
+            let th = &mut self.threads[t];
+            th.last = sample;
+            th.readings += 1;
         }
     }
 
@@ -862,20 +881,31 @@ impl Ledger {
         }
     }
 
-    fn start_line(&mut self, hot: &mut Hot, t: usize, lineno: u32, is_hit: bool) {
+    /// The line id and node of `lineno` in the innermost frame of thread `t`.
+    #[inline(always)]
+    fn line_and_node(&mut self, hot: &Hot, t: usize, lineno: u32) -> (u32, u32) {
+        let top = self.threads[t].frames.last();
+        match top.map(|f| f.recent[lineno as usize % RECENT_LINES]) {
+            Some((cached, line, node)) if cached == lineno => (line, node),
+            _ => self.line_and_node_uncached(hot, t, lineno),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn line_and_node_uncached(&mut self, hot: &Hot, t: usize, lineno: u32) -> (u32, u32) {
         let depth = self.threads[t].frames.len() as u32 - 1;
         let top = &self.threads[t].frames[depth as usize];
-        let slot = lineno as usize % RECENT_LINES;
-        let (line, node) = match top.recent[slot] {
-            (cached, line, node) if cached == lineno => (line, node),
-            _ => {
-                let (func, parent) = (top.func, top.total.node);
-                let line = self.line_id(func, lineno);
-                let node = self.intern(parent, line, hot.thread, depth);
-                self.threads[t].frames[depth as usize].recent[slot] = (lineno, line, node);
-                (line, node)
-            }
-        };
+        let (func, parent) = (top.func, top.total.node);
+        let line = self.line_id(func, lineno);
+        let node = self.intern(parent, line, hot.thread, depth);
+        self.threads[t].frames[depth as usize].recent[lineno as usize % RECENT_LINES] = (lineno, line, node);
+        (line, node)
+    }
+
+    fn start_line(&mut self, hot: &mut Hot, t: usize, lineno: u32, is_hit: bool) {
+        let depth = self.threads[t].frames.len() as u32 - 1;
+        let (line, node) = self.line_and_node(hot, t, lineno);
         let exec = self.open_exec(hot, t, line, node, depth, true, is_hit);
         let top = &mut self.threads[t].frames[depth as usize];
         top.line = Some(exec);
@@ -884,14 +914,25 @@ impl Ledger {
 
     /// A line event from `code` at `lineno`. `os` is a fresh reading, if one was taken.
     pub fn on_line(&mut self, hot: &mut Hot, code: usize, lineno: u32, os: Option<OsReading>) {
-        if !self.line_changes(hot, code, lineno) {
-            return;
+        if self.line_changes(hot, code, lineno) {
+            self.change_line(hot, lineno, os);
         }
+    }
+
+    /// `on_line` for a caller that has just seen `line_changes` hold.
+    #[inline]
+    pub fn change_line(&mut self, hot: &mut Hot, lineno: u32, os: Option<OsReading>) {
         let t = (hot.thread - 1) as usize;
+        let Some(top) = self.threads[t].frames.last_mut() else { return };
+        if top.line.is_some() {
+            self.note_reading(t, os);
+            if self.step_quietly(hot, t, lineno) {
+                return;
+            }
+        }
         let Some(top) = self.threads[t].frames.last_mut() else { return };
         match top.line.take() {
             Some(previous) => {
-                self.note_reading(t, os);
                 self.close_exec(hot, t, previous);
                 self.start_line(hot, t, lineno, true);
             }
@@ -902,6 +943,49 @@ impl Ledger {
                 self.note_reading(t, os);
             }
         }
+    }
+
+    /// The common case of a line event, made cheap: the line that ends did nothing (no allocator
+    /// or collector event, the same reading as when it began) and the next one has no execution
+    /// open on this thread. Closing and opening would then leave every figure of the ended line as
+    /// it is, so its execution becomes the next line's in place. Returns false, changing nothing,
+    /// when the case does not apply.
+    #[inline]
+    fn step_quietly(&mut self, hot: &mut Hot, t: usize, lineno: u32) -> bool {
+        #[cfg(test)]
+        if !self.quiet_steps {
+            return false;
+        }
+        let th = &self.threads[t];
+        let Some(exec) = th.frames.last().and_then(|f| f.line.as_ref()) else { return false };
+        let same_reading = exec.start_readings == th.readings || exec.start == th.last;
+        // Folded by hand: `!=` on the arrays compiles to a call to memcmp.
+        let moved = exec.snap.iter().zip(hot.snapshot()).fold(0, |acc, (a, b)| acc | (a ^ b));
+        if !exec.measured || moved != 0 || !same_reading {
+            return false;
+        }
+        let ended = exec.line as usize;
+        let (line, node) = self.line_and_node(hot, t, lineno);
+        let th = &mut self.threads[t];
+        if th.active.get(line as usize).is_some_and(|&n| n != 0) {
+            return false;
+        }
+        let Some(top) = th.frames.last_mut() else { return false };
+        let Some(exec) = top.line.as_mut() else { return false };
+        if th.active.len() <= line as usize {
+            th.active.resize(line as usize + 1, 0);
+        }
+        th.active[ended] -= 1;
+        th.active[line as usize] += 1;
+        self.lines[ended].rss_after = Some(th.last.os.rss());
+        self.lines[line as usize].hits += 1;
+        exec.line = line;
+        exec.node = node;
+        top.lineno = lineno;
+        hot.owner = node;
+        hot.last_alloc = 0;
+        hot.prev_alloc = 0;
+        true
     }
 
     /// Whether a line event from `code` at `lineno` would start a new execution.

@@ -1139,3 +1139,80 @@ fn rss_moved_before_the_first_line_belongs_to_it() {
     assert_eq!(line(&l, f, 12).rss_delta, -40);
     assert_eq!(line(&l, f, 11).rss_delta + line(&l, f, 12).rss_delta, 110 - 100);
 }
+
+// ----- the quiet-line shortcut -----
+
+/// Replays one pseudo-random script of line events (with and without readings, often equal
+/// ones), allocations, frees, collections, arenas and nested calls into a ledger.
+fn replay_script(l: &mut Ledger, seed: u64) {
+    let mut state = seed | 1;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let f = register(l, "f", F, 10);
+    let g = register(l, "g", G, 20);
+    let mut h = Hot::ZERO;
+    let mut stack = vec![(F, 10u32)];
+    let mut live: Vec<usize> = Vec::new();
+    let mut fresh = A;
+    l.enter(&mut h, f, 1000);
+    for _ in 0..4000 {
+        let reading = |r: u64| (r < 3).then(|| OsReading::from(1000 + 4096 * r));
+        match next(20) {
+            0..=9 => {
+                let (code, first) = *stack.last().unwrap();
+                let r = next(8);
+                l.on_line(&mut h, code, first + 1 + next(4) as u32, reading(r));
+            }
+            10..=12 => {
+                fresh += 16 * (1 + next(3) as usize);
+                l.on_alloc(&mut h, fresh, 8 + next(200), false);
+                live.push(fresh);
+            }
+            13 | 14 if !live.is_empty() => {
+                let addr = live.swap_remove(next(live.len() as u64) as usize);
+                l.on_free(&mut h, addr, false);
+            }
+            15 if !live.is_empty() => {
+                l.gc_start(&mut h);
+                let addr = live.swap_remove(next(live.len() as u64) as usize);
+                l.on_free(&mut h, addr, false);
+                l.gc_stop(&mut h);
+            }
+            16 => l.on_arena(&mut h, 0x6000_0000_0000 + 0x10_0000 * next(4) as usize, 1 << 20, next(2) == 0),
+            17 if stack.len() < 4 => {
+                let (func, code, first) = if next(2) == 0 { (f, F, 10) } else { (g, G, 20) };
+                l.enter(&mut h, func, 1000 + 4096 * next(3));
+                stack.push((code, first));
+            }
+            18 if stack.len() > 1 => {
+                l.leave(&mut h, 1000 + 4096 * next(3));
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    while !stack.is_empty() {
+        l.leave(&mut h, 1000);
+        stack.pop();
+    }
+}
+
+/// `step_quietly` is an optimisation only: every figure of every line, note and cause included,
+/// comes out as the general close-and-open path computes it.
+#[test]
+fn quiet_line_steps_change_no_figure() {
+    for seed in [1, 7, 42, 1234, 99991] {
+        let mut shortcut = Ledger::new();
+        replay_script(&mut shortcut, seed);
+        let mut general = Ledger::new();
+        general.quiet_steps = false;
+        replay_script(&mut general, seed);
+        let [a, b] = [&shortcut, &general].map(|l| Report::from_ledger(l, "3.x", None, 0).to_json());
+        assert!(a.contains(r#""hits":"#), "{a}");
+        assert_eq!(a, b, "seed {seed}");
+    }
+}
