@@ -44,10 +44,10 @@ fn original(ctx: *mut c_void) -> &'static PyMemAllocatorEx {
 extern "C" fn hook_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
     let orig = original(ctx);
     let Some(malloc) = orig.malloc else { return std::ptr::null_mut() };
-    guarded(|| {
+    guarded(|me| {
         let ptr = malloc(orig.ctx, size);
         if !ptr.is_null() {
-            with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size as u64, is_raw(ctx)));
+            me.with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size as u64, is_raw(ctx)));
         }
         ptr
     })
@@ -57,11 +57,11 @@ extern "C" fn hook_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
 extern "C" fn hook_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
     let orig = original(ctx);
     let Some(calloc) = orig.calloc else { return std::ptr::null_mut() };
-    guarded(|| {
+    guarded(|me| {
         let ptr = calloc(orig.ctx, nelem, elsize);
         if !ptr.is_null() {
             let size = nelem.saturating_mul(elsize) as u64;
-            with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size, is_raw(ctx)));
+            me.with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size, is_raw(ctx)));
         }
         ptr
     })
@@ -72,12 +72,12 @@ extern "C" fn hook_realloc(ctx: *mut c_void, ptr: *mut c_void, new_size: usize) 
     let orig = original(ctx);
     let Some(realloc) = orig.realloc else { return std::ptr::null_mut() };
     let raw = is_raw(ctx);
-    guarded(|| {
+    guarded(|me| {
         // The lock is not held across the call: pymalloc may map an arena inside it, and the
         // arena hook takes the lock.
-        let taken = with_ledger(|l, hot| l.begin_realloc(hot, ptr as usize, raw));
+        let taken = me.with_ledger(|l, hot| l.begin_realloc(hot, ptr as usize, raw));
         let new = realloc(orig.ctx, ptr, new_size);
-        with_ledger(|l, hot| l.end_realloc(hot, ptr as usize, new as usize, new_size as u64, raw, taken));
+        me.with_ledger(|l, hot| l.end_realloc(hot, ptr as usize, new as usize, new_size as u64, raw, taken));
         new
     })
     .unwrap_or_else(|| realloc(orig.ctx, ptr, new_size))
@@ -86,11 +86,11 @@ extern "C" fn hook_realloc(ctx: *mut c_void, ptr: *mut c_void, new_size: usize) 
 extern "C" fn hook_free(ctx: *mut c_void, ptr: *mut c_void) {
     let orig = original(ctx);
     let Some(free) = orig.free else { return };
-    guarded(|| {
+    guarded(|me| {
         if !ptr.is_null() {
             // Forget the block before releasing it, so a concurrent allocation of the same
             // address can never be removed by this free.
-            with_ledger(|l, hot| l.on_free(hot, ptr as usize, is_raw(ctx)));
+            me.with_ledger(|l, hot| l.on_free(hot, ptr as usize, is_raw(ctx)));
         }
         free(orig.ctx, ptr)
     })

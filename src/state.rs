@@ -84,58 +84,81 @@ impl<T> Drop for SpinGuard<'_, T> {
 /// Set once the hooks are installed; cleared if accounting ever fails, so the program goes on.
 pub static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// What a thread keeps for the hooks, in one thread-local so that a hook reaches all of it with
+/// one lookup (each costs a call to __tls_get_addr from a shared library).
+pub struct Local {
+    /// Set while this thread is inside one of our hooks: nested allocator calls (pymalloc
+    /// handing a large request to the raw domain) pass straight through and count once.
+    busy: Cell<bool>,
+    hot: UnsafeCell<Hot>,
+}
+
 thread_local! {
     /// Const-initialised and without Drop, so reading it never allocates or registers a
     /// destructor, even from a raw-domain hook running during thread teardown.
-    static HOT: UnsafeCell<Hot> = const { UnsafeCell::new(Hot::ZERO) };
-    /// Set while this thread is inside one of our hooks: nested allocator calls (pymalloc
-    /// handing a large request to the raw domain) pass straight through and count once.
-    static BUSY: Cell<bool> = const { Cell::new(false) };
+    static LOCAL: Local = const { Local { busy: Cell::new(false), hot: UnsafeCell::new(Hot::ZERO) } };
+}
+
+impl Local {
+    /// Applies `f` to the ledger and this thread's counters. A panic (a bug) must not cross the
+    /// `extern "C"` boundary: it disables tracking instead of aborting the interpreter.
+    #[inline(always)]
+    pub fn with_ledger<R: Default>(&self, f: impl FnOnce(&mut Ledger, &mut Hot) -> R) -> R {
+        self.with_ledger_if(|_| true, f)
+    }
+
+    /// `with_ledger`, if `admit` accepts this thread's counters (checked before taking the lock).
+    #[inline(always)]
+    pub fn with_ledger_if<R: Default>(
+        &self,
+        admit: impl FnOnce(&Hot) -> bool,
+        f: impl FnOnce(&mut Ledger, &mut Hot) -> R,
+    ) -> R {
+        if !ENABLED.load(Ordering::Relaxed) {
+            return R::default();
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the only mutable access to this thread's counters, and it cannot nest:
+            // `admit` and `f` are plain Rust that never call into the interpreter, so no hook
+            // can run on this thread until they return (Rust's own allocations go to libc).
+            let hot = unsafe { &mut *self.hot.get() };
+            if !admit(hot) {
+                return R::default();
+            }
+            f(&mut LEDGER.lock(), hot)
+        }));
+        outcome.unwrap_or_else(|_| {
+            ENABLED.store(false, Ordering::Relaxed);
+            R::default()
+        })
+    }
 }
 
 /// Runs `f` with this thread marked as inside a hook, unless it already is: then returns None
 /// and the caller forwards the call untracked. `f` includes the call to the wrapped allocator,
 /// so what that allocator requests from a lower domain is not counted a second time.
 #[inline(always)]
-pub fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
-    if BUSY.with(|b| b.replace(true)) {
-        return None;
-    }
-    let r = f();
-    BUSY.with(|b| b.set(false));
-    Some(r)
+pub fn guarded<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
+    LOCAL.with(|me| {
+        if me.busy.replace(true) {
+            return None;
+        }
+        let r = f(me);
+        me.busy.set(false);
+        Some(r)
+    })
 }
 
-/// Applies `f` to the ledger and this thread's counters. A panic (a bug) must not cross the
-/// `extern "C"` boundary: it disables tracking instead of aborting the interpreter.
+/// `Local::with_ledger` for the calling thread.
 #[inline(always)]
 pub fn with_ledger<R: Default>(f: impl FnOnce(&mut Ledger, &mut Hot) -> R) -> R {
-    with_ledger_if(|_| true, f)
+    LOCAL.with(|me| me.with_ledger(f))
 }
 
-/// `with_ledger`, if `admit` accepts this thread's counters (checked before taking the lock,
-/// in the same thread-local access).
+/// `Local::with_ledger_if` for the calling thread.
 #[inline(always)]
 pub fn with_ledger_if<R: Default>(admit: impl FnOnce(&Hot) -> bool, f: impl FnOnce(&mut Ledger, &mut Hot) -> R) -> R {
-    if !ENABLED.load(Ordering::Relaxed) {
-        return R::default();
-    }
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        HOT.with(|h| {
-            // SAFETY: the only mutable access to this thread's counters, and it cannot nest:
-            // `admit` and `f` are plain Rust that never call into the interpreter, so no hook
-            // can run on this thread until they return (Rust's own allocations go to libc).
-            let hot = unsafe { &mut *h.get() };
-            if !admit(hot) {
-                return R::default();
-            }
-            f(&mut LEDGER.lock(), hot)
-        })
-    }));
-    outcome.unwrap_or_else(|_| {
-        ENABLED.store(false, Ordering::Relaxed);
-        R::default()
-    })
+    LOCAL.with(|me| me.with_ledger_if(admit, f))
 }
 
 /// The code object of this thread's innermost profiled frame (0 if none), read without the
@@ -143,5 +166,5 @@ pub fn with_ledger_if<R: Default>(admit: impl FnOnce(&Hot) -> bool, f: impl FnOn
 #[inline(always)]
 pub fn top_code() -> usize {
     // SAFETY: a read between accesses; no `with_ledger` is running on this thread here.
-    HOT.with(|h| unsafe { (*h.get()).top_code })
+    LOCAL.with(|me| unsafe { (*me.hot.get()).top_code })
 }

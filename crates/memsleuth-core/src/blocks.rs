@@ -300,6 +300,33 @@ mod tests {
         }
     }
 
+    /// Entries whose run wraps past the end of the table, and aliases of one home a table-span
+    /// apart, are all found again after the table doubles.
+    #[test]
+    fn wrapped_runs_survive_growth() {
+        let span = MIN_SLOTS << 4;
+        let mut t = BlockTable::new();
+        let mut addrs = Vec::new();
+        // Five aliases of the last home (slots 65535, 0, 1, 2, 3) and entries homed at 0 and 1.
+        for k in 1..=5 {
+            addrs.push(k * span + span - 16);
+        }
+        addrs.extend([7 * span, 7 * span + 16, 9 * span]);
+        // Enough dense blocks elsewhere to make the table double.
+        addrs.extend((0..MIN_SLOTS).map(|i| 0x7f00_0000_0000 + (i << 5)));
+        for (n, &addr) in addrs.iter().enumerate() {
+            assert_eq!(t.insert(addr, block(n as u64)), None);
+        }
+        assert!(t.footprint() > MIN_SLOTS * std::mem::size_of::<Slot>(), "the table grew");
+        for (n, &addr) in addrs.iter().enumerate() {
+            assert_eq!(t.get(addr), Some(block(n as u64)), "{addr:#x}");
+        }
+        for &addr in &addrs {
+            assert!(t.remove(addr).is_some());
+        }
+        assert!(t.is_empty());
+    }
+
     #[test]
     fn sizes_beyond_32_bits() {
         let mut t = BlockTable::new();
