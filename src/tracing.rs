@@ -9,8 +9,7 @@ use crate::state::{top_code, with_ledger, with_ledger_if};
 use pyo3::prelude::*;
 use pyo3_ffi::{
     PyCFunction_NewEx, PyErr_Clear, PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyLong_AsLong, PyMethodDef,
-    PyMethodDefPointer, PyObject, PyTrace_CALL, PyTrace_LINE, Py_DecRef, Py_IncRef, Py_None, Py_ssize_t,
-    METH_FASTCALL,
+    PyMethodDefPointer, PyObject, PyTrace_CALL, PyTrace_LINE, Py_DecRef, Py_IncRef, Py_None, Py_ssize_t, METH_FASTCALL,
 };
 use std::cell::UnsafeCell;
 use std::ffi::c_int;

@@ -768,16 +768,7 @@ impl Ledger {
         hot.owner = node;
         hot.last_alloc = 0;
         hot.prev_alloc = 0;
-        Exec {
-            line,
-            measured,
-            node,
-            snap: hot.snapshot(),
-            start_net: net,
-            high: net,
-            start,
-            start_readings,
-        }
+        Exec { line, measured, node, snap: hot.snapshot(), start_net: net, high: net, start, start_readings }
     }
 
     fn close_exec(&mut self, hot: &mut Hot, t: usize, exec: Exec) {
