@@ -135,11 +135,9 @@ impl BlockTable {
                 *self.slot_mut(i) = entry;
                 break Some(old);
             }
-            let theirs = self.displacement(i);
-            if theirs < dist {
-                let displaced = std::mem::replace(self.slot_mut(i), entry);
+            if self.displacement(i) < dist {
+                self.shift_in(i, entry);
                 self.len += 1;
-                self.place_from(displaced, (i + 1) & self.mask, theirs + 1);
                 break None;
             }
             i = (i + 1) & self.mask;
@@ -167,23 +165,43 @@ impl BlockTable {
 
     /// Robin Hood placement of an entry known to be absent, probing from slot `i` at
     /// displacement `dist`.
-    #[inline]
-    fn place_from(&mut self, mut entry: Slot, mut i: usize, mut dist: usize) {
+    fn place(&mut self, entry: Slot, mut i: usize, mut dist: usize) {
         loop {
             if self.slot(i).addr == 0 {
                 *self.slot_mut(i) = entry;
                 return;
             }
-            let theirs = self.displacement(i);
-            if theirs < dist {
-                std::mem::swap(self.slot_mut(i), &mut entry);
-                dist = theirs;
+            if self.displacement(i) < dist {
+                self.shift_in(i, entry);
+                return;
             }
             i = (i + 1) & self.mask;
             dist += 1;
             if dist == CROWDED_PROBE {
                 self.crowded = true;
             }
+        }
+    }
+
+    /// Puts `entry` into occupied slot `i`, moving the rest of the run up one slot. Robin Hood
+    /// order keeps a run sorted by home, so this is the swap-by-swap displacement done as one
+    /// memmove: inserting among aliased dense heap ranges can move hundreds of entries.
+    fn shift_in(&mut self, i: usize, entry: Slot) {
+        let mut end = i;
+        while self.slot(end).addr != 0 {
+            end = (end + 1) & self.mask;
+        }
+        if i < end {
+            self.slots.copy_within(i..end, i + 1);
+        } else {
+            // The run wraps past the last slot.
+            self.slots.copy_within(0..end, 1);
+            *self.slot_mut(0) = *self.slot(self.mask);
+            self.slots.copy_within(i..self.mask, i + 1);
+        }
+        *self.slot_mut(i) = entry;
+        if self.displacement(end) >= CROWDED_PROBE {
+            self.crowded = true;
         }
     }
 
@@ -222,20 +240,28 @@ impl BlockTable {
 
     #[inline]
     pub fn remove(&mut self, addr: usize) -> Option<Block> {
-        let mut hole = self.find(addr)?;
+        let hole = self.find(addr)?;
         let removed = self.block_at(hole);
         if self.slot(hole).size == HUGE {
             self.huge_sizes.remove(&addr);
         }
-        loop {
-            let next = (hole + 1) & self.mask;
-            if self.slot(next).addr == 0 || self.displacement(next) == 0 {
-                break;
-            }
-            *self.slot_mut(hole) = *self.slot(next);
-            hole = next;
+        // Backward shift: the entries after the hole, up to an empty slot or one at its home,
+        // move down one slot (one memmove, as in `shift_in`).
+        let mut end = (hole + 1) & self.mask;
+        while self.slot(end).addr != 0 && self.displacement(end) != 0 {
+            end = (end + 1) & self.mask;
         }
-        *self.slot_mut(hole) = EMPTY;
+        if hole < end {
+            self.slots.copy_within(hole + 1..end, hole);
+        } else {
+            // The entries to move wrap past the last slot.
+            self.slots.copy_within(hole + 1..=self.mask, hole);
+            if end > 0 {
+                *self.slot_mut(self.mask) = *self.slot(0);
+                self.slots.copy_within(1..end, 0);
+            }
+        }
+        *self.slot_mut(end.wrapping_sub(1) & self.mask) = EMPTY;
         self.len -= 1;
         Some(removed)
     }
@@ -255,7 +281,7 @@ impl BlockTable {
         self.crowded = false;
         for slot in old.into_iter().filter(|s| s.addr != 0) {
             let home = self.home(slot.addr);
-            self.place_from(slot, home, 0);
+            self.place(slot, home, 0);
         }
     }
 }
@@ -356,6 +382,41 @@ mod tests {
             assert!(t.remove(addr).is_some());
         }
         assert!(t.is_empty());
+    }
+
+    /// Insertions and removals inside a run that wraps past the last slot move the right
+    /// entries, whichever side of the wrap they sit on.
+    #[test]
+    fn runs_wrapping_past_the_end_shift_both_ways() {
+        let span = MIN_SLOTS << 4;
+        let last = span - 16;
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..200u64 {
+            let mut t = BlockTable::new();
+            let mut model: HashMap<usize, Block> = HashMap::new();
+            // Homes in the last four slots and the first four, several aliases each.
+            let mut addrs: Vec<usize> = (0..24)
+                .map(|k| {
+                    let home = (rng.next() % 8) as usize;
+                    let offset = if home < 4 { last - home * 16 } else { (home - 4) * 16 };
+                    (k + 1) * span + offset
+                })
+                .collect();
+            addrs.sort_unstable();
+            addrs.dedup();
+            for (n, &addr) in addrs.iter().enumerate() {
+                let b = block(round * 100 + n as u64);
+                assert_eq!(t.insert(addr, b), model.insert(addr, b));
+            }
+            while !addrs.is_empty() {
+                let addr = addrs.swap_remove((rng.next() % addrs.len() as u64) as usize);
+                assert_eq!(t.remove(addr), model.remove(&addr));
+                for (a, b) in &model {
+                    assert_eq!(t.get(*a), Some(*b), "round {round}, {a:#x}");
+                }
+            }
+            assert!(t.is_empty());
+        }
     }
 
     #[test]
