@@ -185,7 +185,7 @@ impl BlockTable {
 
     /// Puts `entry` into occupied slot `i`, moving the rest of the run up one slot. Robin Hood
     /// order keeps a run sorted by home, so this is the swap-by-swap displacement done as one
-    /// memmove: inserting among aliased dense heap ranges can move hundreds of entries.
+    /// memmove: inserting among aliased dense heap ranges moves hundreds of entries at a time.
     fn shift_in(&mut self, i: usize, entry: Slot) {
         let mut end = i;
         while self.slot(end).addr != 0 {
@@ -240,28 +240,21 @@ impl BlockTable {
 
     #[inline]
     pub fn remove(&mut self, addr: usize) -> Option<Block> {
-        let hole = self.find(addr)?;
+        let mut hole = self.find(addr)?;
         let removed = self.block_at(hole);
         if self.slot(hole).size == HUGE {
             self.huge_sizes.remove(&addr);
         }
-        // Backward shift: the entries after the hole, up to an empty slot or one at its home,
-        // move down one slot (one memmove, as in `shift_in`).
-        let mut end = (hole + 1) & self.mask;
-        while self.slot(end).addr != 0 && self.displacement(end) != 0 {
-            end = (end + 1) & self.mask;
-        }
-        if hole < end {
-            self.slots.copy_within(hole + 1..end, hole);
-        } else {
-            // The entries to move wrap past the last slot.
-            self.slots.copy_within(hole + 1..=self.mask, hole);
-            if end > 0 {
-                *self.slot_mut(self.mask) = *self.slot(0);
-                self.slots.copy_within(1..end, 0);
+        // Backward shift, slot by slot: it rarely moves more than a slot or two.
+        loop {
+            let next = (hole + 1) & self.mask;
+            if self.slot(next).addr == 0 || self.displacement(next) == 0 {
+                break;
             }
+            *self.slot_mut(hole) = *self.slot(next);
+            hole = next;
         }
-        *self.slot_mut(end.wrapping_sub(1) & self.mask) = EMPTY;
+        *self.slot_mut(hole) = EMPTY;
         self.len -= 1;
         Some(removed)
     }
