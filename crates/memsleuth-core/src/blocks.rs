@@ -1,4 +1,4 @@
-//! The block table: live tracked block address -> (requested size, owner node, activation).
+//! The block table: live tracked block address -> (requested size, birth).
 //!
 //! It is touched on every allocation and free, so its layout decides memsleuth's speed
 //! (hook-costs.md: a scrambling hash misses the cache on nearly every operation). An address's
@@ -14,27 +14,23 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block {
     pub size: u64,
-    /// The ledger node (active line stack) the block was allocated under; see `ledger`.
-    pub node: u32,
-    /// The frame activation the block was allocated under; see `ledger`.
-    pub act: u32,
+    /// Where the block was allocated (owner node and frame activation); see `ledger::Birth`.
+    pub birth: u32,
 }
 
-/// 20 bytes: the table's footprint is memsleuth's main memory cost (one slot per live block at
+/// 16 bytes: the table's footprint is memsleuth's main memory cost (one slot per live block at
 /// up to 80% load), so sizes are stored in 32 bits and the rare larger ones beside the table.
 #[derive(Clone, Copy)]
-#[repr(C, packed(4))]
 struct Slot {
     /// 0 marks an empty slot: no allocator returns a block at address 0.
     addr: usize,
     /// The size, or HUGE when it is kept in `huge_sizes`.
     size: u32,
-    node: u32,
-    act: u32,
+    birth: u32,
 }
 
 const HUGE: u32 = u32::MAX;
-const EMPTY: Slot = Slot { addr: 0, size: 0, node: 0, act: 0 };
+const EMPTY: Slot = Slot { addr: 0, size: 0, birth: 0 };
 const MIN_SLOTS: usize = 1 << 16;
 /// Grow when more than 4/5 of the slots are taken: Robin Hood probing stays short up to there
 /// for addresses spread over the table.
@@ -115,7 +111,7 @@ impl BlockTable {
             self.grow();
         }
         let huge = block.size >= HUGE as u64;
-        let entry = Slot { addr, size: if huge { HUGE } else { block.size as u32 }, node: block.node, act: block.act };
+        let entry = Slot { addr, size: if huge { HUGE } else { block.size as u32 }, birth: block.birth };
         // One pass: the address is either met on the way, or absent once the probe passes an
         // entry closer to its home than the probe is (Robin Hood order), where it then goes.
         let mut i = self.home(addr);
@@ -155,12 +151,9 @@ impl BlockTable {
     #[inline(always)]
     fn block_at(&self, i: usize) -> Block {
         let slot = *self.slot(i);
-        let size = if slot.size == HUGE {
-            self.huge_sizes.get(&{ slot.addr }).copied().unwrap_or(0)
-        } else {
-            slot.size as u64
-        };
-        Block { size, node: slot.node, act: slot.act }
+        let size =
+            if slot.size == HUGE { self.huge_sizes.get(&slot.addr).copied().unwrap_or(0) } else { slot.size as u64 };
+        Block { size, birth: slot.birth }
     }
 
     /// Robin Hood placement of an entry known to be absent, probing from slot `i` at
@@ -210,11 +203,11 @@ impl BlockTable {
         self.find(addr).map(|i| self.block_at(i))
     }
 
-    /// Changes the owner node of a live block; false if the block is unknown.
+    /// Changes the birth of a live block; false if the block is unknown.
     #[inline]
-    pub fn set_node(&mut self, addr: usize, node: u32) -> bool {
+    pub fn set_birth(&mut self, addr: usize, birth: u32) -> bool {
         let Some(i) = self.find(addr) else { return false };
-        self.slot_mut(i).node = node;
+        self.slot_mut(i).birth = birth;
         true
     }
 
@@ -299,7 +292,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn block(size: u64) -> Block {
-        Block { size, node: size as u32, act: 1 }
+        Block { size, birth: size as u32 }
     }
 
     /// A deterministic xorshift so the test needs no crate.
@@ -415,11 +408,11 @@ mod tests {
     #[test]
     fn sizes_beyond_32_bits() {
         let mut t = BlockTable::new();
-        let big = Block { size: 5 << 30, node: 3, act: 4 };
+        let big = Block { size: 5 << 30, birth: 3 };
         assert_eq!(t.insert(0x2000, big), None);
         assert_eq!(t.get(0x2000), Some(big));
-        assert!(t.set_node(0x2000, 9));
-        assert_eq!(t.remove(0x2000), Some(Block { node: 9, ..big }));
+        assert!(t.set_birth(0x2000, 9));
+        assert_eq!(t.remove(0x2000), Some(Block { birth: 9, ..big }));
         assert_eq!(t.get(0x2000), None);
     }
 

@@ -58,6 +58,9 @@ pub struct Hot {
     pub owner: u32,
     /// The activation of this thread's innermost profiled frame (NO_ACT if none).
     pub act: u32,
+    /// The birth of this thread's latest allocation, held (one reference) so that a line
+    /// allocating and freeing in turn does not make and recycle a birth each time.
+    pub birth: u32,
     /// Index of this thread in the ledger plus one; 0 before the thread's first profiled call.
     pub thread: u32,
     /// Code object of the thread's innermost profiled frame: line events for any other code
@@ -88,6 +91,7 @@ impl Hot {
         high: 0,
         owner: NO_NODE,
         act: NO_ACT,
+        birth: OUTSIDE_BIRTH,
         thread: 0,
         top_code: 0,
         last_alloc: 0,
@@ -204,6 +208,8 @@ struct Node {
     depth: u32,
     /// No ancestor carries the same line: this is where a free is charged under recursion.
     outermost: bool,
+    /// The birth last made for this node (possibly recycled since, or of another activation).
+    birth: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -229,9 +235,26 @@ struct Activation {
     call: u32,
     /// The activation of the frame below on the stack, or NO_ACT.
     parent: u32,
-    /// Live blocks born in it, child activations, and 1 while it is on the stack.
+    /// Births in it, child activations, and 1 while it is on the stack.
     refs: u32,
 }
+
+/// Where live blocks were allocated: the owner node and the frame activation. Blocks born alike
+/// share one, and the block table stores its 32-bit id, which keeps a slot at 16 bytes.
+#[derive(Clone, Copy, Debug)]
+struct Birth {
+    node: u32,
+    act: u32,
+    /// Live blocks with this birth, plus threads holding it as `Hot::birth`.
+    refs: u32,
+}
+
+/// Permanent births, never counted or recycled: ids equal to the node, with no activation.
+const OUTSIDE_BIRTH: u32 = NO_NODE;
+const PROFILER_BIRTH: u32 = PROFILER_NODE;
+const FIRST_BIRTH: u32 = 2;
+/// The node of a recycled birth: matches no owner.
+const DEAD_NODE: u32 = u32::MAX;
 
 /// One call of a profiled function: a generator's spans all its resumes.
 #[derive(Clone, Copy, Debug)]
@@ -329,6 +352,8 @@ pub struct Ledger {
     free_acts: Vec<u32>,
     calls: Vec<Call>,
     free_calls: Vec<u32>,
+    births: Vec<Birth>,
+    free_births: Vec<u32>,
     /// Whether pymalloc serves small MEM/OBJ requests (not under PYTHONMALLOC=malloc).
     pub pymalloc: bool,
     /// Live tracked blocks large enough to be mmapped, and live arenas. Their residency is the
@@ -373,6 +398,8 @@ impl Ledger {
             free_acts: Vec::new(),
             calls: Vec::new(),
             free_calls: Vec::new(),
+            births: Vec::new(),
+            free_births: Vec::new(),
             #[cfg(test)]
             quiet_steps: true,
         }
@@ -457,7 +484,7 @@ impl Ledger {
             }
             p = node.parent;
         }
-        self.nodes.push(Node { parent, line, depth, outermost });
+        self.nodes.push(Node { parent, line, depth, outermost, birth: OUTSIDE_BIRTH });
         let id = FIRST_NODE + self.nodes.len() as u32 - 1;
         self.node_index.insert(key, id);
         id
@@ -476,7 +503,7 @@ impl Ledger {
     #[inline]
     pub fn on_alloc(&mut self, hot: &mut Hot, addr: usize, size: u64, raw: bool) {
         if hot.owner == PROFILER_NODE {
-            self.table.insert(addr, Block { size, node: PROFILER_NODE, act: NO_ACT });
+            self.table.insert(addr, Block { size, birth: PROFILER_BIRTH });
             return;
         }
         hot.alloc_bytes += size;
@@ -500,12 +527,12 @@ impl Ledger {
         if p.live_bytes > p.tracked_peak_bytes {
             p.tracked_peak_bytes = p.live_bytes;
         }
-        self.hold(hot.act);
-        if let Some(lost) = self.table.insert(addr, Block { size, node: hot.owner, act: hot.act }) {
+        let birth = self.birth_of_new_block(hot);
+        if let Some(lost) = self.table.insert(addr, Block { size, birth }) {
             // The block at this address was freed behind the hooks' back: drop it silently.
-            if lost.node != PROFILER_NODE {
+            if lost.birth != PROFILER_BIRTH {
                 self.process.live_bytes -= lost.size.min(self.process.live_bytes);
-                self.release(lost.act);
+                self.release_birth(lost.birth);
             }
         }
     }
@@ -517,7 +544,7 @@ impl Ledger {
             self.process.untracked_frees += 1;
             return false;
         };
-        if block.node == PROFILER_NODE {
+        if block.birth == PROFILER_BIRTH {
             return true;
         }
         hot.freed_bytes += block.size;
@@ -534,10 +561,11 @@ impl Ledger {
         }
         self.process.freed_bytes += block.size;
         self.process.live_bytes -= block.size.min(self.process.live_bytes);
-        if block.node >= FIRST_NODE {
-            self.charge_freed_before_return(block);
+        if block.birth >= FIRST_BIRTH {
+            let Birth { node, act, .. } = self.births[block.birth as usize];
+            self.charge_freed_before_return(node, act, block.size);
+            self.release_birth(block.birth);
         }
-        self.release(block.act);
         true
     }
 
@@ -580,11 +608,12 @@ impl Ledger {
             return;
         }
         let Some(block) = self.table.get(addr) else { return };
-        if block.node != hot.owner || block.act != hot.act {
+        let born_here = self.births.get(block.birth as usize).is_some_and(|b| b.node == hot.owner && b.act == hot.act);
+        if !born_here {
             return;
         }
-        self.table.set_node(addr, PROFILER_NODE);
-        self.release(block.act);
+        self.table.set_birth(addr, PROFILER_BIRTH);
+        self.release_birth(block.birth);
         if hot.last_alloc == addr {
             hot.last_alloc = 0;
         } else {
@@ -614,9 +643,10 @@ impl Ledger {
         }
     }
 
-    fn charge_freed_before_return(&mut self, block: Block) {
-        let mut n = block.node;
-        let mut act = block.act;
+    fn charge_freed_before_return(&mut self, mut n: u32, mut act: u32, size: u64) {
+        if n < FIRST_NODE {
+            return;
+        }
         let mut act_depth = self.nodes[(n - FIRST_NODE) as usize].depth;
         while n >= FIRST_NODE && act != NO_ACT {
             let node = self.nodes[(n - FIRST_NODE) as usize];
@@ -625,13 +655,91 @@ impl Ledger {
                 act_depth -= 1;
             }
             if node.outermost && act != NO_ACT && self.calls[self.acts[act as usize].call as usize].live {
-                self.lines[node.line as usize].freed_before_return += block.size;
+                self.lines[node.line as usize].freed_before_return += size;
             }
             n = node.parent;
         }
     }
 
-    /// A new reference to activation `act` (a block born in it, a child, the stack).
+    /// The birth for a block allocated now, with a reference added for the block.
+    #[inline(always)]
+    fn birth_of_new_block(&mut self, hot: &mut Hot) -> u32 {
+        let current = self.births.get(hot.birth as usize).is_some_and(|b| b.node == hot.owner && b.act == hot.act);
+        if !current {
+            self.switch_birth(hot);
+        }
+        if hot.birth >= FIRST_BIRTH {
+            self.births[hot.birth as usize].refs += 1;
+        }
+        hot.birth
+    }
+
+    /// Points `hot.birth` at the birth for its owner and activation: a permanent one, the last
+    /// one made for the node if it still matches, or a new one. The reference a thread holds
+    /// moves with it; a thread that ends keeps its last birth (and activation) alive.
+    #[cold]
+    fn switch_birth(&mut self, hot: &mut Hot) {
+        if self.births.is_empty() {
+            for node in [NO_NODE, PROFILER_NODE] {
+                self.births.push(Birth { node, act: NO_ACT, refs: 0 });
+            }
+        }
+        let (owner, act) = (hot.owner, hot.act);
+        let hint = owner.checked_sub(FIRST_NODE).and_then(|n| self.nodes.get(n as usize)).map(|n| n.birth);
+        let birth = if owner < FIRST_NODE && act == NO_ACT {
+            owner
+        } else if let Some(b) = hint.filter(|&b| {
+            let b = self.births[b as usize];
+            b.node == owner && b.act == act
+        }) {
+            b
+        } else {
+            let made = Birth { node: owner, act, refs: 0 };
+            let id = match self.free_births.pop() {
+                Some(id) => {
+                    self.births[id as usize] = made;
+                    id
+                }
+                None => {
+                    self.births.push(made);
+                    (self.births.len() - 1) as u32
+                }
+            };
+            self.hold(act);
+            if let Some(n) = owner.checked_sub(FIRST_NODE).and_then(|n| self.nodes.get_mut(n as usize)) {
+                n.birth = id;
+            }
+            id
+        };
+        if birth >= FIRST_BIRTH {
+            self.births[birth as usize].refs += 1;
+        }
+        let held = std::mem::replace(&mut hot.birth, birth);
+        self.release_birth(held);
+    }
+
+    /// Drops a reference to a birth; one nothing refers to is recycled, releasing its activation.
+    fn release_birth(&mut self, birth: u32) {
+        if birth < FIRST_BIRTH {
+            return;
+        }
+        let b = &mut self.births[birth as usize];
+        b.refs -= 1;
+        if b.refs == 0 {
+            let act = b.act;
+            b.node = DEAD_NODE;
+            self.free_births.push(birth);
+            self.release(act);
+        }
+    }
+
+    /// Births and activations in use (made and not recycled).
+    #[cfg(test)]
+    pub(crate) fn births_and_activations_in_use(&self) -> (usize, usize) {
+        (self.births.len() - self.free_births.len(), self.acts.len() - self.free_acts.len())
+    }
+
+    /// A new reference to activation `act` (a birth in it, a child, the stack).
     #[inline(always)]
     fn hold(&mut self, act: u32) {
         if let Some(a) = self.acts.get_mut(act as usize) {

@@ -467,6 +467,39 @@ fn block_freed_by_the_caller_after_return_stays_retained() {
 // ----- realloc, untracked frees, profiler blocks -----
 
 #[test]
+fn births_and_activations_are_recycled_once_their_blocks_are_freed() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let g = register(&mut l, "g", G, 20);
+    let mut h = Hot::ZERO;
+    let mut retained = Vec::new();
+    for call in 0..1000usize {
+        l.enter(&mut h, f, 0);
+        l.on_line(&mut h, F, 11, None);
+        l.on_alloc(&mut h, A, 32, false);
+        l.enter(&mut h, g, 0);
+        l.on_line(&mut h, G, 21, None);
+        let kept = 0x5600_0000_0000 + call * 16;
+        l.on_alloc(&mut h, kept, 48, false);
+        retained.push(kept);
+        l.leave(&mut h, 0);
+        l.on_line(&mut h, F, 12, None);
+        assert!(l.on_free(&mut h, A, false));
+        l.leave(&mut h, 0);
+    }
+    // Every call's activations stay alive while a block born in them does.
+    let (births, acts) = l.births_and_activations_in_use();
+    assert!(births >= 1000 && acts >= 2000, "{births} births, {acts} activations");
+    for addr in retained {
+        assert!(l.on_free(&mut h, addr, false));
+    }
+    // What is left: the two permanent births, and the birth this thread holds with its call.
+    let (births, acts) = l.births_and_activations_in_use();
+    assert!(births <= 3 && acts <= 2, "{births} births, {acts} activations");
+    assert_eq!(fig(&totals(&l, g)).retained, 48 * 1000);
+}
+
+#[test]
 fn realloc_is_a_free_of_the_old_size_plus_an_allocation() {
     let mut l = Ledger::new();
     let f = register(&mut l, "f", F, 10);
