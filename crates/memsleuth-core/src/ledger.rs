@@ -58,8 +58,7 @@ pub struct Hot {
     pub owner: u32,
     /// The activation of this thread's innermost profiled frame (NO_ACT if none).
     pub act: u32,
-    /// The birth of this thread's latest allocation, held (one reference) so that a line
-    /// allocating and freeing in turn does not make and recycle a birth each time.
+    /// The birth of this thread's latest allocation (it may have been recycled since).
     pub birth: u32,
     /// Index of this thread in the ledger plus one; 0 before the thread's first profiled call.
     pub thread: u32,
@@ -208,7 +207,7 @@ struct Node {
     depth: u32,
     /// No ancestor carries the same line: this is where a free is charged under recursion.
     outermost: bool,
-    /// The birth last made for this node (possibly recycled since, or of another activation).
+    /// The birth last made for this node, held until the node makes another.
     birth: u32,
 }
 
@@ -245,7 +244,7 @@ struct Activation {
 struct Birth {
     node: u32,
     act: u32,
-    /// Live blocks with this birth, plus threads holding it as `Hot::birth`.
+    /// Live blocks with this birth, plus 1 while its node holds it (`Node::birth`).
     refs: u32,
 }
 
@@ -664,9 +663,9 @@ impl Ledger {
     /// The birth for a block allocated now, with a reference added for the block.
     #[inline(always)]
     fn birth_of_new_block(&mut self, hot: &mut Hot) -> u32 {
-        let current = self.births.get(hot.birth as usize).is_some_and(|b| b.node == hot.owner && b.act == hot.act);
-        if !current {
-            self.switch_birth(hot);
+        let cached = self.births.get(hot.birth as usize).is_some_and(|b| b.node == hot.owner && b.act == hot.act);
+        if !cached {
+            hot.birth = self.birth_for(hot.owner, hot.act);
         }
         if hot.birth >= FIRST_BIRTH {
             self.births[hot.birth as usize].refs += 1;
@@ -674,48 +673,45 @@ impl Ledger {
         hot.birth
     }
 
-    /// Points `hot.birth` at the birth for its owner and activation: a permanent one, the last
-    /// one made for the node if it still matches, or a new one. The reference a thread holds
-    /// moves with it; a thread that ends keeps its last birth (and activation) alive.
-    #[cold]
-    fn switch_birth(&mut self, hot: &mut Hot) {
+    /// The birth for blocks owned by `owner` in activation `act`: a permanent one, the one the
+    /// node made last if it still matches, or a new one. A node holds a reference to the birth it
+    /// made last, so a line that allocates and frees in turn does not make and recycle a birth
+    /// each time; the next activation's birth for the node replaces it.
+    fn birth_for(&mut self, owner: u32, act: u32) -> u32 {
         if self.births.is_empty() {
             for node in [NO_NODE, PROFILER_NODE] {
                 self.births.push(Birth { node, act: NO_ACT, refs: 0 });
             }
         }
-        let (owner, act) = (hot.owner, hot.act);
-        let hint = owner.checked_sub(FIRST_NODE).and_then(|n| self.nodes.get(n as usize)).map(|n| n.birth);
-        let birth = if owner < FIRST_NODE && act == NO_ACT {
-            owner
-        } else if let Some(b) = hint.filter(|&b| {
-            let b = self.births[b as usize];
-            b.node == owner && b.act == act
-        }) {
-            b
-        } else {
-            let made = Birth { node: owner, act, refs: 0 };
-            let id = match self.free_births.pop() {
-                Some(id) => {
-                    self.births[id as usize] = made;
-                    id
-                }
-                None => {
-                    self.births.push(made);
-                    (self.births.len() - 1) as u32
-                }
-            };
-            self.hold(act);
-            if let Some(n) = owner.checked_sub(FIRST_NODE).and_then(|n| self.nodes.get_mut(n as usize)) {
-                n.birth = id;
-            }
-            id
-        };
-        if birth >= FIRST_BIRTH {
-            self.births[birth as usize].refs += 1;
+        if owner < FIRST_NODE && act == NO_ACT {
+            return owner;
         }
-        let held = std::mem::replace(&mut hot.birth, birth);
-        self.release_birth(held);
+        let node = owner.checked_sub(FIRST_NODE).map(|n| n as usize).filter(|&n| n < self.nodes.len());
+        if let Some(n) = node {
+            let last = self.nodes[n].birth;
+            let b = self.births[last as usize];
+            if b.node == owner && b.act == act {
+                return last;
+            }
+        }
+        let made = Birth { node: owner, act, refs: 0 };
+        let id = match self.free_births.pop() {
+            Some(id) => {
+                self.births[id as usize] = made;
+                id
+            }
+            None => {
+                self.births.push(made);
+                (self.births.len() - 1) as u32
+            }
+        };
+        self.hold(act);
+        if let Some(n) = node {
+            self.births[id as usize].refs += 1;
+            let replaced = std::mem::replace(&mut self.nodes[n].birth, id);
+            self.release_birth(replaced);
+        }
+        id
     }
 
     /// Drops a reference to a birth; one nothing refers to is recycled, releasing its activation.
