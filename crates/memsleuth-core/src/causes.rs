@@ -135,6 +135,15 @@ impl Causes {
         causes
     }
 
+    /// Adds `of_execution(s, s, net, gc_freed)` for any sample `s`, without reading one: when
+    /// no reading came between an execution's ends, only the exact figures move, and the other
+    /// threads' share offsets them (the tracked total did not change between the samples).
+    pub fn add_unread(&mut self, net: i64, gc_freed: u64) {
+        self.python += net + gc_freed as i64;
+        self.gc -= gc_freed as i64;
+        self.other_threads -= net;
+    }
+
     pub fn add(&mut self, other: &Causes) {
         let mut v = self.values();
         for (a, b) in v.iter_mut().zip(other.values()) {
@@ -308,6 +317,38 @@ mod tests {
         assert_eq!(c.files, MIB as i64);
         assert_eq!(c.python, 100);
         assert_eq!(c.other_threads, 0);
+    }
+
+    #[test]
+    fn add_unread_is_an_execution_between_a_sample_and_itself() {
+        let samples = [
+            Sample::default(),
+            sample(60 * MIB, 40 * MIB, 36 * MIB),
+            Sample {
+                os: OsReading {
+                    rss_anon: 50 * MIB,
+                    rss_file: 9 * MIB,
+                    malloc_in_use: 3 * MIB,
+                    malloc_mmapped: MIB,
+                    malloc_arena: 4 * MIB,
+                    profiler_bytes: MIB,
+                    unresident: 7 * MIB,
+                    ..Default::default()
+                },
+                tracked_live: 20 * MIB,
+                glibc_live: 2 * MIB,
+                arena_bytes: 12 * MIB,
+            },
+        ];
+        for s in &samples {
+            for (net, gc_freed) in [(0, 0), (4096, 0), (-(3 * MIB as i64), MIB), (77, 5)] {
+                let start = Causes { python: 1, gc: -2, other_threads: 3, native: 4, ..Default::default() };
+                let (mut read, mut unread) = (start, start);
+                read.add(&Causes::of_execution(s, s, net, gc_freed));
+                unread.add_unread(net, gc_freed);
+                assert_eq!(read, unread, "{net} {gc_freed}");
+            }
+        }
     }
 
     #[test]

@@ -895,9 +895,13 @@ impl Ledger {
         stats.arenas_mapped += hot.arenas_mapped.saturating_sub(exec.snap[6]);
         stats.arenas_unmapped += hot.arenas_unmapped.saturating_sub(exec.snap[7]);
         stats.peak_bytes = stats.peak_bytes.max(hot.high - exec.start_net);
-        stats.rss_delta += th.last.os.rss() as i64 - exec.start.os.rss() as i64;
         let net = allocated as i64 - freed as i64;
-        stats.causes.add(&Causes::of_execution(&exec.start, &th.last, net, gc_freed));
+        if exec.start_readings == th.readings {
+            stats.causes.add_unread(net, gc_freed);
+        } else {
+            stats.rss_delta += th.last.os.rss() as i64 - exec.start.os.rss() as i64;
+            stats.causes.add(&Causes::of_execution(&exec.start, &th.last, net, gc_freed));
+        }
         th.measured.pop();
         if let Some(&outer) = th.measured.last() {
             hot.high = hot.high.max(exec_mut(&mut th.frames, outer).high);
