@@ -17,7 +17,8 @@
 //! (one push of a frame on a thread's stack, linked to the activation below it) it was born in.
 //! Walking both chains together gives, for each line the block was born under, the call that
 //! line belonged to; a call stays live until it returns, including while a generator or
-//! coroutine is suspended. Activations and calls are recycled once nothing refers to them.
+//! coroutine is suspended. The block table stores the pair as one interned `Birth`, shared by
+//! the blocks born alike. Births, activations and calls are recycled once nothing refers to them.
 
 use crate::blocks::{Block, BlockTable};
 use crate::causes::{Causes, OsReading, Sample};
