@@ -112,34 +112,18 @@ impl BlockTable {
         }
         let huge = block.size >= HUGE as u64;
         let entry = Slot { addr, size: if huge { HUGE } else { block.size as u32 }, birth: block.birth };
-        // One pass: the address is either met on the way, or absent once the probe passes an
-        // entry closer to its home than the probe is (Robin Hood order), where it then goes.
-        let mut i = self.home(addr);
-        let mut dist = 0;
-        let old = loop {
-            let here = self.slot(i).addr;
-            if here == 0 {
-                *self.slot_mut(i) = entry;
+        let old = match self.place(entry) {
+            None => {
                 self.len += 1;
-                break None;
+                None
             }
-            if here == addr {
+            Some(i) => {
                 let old = self.block_at(i);
                 if old.size >= HUGE as u64 && !huge {
                     self.huge_sizes.remove(&addr);
                 }
                 *self.slot_mut(i) = entry;
-                break Some(old);
-            }
-            if self.displacement(i) < dist {
-                self.shift_in(i, entry);
-                self.len += 1;
-                break None;
-            }
-            i = (i + 1) & self.mask;
-            dist += 1;
-            if dist == CROWDED_PROBE {
-                self.crowded = true;
+                Some(old)
             }
         };
         if huge {
@@ -156,17 +140,25 @@ impl BlockTable {
         Block { size, birth: slot.birth }
     }
 
-    /// Robin Hood placement of an entry known to be absent, probing from slot `i` at
-    /// displacement `dist`.
-    fn place(&mut self, entry: Slot, mut i: usize, mut dist: usize) {
+    /// Robin Hood placement of `entry`, in one pass from its home: its address is either met on
+    /// the way (that slot is returned, left as it is), or absent once the probe passes an entry
+    /// closer to its home than the probe is (Robin Hood order), where `entry` then goes.
+    #[inline]
+    fn place(&mut self, entry: Slot) -> Option<usize> {
+        let mut i = self.home(entry.addr);
+        let mut dist = 0;
         loop {
-            if self.slot(i).addr == 0 {
+            let here = self.slot(i).addr;
+            if here == 0 {
                 *self.slot_mut(i) = entry;
-                return;
+                return None;
+            }
+            if here == entry.addr {
+                return Some(i);
             }
             if self.displacement(i) < dist {
                 self.shift_in(i, entry);
-                return;
+                return None;
             }
             i = (i + 1) & self.mask;
             dist += 1;
@@ -266,8 +258,8 @@ impl BlockTable {
         self.mask = new_len - 1;
         self.crowded = false;
         for slot in old.into_iter().filter(|s| s.addr != 0) {
-            let home = self.home(slot.addr);
-            self.place(slot, home, 0);
+            let placed = self.place(slot);
+            debug_assert!(placed.is_none(), "addresses in the old table are distinct");
         }
     }
 }
