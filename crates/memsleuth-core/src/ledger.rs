@@ -608,8 +608,7 @@ impl Ledger {
             return;
         }
         let Some(block) = self.table.get(addr) else { return };
-        let born_here = self.births.get(block.birth as usize).is_some_and(|b| b.node == hot.owner && b.act == hot.act);
-        if !born_here {
+        if !self.is_birth_of(block.birth, hot.owner, hot.act) {
             return;
         }
         self.table.set_birth(addr, PROFILER_BIRTH);
@@ -661,11 +660,17 @@ impl Ledger {
         }
     }
 
+    /// Whether `birth` is in use for blocks owned by `node` in activation `act` (a recycled one
+    /// matches nothing).
+    #[inline(always)]
+    fn is_birth_of(&self, birth: u32, node: u32, act: u32) -> bool {
+        self.births.get(birth as usize).is_some_and(|b| b.node == node && b.act == act)
+    }
+
     /// The birth for a block allocated now, with a reference added for the block.
     #[inline(always)]
     fn birth_of_new_block(&mut self, hot: &mut Hot) -> u32 {
-        let cached = self.births.get(hot.birth as usize).is_some_and(|b| b.node == hot.owner && b.act == hot.act);
-        if !cached {
+        if !self.is_birth_of(hot.birth, hot.owner, hot.act) {
             hot.birth = self.birth_for(hot.owner, hot.act);
         }
         if hot.birth >= FIRST_BIRTH {
@@ -690,8 +695,7 @@ impl Ledger {
         let node = owner.checked_sub(FIRST_NODE).map(|n| n as usize).filter(|&n| n < self.nodes.len());
         if let Some(n) = node {
             let last = self.nodes[n].birth;
-            let b = self.births[last as usize];
-            if b.node == owner && b.act == act {
+            if self.is_birth_of(last, owner, act) {
                 return last;
             }
         }
