@@ -281,9 +281,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn causes_always_sum_to_the_rss_change() {
-        let start = Sample {
+    /// A reading with something in every field the reconciliation splits.
+    fn mixed_sample() -> Sample {
+        Sample {
             os: OsReading {
                 rss_anon: 50 * MIB,
                 rss_file: 9 * MIB,
@@ -296,7 +296,12 @@ mod tests {
             tracked_live: 20 * MIB,
             glibc_live: 2 * MIB,
             arena_bytes: 12 * MIB,
-        };
+        }
+    }
+
+    #[test]
+    fn causes_always_sum_to_the_rss_change() {
+        let start = mixed_sample();
         let end = Sample {
             os: OsReading {
                 rss_anon: 130 * MIB,
@@ -321,24 +326,11 @@ mod tests {
 
     #[test]
     fn add_unread_is_an_execution_between_a_sample_and_itself() {
+        let mixed = mixed_sample();
         let samples = [
             Sample::default(),
             sample(60 * MIB, 40 * MIB, 36 * MIB),
-            Sample {
-                os: OsReading {
-                    rss_anon: 50 * MIB,
-                    rss_file: 9 * MIB,
-                    malloc_in_use: 3 * MIB,
-                    malloc_mmapped: MIB,
-                    malloc_arena: 4 * MIB,
-                    profiler_bytes: MIB,
-                    unresident: 7 * MIB,
-                    ..Default::default()
-                },
-                tracked_live: 20 * MIB,
-                glibc_live: 2 * MIB,
-                arena_bytes: 12 * MIB,
-            },
+            Sample { os: OsReading { unresident: 7 * MIB, ..mixed.os }, ..mixed },
         ];
         for s in &samples {
             for (net, gc_freed) in [(0, 0), (4096, 0), (-(3 * MIB as i64), MIB), (77, 5)] {
