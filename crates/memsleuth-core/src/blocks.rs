@@ -306,7 +306,7 @@ mod tests {
         let mut live: Vec<usize> = Vec::new();
         for step in 0..400_000u64 {
             let r = rng.next();
-            if r % 3 != 0 || live.is_empty() {
+            if !r.is_multiple_of(3) || live.is_empty() {
                 // Mix dense pymalloc-like runs, 1 MiB-aligned mmaps and scattered addresses.
                 let addr = match r % 7 {
                     0 => ((r >> 8) as usize & 0xfff) << 20,

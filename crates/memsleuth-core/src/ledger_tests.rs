@@ -308,14 +308,14 @@ fn recursion_charges_each_event_once_per_line_and_counts_every_hit() {
     l.enter(&mut h, f, 1200); // f(0)
     l.on_line(&mut h, F, 2, None);
     l.on_alloc(&mut h, C, 10, false);
-    l.on_line(&mut h, F, 3, Some(OsReading::from(1300 as u64)));
+    l.on_line(&mut h, F, 3, Some(OsReading::from(1300_u64)));
     l.on_alloc(&mut h, D, 1, false);
     l.on_free(&mut h, D, false);
     assert_eq!(l.leave(&mut h, 1400), Some((f, false)), "f(0) returns inside f(1)");
-    l.on_line(&mut h, F, 3, Some(OsReading::from(1500 as u64))); // f(1), line 3: frees f(0)'s block
+    l.on_line(&mut h, F, 3, Some(OsReading::from(1500_u64))); // f(1), line 3: frees f(0)'s block
     l.on_free(&mut h, C, false);
     assert_eq!(l.leave(&mut h, 1600), Some((f, false)), "f(1) returns inside f(2)");
-    l.on_line(&mut h, F, 3, Some(OsReading::from(1700 as u64))); // f(2), line 3
+    l.on_line(&mut h, F, 3, Some(OsReading::from(1700_u64))); // f(2), line 3
     assert_eq!(l.leave(&mut h, 1700), Some((f, true)), "the outermost call returns");
 
     assert_eq!(l.funcs()[f as usize].calls, 3);
@@ -720,10 +720,10 @@ fn interleaved_threads_do_not_leak_into_each_others_lines() {
     l.on_alloc(&mut t1, A, 100, false);
     l.on_alloc(&mut t2, B, 7, false);
     l.on_alloc(&mut t3, E, 1000, false); // a thread with no profiled frame
-    l.on_line(&mut t1, F, 11, Some(OsReading::from(1100 as u64)));
+    l.on_line(&mut t1, F, 11, Some(OsReading::from(1100_u64)));
     l.on_free(&mut t2, A, false); // thread 2 frees thread 1's block
     l.on_alloc(&mut t1, C, 5, false);
-    l.on_line(&mut t2, G, 21, Some(OsReading::from(2500 as u64)));
+    l.on_line(&mut t2, G, 21, Some(OsReading::from(2500_u64)));
     l.on_alloc(&mut t2, D, 1, false);
     assert_eq!(l.leave(&mut t1, 1200), Some((f, true)));
     assert_eq!(l.leave(&mut t2, 2600), Some((g, true)));
@@ -964,10 +964,10 @@ fn rss_deltas_telescope_over_a_call_and_rss_after_is_the_last_execution() {
 
     l.enter(&mut h, f, 1000);
     l.on_line(&mut h, F, 10, None);
-    l.on_line(&mut h, F, 11, Some(OsReading::from(1500 as u64))); // closes line 10: +500
-    l.on_line(&mut h, F, 12, Some(OsReading::from(1450 as u64))); // closes line 11: -50
+    l.on_line(&mut h, F, 11, Some(OsReading::from(1500_u64))); // closes line 10: +500
+    l.on_line(&mut h, F, 12, Some(OsReading::from(1450_u64))); // closes line 11: -50
     l.on_line(&mut h, F, 11, None); // no reading: line 12 +0
-    l.on_line(&mut h, F, 12, Some(OsReading::from(2000 as u64))); // line 11: +550
+    l.on_line(&mut h, F, 12, Some(OsReading::from(2000_u64))); // line 11: +550
     l.leave(&mut h, 1800); // line 12: -200
 
     let (s10, s11, s12) = (line(&l, f, 10), line(&l, f, 11), line(&l, f, 12));
@@ -991,9 +991,9 @@ fn rss_deltas_telescope_around_a_nested_call() {
     l.on_line(&mut h, F, 10, None);
     l.enter(&mut h, g, 1200);
     l.on_line(&mut h, G, 20, None);
-    l.on_line(&mut h, G, 21, Some(OsReading::from(1300 as u64)));
+    l.on_line(&mut h, G, 21, Some(OsReading::from(1300_u64)));
     l.leave(&mut h, 1350);
-    l.on_line(&mut h, F, 11, Some(OsReading::from(1400 as u64)));
+    l.on_line(&mut h, F, 11, Some(OsReading::from(1400_u64)));
     l.leave(&mut h, 1400);
 
     assert_eq!((line(&l, g, 20).rss_delta, line(&l, g, 21).rss_delta), (100, 50));
@@ -1097,7 +1097,7 @@ fn report_gathers_called_functions_and_their_lines() {
     l.on_alloc(&mut h, A, 100, false);
     l.on_alloc(&mut h, B, 28, false);
     l.on_free(&mut h, B, false);
-    l.on_line(&mut h, F, 12, Some(OsReading::from(2 << 20 as u64)));
+    l.on_line(&mut h, F, 12, Some(OsReading::from(2 << 20_u64)));
     l.on_free(&mut h, A, false);
     l.on_alloc(&mut h, C, 8, false);
     l.leave(&mut h, 2 << 20);
@@ -1166,8 +1166,8 @@ fn rss_moved_before_the_first_line_belongs_to_it() {
     let f = register(&mut l, "f", F, 10);
     let mut h = Hot::ZERO;
     l.enter(&mut h, f, 100);
-    l.on_line(&mut h, F, 11, Some(OsReading::from(140 as u64)));
-    l.on_line(&mut h, F, 12, Some(OsReading::from(150 as u64)));
+    l.on_line(&mut h, F, 11, Some(OsReading::from(140_u64)));
+    l.on_line(&mut h, F, 12, Some(OsReading::from(150_u64)));
     l.leave(&mut h, 110);
     assert_eq!(line(&l, f, 11).rss_delta, 50);
     assert_eq!(line(&l, f, 12).rss_delta, -40);
