@@ -1,6 +1,8 @@
 //! memsleuth._native: the allocator hooks, the line tracer and the report, over memsleuth-core.
 
+mod cfunction;
 mod cli;
+mod gc;
 mod hooks;
 mod rss;
 mod state;
@@ -115,14 +117,37 @@ impl Profiled {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
         // The interpreter built the argument tuple and dict for this call: they are ours.
-        let made_for_us = [Some(args.as_any()), kwargs.map(|k| k.as_any())];
+        let tuple = args.as_ptr() as usize - tracing::GC_HEAD;
+        // SAFETY: `kwargs` is a live dict (pyo3 checked its type).
+        let dict = kwargs.map(|k| unsafe { gc::dict_blocks(k.as_ptr()) });
         with_ledger(|l, hot| {
-            for object in made_for_us.into_iter().flatten() {
-                l.mark_profiler(hot, object.as_ptr() as usize - tracing::GC_HEAD);
+            for block in std::iter::once(tuple).chain(dict.into_iter().flatten()) {
+                l.mark_profiler(hot, block);
             }
         });
+        // Keywords are passed by vectorcall, as names and an argument array made here: given the
+        // dict, the interpreter would copy the arguments into an array of its heap inside the
+        // profiled call, and that array would count as the call's.
+        let positional: Vec<Bound<'_, PyAny>> = args.iter().collect();
+        let (names, values): (Vec<_>, Vec<_>) = kwargs.map(|k| k.iter().unzip()).unwrap_or_default();
+        let kwnames = if names.is_empty() {
+            None
+        } else {
+            let token = begin_quiet();
+            let tuple = PyTuple::new(py, names);
+            end_quiet(token);
+            Some(tuple?)
+        };
+        let argv: Vec<*mut pyo3_ffi::PyObject> = positional.iter().chain(&values).map(Bound::as_ptr).collect();
         enter(self.fid);
-        let result = self.func.bind(py).call(args, kwargs);
+        // SAFETY: GIL held; `argv` holds `positional.len()` positional arguments followed by one
+        // value per name in `kwnames`, all kept alive by `positional`, `values` and `args` for
+        // the call, which returns a new reference or null with an exception set.
+        let result = unsafe {
+            let kwnames = kwnames.as_ref().map_or(std::ptr::null_mut(), |t| t.as_ptr());
+            let raw = pyo3_ffi::PyObject_Vectorcall(self.func.as_ptr(), argv.as_ptr(), positional.len(), kwnames);
+            Bound::from_owned_ptr_or_err(py, raw)
+        };
         if leave() {
             self.on_return.call0(py)?;
         }
@@ -178,20 +203,6 @@ impl GenFrame {
     fn finish(&mut self) -> bool {
         leave()
     }
-}
-
-/// gc.callbacks: a collection starts (`start`) or stops on this thread. `info` is the dict the
-/// collector made for the callbacks: it is ours.
-#[pyfunction]
-fn gc_event(start: bool, info: &Bound<'_, PyAny>) {
-    with_ledger(|l, hot| {
-        l.mark_profiler(hot, info.as_ptr() as usize - tracing::GC_HEAD);
-        if start {
-            l.gc_start(hot)
-        } else {
-            l.gc_stop(hot)
-        }
-    });
 }
 
 /// Until `end_quiet`, what this thread allocates is the profiler's own (registering a function,
@@ -287,8 +298,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(register, m)?)?;
     m.add_function(wrap_pyfunction!(enter, m)?)?;
     m.add_function(wrap_pyfunction!(leave, m)?)?;
-    m.add("line_event", tracing::line_callback_object(m.py())?)?;
-    m.add_function(wrap_pyfunction!(gc_event, m)?)?;
+    m.add("line_event", tracing::LINE_CALLBACK.object(m.py())?)?;
+    m.add("gc_callback", gc::GC_CALLBACK.object(m.py())?)?;
     m.add_function(wrap_pyfunction!(begin_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(end_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(report_json, m)?)?;

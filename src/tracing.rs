@@ -4,14 +4,14 @@
 //! line events off (`f_trace_lines`) in every other frame as the frame starts, and drops any
 //! other stray event with one comparison, before taking any lock.
 
+use crate::cfunction::FastFunction;
 use crate::rss;
 use crate::state::{top_code, with_ledger, with_ledger_if};
 use pyo3::prelude::*;
 use pyo3_ffi::{
-    PyCFunction_NewEx, PyErr_Clear, PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyLong_AsLong, PyMethodDef,
-    PyMethodDefPointer, PyObject, PyTrace_CALL, PyTrace_LINE, Py_DecRef, Py_IncRef, Py_None, Py_ssize_t, METH_FASTCALL,
+    PyErr_Clear, PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyLong_AsLong, PyObject, PyTrace_CALL,
+    PyTrace_LINE, Py_DecRef, Py_IncRef, Py_None, Py_ssize_t,
 };
-use std::cell::UnsafeCell;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -146,8 +146,7 @@ pub unsafe extern "C" fn trace(
 
 /// The LINE callback of sys.monitoring (3.12+): `callback(code, line_number)`.
 ///
-/// A bare METH_FASTCALL function rather than a #[pyfunction]: pyo3's argument parsing and
-/// trampoline took a sixth of the time of a profiled loop that does not allocate.
+/// A bare fastcall function (see `cfunction`).
 ///
 /// # Safety
 /// Called by the interpreter with the GIL held and `nargs` valid argument pointers.
@@ -178,25 +177,6 @@ unsafe extern "C" fn line_callback(
     }
 }
 
-/// The method definition behind `line_callback`; CPython keeps a pointer to it for as long as
-/// the function object lives (the life of the process).
-struct MethodDef(UnsafeCell<PyMethodDef>);
-
-// SAFETY: never written after construction; CPython only reads it, with the GIL held.
-unsafe impl Sync for MethodDef {}
-
-static LINE_CALLBACK: MethodDef = MethodDef(UnsafeCell::new(PyMethodDef {
-    ml_name: c"line_event".as_ptr(),
-    ml_meth: PyMethodDefPointer { PyCFunctionFast: line_callback },
-    ml_flags: METH_FASTCALL,
-    ml_doc: c"The LINE callback of sys.monitoring (3.12+).".as_ptr(),
-}));
-
-/// The function object wrapping `line_callback`, for the module to export.
-pub fn line_callback_object(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    // SAFETY: GIL held; the definition is static, so it outlives the function object.
-    unsafe {
-        let function = PyCFunction_NewEx(LINE_CALLBACK.0.get(), std::ptr::null_mut(), std::ptr::null_mut());
-        Bound::from_owned_ptr_or_err(py, function)
-    }
-}
+/// The LINE callback's function object is made from this.
+pub static LINE_CALLBACK: FastFunction =
+    FastFunction::new(c"line_event", c"The LINE callback of sys.monitoring (3.12+).", line_callback);

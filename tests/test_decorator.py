@@ -557,12 +557,12 @@ def test_lines_past_256_allocate_nothing_of_their_own(run_source):
 )
 def test_own_frame_objects_not_counted(run_fixture):
     run = run_fixture("frame_only.py")
-    assert run.extra == {"sum": 6}
-    for name in ("small", "locals_only", "caller"):
+    assert run.extra == {"sum": 7}
+    for name in ("small", "locals_only", "keyword", "caller"):
         func = run.function(name)
         for line in func["lines"]:
             assert line["freed_bytes"] == 0 and line["frees"] == 0, (name, line)
-    for name in ("small", "locals_only"):
+    for name in ("small", "locals_only", "keyword"):
         func = run.function(name)
         assert func["calls"] == 2
         for line in func["lines"]:
@@ -581,8 +581,10 @@ def test_nested_call_charges_nothing_for_the_wrapper(run_fixture):
     run = run_fixture("frame_only.py")
     caller = run.function("caller")
     assert caller["calls"] == 1
-    # small() and locals_only() allocate nothing, so neither does a line that only calls them.
-    for source in ("x = small()", "y = locals_only()", "return x + y"):
+    # small(), locals_only() and keyword() allocate nothing, so neither does a line that only
+    # calls them (the argument tuple and keyword dict the interpreter builds for the call are
+    # the wrapper's).
+    for source in ("x = small()", "y = locals_only()", "z = keyword(n=0)", "return x + y + z"):
         line = find_line(caller, source)
         assert line["allocated_bytes"] == 0, line
 

@@ -46,12 +46,8 @@ def _start():
         else:
             # The C trace function is switched on per thread by the first profiled call.
             _native.install(sys.version_info[1], pymalloc, sys._getframe())
-        gc.callbacks.append(_gc_callback)
+        gc.callbacks.append(_native.gc_callback)
         _started = True
-
-
-def _gc_callback(phase, info):
-    _native.gc_event(phase == "start", info)
 
 
 def _watch(code):

@@ -45,6 +45,10 @@ pub const RSS_TIME_TRIGGER_US: u64 = 1_000;
 /// Requests at least this large may be served by mmap (glibc's threshold starts at 128 KiB and
 /// only grows), so they always make the next reading due.
 pub const BIG_BLOCK: u64 = 128 * 1024;
+/// How many of a thread's latest allocations `mark_profiler` may take: enough for everything
+/// the collector builds to call gc.callbacks (an info dict, its keys table, three keys, two
+/// values and the phase string).
+pub const RECENT_ALLOCS: usize = 16;
 
 /// A thread's cumulative counters and current attribution, read and written by the hooks.
 #[derive(Clone, Copy, Debug, Default)]
@@ -66,10 +70,11 @@ pub struct Hot {
     /// Code object of the thread's innermost profiled frame: line events for any other code
     /// object are ignored without taking a lock.
     pub top_code: usize,
-    /// Addresses of this thread's two most recent allocations in the current execution: the
-    /// only blocks `mark_profiler` takes.
-    pub last_alloc: usize,
-    pub prev_alloc: usize,
+    /// This thread's most recent allocations in the current execution, a ring written at
+    /// `allocs_in_exec` (their count, restarted by each execution): the only blocks
+    /// `mark_profiler` takes.
+    pub recent_allocs: [usize; RECENT_ALLOCS],
+    pub allocs_in_exec: u32,
     pub big_event: bool,
     pub net_at_rss: i64,
     pub rss_time_us: u64,
@@ -94,8 +99,8 @@ impl Hot {
         birth: OUTSIDE_BIRTH,
         thread: 0,
         top_code: 0,
-        last_alloc: 0,
-        prev_alloc: 0,
+        recent_allocs: [0; RECENT_ALLOCS],
+        allocs_in_exec: 0,
         big_event: false,
         net_at_rss: 0,
         rss_time_us: 0,
@@ -508,8 +513,8 @@ impl Ledger {
         }
         hot.alloc_bytes += size;
         hot.allocs += 1;
-        hot.prev_alloc = hot.last_alloc;
-        hot.last_alloc = addr;
+        hot.recent_allocs[hot.allocs_in_exec as usize % RECENT_ALLOCS] = addr;
+        hot.allocs_in_exec = hot.allocs_in_exec.wrapping_add(1);
         let net = hot.net();
         if net > hot.high {
             hot.high = net;
@@ -600,11 +605,14 @@ impl Ledger {
     }
 
     /// Takes a block the interpreter just allocated on the profiler's behalf out of every figure.
-    /// Only this thread's two most recent allocations qualify, and only if they were made in
+    /// Only this thread's last RECENT_ALLOCS allocations qualify, and only if they were made in
     /// the current execution: an object handed out by a free list was allocated long ago and
     /// stays the program's.
     pub fn mark_profiler(&mut self, hot: &mut Hot, addr: usize) {
-        if addr == 0 || (addr != hot.last_alloc && addr != hot.prev_alloc) {
+        let count = hot.allocs_in_exec as usize;
+        let mut newest_first =
+            (1..=count.min(RECENT_ALLOCS)).map(|back| hot.recent_allocs[(count - back) % RECENT_ALLOCS]);
+        if addr == 0 || !newest_first.any(|recent| recent == addr) {
             return;
         }
         let Some(block) = self.table.get(addr) else { return };
@@ -613,11 +621,6 @@ impl Ledger {
         }
         self.table.set_birth(addr, PROFILER_BIRTH);
         self.release_birth(block.birth);
-        if hot.last_alloc == addr {
-            hot.last_alloc = 0;
-        } else {
-            hot.prev_alloc = 0;
-        }
         let size = block.size;
         // If this block set the high-water marks, they fall back to the value after removing it
         // (exact unless the previous mark lay within `size` of it).
@@ -875,8 +878,7 @@ impl Ledger {
         }
         let (start, start_readings) = (th.last, th.readings);
         hot.owner = node;
-        hot.last_alloc = 0;
-        hot.prev_alloc = 0;
+        hot.allocs_in_exec = 0;
         Exec { line, measured, node, snap: hot.snapshot(), start_net: net, high: net, start, start_readings }
     }
 
@@ -1087,8 +1089,7 @@ impl Ledger {
         exec.node = node;
         top.lineno = lineno;
         hot.owner = node;
-        hot.last_alloc = 0;
-        hot.prev_alloc = 0;
+        hot.allocs_in_exec = 0;
         true
     }
 

@@ -643,6 +643,39 @@ fn mark_profiler_leaves_blocks_from_an_earlier_context_to_the_program() {
 }
 
 #[test]
+fn mark_profiler_reaches_back_over_the_recent_allocations_of_the_execution_only() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+    let block = |k: usize| 0x7f00_1000_0000 + 16 * k;
+
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 10, None);
+    l.on_alloc(&mut h, A, 7, false);
+    l.on_line(&mut h, F, 11, None);
+    l.on_alloc(&mut h, B, 5, false);
+    l.on_line(&mut h, F, 10, None); // a loop: the same owner and activation as A's
+    l.mark_profiler(&mut h, A); // an earlier execution's: stays the program's
+                                // The collector's dict, keys and strings come before the callback that marks them.
+    for k in 0..=RECENT_ALLOCS {
+        l.on_alloc(&mut h, block(k), 100, false);
+    }
+    l.mark_profiler(&mut h, block(0)); // one allocation too far back
+    for k in 1..=RECENT_ALLOCS {
+        l.mark_profiler(&mut h, block(k));
+    }
+    l.mark_profiler(&mut h, block(RECENT_ALLOCS)); // already taken: nothing more happens
+    l.leave(&mut h, 0);
+
+    assert_eq!((line(&l, f, 10).allocated_bytes, line(&l, f, 10).allocations), (107, 2));
+    assert_eq!(l.process.live_bytes, 112);
+    for k in 0..=RECENT_ALLOCS {
+        l.on_free(&mut h, block(k), false);
+    }
+    assert_eq!((l.process.freed_bytes, l.process.live_bytes), (100, 12));
+}
+
+#[test]
 fn mark_profiler_block_does_not_raise_the_line_peak() {
     let mut l = Ledger::new();
     let f = register(&mut l, "f", F, 10);
