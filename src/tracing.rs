@@ -39,10 +39,40 @@ fn trace_lines_offset_guess(python_minor: u32) -> Option<usize> {
     }
 }
 
-/// Verifies the `f_trace_lines` offset on `frame`, toggling the attribute through Python and
-/// watching the byte; enables per-frame line switching only if both values read back.
-pub fn calibrate(frame: &Bound<'_, PyAny>, python_minor: u32) -> PyResult<bool> {
-    let Some(offset) = trace_lines_offset_guess(python_minor) else { return Ok(false) };
+/// Offset of `_co_linearray` in the code object of 3.11, once verified; 0 when unknown. 3.11
+/// makes that array (the line of each instruction) for a code object the first time it is
+/// traced: it is the tracer's, so the CALL event hands it to the profiler.
+static LINE_ARRAY_OFFSET: AtomicUsize = AtomicUsize::new(0);
+
+/// Where 3.11's private code object layout puts `_co_linearray`, and the four object fields
+/// `calibrate` checks the layout by: co_filename, co_name, co_qualname and co_linetable.
+const LINE_ARRAY_OFFSET_311: usize = 160;
+const CHECKED_CODE_FIELDS_311: [(usize, &str); 4] =
+    [(112, "co_filename"), (120, "co_name"), (128, "co_qualname"), (136, "co_linetable")];
+
+/// Calibrates the C trace function on `frame`: the `f_trace_lines` offset (verified by toggling
+/// the attribute through Python and watching the byte, enabling per-frame line switching only
+/// if both values read back), and on 3.11 the line array's offset (verified by finding the
+/// code object's neighbouring fields where that layout puts them).
+pub fn calibrate(frame: &Bound<'_, PyAny>, python_minor: u32) -> PyResult<()> {
+    if python_minor == 11 {
+        let code = frame.getattr("f_code")?;
+        let mut layout_holds = true;
+        for (offset, name) in CHECKED_CODE_FIELDS_311 {
+            // SAFETY: the offsets lie inside any 3.11 code object (before its variable-size
+            // bytecode), which is alive while we hold `code`; only the pointer value is read.
+            let field = unsafe { *(code.as_ptr() as *const u8).add(offset).cast::<usize>() };
+            layout_holds &= field == code.getattr(name)?.as_ptr() as usize;
+        }
+        if layout_holds {
+            LINE_ARRAY_OFFSET.store(LINE_ARRAY_OFFSET_311, Ordering::Relaxed);
+        }
+    }
+    calibrate_trace_lines(frame, python_minor)
+}
+
+fn calibrate_trace_lines(frame: &Bound<'_, PyAny>, python_minor: u32) -> PyResult<()> {
+    let Some(offset) = trace_lines_offset_guess(python_minor) else { return Ok(()) };
     let byte = || {
         // SAFETY: `offset` lies inside the frame object on these versions (a char field after
         // the object header and a few pointers), and the object is alive while we hold `frame`.
@@ -54,11 +84,10 @@ pub fn calibrate(frame: &Bound<'_, PyAny>, python_minor: u32) -> PyResult<bool> 
     frame.setattr("f_trace_lines", true)?;
     let on = byte();
     frame.setattr("f_trace_lines", original)?;
-    let verified = off == 0 && on == 1;
-    if verified {
+    if off == 0 && on == 1 {
         TRACE_LINES_OFFSET.store(offset, Ordering::Relaxed);
     }
-    Ok(verified)
+    Ok(())
 }
 
 /// Starts or stops the C trace function on the calling thread (GIL held).
@@ -126,19 +155,26 @@ pub unsafe extern "C" fn trace(
         let lineno = unsafe { PyFrame_GetLineNumber(frame) };
         line_event(code, lineno.max(0) as u32, None);
     } else if what == PyTrace_CALL {
+        // SAFETY: the interpreter passes a live frame.
+        let code = unsafe { frame_code(frame) };
         if FRAME_OBJECTS_ARE_OURS.load(Ordering::Relaxed) {
-            let block = frame as usize - GC_HEAD;
-            with_ledger(|l, hot| l.mark_profiler(hot, block));
+            let frame_block = frame as usize - GC_HEAD;
+            // SAFETY: `code` is live; a non-zero offset was verified by `calibrate` to be
+            // where this interpreter's code object keeps its line array pointer.
+            let line_array = match LINE_ARRAY_OFFSET.load(Ordering::Relaxed) {
+                0 => 0,
+                offset => unsafe { *((code + offset) as *const usize) },
+            };
+            with_ledger(|l, hot| {
+                l.mark_profiler(hot, frame_block);
+                l.mark_profiler(hot, line_array);
+            });
         }
         let offset = TRACE_LINES_OFFSET.load(Ordering::Relaxed);
-        if offset != 0 {
-            // SAFETY: the interpreter passes a live frame.
-            let code = unsafe { frame_code(frame) };
-            if top_code() != code {
-                // SAFETY: `offset` was verified by `calibrate` to be the frame's f_trace_lines
-                // byte on this interpreter; writing 0 there only stops line events.
-                unsafe { *(frame as *mut u8).add(offset) = 0 };
-            }
+        if offset != 0 && top_code() != code {
+            // SAFETY: `offset` was verified by `calibrate` to be the frame's f_trace_lines byte
+            // on this interpreter; writing 0 there only stops line events.
+            unsafe { *(frame as *mut u8).add(offset) = 0 };
         }
     }
     0

@@ -548,14 +548,9 @@ def test_lines_past_256_allocate_nothing_of_their_own(run_source):
     assert data["allocated_bytes"] == bytearray_cost(1000) and data["allocations"] == 2, data
 
 
-@pytest.mark.xfail(
-    sys.version_info[:2] == (3, 11),
-    reason="3.11: the frame object the C trace function makes the interpreter materialise for the "
-    "first call of each profiled function is counted (allocated in totals before the first line, "
-    "its free charged to the returning line); so is the 6-byte line array made for tracing",
-    strict=True,
-)
 def test_own_frame_objects_not_counted(run_fixture):
+    # On 3.11 the C trace function makes the interpreter create a frame object for each call and
+    # a line array for each code object it first traces: they are the profiler's.
     run = run_fixture("frame_only.py")
     assert run.extra == {"sum": 7}
     for name in ("small", "locals_only", "keyword", "caller"):
@@ -570,13 +565,6 @@ def test_own_frame_objects_not_counted(run_fixture):
         assert func["totals"]["allocated_bytes"] == 0, (name, func["totals"])
 
 
-@pytest.mark.xfail(
-    sys.version_info[:2] == (3, 11),
-    reason="3.11: the first call of a profiled function from inside another profiled call's line "
-    "charges that line once with about 400 B of objects the tracing machinery creates (not yet "
-    "identified; not the wrapper, which is now C-level, nor the frame object, which is marked)",
-    strict=True,
-)
 def test_nested_call_charges_nothing_for_the_wrapper(run_fixture):
     run = run_fixture("frame_only.py")
     caller = run.function("caller")
