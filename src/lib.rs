@@ -12,8 +12,10 @@ use clap::Parser;
 use memsleuth_core::causes::OsReading;
 use memsleuth_core::ledger::{FuncInfo, Hot, Ledger, SavedFrame};
 use memsleuth_core::report::{render_function, render_text, Report};
+use pyo3::exceptions::{PyStopAsyncIteration, PyStopIteration};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::sync::Interned;
+use pyo3::types::{PyDict, PyString, PyTuple};
 use state::with_ledger;
 use std::sync::atomic::Ordering;
 
@@ -22,15 +24,22 @@ static ALLOCATOR: rss::CountingAllocator = rss::CountingAllocator;
 
 /// Installs the allocator hooks (once) and starts tracking. `python_minor` is
 /// sys.version_info[1]; `pymalloc` says whether pymalloc serves small requests (not under
-/// PYTHONMALLOC=malloc); before 3.12, `frame` (any live frame) calibrates the C trace function.
+/// PYTHONMALLOC=malloc); before 3.12, `frame` (any live frame) calibrates the C trace function
+/// and `driver_code` names the code objects of the generator driver.
 #[pyfunction]
-#[pyo3(signature = (python_minor, pymalloc, frame=None))]
-fn install(python_minor: u32, pymalloc: bool, frame: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+#[pyo3(signature = (python_minor, pymalloc, frame=None, driver_code=Vec::new()))]
+fn install(
+    python_minor: u32,
+    pymalloc: bool,
+    frame: Option<&Bound<'_, PyAny>>,
+    driver_code: Vec<Bound<'_, PyAny>>,
+) -> PyResult<()> {
     state::LEDGER.lock().pymalloc = pymalloc;
     tracing::FRAME_OBJECTS_ARE_OURS.store(python_minor == 11, Ordering::Relaxed);
     if let Some(frame) = frame {
         tracing::USES_TRACE.store(true, Ordering::Relaxed);
         tracing::calibrate(frame, python_minor)?;
+        tracing::set_driver_code(&driver_code);
     }
     hooks::install();
     Ok(())
@@ -173,37 +182,128 @@ impl Profiled {
     }
 }
 
-/// The frame of a profiled generator or coroutine, kept while it is suspended.
+/// The frame of a profiled generator or coroutine, kept while it is suspended. The driver runs
+/// it one step at a time with the module's `gen_*` functions, so that its lines are active only
+/// while it runs. They are functions rather than methods: on 3.11, under the C trace function, a
+/// method call made a bound method object, allocated on one side of a resume or suspend and
+/// freed on the other.
 #[pyclass(module = "memsleuth._native")]
 struct GenFrame {
     saved: Option<SavedFrame>,
+    /// Whether the driven objects are the steps (asend, athrow) of an async generator.
+    async_steps: bool,
+    /// Whether the latest step ended with the driven object returning (not yielding).
+    #[pyo3(get)]
+    returned: bool,
+    /// Whether an async generator's step ended with StopAsyncIteration: the generator is done.
+    #[pyo3(get)]
+    exhausted: bool,
 }
 
 #[pymethods]
 impl GenFrame {
     #[new]
-    fn new(fid: u32) -> Self {
-        GenFrame { saved: Some(SavedFrame::unstarted(fid)) }
+    #[pyo3(signature = (fid, async_steps=false))]
+    fn new(fid: u32, async_steps: bool) -> Self {
+        GenFrame { saved: Some(SavedFrame::unstarted(fid)), async_steps, returned: false, exhausted: false }
     }
+}
 
-    /// The generator is about to run (first resume is its call).
+/// The generator is about to run (first resume is its call).
+#[pyfunction]
+fn gen_resume(frame: &Bound<'_, GenFrame>) {
+    frame.borrow_mut().resume();
+}
+
+/// The generator yielded: its lines stop being active.
+#[pyfunction]
+fn gen_suspend(frame: &Bound<'_, GenFrame>) {
+    frame.borrow_mut().suspend();
+}
+
+/// One step: resumes, then `inner.send(value)`, or `inner.throw(thrown)` if given. What `inner`
+/// yields is returned with the frame suspended again; if `inner` returns, `returned` is set and
+/// its value returned with the frame still active, as when an async generator's step ends it
+/// (`exhausted` set, None returned); an exception propagates with the frame active.
+#[pyfunction]
+#[pyo3(signature = (frame, inner, value, thrown=None))]
+fn gen_step(
+    frame: &Bound<'_, GenFrame>,
+    inner: &Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+    thrown: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    let py = inner.py();
+    let (method, arg) = match thrown {
+        Some(exception) => (THROW.get(py), exception),
+        None => (SEND.get(py), value),
+    };
+    frame.borrow_mut().step(inner, method, arg)
+}
+
+impl GenFrame {
     fn resume(&mut self) {
         let Some(saved) = self.saved.take() else { return };
         let was_idle = state::top_code() == 0;
         trace_while_profiling(|| with_reading(|l, hot, reading| l.resume(hot, saved, reading)), was_idle);
     }
 
-    /// The generator yielded: its lines stop being active.
     fn suspend(&mut self) {
         trace_while_profiling(|| self.saved = with_reading(|l, hot, reading| l.suspend(hot, reading)), false);
     }
 
-    /// The generator finished or raised; true if no other call of the function remains on this
-    /// thread.
-    fn finish(&mut self) -> bool {
-        leave()
+    /// Calls `inner.method(arg)` in C, so that the StopIteration that carries a return value (and,
+    /// for an async generator's step, every value it yields) is caught before it reaches a Python
+    /// frame, which would add a traceback, and so that the exception object is the profiler's.
+    fn step(
+        &mut self,
+        inner: &Bound<'_, PyAny>,
+        method: &Bound<'_, PyString>,
+        arg: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = inner.py();
+        self.returned = false;
+        self.resume();
+        // SAFETY: GIL held, all three are live objects; the call returns a new reference, or null
+        // with an exception set.
+        let raw = unsafe { pyo3_ffi::PyObject_CallMethodOneArg(inner.as_ptr(), method.as_ptr(), arg.as_ptr()) };
+        if !raw.is_null() {
+            self.suspend();
+            // SAFETY: `raw` is a new reference, owned from here on.
+            return Ok(unsafe { Bound::from_owned_ptr(py, raw) }.unbind());
+        }
+        let err = PyErr::fetch(py);
+        let exhausted = self.async_steps && err.is_instance_of::<PyStopAsyncIteration>(py);
+        if !exhausted && !err.is_instance_of::<PyStopIteration>(py) {
+            return Err(err);
+        }
+        let stop = err.value(py);
+        // SAFETY: `stop` is a live exception instance, which begins with this layout; the field
+        // is read while `stop` holds it.
+        let args = unsafe { (*(stop.as_ptr() as *const pyo3_ffi::PyBaseExceptionObject)).args as usize };
+        with_ledger(|l, hot| {
+            for object in [stop.as_ptr() as usize, args].into_iter().filter(|&object| object != 0) {
+                l.mark_profiler(hot, object - tracing::GC_HEAD);
+            }
+        });
+        self.returned = true;
+        self.exhausted = exhausted;
+        if exhausted {
+            return Ok(py.None());
+        }
+        // SAFETY: `stop` is a live StopIteration (or subclass) instance, which begins with this
+        // layout; `value` is a new reference to the field, or None where it is null.
+        let value = unsafe {
+            Bound::from_borrowed_ptr_or_opt(py, (*(stop.as_ptr() as *const pyo3_ffi::PyStopIterationObject)).value)
+        };
+        Ok(value.map_or_else(|| py.None(), Bound::unbind))
     }
 }
+
+/// Method names the generator driver calls, made when the module loads (made on first use, they
+/// would be charged to whichever line was running then).
+static SEND: Interned = Interned::new("send");
+static THROW: Interned = Interned::new("throw");
 
 /// Until `end_quiet`, what this thread allocates is the profiler's own (registering a function,
 /// rendering a report). Returns a token for `end_quiet`, so quiet sections can nest.
@@ -294,6 +394,8 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    SEND.get(m.py());
+    THROW.get(m.py());
     m.add_function(wrap_pyfunction!(install, m)?)?;
     m.add_function(wrap_pyfunction!(register, m)?)?;
     m.add_function(wrap_pyfunction!(enter, m)?)?;
@@ -308,6 +410,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_cli, m)?)?;
     m.add_function(wrap_pyfunction!(overhead, m)?)?;
     m.add_class::<GenFrame>()?;
+    m.add_function(wrap_pyfunction!(gen_resume, m)?)?;
+    m.add_function(wrap_pyfunction!(gen_suspend, m)?)?;
+    m.add_function(wrap_pyfunction!(gen_step, m)?)?;
     m.add_class::<Profiled>()?;
     Ok(())
 }

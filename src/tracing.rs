@@ -9,8 +9,9 @@ use crate::rss;
 use crate::state::{top_code, with_ledger, with_ledger_if};
 use pyo3::prelude::*;
 use pyo3_ffi::{
-    PyErr_Clear, PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyLong_AsLong, PyObject, PyTrace_CALL,
-    PyTrace_LINE, Py_DecRef, Py_IncRef, Py_None, Py_ssize_t,
+    PyBaseExceptionObject, PyErr_Clear, PyErr_GivenExceptionMatches, PyExc_StopIteration, PyExceptionInstance_Check,
+    PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyLong_AsLong, PyObject, PyTrace_CALL, PyTrace_EXCEPTION,
+    PyTrace_LINE, PyTrace_RETURN, PyTuple_GetItem, Py_DecRef, Py_IncRef, Py_None, Py_ssize_t,
 };
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -135,6 +136,47 @@ unsafe fn frame_code(frame: *mut PyFrameObject) -> usize {
     }
 }
 
+/// Code objects of memsleuth's generator driver, whose frames receive the StopIteration that
+/// ends each driven generator, coroutine or step.
+static DRIVER_CODE: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+
+/// Records the driver's code objects (at most four; they live as long as the process).
+pub fn set_driver_code(codes: &[Bound<'_, PyAny>]) {
+    for (slot, code) in DRIVER_CODE.iter().zip(codes) {
+        slot.store(code.as_ptr() as usize, Ordering::Relaxed);
+    }
+}
+
+fn is_driver_code(code: usize) -> bool {
+    DRIVER_CODE.iter().any(|slot| slot.load(Ordering::Relaxed) == code)
+}
+
+/// A StopIteration reaching the driver is reported to the trace function, and for that the
+/// interpreter instantiates it (and packs the event's tuple): objects that exist only because
+/// memsleuth traces, so they are the profiler's.
+///
+/// # Safety
+/// `event` must be the live (type, value, traceback) tuple of an exception event (GIL held).
+unsafe fn disown_stop_iteration(event: *mut PyObject) {
+    // SAFETY: per the contract; the item is borrowed from the tuple, which holds it.
+    let value = unsafe { PyTuple_GetItem(event, 1) };
+    // SAFETY: `value` is live when not null; neither check allocates.
+    let is_stop = !value.is_null()
+        && unsafe {
+            PyExceptionInstance_Check(value) != 0 && PyErr_GivenExceptionMatches(value, PyExc_StopIteration) != 0
+        };
+    if !is_stop {
+        return;
+    }
+    // SAFETY: `value` is a live exception instance, which begins with this layout.
+    let args = unsafe { (*(value as *const PyBaseExceptionObject)).args } as usize;
+    with_ledger(|l, hot| {
+        for object in [event as usize, value as usize, args].into_iter().filter(|&object| object != 0) {
+            l.mark_profiler(hot, object - GC_HEAD);
+        }
+    });
+}
+
 /// The C trace function used before 3.12.
 ///
 /// # Safety
@@ -143,7 +185,7 @@ pub unsafe extern "C" fn trace(
     _obj: *mut PyObject,
     frame: *mut PyFrameObject,
     what: c_int,
-    _arg: *mut PyObject,
+    arg: *mut PyObject,
 ) -> c_int {
     if what == PyTrace_LINE {
         // SAFETY: the interpreter passes a live frame.
@@ -176,6 +218,16 @@ pub unsafe extern "C" fn trace(
             // on this interpreter; writing 0 there only stops line events.
             unsafe { *(frame as *mut u8).add(offset) = 0 };
         }
+    } else if what == PyTrace_EXCEPTION {
+        // SAFETY: the interpreter passes a live frame.
+        if is_driver_code(unsafe { frame_code(frame) }) {
+            // SAFETY: for an exception event `arg` is a live (type, value, traceback) tuple.
+            unsafe { disown_stop_iteration(arg) };
+        }
+    } else if what == PyTrace_RETURN && FRAME_OBJECTS_ARE_OURS.load(Ordering::Relaxed) {
+        // A frame that had none (a generator's, resumed) gets its frame object for this event.
+        let frame_block = frame as usize - GC_HEAD;
+        with_ledger(|l, hot| l.mark_profiler(hot, frame_block));
     }
     0
 }

@@ -277,6 +277,45 @@ def test_coroutine_await_line_hits(run_fixture):
         assert line["hits"] == len(sizes), line
 
 
+def test_async_generators(run_fixture):
+    sizes = [1_000_000, 2_000_000, 3_000_000]
+    run = run_fixture("async_generators.py", *sizes)
+    # The wrapper passes values, exceptions and closing through unchanged.
+    assert run.extra["consumed"] == sizes and run.extra["first"] == sizes[0], run.extra
+    assert run.extra["replies"] == [0, 1, 2] and run.extra["received"] == ["a", "caught k"], run.extra
+    # One table as each call ends: two of chunks (exhausted, closed), one of echo.
+    assert run.stdout.count(TEXT_HEADER) == 3
+
+    func = run.function("chunks")
+    assert func["calls"] == 2
+    block = find_line(func, "block = bytearray(size)")
+    assert block["hits"] == len(sizes) + 1
+    kept = sum(bytearray_cost(s) for s in sizes)
+    made = kept + bytearray_cost(sizes[0])
+    between(block["allocated_bytes"], made, made + 4 * KiB)
+    # The exhausted call's blocks are kept in a global list; the closed call's went with it.
+    between(block["retained_bytes"], kept, kept + 3 * KiB)
+    assert find_line(func, "keep.append(block)")["hits"] == len(sizes)
+    # The hog task's 4 MB blocks were made while the generator was suspended.
+    hog = run.extra["hog"]
+    for line in func["lines"]:
+        if line["source"].startswith(("await", "yield")):
+            assert line["allocated_bytes"] < 16 * KiB, line
+            assert line["peak_bytes"] < hog, line
+    # Only the program's list iterators: nothing of the wrapper's steps or the StopIteration and
+    # StopAsyncIteration that carry them.
+    assert find_line(func, "for size in sizes:")["allocated_bytes"] <= 2 * 64
+    between(func["totals"]["allocated_bytes"], made, made + 64 * KiB)
+    assert run.report["process"]["allocated_bytes"] >= run.extra["hogged"] * hog
+
+    echo = run.function("echo")
+    assert echo["calls"] == 1
+    assert find_line(echo, "value = yield len(received)")["hits"] == 3
+    assert find_line(echo, 'value = f"caught {exc.args[0]}"')["hits"] == 1
+    assert find_line(echo, "received.append(value)")["hits"] == 2
+    assert find_line(echo, "keep.append(received)")["hits"] == 1
+
+
 # --------------------------------------------------------------------------------------------
 # 6. Recursion
 

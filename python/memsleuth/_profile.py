@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import threading
+import types
 
 from . import _native
 
@@ -45,7 +46,10 @@ def _start():
             mon.register_callback(_monitoring_tool, mon.events.LINE, _native.line_event)
         else:
             # The C trace function is switched on per thread by the first profiled call.
-            _native.install(sys.version_info[1], pymalloc, sys._getframe())
+            # The wrappers' frames receive the StopIteration of each generator they drive.
+            driver_code = [c for c in _wrap.__code__.co_consts
+                           if isinstance(c, types.CodeType) and c.co_name.endswith("_wrapper")]
+            _native.install(sys.version_info[1], pymalloc, sys._getframe(), driver_code)
         gc.callbacks.append(_native.gc_callback)
         _started = True
 
@@ -127,15 +131,49 @@ def _wrap(func, precision, stream):
     if inspect.iscoroutinefunction(func):
         @functools.wraps(func)
         async def coroutine_wrapper(*args, **kwargs):
-            return await _Drive(func(*args, **kwargs), fid, report)
+            inner, frame = func(*args, **kwargs), _native.GenFrame(fid)
+            try:
+                return await _resumed(inner, frame)
+            finally:
+                report(_native.leave())
 
         wrapper = coroutine_wrapper
     elif inspect.isgeneratorfunction(func):
         @functools.wraps(func)
         def generator_wrapper(*args, **kwargs):
-            return (yield from _Drive(func(*args, **kwargs), fid, report).__await__())
+            inner, frame = func(*args, **kwargs), _native.GenFrame(fid)
+            try:
+                return (yield from _resumed(inner, frame))
+            finally:
+                report(_native.leave())
 
         wrapper = generator_wrapper
+    elif inspect.isasyncgenfunction(func):
+        @functools.wraps(func)
+        async def async_generator_wrapper(*args, **kwargs):
+            inner, frame = func(*args, **kwargs), _native.GenFrame(fid, async_steps=True)
+            try:
+                value, thrown = None, None
+                while True:
+                    step = inner.asend(value) if thrown is None else inner.athrow(thrown)
+                    # Held until the next step, so that it is freed while the frame is suspended.
+                    running = _resumed(step, frame)
+                    out = await running
+                    if frame.exhausted:
+                        return
+                    _native.gen_suspend(frame)
+                    value, thrown = None, None
+                    try:
+                        value = yield out
+                    except GeneratorExit:
+                        await _resumed(inner.aclose(), frame)
+                        raise
+                    except BaseException as exc:
+                        thrown = exc
+            finally:
+                report(_native.leave())
+
+        wrapper = async_generator_wrapper
     else:
         wrapper = functools.update_wrapper(_native.Profiled(fid, func, lambda: report(True)), func)
 
@@ -162,46 +200,25 @@ def profile_module_code(code, filename, source, namespace):
         _native.leave()
 
 
-class _Drive:
-    """Runs a generator or coroutine one resume at a time, so that its lines are active only
-    while it runs: time it spends suspended belongs to whoever resumes it."""
-
-    __slots__ = ("_inner", "_frame", "_report")
-
-    def __init__(self, inner, fid, report):
-        self._inner = inner
-        self._frame = _native.GenFrame(fid)
-        self._report = report
-
-    def __await__(self):
-        inner, frame = self._inner, self._frame
-        send_value, thrown = None, None
-        while True:
-            frame.resume()
-            try:
-                if thrown is not None:
-                    out = inner.throw(thrown)
-                else:
-                    out = inner.send(send_value)
-            except StopIteration as stop:
-                self._report(frame.finish())
-                return stop.value
-            except BaseException:
-                self._report(frame.finish())
-                raise
-            frame.suspend()
-            send_value, thrown = None, None
-            try:
-                send_value = yield out
-            except GeneratorExit:
-                frame.resume()
-                try:
-                    inner.close()
-                finally:
-                    self._report(frame.finish())
-                raise
-            except BaseException as exc:
-                thrown = exc
+@types.coroutine
+def _resumed(inner, frame):
+    """Runs ``inner`` (a generator, a coroutine, or one step of an async generator) to its end,
+    with the profiled frame active only while ``inner`` runs: time it spends suspended belongs to
+    whoever resumes it. Returns what ``inner`` returns; the frame is active when this returns or
+    raises."""
+    out = _native.gen_step(frame, inner, None)
+    while not frame.returned:
+        try:
+            sent = yield out
+        except GeneratorExit:
+            _native.gen_resume(frame)
+            inner.close()
+            raise
+        except BaseException as exc:
+            out = _native.gen_step(frame, inner, None, exc)
+        else:
+            out = _native.gen_step(frame, inner, sent)
+    return out
 
 
 def last_report():
