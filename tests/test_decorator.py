@@ -283,8 +283,9 @@ def test_async_generators(run_fixture):
     # The wrapper passes values, exceptions and closing through unchanged.
     assert run.extra["consumed"] == sizes and run.extra["first"] == sizes[0], run.extra
     assert run.extra["replies"] == [0, 1, 2] and run.extra["received"] == ["a", "caught k"], run.extra
-    # One table as each call ends: two of chunks (exhausted, closed), one of echo.
-    assert run.stdout.count(TEXT_HEADER) == 3
+    # One table as each call ends: two of chunks (exhausted, closed), one each of echo, nothing
+    # and drain.
+    assert run.stdout.count(TEXT_HEADER) == 5
 
     func = run.function("chunks")
     assert func["calls"] == 2
@@ -307,6 +308,15 @@ def test_async_generators(run_fixture):
     assert find_line(func, "for size in sizes:")["allocated_bytes"] <= 2 * 64
     between(func["totals"]["allocated_bytes"], made, made + 64 * KiB)
     assert run.report["process"]["allocated_bytes"] >= run.extra["hogged"] * hog
+
+    # The consumer's line pays the same for a profiled async generator as for an unprofiled one:
+    # the driver's steps are the profiler's.
+    drain = run.function("drain")
+    profiled = find_line(drain, "async for _ in nothing(n):")
+    unprofiled = find_line(drain, "async for _ in nothing_unprofiled(n):")
+    assert profiled["hits"] == unprofiled["hits"] == run.extra["drained"] + 1
+    # Within what one-time costs come to: a cost per step of even 16 B would come to 160 KB here.
+    assert abs(profiled["allocated_bytes"] - unprofiled["allocated_bytes"]) <= 4 * KiB, (profiled, unprofiled)
 
     echo = run.function("echo")
     assert echo["calls"] == 1

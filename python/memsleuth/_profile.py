@@ -128,12 +128,20 @@ def _wrap(func, precision, stream):
         if outermost:
             _print_report(code, default_precision if precision is None else precision, stream)
 
+    # The driver's own objects (its frame record, the coroutine that drives each run, an async
+    # generator's step objects) are made quietly: they are the profiler's, not the caller's line's.
     if inspect.iscoroutinefunction(func):
         @functools.wraps(func)
         async def coroutine_wrapper(*args, **kwargs):
-            inner, frame = func(*args, **kwargs), _native.GenFrame(fid)
+            inner = func(*args, **kwargs)
+            quiet = _native.begin_quiet()
             try:
-                return await _resumed(inner, frame)
+                frame = _native.GenFrame(fid)
+                running = _resumed(inner, frame)
+            finally:
+                _native.end_quiet(quiet)
+            try:
+                return await running
             finally:
                 report(_native.leave())
 
@@ -141,9 +149,15 @@ def _wrap(func, precision, stream):
     elif inspect.isgeneratorfunction(func):
         @functools.wraps(func)
         def generator_wrapper(*args, **kwargs):
-            inner, frame = func(*args, **kwargs), _native.GenFrame(fid)
+            inner = func(*args, **kwargs)
+            quiet = _native.begin_quiet()
             try:
-                return (yield from _resumed(inner, frame))
+                frame = _native.GenFrame(fid)
+                running = _resumed(inner, frame)
+            finally:
+                _native.end_quiet(quiet)
+            try:
+                return (yield from running)
             finally:
                 report(_native.leave())
 
@@ -151,18 +165,23 @@ def _wrap(func, precision, stream):
     elif inspect.isasyncgenfunction(func):
         @functools.wraps(func)
         async def async_generator_wrapper(*args, **kwargs):
-            inner, frame = func(*args, **kwargs), _native.GenFrame(fid, async_steps=True)
+            inner = func(*args, **kwargs)
+            frame = _native.GenFrame(fid, async_steps=True)
             try:
-                value, thrown = None, None
+                value = thrown = None
                 while True:
-                    step = inner.asend(value) if thrown is None else inner.athrow(thrown)
-                    # Held until the next step, so that it is freed while the frame is suspended.
-                    running = _resumed(step, frame)
+                    quiet = _native.begin_quiet()
+                    try:
+                        step = inner.asend(value) if thrown is None else inner.athrow(thrown)
+                        running = _resumed(step, frame)
+                    finally:
+                        _native.end_quiet(quiet)
                     out = await running
                     if frame.exhausted:
                         return
                     _native.gen_suspend(frame)
-                    value, thrown = None, None
+                    # Not a tuple assignment: 3.11 under a trace function builds the tuple here.
+                    value = thrown = None
                     try:
                         value = yield out
                     except GeneratorExit:
