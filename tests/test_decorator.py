@@ -190,6 +190,16 @@ def test_generator_consumer_allocations_excluded(run_fixture):
     assert out.index("CONSUMED ALL ITEMS") < out.index(TEXT_HEADER) < out.index("EXHAUSTED"), out
 
 
+def test_consumer_pays_the_same_for_a_profiled_generator(run_fixture):
+    run = run_fixture("generator_parity.py", 10_000)
+    drain = run.function("drain")
+    profiled = find_line(drain, "for _ in items(n):")
+    unprofiled = find_line(drain, "for _ in items_unprofiled(n):")
+    assert profiled["hits"] == unprofiled["hits"] == run.extra["drained"] + 1
+    # Within what one-time costs come to: a cost per step of even 16 B would come to 160 KB here.
+    assert abs(profiled["allocated_bytes"] - unprofiled["allocated_bytes"]) <= 4 * KiB, (profiled, unprofiled)
+
+
 def test_generator_yield_line_hits(run_fixture):
     n = 4
     run = run_fixture("generator_consumer.py", n, 1000, 1000)
