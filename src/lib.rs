@@ -29,6 +29,7 @@ static ALLOCATOR: rss::CountingAllocator = rss::CountingAllocator;
 #[pyfunction]
 #[pyo3(signature = (python_minor, pymalloc, frame=None, driver_code=Vec::new()))]
 fn install(
+    py: Python<'_>,
     python_minor: u32,
     pymalloc: bool,
     frame: Option<&Bound<'_, PyAny>>,
@@ -36,6 +37,9 @@ fn install(
 ) -> PyResult<()> {
     state::LEDGER.lock().pymalloc = pymalloc;
     tracing::FRAME_OBJECTS_ARE_OURS.store(python_minor == 11, Ordering::Relaxed);
+    if python_minor >= 12 {
+        tracing::verify_int_layout(py)?;
+    }
     if let Some(frame) = frame {
         tracing::USES_TRACE.store(true, Ordering::Relaxed);
         tracing::calibrate(frame, python_minor)?;
