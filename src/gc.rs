@@ -8,7 +8,7 @@ use crate::state::with_ledger;
 use crate::tracing::GC_HEAD;
 use pyo3_ffi::{
     PyDictObject, PyDict_CheckExact, PyDict_Next, PyObject, PyUnicode_Check, PyUnicode_CompareWithASCIIString,
-    Py_IncRef, Py_None, Py_ssize_t,
+    Py_INCREF, Py_None, Py_ssize_t,
 };
 
 pub static GC_CALLBACK: FastFunction =
@@ -50,7 +50,7 @@ unsafe extern "C" fn gc_callback(_module: *mut PyObject, args: *mut *mut PyObjec
     }
     // SAFETY: GIL held; the callback returns a new reference to None.
     unsafe {
-        Py_IncRef(Py_None());
+        Py_INCREF(Py_None());
         Py_None()
     }
 }

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3_ffi::{
     PyBaseExceptionObject, PyErr_Clear, PyErr_GivenExceptionMatches, PyExc_StopIteration, PyExceptionInstance_Check,
     PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyLong_AsLong, PyLong_CheckExact, PyObject, PyTrace_CALL,
-    PyTrace_EXCEPTION, PyTrace_LINE, PyTrace_RETURN, PyTuple_GetItem, Py_DecRef, Py_IncRef, Py_None, Py_ssize_t,
+    PyTrace_EXCEPTION, PyTrace_LINE, PyTrace_RETURN, PyTuple_GetItem, Py_DecRef, Py_INCREF, Py_None, Py_ssize_t,
 };
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -304,7 +304,7 @@ unsafe extern "C" fn line_callback(
     }
     // SAFETY: GIL held; the callback returns a new reference to None.
     unsafe {
-        Py_IncRef(Py_None());
+        Py_INCREF(Py_None());
         Py_None()
     }
 }

@@ -282,6 +282,15 @@ struct Frame {
     recent: [(u32, u32, u32); RECENT_LINES],
 }
 
+impl Frame {
+    /// The line id and node of `lineno` in this frame, if `recent` holds them.
+    #[inline(always)]
+    fn cached_line(&self, lineno: u32) -> Option<(u32, u32)> {
+        let (cached, line, node) = self.recent[lineno as usize % RECENT_LINES];
+        (cached == lineno).then_some((line, node))
+    }
+}
+
 /// A generator's or coroutine's frame while it is suspended.
 #[derive(Clone, Copy, Debug)]
 pub struct SavedFrame {
@@ -990,10 +999,9 @@ impl Ledger {
     /// The line id and node of `lineno` in the innermost frame of thread `t`.
     #[inline(always)]
     fn line_and_node(&mut self, hot: &Hot, t: usize, lineno: u32) -> (u32, u32) {
-        let top = self.threads[t].frames.last();
-        match top.map(|f| f.recent[lineno as usize % RECENT_LINES]) {
-            Some((cached, line, node)) if cached == lineno => (line, node),
-            _ => self.line_and_node_uncached(hot, t, lineno),
+        match self.threads[t].frames.last().and_then(|f| f.cached_line(lineno)) {
+            Some(found) => found,
+            None => self.line_and_node_uncached(hot, t, lineno),
         }
     }
 
@@ -1062,29 +1070,27 @@ impl Ledger {
         if !self.quiet_steps {
             return false;
         }
-        let th = &self.threads[t];
-        let Some(exec) = th.frames.last().and_then(|f| f.line.as_ref()) else { return false };
+        let Some(th) = self.threads.get_mut(t) else { return false };
+        let Some(top) = th.frames.last_mut() else { return false };
+        let Some((line, node)) = top.cached_line(lineno) else { return false };
+        let Some(exec) = top.line.as_mut() else { return false };
         let same_reading = exec.start_readings == th.readings || exec.start == th.last;
         // Folded by hand: `!=` on the arrays compiles to a call to memcmp.
         let moved = exec.snap.iter().zip(hot.snapshot()).fold(0, |acc, (a, b)| acc | (a ^ b));
         if !exec.measured || moved != 0 || !same_reading {
             return false;
         }
-        let ended = exec.line as usize;
-        let (line, node) = self.line_and_node(hot, t, lineno);
-        let th = &mut self.threads[t];
-        if th.active.get(line as usize).is_some_and(|&n| n != 0) {
+        let (ended, next) = (exec.line as usize, line as usize);
+        if th.active.get(next).is_some_and(|&n| n != 0) {
             return false;
         }
-        let Some(top) = th.frames.last_mut() else { return false };
-        let Some(exec) = top.line.as_mut() else { return false };
-        if th.active.len() <= line as usize {
-            th.active.resize(line as usize + 1, 0);
+        if th.active.len() <= next {
+            th.active.resize(next + 1, 0);
         }
         th.active[ended] -= 1;
-        th.active[line as usize] += 1;
+        th.active[next] += 1;
         self.lines[ended].rss_after = Some(th.last.os.rss());
-        self.lines[line as usize].hits += 1;
+        self.lines[next].hits += 1;
         exec.line = line;
         exec.node = node;
         top.lineno = lineno;
