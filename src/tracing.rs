@@ -40,34 +40,48 @@ fn trace_lines_offset_guess(python_minor: u32) -> Option<usize> {
     }
 }
 
-/// Offset of `_co_linearray` in the code object of 3.11, once verified; 0 when unknown. 3.11
-/// makes that array (the line of each instruction) for a code object the first time it is
-/// traced: it is the tracer's, so the CALL event hands it to the profiler.
-static LINE_ARRAY_OFFSET: AtomicUsize = AtomicUsize::new(0);
+/// Whether code objects have the private layout of 3.11 read below, verified by `calibrate`.
+static CODE_LAYOUT_311: AtomicBool = AtomicBool::new(false);
 
-/// Where 3.11's private code object layout puts `_co_linearray`, and the four object fields
-/// `calibrate` checks the layout by: co_filename, co_name, co_qualname and co_linetable.
+/// Where 3.11's code object keeps `_co_linearray`: the line of each instruction, made the first
+/// time the code is traced, so the tracer's (the CALL event hands it to the profiler).
 const LINE_ARRAY_OFFSET_311: usize = 160;
+/// Where it keeps `co_flags`.
+const FLAGS_OFFSET_311: usize = 48;
+/// The object fields `calibrate` checks the layout by.
 const CHECKED_CODE_FIELDS_311: [(usize, &str); 4] =
     [(112, "co_filename"), (120, "co_name"), (128, "co_qualname"), (136, "co_linetable")];
+/// CO_GENERATOR, CO_COROUTINE, CO_ITERABLE_COROUTINE and CO_ASYNC_GENERATOR.
+const GENERATOR_FLAGS: i32 = 0x20 | 0x80 | 0x100 | 0x200;
+
+/// A field of a 3.11 code object, read as `T`.
+///
+/// # Safety
+/// `code` must be a live code object of 3.11, and `offset` one of the offsets above, with `T`
+/// that field's type.
+unsafe fn code_field<T: Copy>(code: usize, offset: usize) -> T {
+    // SAFETY: per the contract, the field lies inside the object (before its variable-size
+    // bytecode).
+    unsafe { *((code + offset) as *const T) }
+}
 
 /// Calibrates the C trace function on `frame`: the `f_trace_lines` offset (verified by toggling
 /// the attribute through Python and watching the byte, enabling per-frame line switching only
-/// if both values read back), and on 3.11 the line array's offset (verified by finding the
-/// code object's neighbouring fields where that layout puts them).
+/// if both values read back), and on 3.11 the code object's layout (verified by finding its
+/// fields where that layout puts them).
 pub fn calibrate(frame: &Bound<'_, PyAny>, python_minor: u32) -> PyResult<()> {
     if python_minor == 11 {
         let code = frame.getattr("f_code")?;
-        let mut layout_holds = true;
+        let address = code.as_ptr() as usize;
+        // SAFETY: a live 3.11 code object (python_minor says so), held by `code`; the reads
+        // only fetch values to compare.
+        let mut layout_holds =
+            unsafe { code_field::<i32>(address, FLAGS_OFFSET_311) } == code.getattr("co_flags")?.extract::<i32>()?;
         for (offset, name) in CHECKED_CODE_FIELDS_311 {
-            // SAFETY: the offsets lie inside any 3.11 code object (before its variable-size
-            // bytecode), which is alive while we hold `code`; only the pointer value is read.
-            let field = unsafe { *(code.as_ptr() as *const u8).add(offset).cast::<usize>() };
-            layout_holds &= field == code.getattr(name)?.as_ptr() as usize;
+            // SAFETY: as above.
+            layout_holds &= unsafe { code_field::<usize>(address, offset) } == code.getattr(name)?.as_ptr() as usize;
         }
-        if layout_holds {
-            LINE_ARRAY_OFFSET.store(LINE_ARRAY_OFFSET_311, Ordering::Relaxed);
-        }
+        CODE_LAYOUT_311.store(layout_holds, Ordering::Relaxed);
     }
     calibrate_trace_lines(frame, python_minor)
 }
@@ -201,11 +215,11 @@ pub unsafe extern "C" fn trace(
         let code = unsafe { frame_code(frame) };
         if FRAME_OBJECTS_ARE_OURS.load(Ordering::Relaxed) {
             let frame_block = frame as usize - GC_HEAD;
-            // SAFETY: `code` is live; a non-zero offset was verified by `calibrate` to be
-            // where this interpreter's code object keeps its line array pointer.
-            let line_array = match LINE_ARRAY_OFFSET.load(Ordering::Relaxed) {
-                0 => 0,
-                offset => unsafe { *((code + offset) as *const usize) },
+            let line_array = if CODE_LAYOUT_311.load(Ordering::Relaxed) {
+                // SAFETY: `code` is live and has the verified 3.11 layout.
+                unsafe { code_field::<usize>(code, LINE_ARRAY_OFFSET_311) }
+            } else {
+                0
             };
             with_ledger(|l, hot| {
                 l.mark_profiler(hot, frame_block);
@@ -225,9 +239,15 @@ pub unsafe extern "C" fn trace(
             unsafe { disown_stop_iteration(arg) };
         }
     } else if what == PyTrace_RETURN && FRAME_OBJECTS_ARE_OURS.load(Ordering::Relaxed) {
-        // A frame that had none (a generator's, resumed) gets its frame object for this event.
-        let frame_block = frame as usize - GC_HEAD;
-        with_ledger(|l, hot| l.mark_profiler(hot, frame_block));
+        // A generator's frame, resumed without one, gets its frame object for this event. Other
+        // frames got theirs at their CALL event: they are skipped before taking the lock.
+        // SAFETY: the interpreter passes a live frame; its code has the verified layout if read.
+        let generator_like = !CODE_LAYOUT_311.load(Ordering::Relaxed)
+            || unsafe { code_field::<i32>(frame_code(frame), FLAGS_OFFSET_311) } & GENERATOR_FLAGS != 0;
+        if generator_like {
+            let frame_block = frame as usize - GC_HEAD;
+            with_ledger(|l, hot| l.mark_profiler(hot, frame_block));
+        }
     }
     0
 }

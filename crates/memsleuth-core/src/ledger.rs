@@ -618,10 +618,9 @@ impl Ledger {
     /// the current execution: an object handed out by a free list was allocated long ago and
     /// stays the program's.
     pub fn mark_profiler(&mut self, hot: &mut Hot, addr: usize) {
-        let count = hot.allocs_in_exec as usize;
-        let mut newest_first =
-            (1..=count.min(RECENT_ALLOCS)).map(|back| hot.recent_allocs[(count - back) % RECENT_ALLOCS]);
-        if addr == 0 || !newest_first.any(|recent| recent == addr) {
+        // The ring restarts at slot 0 with each execution, so the execution's entries are a prefix.
+        let in_exec = &hot.recent_allocs[..(hot.allocs_in_exec as usize).min(RECENT_ALLOCS)];
+        if addr == 0 || !in_exec.contains(&addr) {
             return;
         }
         let Some(block) = self.table.get(addr) else { return };
