@@ -1,7 +1,7 @@
 //! The gc.callbacks entry. For each collection's start and stop CPython builds an info dict and a
 //! phase string only because a callback is registered: they, the dict's keys table, its keys and
 //! its values are the profiler's. The entry is a C function, so calling it allocates nothing more
-//! (a Python one would add its frame, and more on older versions).
+//! through the interpreter (a Python one would add its frame, and more on older versions).
 
 use crate::cfunction::FastFunction;
 use crate::state::with_ledger;

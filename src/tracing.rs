@@ -11,7 +11,8 @@ use pyo3::prelude::*;
 use pyo3_ffi::{
     PyBaseExceptionObject, PyErr_Clear, PyErr_GivenExceptionMatches, PyExc_StopIteration, PyExceptionInstance_Check,
     PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyLong_AsLong, PyLong_CheckExact, PyObject, PyTrace_CALL,
-    PyTrace_EXCEPTION, PyTrace_LINE, PyTrace_RETURN, PyTuple_GetItem, Py_DecRef, Py_INCREF, Py_None, Py_ssize_t,
+    PyTrace_EXCEPTION, PyTrace_LINE, PyTrace_RETURN, PyTuple_Check, PyTuple_GetItem, PyTuple_Size, Py_DecRef,
+    Py_INCREF, Py_None, Py_ssize_t,
 };
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -170,9 +171,15 @@ fn is_driver_code(code: usize) -> bool {
 /// memsleuth traces, so they are the profiler's.
 ///
 /// # Safety
-/// `event` must be the live (type, value, traceback) tuple of an exception event (GIL held).
+/// `event` must be the argument of an exception event, a live (type, value, traceback) tuple, or
+/// null (GIL held).
 unsafe fn disown_stop_iteration(event: *mut PyObject) {
-    // SAFETY: per the contract; the item is borrowed from the tuple, which holds it.
+    // SAFETY: `event` is live if not null; the checks neither allocate nor raise.
+    let is_triple = !event.is_null() && unsafe { PyTuple_Check(event) != 0 && PyTuple_Size(event) == 3 };
+    if !is_triple {
+        return;
+    }
+    // SAFETY: a tuple of three; the item is borrowed from it, which holds it.
     let value = unsafe { PyTuple_GetItem(event, 1) };
     // SAFETY: `value` is live when not null; neither check allocates.
     let is_stop = !value.is_null()
@@ -235,7 +242,7 @@ pub unsafe extern "C" fn trace(
     } else if what == PyTrace_EXCEPTION {
         // SAFETY: the interpreter passes a live frame.
         if is_driver_code(unsafe { frame_code(frame) }) {
-            // SAFETY: for an exception event `arg` is a live (type, value, traceback) tuple.
+            // SAFETY: `arg` is an exception event's argument.
             unsafe { disown_stop_iteration(arg) };
         }
     } else if what == PyTrace_RETURN && FRAME_OBJECTS_ARE_OURS.load(Ordering::Relaxed) {

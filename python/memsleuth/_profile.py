@@ -166,7 +166,11 @@ def _wrap(func, precision, stream):
         @functools.wraps(func)
         async def async_generator_wrapper(*args, **kwargs):
             inner = func(*args, **kwargs)
-            frame = _native.GenFrame(fid, async_steps=True)
+            quiet = _native.begin_quiet()
+            try:
+                frame = _native.GenFrame(fid, async_steps=True)
+            finally:
+                _native.end_quiet(quiet)
             try:
                 value = thrown = None
                 while True:
