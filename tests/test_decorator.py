@@ -11,9 +11,7 @@ object (no free list), so it costs n + 57 allocated bytes in two allocations.
 """
 
 import re
-import sys
 
-import pytest
 from conftest import TEXT_HEADER, find_line
 
 KiB = 1024
