@@ -124,15 +124,13 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
             if let Some(addr) = int_obj {
                 l.mark_profiler(hot, addr);
             }
-            if !l.line_changes(hot, code, lineno) {
-                return;
-            }
-            let now = rss::coarse_now_us();
-            let reading = hot.rss_due(now).then(|| {
-                hot.rss_taken(now);
-                rss::read(l)
+            l.line_event(hot, code, lineno, |l, hot| {
+                let now = rss::coarse_now_us();
+                hot.rss_due(now).then(|| {
+                    hot.rss_taken(now);
+                    rss::read(l)
+                })
             });
-            l.change_line(hot, lineno, reading);
         },
     )
 }

@@ -1027,22 +1027,39 @@ impl Ledger {
 
     /// A line event from `code` at `lineno`. `os` is a fresh reading, if one was taken.
     pub fn on_line(&mut self, hot: &mut Hot, code: usize, lineno: u32, os: Option<OsReading>) {
-        if self.line_changes(hot, code, lineno) {
-            self.change_line(hot, lineno, os);
-        }
+        self.line_event(hot, code, lineno, |_, _| os);
     }
 
-    /// `on_line` for a caller that has just seen `line_changes` hold.
+    /// A line event from `code` at `lineno`, as the tracer delivers it: `read` is asked for a
+    /// reading (or None) only if the event starts a new execution. Events from another code
+    /// object than the innermost frame's, or repeating its line, change nothing.
     #[inline]
-    pub fn change_line(&mut self, hot: &mut Hot, lineno: u32, os: Option<OsReading>) {
-        let t = (hot.thread - 1) as usize;
-        let Some(top) = self.threads[t].frames.last_mut() else { return };
-        if top.line.is_some() {
+    pub fn line_event(
+        &mut self,
+        hot: &mut Hot,
+        code: usize,
+        lineno: u32,
+        read: impl FnOnce(&mut Self, &mut Hot) -> Option<OsReading>,
+    ) {
+        let t = (hot.thread as usize).wrapping_sub(1);
+        let Some(top) = self.threads.get(t).and_then(|th| th.frames.last()) else { return };
+        if top.code != code || top.lineno == lineno {
+            return;
+        }
+        let in_line = top.line.is_some();
+        let os = read(self, hot);
+        if in_line {
             self.note_reading(t, os);
             if self.step_quietly(hot, t, lineno) {
                 return;
             }
         }
+        self.change_line(hot, t, lineno, os);
+    }
+
+    /// The general path of `line_event`: the line that ends is closed, the next one opened.
+    #[inline(never)]
+    fn change_line(&mut self, hot: &mut Hot, t: usize, lineno: u32, os: Option<OsReading>) {
         let Some(top) = self.threads[t].frames.last_mut() else { return };
         match top.line.take() {
             Some(previous) => {
@@ -1073,11 +1090,17 @@ impl Ledger {
         let Some(top) = th.frames.last_mut() else { return false };
         let Some((line, node)) = top.cached_line(lineno) else { return false };
         let Some(exec) = top.line.as_mut() else { return false };
-        let same_reading = exec.start_readings == th.readings || exec.start == th.last;
         // Folded by hand: `!=` on the arrays compiles to a call to memcmp.
         let moved = exec.snap.iter().zip(hot.snapshot()).fold(0, |acc, (a, b)| acc | (a ^ b));
-        if !exec.measured || moved != 0 || !same_reading {
+        if !exec.measured || moved != 0 {
             return false;
+        }
+        if exec.start_readings != th.readings {
+            if exec.start != th.last {
+                return false;
+            }
+            // Readings since the start all equalled it: later steps need only compare counts.
+            exec.start_readings = th.readings;
         }
         let (ended, next) = (exec.line as usize, line as usize);
         if th.active.get(next).is_some_and(|&n| n != 0) {
@@ -1096,16 +1119,6 @@ impl Ledger {
         hot.owner = node;
         hot.allocs_in_exec = 0;
         true
-    }
-
-    /// Whether a line event from `code` at `lineno` would start a new execution.
-    #[inline]
-    pub fn line_changes(&self, hot: &Hot, code: usize, lineno: u32) -> bool {
-        hot.thread != 0
-            && self.threads[(hot.thread - 1) as usize]
-                .frames
-                .last()
-                .is_some_and(|f| f.code == code && f.lineno != lineno)
     }
 
     fn pop_frame(&mut self, hot: &mut Hot, os: OsReading) -> Option<Frame> {
