@@ -1099,7 +1099,8 @@ impl Ledger {
             if exec.start != th.last {
                 return false;
             }
-            // Readings since the start all equalled it: later steps need only compare counts.
+            // The latest reading equals the start's, and an execution reconciles only those
+            // two: it may count as read at the latest, so later steps need only compare counts.
             exec.start_readings = th.readings;
         }
         let (ended, next) = (exec.line as usize, line as usize);
