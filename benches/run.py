@@ -1,6 +1,6 @@
 """memsleuth's benchmark suite: slowdown and peak RSS against plain Python, side by side.
 
-    python benches/run.py [--python PY] [--peers-python PY] [--runs N] [--only WORKLOAD]
+    python benches/run.py [--python PY] [--peers-python PY] [--runs N] [--only WORKLOAD] [--tools T,...]
 
 Every workload runs in two shapes: the hot loop inside the profiled function ("inline") and a
 profiled function whose hot loop sits in an unprofiled callee ("callee"); "outside" runs the loop
@@ -11,7 +11,8 @@ hundreds of times slower) against a plain baseline at that size. Machines are no
 ratios, not the seconds.
 
 --python runs plain, memsleuth and tracemalloc (it must have memsleuth installed); --peers-python
-(same CPython version, memray and memory_profiler installed) runs the peers.
+(same CPython version, memray and memory_profiler installed) runs the peers, and Scalene too if it
+has Scalene installed (it samples memory, whole program). --tools picks a subset of the columns.
 """
 
 import argparse
@@ -64,6 +65,7 @@ PRELUDES = {
     "memray": "def profile(f):\n    return f\n",
     "memray-pyalloc": "def profile(f):\n    return f\n",
     "memory_profiler": "from memory_profiler import profile\n",
+    "scalene": "def profile(f):\n    return f\n",
 }
 
 # memory_profiler prints its table to stdout; results go to /dev/null either way.
@@ -83,7 +85,7 @@ def program(tool, workload, shape, scale):
         src += "def hot():\n" + indent(body) + "@profile\ndef work():\n    hot()\nwork()\n"
     else:  # outside: tracking on, nothing profiled on the stack
         src += "@profile\ndef unused():\n    pass\ndef hot():\n" + indent(body) + "hot()\n"
-    if "memray" in tool or tool == "plain":
+    if "memray" in tool or tool in ("plain", "scalene"):
         src = src.replace("@profile\n", "")
     return src
 
@@ -96,6 +98,8 @@ def command(tool, python, peers_python, script, tmp):
                 "-o", os.path.join(tmp, "m.bin"), script]
     if tool == "memory_profiler":
         return [peers_python, script]
+    if tool == "scalene":
+        return [peers_python, "-m", "scalene", "run", "-o", os.path.join(tmp, "s.json"), script]
     return [python, script]
 
 
@@ -136,11 +140,20 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", action="append", choices=sorted(WORKLOADS))
     parser.add_argument("--shapes", default="inline,callee,outside")
+    parser.add_argument("--tools", help="comma-separated subset of the available tools")
     args = parser.parse_args()
 
     tools = ["memsleuth", "tracemalloc"]
     if args.peers_python:
         tools += ["memray", "memray-pyalloc", "memory_profiler"]
+        if subprocess.run([args.peers_python, "-c", "import scalene"], capture_output=True).returncode == 0:
+            tools.append("scalene")
+    if args.tools:
+        wanted = args.tools.split(",")
+        unknown = [t for t in wanted if t not in tools]
+        if unknown:
+            parser.error(f"not available here: {', '.join(unknown)} (available: {', '.join(tools)})")
+        tools = [t for t in tools if t in wanted]
     workloads = args.only or list(WORKLOADS)
     shapes = args.shapes.split(",")
     version = subprocess.check_output([args.python, "-c", "import sys; print(sys.version.split()[0])"], text=True)
