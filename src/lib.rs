@@ -282,12 +282,11 @@ impl GenFrame {
             return Err(err);
         }
         let stop = err.value(py);
-        // SAFETY: `stop` is a live exception instance, which begins with this layout; the field
-        // is read while `stop` holds it.
-        let args = unsafe { (*(stop.as_ptr() as *const pyo3_ffi::PyBaseExceptionObject)).args as usize };
+        // SAFETY: `stop` is a live exception instance, held while this runs.
+        let blocks = unsafe { tracing::exception_blocks(stop.as_ptr()) };
         with_ledger(|l, hot| {
-            for object in [stop.as_ptr() as usize, args].into_iter().filter(|&object| object != 0) {
-                l.mark_profiler(hot, object - tracing::GC_HEAD);
+            for block in blocks {
+                l.mark_profiler(hot, block);
             }
         });
         self.returned = true;

@@ -187,13 +187,24 @@ unsafe fn disown_stop_iteration(event: *mut PyObject) {
     if !is_stop {
         return;
     }
-    // SAFETY: `value` is a live exception instance, which begins with this layout.
-    let args = unsafe { (*(value as *const PyBaseExceptionObject)).args } as usize;
+    // SAFETY: `value` is a live exception instance.
+    let [exception, args] = unsafe { exception_blocks(value) };
     with_ledger(|l, hot| {
-        for object in [event as usize, value as usize, args].into_iter().filter(|&object| object != 0) {
-            l.mark_profiler(hot, object - GC_HEAD);
+        for block in [event as usize - GC_HEAD, exception, args] {
+            l.mark_profiler(hot, block);
         }
     });
+}
+
+/// The blocks of an exception instance: the object and its args tuple (0 if it has none), each
+/// after its GC header.
+///
+/// # Safety
+/// `exception` must be a live exception instance (GIL held).
+pub unsafe fn exception_blocks(exception: *mut PyObject) -> [usize; 2] {
+    // SAFETY: per the contract, `exception` begins with this layout; the field is only read.
+    let args = unsafe { (*(exception as *const PyBaseExceptionObject)).args } as usize;
+    [exception as usize - GC_HEAD, args.saturating_sub(GC_HEAD)]
 }
 
 /// The C trace function used before 3.12.
