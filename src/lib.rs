@@ -4,6 +4,7 @@ mod cfunction;
 mod cli;
 mod gc;
 mod hooks;
+mod profiled;
 mod rss;
 mod state;
 mod tracing;
@@ -15,7 +16,7 @@ use memsleuth_core::report::{render_function, render_text, Report};
 use pyo3::exceptions::{PyStopAsyncIteration, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::sync::Interned;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyString};
 use state::with_ledger;
 use std::sync::atomic::Ordering;
 
@@ -24,16 +25,18 @@ static ALLOCATOR: rss::CountingAllocator = rss::CountingAllocator;
 
 /// Installs the allocator hooks (once) and starts tracking. `python_minor` is
 /// sys.version_info[1]; `pymalloc` says whether pymalloc serves small requests (not under
-/// PYTHONMALLOC=malloc); before 3.12, `frame` (any live frame) calibrates the C trace function
-/// and `driver_code` names the code objects of the generator driver.
+/// PYTHONMALLOC=malloc); before 3.12, `frame` (any live frame) calibrates the C trace function,
+/// `driver_code` names the code objects of the generator driver and `current_trace` is
+/// `sys.gettrace()`, the trace function in place, which calibration leaves as it was.
 #[pyfunction]
-#[pyo3(signature = (python_minor, pymalloc, frame=None, driver_code=Vec::new()))]
+#[pyo3(signature = (python_minor, pymalloc, frame=None, driver_code=Vec::new(), current_trace=None))]
 fn install(
     py: Python<'_>,
     python_minor: u32,
     pymalloc: bool,
     frame: Option<&Bound<'_, PyAny>>,
     driver_code: Vec<Bound<'_, PyAny>>,
+    current_trace: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     state::LEDGER.lock().pymalloc = pymalloc;
     tracing::FRAME_OBJECTS_ARE_OURS.store(python_minor == 11, Ordering::Relaxed);
@@ -43,6 +46,7 @@ fn install(
     if let Some(frame) = frame {
         tracing::USES_TRACE.store(true, Ordering::Relaxed);
         tracing::calibrate(frame, python_minor)?;
+        tracing::calibrate_trace_slots(py, current_trace.unwrap_or(&py.None().into_bound(py)));
         tracing::set_driver_code(&driver_code);
     }
     hooks::install();
@@ -82,16 +86,14 @@ fn register(
 }
 
 /// A call of profiled function `fid` starts on this thread.
-#[pyfunction]
-fn enter(fid: u32) {
+pub(crate) fn enter_call(fid: u32) {
     let was_idle = state::top_code() == 0;
     trace_while_profiling(|| with_reading(|l, hot, reading| l.enter(hot, fid, reading)), was_idle);
 }
 
 /// The innermost profiled call returned or raised; true if no other call of the same function
 /// remains on this thread.
-#[pyfunction]
-fn leave() -> bool {
+pub(crate) fn leave_call() -> bool {
     let mut outermost = false;
     trace_while_profiling(
         || outermost = with_reading(|l, hot, reading| l.leave(hot, reading).is_some_and(|(_, outermost)| outermost)),
@@ -100,90 +102,23 @@ fn leave() -> bool {
     outermost
 }
 
-extern "C" {
-    /// CPython's bound-method constructor (types.MethodType), absent from pyo3-ffi.
-    fn PyMethod_New(func: *mut pyo3_ffi::PyObject, instance: *mut pyo3_ffi::PyObject) -> *mut pyo3_ffi::PyObject;
+/// `sys.settrace` ran on this thread (before 3.12): memsleuth's trace function goes back in
+/// place if the thread is inside a profiled call, chaining to the new one.
+#[pyfunction]
+fn retake_trace() {
+    tracing::retake_thread_tracing();
 }
 
-/// A profiled plain function: calls go straight from the interpreter to the function through
-/// this object, with no Python-level wrapper frame whose creation a profiled caller would see.
-#[pyclass(module = "memsleuth._native", dict, weakref)]
-struct Profiled {
-    fid: u32,
-    func: Py<PyAny>,
-    /// Called with no arguments after an outermost call returns (prints the table).
-    on_return: Py<PyAny>,
+/// `enter_call`, for the generator and coroutine drivers and module code.
+#[pyfunction]
+fn enter(fid: u32) {
+    enter_call(fid);
 }
 
-#[pymethods]
-impl Profiled {
-    #[new]
-    fn new(fid: u32, func: Py<PyAny>, on_return: Py<PyAny>) -> Self {
-        Profiled { fid, func, on_return }
-    }
-
-    #[pyo3(signature = (*args, **kwargs))]
-    fn __call__(
-        &self,
-        py: Python<'_>,
-        args: &Bound<'_, PyTuple>,
-        kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
-        // The interpreter built the argument tuple and dict for this call: they are ours.
-        let tuple = args.as_ptr() as usize - tracing::GC_HEAD;
-        // SAFETY: `kwargs` is a live dict (pyo3 checked its type).
-        let dict = kwargs.map(|k| unsafe { gc::dict_blocks(k.as_ptr()) });
-        with_ledger(|l, hot| {
-            for block in std::iter::once(tuple).chain(dict.into_iter().flatten()) {
-                l.mark_profiler(hot, block);
-            }
-        });
-        // Keywords are passed by vectorcall, as names and an argument array made here: given the
-        // dict, the interpreter would copy the arguments into an array of its heap inside the
-        // profiled call, and that array would count as the call's.
-        let positional: Vec<Bound<'_, PyAny>> = args.iter().collect();
-        let (names, values): (Vec<_>, Vec<_>) = kwargs.map(|k| k.iter().unzip()).unwrap_or_default();
-        let kwnames = if names.is_empty() {
-            None
-        } else {
-            let token = begin_quiet();
-            let tuple = PyTuple::new(py, names);
-            end_quiet(token);
-            Some(tuple?)
-        };
-        let argv: Vec<*mut pyo3_ffi::PyObject> = positional.iter().chain(&values).map(Bound::as_ptr).collect();
-        enter(self.fid);
-        // SAFETY: GIL held; `argv` holds `positional.len()` positional arguments followed by one
-        // value per name in `kwnames`, all kept alive by `positional`, `values` and `args` for
-        // the call, which returns a new reference or null with an exception set.
-        let result = unsafe {
-            let kwnames = kwnames.as_ref().map_or(std::ptr::null_mut(), |t| t.as_ptr());
-            let raw = pyo3_ffi::PyObject_Vectorcall(self.func.as_ptr(), argv.as_ptr(), positional.len(), kwnames);
-            Bound::from_owned_ptr_or_err(py, raw)
-        };
-        if leave() {
-            self.on_return.call0(py)?;
-        }
-        result.map(Bound::unbind)
-    }
-
-    /// Binds like a function, so a profiled method receives its instance.
-    fn __get__(
-        slf: Bound<'_, Self>,
-        instance: Option<Bound<'_, PyAny>>,
-        _owner: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        match instance {
-            Some(instance) if !instance.is_none() => {
-                // SAFETY: both are valid objects; PyMethod_New returns a new reference or NULL
-                // with an exception set, which from_owned_ptr_or_err turns into an error.
-                let bound =
-                    unsafe { Bound::from_owned_ptr_or_err(slf.py(), PyMethod_New(slf.as_ptr(), instance.as_ptr()))? };
-                Ok(bound.unbind())
-            }
-            _ => Ok(slf.into_any().unbind()),
-        }
-    }
+/// `leave_call`, for the generator and coroutine drivers and module code.
+#[pyfunction]
+fn leave() -> bool {
+    leave_call()
 }
 
 /// The frame of a profiled generator or coroutine, kept while it is suspended. The driver runs
@@ -403,6 +338,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(register, m)?)?;
     m.add_function(wrap_pyfunction!(enter, m)?)?;
     m.add_function(wrap_pyfunction!(leave, m)?)?;
+    m.add_function(wrap_pyfunction!(retake_trace, m)?)?;
     m.add("line_event", tracing::LINE_CALLBACK.object(m.py())?)?;
     m.add("gc_callback", gc::GC_CALLBACK.object(m.py())?)?;
     m.add_function(wrap_pyfunction!(begin_quiet, m)?)?;
@@ -416,6 +352,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gen_resume, m)?)?;
     m.add_function(wrap_pyfunction!(gen_suspend, m)?)?;
     m.add_function(wrap_pyfunction!(gen_step, m)?)?;
-    m.add_class::<Profiled>()?;
+    m.add("Profiled", profiled::make_type(m.py())?)?;
+    m.add_function(wrap_pyfunction!(profiled::profiled, m)?)?;
     Ok(())
 }

@@ -81,7 +81,7 @@ impl<T> Drop for SpinGuard<'_, T> {
     }
 }
 
-/// Set once the hooks are installed; cleared if accounting ever fails, so the program goes on.
+/// Set once the hooks are installed.
 pub static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// What a thread keeps for the hooks, in one thread-local so that a hook reaches all of it with
@@ -100,14 +100,18 @@ thread_local! {
 }
 
 impl Local {
-    /// Applies `f` to the ledger and this thread's counters. A panic (a bug) must not cross the
-    /// `extern "C"` boundary: it disables tracking instead of aborting the interpreter.
+    /// Applies `f` to the ledger and this thread's counters.
     #[inline(always)]
     pub fn with_ledger<R: Default>(&self, f: impl FnOnce(&mut Ledger, &mut Hot) -> R) -> R {
         self.with_ledger_if(|_| true, f)
     }
 
     /// `with_ledger`, if `admit` accepts this thread's counters (checked before taking the lock).
+    ///
+    /// Nothing here catches a panic: the extension is built with `panic = "abort"`, because a
+    /// frame that catches unwinds would also catch the forced unwind with which CPython ends a
+    /// daemon thread at shutdown (`pthread_exit`), and glibc aborts the process when that happens.
+    /// The accounting must therefore not panic (see docs/design.md, "Never change the program").
     #[inline(always)]
     pub fn with_ledger_if<R: Default>(
         &self,
@@ -117,20 +121,14 @@ impl Local {
         if !ENABLED.load(Ordering::Relaxed) {
             return R::default();
         }
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: the only mutable access to this thread's counters, and it cannot nest:
-            // `admit` and `f` are plain Rust that never call into the interpreter, so no hook
-            // can run on this thread until they return (Rust's own allocations go to libc).
-            let hot = unsafe { &mut *self.hot.get() };
-            if !admit(hot) {
-                return R::default();
-            }
-            f(&mut LEDGER.lock(), hot)
-        }));
-        outcome.unwrap_or_else(|_| {
-            ENABLED.store(false, Ordering::Relaxed);
-            R::default()
-        })
+        // SAFETY: the only mutable access to this thread's counters, and it cannot nest: `admit`
+        // and `f` are plain Rust that never call into the interpreter, so no hook can run on this
+        // thread until they return (Rust's own allocations go to libc).
+        let hot = unsafe { &mut *self.hot.get() };
+        if !admit(hot) {
+            return R::default();
+        }
+        f(&mut LEDGER.lock(), hot)
     }
 }
 

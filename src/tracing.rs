@@ -14,6 +14,7 @@ use pyo3_ffi::{
     PyTrace_EXCEPTION, PyTrace_LINE, PyTrace_RETURN, PyTuple_Check, PyTuple_GetItem, PyTuple_Size, Py_DecRef,
     Py_INCREF, Py_None, Py_ssize_t,
 };
+use std::cell::Cell;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -106,12 +107,125 @@ fn calibrate_trace_lines(frame: &Bound<'_, PyAny>, python_minor: u32) -> PyResul
     Ok(())
 }
 
-/// Starts or stops the C trace function on the calling thread (GIL held).
+/// Where PyThreadState keeps `c_tracefunc` and `c_traceobj`, in words from its start, once
+/// `calibrate_trace_slots` has found them (private fields of 3.9-3.11); 0 while unknown.
+static TRACE_FUNC_WORD: AtomicUsize = AtomicUsize::new(0);
+static TRACE_OBJ_WORD: AtomicUsize = AtomicUsize::new(0);
+/// How far into PyThreadState the search goes: every version's struct is larger, and the fields
+/// lie within the first 14 words on 3.9-3.11.
+const THREAD_STATE_WORDS: usize = 16;
+
+/// Finds the thread state's trace function and object by installing `trace` with a sentinel
+/// object and looking for both values, which must each appear exactly once among words that
+/// changed. `current` is what `sys.gettrace()` returned, held by the caller, so that the trace
+/// function in place (a coverage tool's, a debugger's) is put back as it was.
+pub fn calibrate_trace_slots(py: Python<'_>, current: &Bound<'_, PyAny>) {
+    let sentinel = pyo3::types::PyTuple::empty(py);
+    // SAFETY: GIL held; the thread state outlives this call and its first THREAD_STATE_WORDS
+    // words lie inside it; PyEval_SetTrace takes its own reference to the object it installs.
+    unsafe {
+        let tstate = pyo3_ffi::PyThreadState_Get() as *const usize;
+        let words = || std::array::from_fn::<usize, THREAD_STATE_WORDS, _>(|i| *tstate.add(i));
+        let before = words();
+        pyo3_ffi::PyEval_SetTrace(Some(trace), sentinel.as_ptr());
+        let after = words();
+        let changed_to = |value: usize| {
+            let mut found = (0..THREAD_STATE_WORDS).filter(|&i| before[i] != after[i] && after[i] == value);
+            found.next().filter(|_| found.next().is_none())
+        };
+        let (func_word, obj_word) = (changed_to(trace as *const () as usize), changed_to(sentinel.as_ptr() as usize));
+        // Put back what was there: its function is still in `before`, its object is `current`.
+        let previous_func = func_word.map(|i| before[i]).filter(|&f| f != 0);
+        let previous_obj = if current.is_none() { std::ptr::null_mut() } else { current.as_ptr() };
+        if let (Some(func_word), Some(obj_word)) = (func_word, obj_word) {
+            TRACE_FUNC_WORD.store(func_word, Ordering::Relaxed);
+            TRACE_OBJ_WORD.store(obj_word, Ordering::Relaxed);
+        }
+        let restored = previous_func.map(|f| std::mem::transmute::<usize, pyo3_ffi::Py_tracefunc>(f));
+        pyo3_ffi::PyEval_SetTrace(restored, previous_obj);
+    }
+}
+
+/// The calling thread's trace function and object, if the slots were found.
+fn current_trace() -> Option<(usize, *mut PyObject)> {
+    let (func_word, obj_word) = (TRACE_FUNC_WORD.load(Ordering::Relaxed), TRACE_OBJ_WORD.load(Ordering::Relaxed));
+    if func_word == 0 {
+        return None;
+    }
+    // SAFETY: GIL held (every caller is a traced call's entry or exit); the words were found
+    // inside the thread state by `calibrate_trace_slots`.
+    unsafe {
+        let tstate = pyo3_ffi::PyThreadState_Get() as *const usize;
+        Some((*tstate.add(func_word), *tstate.add(obj_word) as *mut PyObject))
+    }
+}
+
+/// The trace function memsleuth's took over on this thread (a coverage tool's, a debugger's),
+/// with its object, to which every event is passed on, and which is put back when the thread's
+/// last profiled call ends.
+#[derive(Clone, Copy)]
+struct Chained {
+    func: Option<pyo3_ffi::Py_tracefunc>,
+    /// A reference memsleuth owns while it holds the function (null if none).
+    obj: *mut PyObject,
+}
+
+thread_local! {
+    /// Const-initialised and without Drop, like the hooks' thread-local.
+    static CHAINED: Cell<Chained> = const { Cell::new(Chained { func: None, obj: std::ptr::null_mut() }) };
+}
+
+/// Starts or stops the C trace function on the calling thread (GIL held). Starting takes over
+/// the trace function in place, chaining to it; stopping puts it back, unless the program has
+/// installed another one meanwhile, which is then left in place.
 pub fn set_thread_tracing(on: bool) {
-    let func: Option<pyo3_ffi::Py_tracefunc> = if on { Some(trace) } else { None };
-    // SAFETY: called with the GIL held, from the thread whose tracing changes; `trace` has the
-    // Py_tracefunc signature and needs no argument object.
-    unsafe { pyo3_ffi::PyEval_SetTrace(func, std::ptr::null_mut()) };
+    let ours = trace as *const () as usize;
+    let current = current_trace();
+    if on {
+        if current.is_some_and(|(func, _)| func == ours) {
+            return;
+        }
+        let chained = match current {
+            // SAFETY: a non-zero word in the trace function slot is a Py_tracefunc.
+            Some((func, obj)) if func != 0 => Chained {
+                func: Some(unsafe { std::mem::transmute::<usize, pyo3_ffi::Py_tracefunc>(func) }),
+                obj,
+            },
+            _ => Chained { func: None, obj: std::ptr::null_mut() },
+        };
+        // SAFETY: GIL held; `obj` is the live object of the trace function in place, or null: a
+        // reference is taken before PyEval_SetTrace releases the thread state's own. It is also
+        // handed to our function as its argument, so sys.gettrace() still returns it.
+        unsafe {
+            if !chained.obj.is_null() {
+                Py_INCREF(chained.obj);
+            }
+            CHAINED.with(|c| c.set(chained));
+            pyo3_ffi::PyEval_SetTrace(Some(trace), chained.obj);
+        }
+    } else {
+        let chained = CHAINED.with(|c| c.replace(Chained { func: None, obj: std::ptr::null_mut() }));
+        // SAFETY: GIL held; `chained.obj` is the reference taken when tracing started (or null),
+        // released once PyEval_SetTrace has taken its own.
+        unsafe {
+            if current.is_none_or(|(func, _)| func == ours) {
+                pyo3_ffi::PyEval_SetTrace(chained.func, chained.obj);
+            }
+            if !chained.obj.is_null() {
+                Py_DecRef(chained.obj);
+            }
+        }
+    }
+}
+
+/// `sys.settrace` was called on a thread that memsleuth traces: the new function becomes the one
+/// memsleuth chains to, and memsleuth's own goes back in place, so neither loses events.
+pub fn retake_thread_tracing() {
+    if top_code() == 0 || !USES_TRACE.load(Ordering::Relaxed) {
+        return;
+    }
+    set_thread_tracing(false);
+    set_thread_tracing(true);
 }
 
 /// A line event for `code` at `lineno`; `int_obj` is the int object the interpreter allocated to
@@ -217,6 +331,18 @@ pub unsafe extern "C" fn trace(
     what: c_int,
     arg: *mut PyObject,
 ) -> c_int {
+    let chained = CHAINED.with(Cell::get);
+    if let Some(func) = chained.func {
+        // What the other tool allocates is neither the program's nor a line's.
+        let quiet = with_ledger(|l, hot| l.begin_profiler_work(hot));
+        // SAFETY: the interpreter's arguments, passed on to the trace function that was in place,
+        // with its own object (alive: memsleuth holds a reference while chaining).
+        let status = unsafe { func(chained.obj, frame, what, arg) };
+        with_ledger(|l, hot| l.end_profiler_work(hot, quiet));
+        if status != 0 {
+            return -1;
+        }
+    }
     if what == PyTrace_LINE {
         // SAFETY: the interpreter passes a live frame.
         let code = unsafe { frame_code(frame) };
@@ -242,8 +368,9 @@ pub unsafe extern "C" fn trace(
                 l.mark_profiler(hot, line_array);
             });
         }
+        // A chained trace function wants every frame's line events.
         let offset = TRACE_LINES_OFFSET.load(Ordering::Relaxed);
-        if offset != 0 && top_code() != code {
+        if offset != 0 && top_code() != code && chained.func.is_none() {
             // SAFETY: `offset` was verified by `calibrate` to be the frame's f_trace_lines byte
             // on this interpreter; writing 0 there only stops line events.
             unsafe { *(frame as *mut u8).add(offset) = 0 };

@@ -14,6 +14,8 @@ from . import _native
 _started = False
 _start_lock = threading.Lock()
 _monitoring_tool = None
+#: The sys.monitoring tool ids memsleuth may take (3.12+), in order of preference.
+FREE_TOOL_IDS = (3, 4)
 
 #: Under ``memsleuth run`` tables are printed once at exit, not after each call.
 deferred = False
@@ -36,22 +38,37 @@ def _start():
         if sys.version_info >= (3, 12):
             _native.install(sys.version_info[1], pymalloc)
             mon = sys.monitoring
-            for tool in (mon.PROFILER_ID, 3, 4, 5):
+            # Ids 0-2 and 5 are named for debuggers, coverage, profilers (cProfile takes 2) and
+            # optimizers; memsleuth takes one of the two unnamed ones, so they all still work.
+            for tool in FREE_TOOL_IDS:
                 if mon.get_tool(tool) is None:
                     mon.use_tool_id(tool, "memsleuth")
                     _monitoring_tool = tool
                     break
             else:
-                raise RuntimeError("memsleuth: every sys.monitoring tool id is taken")
+                raise RuntimeError("memsleuth: sys.monitoring tool ids 3 and 4 are both taken by other tools")
             mon.register_callback(_monitoring_tool, mon.events.LINE, _native.line_event)
         else:
             # The C trace function is switched on per thread by the first profiled call.
             # The wrappers' frames receive the StopIteration of each generator they drive.
             driver_code = [c for c in _wrap.__code__.co_consts
                            if isinstance(c, types.CodeType) and c.co_name.endswith("_wrapper")]
-            _native.install(sys.version_info[1], pymalloc, sys._getframe(), driver_code)
+            _native.install(sys.version_info[1], pymalloc, sys._getframe(), driver_code, sys.gettrace())
+            sys.settrace = _chaining_settrace(sys.settrace)
         gc.callbacks.append(_native.gc_callback)
         _started = True
+
+
+def _chaining_settrace(settrace):
+    """``sys.settrace`` for 3.9-3.11: a trace function installed inside a profiled call is chained
+    to from memsleuth's, which stays in place; it becomes the thread's own when the call ends."""
+
+    @functools.wraps(settrace)
+    def chaining_settrace(function):
+        settrace(function)
+        _native.retake_trace()
+
+    return chaining_settrace
 
 
 def _watch(code):
@@ -89,25 +106,51 @@ def _register(func):
 def _print_report(code, precision, stream):
     if deferred:
         return
+    out = stream if stream is not None else sys.stdout
+    if out is None:
+        # No stdout (pythonw, `>&-`): print() writes nothing there either.
+        return
     token = _native.begin_quiet()
     try:
         text = _native.report_text(precision, code)
-        out = stream if stream is not None else sys.stdout
         out.write(text)
         out.flush()
     finally:
         _native.end_quiet(token)
 
 
+#: The largest precision accepted: MiB to the byte needs 7 decimals; more digits are noise.
+MAX_PRECISION = 20
+
+
+def _check_precision(precision):
+    """Rejects a bad precision when the decorator is applied, before anything runs."""
+    if precision is None:
+        return
+    if isinstance(precision, bool) or not isinstance(precision, int):
+        raise TypeError(f"memsleuth.profile: precision must be an int, got {type(precision).__name__}")
+    if not 0 <= precision <= MAX_PRECISION:
+        raise ValueError(f"memsleuth.profile: precision must be between 0 and {MAX_PRECISION}, got {precision}")
+
+
 def profile(func=None, *, precision=None, stream=None, backend=None):
     """Profiles ``func`` line by line; usable bare or as ``@profile(precision=4, stream=f)``.
 
-    ``backend`` is accepted for memory_profiler compatibility and ignored.
+    ``backend`` is accepted for memory_profiler compatibility and ignored. Applied to a function
+    that is already profiled, it returns it as it is; applied to a property, staticmethod or
+    classmethod, it profiles the functions inside.
     """
+    _check_precision(precision)
     if func is None:
         return lambda f: profile(f, precision=precision, stream=stream, backend=backend)
+    if getattr(func, "__memsleuth_profiled__", False):
+        return func
     if isinstance(func, (staticmethod, classmethod)):
         return type(func)(profile(func.__func__, precision=precision, stream=stream))
+    if isinstance(func, property):
+        accessors = (func.fget, func.fset, func.fdel)
+        return type(func)(*(None if f is None else profile(f, precision=precision, stream=stream)
+                            for f in accessors), func.__doc__)
     if not hasattr(func, "__code__"):
         raise TypeError(f"memsleuth.profile expects a function, got {type(func).__name__}")
     _start()
@@ -198,7 +241,7 @@ def _wrap(func, precision, stream):
 
         wrapper = async_generator_wrapper
     else:
-        wrapper = functools.update_wrapper(_native.Profiled(fid, func, lambda: report(True)), func)
+        wrapper = functools.update_wrapper(_native.profiled(fid, func, lambda: report(True)), func)
 
     wrapper.__memsleuth_profiled__ = True
     return wrapper

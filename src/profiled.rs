@@ -1,0 +1,287 @@
+//! The object `@profile` returns for a plain function, as a type of its own written against the C
+//! API (not a pyo3 class), because what it adds to every profiled call is visible to the program:
+//!
+//! - Calls arrive by vectorcall and go on to the function by vectorcall, so the interpreter builds
+//!   no argument tuple, counts no extra recursion level before 3.11, and no C frame of pyo3's
+//!   trampoline (with its `catch_unwind`) sits on the stack while the function runs.
+//! - It takes part in cyclic garbage collection: module dict -> profiled function -> function ->
+//!   module globals is a cycle, and without `tp_traverse` a module with a profiled function was
+//!   never finalised (its files never flushed, its `__del__` methods never run).
+//! - It binds like a function (`tp_descr_get`, and as a method descriptor the interpreter calls it
+//!   with the instance without making a bound method), has a `__dict__` for `functools.wraps`, and
+//!   pickles by qualified name, as the function does.
+
+use crate::{enter_call, leave_call};
+use pyo3::prelude::*;
+use pyo3_ffi::{
+    getter, setter, vectorcallfunc, visitproc, PyErr_SetString, PyErr_WriteUnraisable,
+    PyExc_TypeError, PyGetSetDef, PyMemberDef, PyMethodDef, PyMethodDefPointer, PyObject, PyObject_CallNoArgs,
+    PyObject_ClearWeakRefs, PyObject_GC_UnTrack, PyObject_GenericGetDict, PyObject_GenericSetDict,
+    PyObject_GetAttrString, PyType_GenericAlloc, PyType_GetSlot, PyType_Slot, PyType_Spec, PyTypeObject, Py_DecRef,
+    Py_IncRef, Py_None, Py_ssize_t, Py_tp_call, Py_tp_clear, Py_tp_dealloc, Py_tp_descr_get, Py_tp_free,
+    Py_tp_getset, Py_tp_members, Py_tp_methods, Py_tp_traverse, Py_READONLY, Py_TPFLAGS_DEFAULT,
+    Py_TPFLAGS_HAVE_GC, Py_TPFLAGS_HAVE_VECTORCALL, Py_TPFLAGS_METHOD_DESCRIPTOR, Py_T_PYSSIZET, METH_NOARGS,
+};
+use std::ffi::{c_int, c_void};
+use std::mem::offset_of;
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+/// The instance layout. `vectorcall` is the per-instance entry point the type's
+/// `__vectorcalloffset__` points at.
+#[repr(C)]
+struct ProfiledObject {
+    ob_base: PyObject,
+    vectorcall: Option<vectorcallfunc>,
+    /// The profiled function (null only in an instance made by `type(p).__new__`, or cleared).
+    func: *mut PyObject,
+    /// Called with no arguments after an outermost call returns (prints the table).
+    on_return: *mut PyObject,
+    dict: *mut PyObject,
+    weakrefs: *mut PyObject,
+    fid: u32,
+}
+
+extern "C" {
+    /// CPython's bound-method constructor (types.MethodType), absent from pyo3-ffi.
+    fn PyMethod_New(func: *mut PyObject, instance: *mut PyObject) -> *mut PyObject;
+}
+
+/// The type object, made once when the module loads.
+static TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(null_mut());
+
+/// A profiled call: the ledger's call opens around the function's own, and the table is printed
+/// after an outermost call whatever it returned or raised. Nothing here can unwind: a thread that
+/// CPython ends with `pthread_exit` at shutdown passes through this frame untouched.
+///
+/// # Safety
+/// Called by the interpreter with the GIL held, `callable` an instance of this type and `args`
+/// holding the arguments `nargsf` and `kwnames` describe.
+unsafe extern "C" fn call(
+    callable: *mut PyObject,
+    args: *const *mut PyObject,
+    nargsf: usize,
+    kwnames: *mut PyObject,
+) -> *mut PyObject {
+    let this = callable as *mut ProfiledObject;
+    // SAFETY: `callable` is an instance of this type (the slot is only reached through it).
+    let (fid, func, on_return) = unsafe { ((*this).fid, (*this).func, (*this).on_return) };
+    if func.is_null() {
+        // SAFETY: GIL held; the message is a static C string.
+        unsafe { PyErr_SetString(PyExc_TypeError, c"memsleuth: this profiled function has no function".as_ptr()) };
+        return null_mut();
+    }
+    // SAFETY: GIL held. The references are held across the call so that clearing this object
+    // meanwhile (the collector, or a reassignment of its attributes) cannot free them; the
+    // arguments are passed through exactly as received, which vectorcall permits.
+    unsafe {
+        Py_IncRef(func);
+        Py_IncRef(on_return);
+        enter_call(fid);
+        let result = pyo3_ffi::PyObject_Vectorcall(func, args, nargsf, kwnames);
+        if leave_call() {
+            report(on_return);
+        }
+        Py_DecRef(on_return);
+        Py_DecRef(func);
+        result
+    }
+}
+
+/// Calls `on_return` with any pending exception (the call's own) set aside and put back after, so
+/// the table never replaces what the call returned or raised; a failure of its own is reported as
+/// unraisable, as CPython does for errors in finalizers.
+///
+/// # Safety
+/// GIL held; `on_return` is a live callable or null.
+// PyErr_Fetch and PyErr_Restore are deprecated from 3.12 in favour of calls 3.9-3.11 lack.
+#[allow(deprecated)]
+unsafe fn report(on_return: *mut PyObject) {
+    if on_return.is_null() {
+        return;
+    }
+    let (mut kind, mut value, mut traceback) = (null_mut(), null_mut(), null_mut());
+    // SAFETY: GIL held; Fetch moves the pending exception (if any) into the three owned pointers,
+    // which Restore hands back unchanged.
+    unsafe {
+        pyo3_ffi::PyErr_Fetch(&mut kind, &mut value, &mut traceback);
+        let printed = PyObject_CallNoArgs(on_return);
+        if printed.is_null() {
+            PyErr_WriteUnraisable(on_return);
+        } else {
+            Py_DecRef(printed);
+        }
+        pyo3_ffi::PyErr_Restore(kind, value, traceback);
+    }
+}
+
+/// `tp_descr_get`: bound to an instance, a method; otherwise the object itself.
+///
+/// # Safety
+/// Called by the interpreter with the GIL held and live (or null) arguments.
+unsafe extern "C" fn descr_get(this: *mut PyObject, instance: *mut PyObject, _owner: *mut PyObject) -> *mut PyObject {
+    // SAFETY: GIL held; both are live objects when not null; PyMethod_New returns a new reference
+    // or null with an exception set, as the slot must.
+    unsafe {
+        if instance.is_null() || instance == Py_None() {
+            Py_IncRef(this);
+            return this;
+        }
+        PyMethod_New(this, instance)
+    }
+}
+
+/// `__reduce__`: the qualified name, so pickle and copy treat the object as the global it is.
+///
+/// # Safety
+/// Called by the interpreter with the GIL held and `this` an instance of this type.
+unsafe extern "C" fn reduce(this: *mut PyObject, _unused: *mut PyObject) -> *mut PyObject {
+    // SAFETY: GIL held; returns a new reference or null with AttributeError set.
+    unsafe { PyObject_GetAttrString(this, c"__qualname__".as_ptr()) }
+}
+
+/// # Safety
+/// Called by the collector with the GIL held and `this` an instance of this type.
+unsafe extern "C" fn traverse(this: *mut PyObject, visit: visitproc, arg: *mut c_void) -> c_int {
+    let object = this as *mut ProfiledObject;
+    // SAFETY: per the contract; each field is a live object or null, and an instance of a heap
+    // type holds a reference to its type, which it must visit.
+    unsafe {
+        let fields = [(*object).func, (*object).on_return, (*object).dict, pyo3_ffi::Py_TYPE(this) as *mut PyObject];
+        for field in fields {
+            if !field.is_null() {
+                let status = visit(field, arg);
+                if status != 0 {
+                    return status;
+                }
+            }
+        }
+    }
+    0
+}
+
+/// Drops the object's references (nulling each before its release, as Py_CLEAR does).
+///
+/// # Safety
+/// GIL held; `this` an instance of this type.
+unsafe extern "C" fn clear(this: *mut PyObject) -> c_int {
+    let object = this as *mut ProfiledObject;
+    // SAFETY: per the contract; each field is owned by the object or null.
+    unsafe {
+        for field in [&raw mut (*object).func, &raw mut (*object).on_return, &raw mut (*object).dict] {
+            let old = std::mem::replace(&mut *field, null_mut());
+            if !old.is_null() {
+                Py_DecRef(old);
+            }
+        }
+    }
+    0
+}
+
+/// # Safety
+/// Called by the interpreter when the last reference goes, GIL held.
+unsafe extern "C" fn dealloc(this: *mut PyObject) {
+    // SAFETY: the object is being destroyed: untracked first so the collector never sees it
+    // half-cleared; then weak references, its own references, the memory, and the reference to
+    // its (heap) type that every instance holds.
+    unsafe {
+        PyObject_GC_UnTrack(this as *mut c_void);
+        if !(*(this as *mut ProfiledObject)).weakrefs.is_null() {
+            PyObject_ClearWeakRefs(this);
+        }
+        clear(this);
+        let tp = pyo3_ffi::Py_TYPE(this);
+        let free: pyo3_ffi::freefunc = std::mem::transmute(PyType_GetSlot(tp, Py_tp_free));
+        free(this as *mut c_void);
+        Py_DecRef(tp as *mut PyObject);
+    }
+}
+
+/// Makes the type (once, when the module loads) and returns it for the module to export.
+pub fn make_type(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    // CPython keeps pointers into the member, getset and method tables for the type's life (the
+    // process's): they are leaked on purpose, once.
+    let members = Box::leak(Box::new([
+        member(c"__vectorcalloffset__", offset_of!(ProfiledObject, vectorcall)),
+        member(c"__dictoffset__", offset_of!(ProfiledObject, dict)),
+        member(c"__weaklistoffset__", offset_of!(ProfiledObject, weakrefs)),
+        PyMemberDef::default(),
+    ]));
+    let getset = Box::leak(Box::new([
+        PyGetSetDef {
+            name: c"__dict__".as_ptr(),
+            get: Some(PyObject_GenericGetDict as getter),
+            set: Some(PyObject_GenericSetDict as setter),
+            doc: null_mut(),
+            closure: null_mut(),
+        },
+        PyGetSetDef::default(),
+    ]));
+    let methods = Box::leak(Box::new([
+        PyMethodDef {
+            ml_name: c"__reduce__".as_ptr(),
+            ml_meth: PyMethodDefPointer { PyCFunction: reduce },
+            ml_flags: METH_NOARGS,
+            ml_doc: null_mut(),
+        },
+        PyMethodDef::zeroed(),
+    ]));
+    let slots = Box::leak(Box::new([
+        slot(Py_tp_call, pyo3_ffi::PyVectorcall_Call as *mut c_void),
+        slot(Py_tp_descr_get, descr_get as *mut c_void),
+        slot(Py_tp_traverse, traverse as *mut c_void),
+        slot(Py_tp_clear, clear as *mut c_void),
+        slot(Py_tp_dealloc, dealloc as *mut c_void),
+        slot(Py_tp_members, members.as_mut_ptr() as *mut c_void),
+        slot(Py_tp_getset, getset.as_mut_ptr() as *mut c_void),
+        slot(Py_tp_methods, methods.as_mut_ptr() as *mut c_void),
+        slot(0, null_mut()),
+    ]));
+    let mut spec = PyType_Spec {
+        name: c"memsleuth._native.Profiled".as_ptr(),
+        basicsize: std::mem::size_of::<ProfiledObject>() as c_int,
+        itemsize: 0,
+        flags: (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR)
+            as _,
+        slots: slots.as_mut_ptr(),
+    };
+    // SAFETY: GIL held; the spec and the tables it points to are complete and outlive the type.
+    let tp = unsafe { Bound::from_owned_ptr_or_err(py, pyo3_ffi::PyType_FromSpec(&mut spec))? };
+    TYPE.store(tp.as_ptr() as *mut PyTypeObject, Ordering::Release);
+    // The module holds the type for the life of the process; this reference is TYPE's own.
+    std::mem::forget(tp.clone());
+    Ok(tp)
+}
+
+fn member(name: &'static std::ffi::CStr, offset: usize) -> PyMemberDef {
+    PyMemberDef {
+        name: name.as_ptr(),
+        type_code: Py_T_PYSSIZET,
+        offset: offset as Py_ssize_t,
+        flags: Py_READONLY,
+        doc: null_mut(),
+    }
+}
+
+fn slot(slot: c_int, pfunc: *mut c_void) -> PyType_Slot {
+    PyType_Slot { slot, pfunc }
+}
+
+/// A new profiled function for `func`, registered as `fid`, calling `on_return` after each
+/// outermost call.
+#[pyfunction]
+pub fn profiled(py: Python<'_>, fid: u32, func: Py<PyAny>, on_return: Py<PyAny>) -> PyResult<Py<PyAny>> {
+    let tp = TYPE.load(Ordering::Acquire);
+    // SAFETY: GIL held; `tp` is the type made in `make_type` (the module is loaded, so it was);
+    // GenericAlloc returns a zeroed, GC-tracked instance or null with an exception set. The fields
+    // are filled with owned references before the object is handed out.
+    unsafe {
+        let object = Bound::from_owned_ptr_or_err(py, PyType_GenericAlloc(tp, 0))?;
+        let this = object.as_ptr() as *mut ProfiledObject;
+        (*this).vectorcall = Some(call);
+        (*this).fid = fid;
+        (*this).func = func.into_ptr();
+        (*this).on_return = on_return.into_ptr();
+        Ok(object.unbind())
+    }
+}

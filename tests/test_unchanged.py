@@ -1,0 +1,227 @@
+"""A profiled program behaves exactly as it does without memsleuth: exit status, output, files
+written, recursion depth, other tools' results.
+
+Each program in fixtures/unchanged/ runs twice in a fresh interpreter, once as it is and once with
+MEMSLEUTH_PLAIN set, where its `profile` is the identity; the tests compare the two runs.
+"""
+
+import os
+import subprocess
+import sys
+import pytest
+
+from conftest import FIXTURES
+
+UNCHANGED = FIXTURES / "unchanged"
+
+
+def run(name, *args, plain=False, tmp_path, stdout=subprocess.PIPE, launcher=()):
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env.pop("MEMSLEUTH_PLAIN", None)
+    if plain:
+        env["MEMSLEUTH_PLAIN"] = "1"
+    return subprocess.run(
+        [sys.executable, *launcher, str(UNCHANGED / name), *map(str, args)],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=str(tmp_path),
+    )
+
+
+def both(name, *args, tmp_path, **kwargs):
+    return run(name, *args, plain=True, tmp_path=tmp_path, **kwargs), run(name, *args, tmp_path=tmp_path, **kwargs)
+
+
+def test_daemon_thread_inside_a_profiled_call_at_exit(tmp_path):
+    # Item 1: SIGABRT "FATAL: exception not rethrown" on every run before (3.9: the generator).
+    for _ in range(3):
+        plain, profiled = both("daemon_heartbeat.py", tmp_path=tmp_path)
+        assert plain.returncode == 0, plain.stderr
+        assert profiled.returncode == 0, profiled.stderr
+        assert "main done" in profiled.stdout
+        assert "FATAL" not in profiled.stderr
+
+
+def test_module_globals_are_finalised(tmp_path):
+    # Item 2: the unclosed global file stayed empty and __del__ never ran.
+    for plain in (True, False):
+        path = tmp_path / f"log-{plain}.txt"
+        proc = run("globals_finalised.py", path, plain=plain, tmp_path=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert path.read_text() == "x" * 40
+        assert "Noisy.__del__ ran" in proc.stdout
+
+
+def test_recursive_profiled_closures_are_collected(tmp_path):
+    # Item 2: a profiled closure that calls itself was never freed (234 MiB for 20,000).
+    plain, profiled = both("closures_collected.py", tmp_path=tmp_path)
+    assert plain.stdout == "alive: 0\n"
+    assert profiled.returncode == 0, profiled.stderr
+    assert profiled.stdout == "alive: 0\n"
+
+
+def test_recursion_as_deep_as_plain(tmp_path):
+    # Item 3: 9,000 deep with the limit at 20,000 segfaulted on 3.9 and 3.11.
+    plain, profiled = both("recursion_depth.py", 20_000, 9_000, tmp_path=tmp_path)
+    assert plain.stdout == "9000\n"
+    if sys.version_info >= (3, 12):
+        # Each profiled call enters the interpreter from C, and 3.12+ bounds C recursion apart
+        # from the recursion limit (README, known limits): the program gets a RecursionError, as
+        # plain Python does for deep C recursion, never a crash.
+        assert profiled.returncode == 1
+        assert "RecursionError" in profiled.stderr
+    else:
+        assert profiled.returncode == 0, profiled.stderr[-2000:]
+        assert profiled.stdout == "9000\n"
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 11), reason="from 3.11 a call from C counts two levels")
+def test_recursion_limit_counts_profiled_calls_once(tmp_path):
+    # Item 3: the counted depth was halved. Python counts one level per Python frame, so the
+    # deepest call that fits is the same with and without memsleuth.
+    limit = 3000
+
+    def fits(depth, plain):
+        proc = run("recursion_depth.py", limit, depth, plain=plain, tmp_path=tmp_path)
+        return proc.returncode == 0
+
+    def deepest(plain):
+        low, high = 1, limit
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if fits(middle, plain) else (low, middle - 1)
+        return low
+
+    assert deepest(plain=False) == deepest(plain=True)
+
+
+def test_profiled_function_behaves_like_the_function(tmp_path):
+    # Item 7: pickle, deepcopy, Pool.map, @profile twice and over a property failed.
+    plain, profiled = both("behaves_like_function.py", tmp_path=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert profiled.returncode == 0, profiled.stderr
+    expected = "9\nTrue True\n8\n5 6 7\n[1, 4, 9]\n"
+    assert plain.stdout == expected
+    assert profiled.stdout == expected
+
+
+def test_profiled_call_returns_its_value_without_stdout(tmp_path):
+    # Item 5: AttributeError ('NoneType' object has no attribute 'write') replaced the value.
+    plain, profiled = both("closed_stdout.py", tmp_path=tmp_path)
+    assert plain.stderr == "value: 42\n"
+    assert profiled.returncode == 0
+    assert profiled.stderr == "value: 42\n"
+
+
+def test_profiled_call_with_stdout_closed_by_the_shell(tmp_path):
+    # Item 5, as `python prog.py >&-` does it: no file descriptor 1 at all.
+    source = "from memsleuth import profile\n@profile\ndef f():\n    return 7\nimport sys\nsys.stderr.write(f'{f()}\\n')\n"
+    path = tmp_path / "prog.py"
+    path.write_text(source)
+    proc = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" "{path}" >&-'], stderr=subprocess.PIPE, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "7\n"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sys.monitoring is 3.12+")
+def test_cprofile_after_memsleuth(tmp_path):
+    # Item 9: memsleuth held sys.monitoring's PROFILER_ID, so cProfile failed to start.
+    source = (
+        "import cProfile, sys\n"
+        "from memsleuth import profile\n"
+        "@profile\n"
+        "def f():\n    return sum(range(10))\n"
+        "f()\n"
+        "cProfile.run('f()', sort='ncalls')\n"
+        "print('tool', [i for i in range(6) if sys.monitoring.get_tool(i) == 'memsleuth'])\n"
+    )
+    path = tmp_path / "prog.py"
+    path.write_text(source)
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "function calls" in proc.stdout
+    assert "tool [3]" in proc.stdout
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ traces with sys.monitoring, beside other tools")
+def test_trace_function_set_inside_a_profiled_call_is_kept(tmp_path):
+    # Item 8: memsleuth set the trace function to None on return, removing the program's own.
+    plain, profiled = both("settrace_inside.py", tmp_path=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    kept = plain.stdout.splitlines()[-1]
+    assert kept == "tracer kept: [29, 30, 31]"
+    assert profiled.returncode == 0, profiled.stderr
+    assert profiled.stdout.splitlines()[-1] == kept
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ traces with sys.monitoring, beside other tools")
+def test_memsleuth_keeps_its_lines_after_a_trace_function_is_set(run_source):
+    # Item 8: memsleuth's own later lines were lost when the program set a trace function.
+    run = run_source(
+        "import sys\n"
+        "from memsleuth import profile\n"
+        "def tracer(frame, event, arg):\n    return tracer\n"
+        "@profile\n"
+        "def f():\n"
+        "    sys.settrace(tracer)\n"
+        "    a = bytearray(100_000)\n"
+        "    return len(a)\n"
+        "f()\n"
+        "sys.settrace(None)\n"
+    )
+    line = run.line("f", "a = bytearray(100_000)")
+    assert line["hits"] == 1
+    assert line["allocated_bytes"] >= 100_000
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ traces with sys.monitoring, beside other tools")
+def test_coverage_records_every_line(tmp_path):
+    # Item 8: coverage stopped recording after the first profiled call returned.
+    pytest.importorskip("coverage")
+    results = []
+    for plain in (True, False):
+        data = tmp_path / f".coverage-{plain}"
+        env = dict(os.environ, COVERAGE_FILE=str(data))
+        env.pop("MEMSLEUTH_PLAIN", None)
+        if plain:
+            env["MEMSLEUTH_PLAIN"] = "1"
+        script = tmp_path / "covered.py"
+        script.write_text(
+            "from memsleuth import profile\n"
+            "@profile\n"
+            "def f(n):\n    total = 0\n    for i in range(n):\n        total += i\n    return total\n"
+            "def after():\n    x = 1\n    y = 2\n    return x + y\n"
+            "f(3)\nprint(after())\n"
+        )
+        proc = subprocess.run([sys.executable, "-m", "coverage", "run", str(script)], capture_output=True, text=True,
+                              env=env, cwd=str(tmp_path), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        report = subprocess.run([sys.executable, "-m", "coverage", "report", "-m"], capture_output=True, text=True,
+                                env=env, cwd=str(tmp_path), timeout=300)
+        results.append([line for line in report.stdout.splitlines() if "covered.py" in line])
+    assert results[0] == results[1]
+    assert results[1][0].split()[-1] == "100%"
+
+
+@pytest.mark.parametrize("precision", [-1, 10**6, 2.5, True])
+def test_bad_precision_is_refused_at_decoration(tmp_path, precision):
+    # Item 21: precision=-1 failed only after the call ran; 10**6 raised a PanicException.
+    source = (
+        "from memsleuth import profile\n"
+        "try:\n"
+        f"    @profile(precision={precision!r})\n"
+        "    def f():\n        return 1\n"
+        "except (TypeError, ValueError) as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    path = tmp_path / "prog.py"
+    path.write_text(source)
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "precision must be" in proc.stdout
+    assert proc.stdout.count("\n") == 1
