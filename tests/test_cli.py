@@ -841,7 +841,6 @@ def test_unknown_option_or_command(args):
     ["run", "--min-bytes", "12XB", "show_argv.py"],
     ["run", "--min-bytes", "lots", "show_argv.py"],
     ["run", "--min-bytes", "", "show_argv.py"],
-    ["run", "-m", "clipkg", "-c", "print(1)"],
     ["report", "--precision", "x", "whatever.json"],
     ["report", "--min-bytes", "1QB", "whatever.json"],
 ], ids=" ".join)
@@ -992,3 +991,46 @@ def test_python_m_memsleuth_is_memsleuth_for_runs(tmp_path, program):
              [(line["lineno"], line["source"], line["hits"]) for line in f["lines"]]) for f in a["functions"]] == \
            [(f["name"], f["module"], f["filename"], f["first_lineno"], f["calls"],
              [(line["lineno"], line["source"], line["hits"]) for line in f["lines"]]) for f in b["functions"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 12: memsleuth must never change what the profiled program does
+
+
+@pytest.mark.parametrize("launcher", ["script", "module"])
+@pytest.mark.parametrize("start", [["-m", "show_argv"], ["-mshow_argv"], ["-c", "import show_argv"],
+                                   ["--precision", "2", "-cimport show_argv"]], ids=" ".join)
+def test_options_after_module_or_code_belong_to_the_program(tmp_path, start, launcher):
+    args = ["--version", "-q", "--json", "x.json", "--precision", "3", "-m", "x", "-c", "y", "--", "z"]
+    result = run(*start, *args, tmp_path=tmp_path, launcher=launcher)
+    assert result.returncode == 0, result
+    assert_clean_stderr(result.stderr)
+    argv0 = str(CLI / "show_argv.py") if "-m" in start[0] else "-c"
+    assert first_json_line(result.stdout)["argv"] == [argv0, *args]
+    assert not (CLI / "x.json").exists()
+    assert result.report["argv"] == [argv0, *args]
+    # -q went to the program: the report was printed, at memsleuth's precision, not the program's.
+    [table] = check_text_matches_json(result.stdout, result.report)
+    assert table.decimals() == ({2} if "--precision" in start else {1})
+
+
+def test_help_example_module_with_flag(tmp_path):
+    # `memsleuth run -m mypackage.tool --flag`, from run --help.
+    result = run("-m", "clipkg", "--flag", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    assert first_json_line(result.stdout)["argv"] == [str(CLI / "clipkg" / "__main__.py"), "--flag"]
+
+
+def test_options_before_module_are_memsleuths(tmp_path):
+    result = run("-q", "-m", "show_argv", "-q", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    assert first_json_line(result.stdout)["argv"] == [str(CLI / "show_argv.py"), "-q"]
+    assert "Filename:" not in result.stdout
+
+
+def test_pytest_options_after_module(tmp_path):
+    (tmp_path / "test_quiet.py").write_text("def test_one():\n    assert True\n")
+    result = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "test_quiet.py", tmp_path=tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result
+    assert "1 passed" in result.stdout and "test session starts" not in result.stdout, result
+    assert "Filename:" in result.stdout
