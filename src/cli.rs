@@ -2,6 +2,7 @@
 //! user asked for, so errors and help look like every other clap tool.
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use memsleuth_core::report::MAX_PRECISION;
 
 const RUN_EXAMPLES: &str = "\
 Examples:
@@ -32,9 +33,9 @@ pub struct Cli {
 
 #[derive(Args, Debug)]
 pub struct TextOptions {
-    /// Decimals of the MiB columns (a decorator's own precision wins)
-    #[arg(long, default_value_t = 1, value_name = "N")]
-
+    /// Decimals of the MiB columns, 0 to 20 (a decorator's own precision wins)
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_PRECISION as u64))]
     pub precision: usize,
     /// Hide lines whose allocated, freed and RSS change are all below this size (bytes, or with
     /// a unit: 64KiB, 1MiB, 1GB)

@@ -1034,3 +1034,22 @@ def test_pytest_options_after_module(tmp_path):
     assert result.returncode == 0, result
     assert "1 passed" in result.stdout and "test session starts" not in result.stdout, result
     assert "Filename:" in result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--precision", "1000000", "show_argv.py"],
+    ["run", "--precision", "21", "show_argv.py"],
+    ["run", "--min-bytes", "99999999999999999999GiB", "show_argv.py"],
+    ["report", "--precision", "1000000", "whatever.json"],
+], ids=" ".join)
+def test_out_of_range_value(args):
+    result = memsleuth(*args, cwd=CLI)
+    assert_usage_error(result)
+    assert "{" not in result.stdout  # show_argv.py did not run
+
+
+def test_largest_precision(tmp_path):
+    result = run("--precision", "20", "mp_injected.py", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    [table] = check_text_matches_json(result.stdout, result.report)
+    assert table.decimals() == {20}
