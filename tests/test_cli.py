@@ -1053,3 +1053,19 @@ def test_largest_precision(tmp_path):
     assert result.returncode == 0, result
     [table] = check_text_matches_json(result.stdout, result.report)
     assert table.decimals() == {20}
+
+
+def test_function_without_source_shows_its_figures(tmp_path):
+    result = run("exec_source.py", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    report = result.report
+    function = function_named(report, "from_exec")
+    assert function["filename"] == "<string>"
+    tables = check_text_matches_json(result.stdout, report)
+    table = table_named(tables, "from_exec")
+    assert table.figured() == {line["lineno"] for line in function["lines"]} and table.figured()
+    assert {table.rows[n]["source"] for n in table.figured()} == {"<source unavailable>"}
+    # The saved report prints the same rows.
+    saved = memsleuth("report", result.json_path, cwd=tmp_path)
+    assert saved.returncode == 0, saved
+    assert _shape(saved.stdout) == _shape(result.stdout)

@@ -378,6 +378,10 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// exactly 20 digits, so more would only add zeros (and a large enough one makes `format!` panic).
 pub const MAX_PRECISION: usize = 20;
 
+/// What the Line Contents column shows for a line whose source cannot be read (code given to
+/// `exec`, a file deleted since).
+pub const SOURCE_UNAVAILABLE: &str = "<source unavailable>";
+
 fn mib(bytes: f64, precision: usize) -> String {
     format!("{:.*} MiB", precision, bytes / MIB)
 }
@@ -404,9 +408,19 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
     out.push_str(&header);
     out.push_str(&"=".repeat(header.trim_end().len()));
     out.push('\n');
-    for (i, src) in f.source.iter().enumerate() {
-        let lineno = f.first_lineno + i as u32;
+    // Without its source (a saved report's is blank too) a function still shows the lines that
+    // ran, and its first line with the RSS at entry.
+    let no_source = f.source.iter().all(|s| s.trim().is_empty());
+    let last_ran = f.lines.iter().map(|l| l.lineno).max().unwrap_or(f.first_lineno);
+    let last = last_ran.max(f.first_lineno + f.source.len().saturating_sub(1) as u32);
+    for lineno in f.first_lineno..=last {
+        let i = (lineno - f.first_lineno) as usize;
         let ran = f.lines.iter().find(|l| l.lineno == lineno);
+        let src = match f.source.get(i) {
+            Some(s) if !no_source => s.as_str(),
+            _ if ran.is_some() || i == 0 => SOURCE_UNAVAILABLE,
+            _ => continue,
+        };
         let below = |l: &LineReport| {
             let g = &l.figures;
             g.allocated_bytes < min_bytes && g.freed_bytes < min_bytes && g.rss_delta_bytes.unsigned_abs() < min_bytes
@@ -549,5 +563,27 @@ mod tests {
             let decimals = rows(&text)[2].1.split('.').nth(1).map_or(0, str::len);
             assert_eq!(decimals, precision.min(MAX_PRECISION), "{text}");
         }
+    }
+
+    #[test]
+    fn lines_without_source_show_their_figures() {
+        // Code given to exec: no source lines (live), or blank ones (read back from JSON).
+        for source in [&[][..], &["", "", "    ", "    "][..]] {
+            let text = render_function(&function(source, &[4, 5]), 1, 0);
+            let unavailable = SOURCE_UNAVAILABLE.to_string();
+            assert_eq!(
+                rows(&text),
+                [
+                    (2, "19.0".into(), unavailable.clone()),
+                    (4, "20.0".into(), unavailable.clone()),
+                    (5, "20.0".into(), unavailable)
+                ],
+                "{text}"
+            );
+        }
+        // With its source, every line of it shows, the blank ones too.
+        let text = render_function(&function(&["@profile", "def f():", "", "    a = [1] * 100000"], &[5]), 1, 0);
+        let sources: Vec<String> = rows(&text).into_iter().map(|r| r.2).collect();
+        assert_eq!(sources, ["@profile", "def f():", "", "a = [1] * 100000"], "{text}");
     }
 }
