@@ -1055,6 +1055,15 @@ def test_largest_precision(tmp_path):
     assert table.decimals() == {20}
 
 
+def test_output_paths_resolved_before_the_program_changes_directory(tmp_path):
+    code = "import os\nos.mkdir('elsewhere')\nos.chdir('elsewhere')\ndata = [1] * 1000\n"
+    result = memsleuth("run", "--json", "r.json", "-o", "r.txt", "-c", code, cwd=tmp_path)
+    assert result.returncode == 0, result
+    assert sorted(os.listdir(tmp_path / "elsewhere")) == []
+    report = json.loads((tmp_path / "r.json").read_text())
+    check_text_matches_json((tmp_path / "r.txt").read_text(), report)
+
+
 def test_function_without_source_shows_its_figures(tmp_path):
     result = run("exec_source.py", tmp_path=tmp_path)
     assert result.returncode == 0, result

@@ -142,9 +142,11 @@ def run(options):
             program, args = _script(options["program"][0]), options["program"][1:]
         else:
             raise UsageError("nothing to run: give a SCRIPT, -m MODULE or -c CODE (see memsleuth run --help)")
-        for path in (options["json"], options["output"]):
-            if path is not None:
-                _check_writable(path)
+        for key in ("json", "output"):
+            if options[key] is not None:
+                _check_writable(options[key])
+                # The program may change directory: the reports go where the command line meant.
+                options[key] = os.path.abspath(options[key])
     except UsageError as exc:
         return _error(str(exc), 2)
 
