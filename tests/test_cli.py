@@ -997,6 +997,26 @@ def test_python_m_memsleuth_is_memsleuth_for_runs(tmp_path, program):
 # Issue 12: memsleuth must never change what the profiled program does
 
 
+def _close_stdout():
+    os.close(1)
+
+
+@pytest.mark.parametrize("how", ["closed-descriptor", "program-sets-none"])
+def test_no_stdout_still_writes_the_json(tmp_path, how):
+    # With stdout closed (`>&-`) python sets sys.stdout to None and print() prints nothing; the
+    # text report has nowhere to go either, but the JSON report must be written.
+    json_path = tmp_path / "r.json"
+    code = "import sys\nsys.stdout = None\ndata = [1] * 100000\n"
+    program = ["mp_injected.py"] if how == "closed-descriptor" else ["-c", code]
+    proc = subprocess.run([BIN, "run", "--json", json_path, *program], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, cwd=str(CLI), env=_env(), timeout=60,
+                          preexec_fn=_close_stdout if how == "closed-descriptor" else None)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    report = json.loads(json_path.read_text())
+    assert [f["name"] for f in report["functions"]] == ["make_lists" if how == "closed-descriptor" else "<module>"]
+
+
 @pytest.mark.parametrize("launcher", ["script", "module"])
 @pytest.mark.parametrize("start", [["-m", "show_argv"], ["-mshow_argv"], ["-c", "import show_argv"],
                                    ["--precision", "2", "-cimport show_argv"]], ids=" ".join)

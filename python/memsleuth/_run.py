@@ -216,28 +216,36 @@ def _print_program_traceback(exc):
 def _write_reports(options, selection):
     """Prints and writes the reports; False if one could not be written."""
     token = _native.begin_quiet()
+    written = True
     try:
-        if not options["quiet"]:
+        if options["json"] is not None:
+            version = ".".join(str(part) for part in sys.version_info[:3])
+            written &= _write(options["json"], _native.report_json(version, _profile.program_argv, selection))
+        # Without a stdout (closed, or set to None by the program) print() prints nothing, and
+        # neither does memsleuth.
+        if not options["quiet"] and (options["output"] is not None or sys.stdout is not None):
             parts = [f"memsleuth: {selection}\n\n"] if selection else []
             for code, own_precision in _profile.precisions.items():
                 digits = options["precision"] if own_precision is None else own_precision
                 parts.append(_native.report_text(digits, code, options["min_bytes"]))
-            text = "".join(parts)
-            if options["output"] is not None:
-                with open(options["output"], "w") as f:
-                    f.write(text)
-            else:
-                sys.stdout.write(text)
-                sys.stdout.flush()
-        if options["json"] is not None:
-            version = ".".join(str(part) for part in sys.version_info[:3])
-            with open(options["json"], "w") as f:
-                f.write(_native.report_json(version, _profile.program_argv, selection))
-    except OSError as exc:
-        sys.stderr.write(f"memsleuth: error: cannot write the report: {exc.strerror or exc}\n")
-        return False
+            written &= _write(options["output"], "".join(parts))
     finally:
         _native.end_quiet(token)
+    return written
+
+
+def _write(path, text):
+    """Writes ``text`` to ``path``, or to sys.stdout when ``path`` is None; False if it could not."""
+    try:
+        if path is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            with open(path, "w") as f:
+                f.write(text)
+    except (OSError, ValueError) as exc:  # ValueError: the program closed sys.stdout
+        sys.stderr.write(f"memsleuth: error: cannot write the report: {getattr(exc, 'strerror', None) or exc}\n")
+        return False
     return True
 
 
