@@ -1056,6 +1056,18 @@ def test_pytest_options_after_module(tmp_path):
     assert "Filename:" in result.stdout
 
 
+def test_forked_child_does_not_report(tmp_path):
+    result = run("fork_child.py", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    assert result.stderr == ""
+    # The child ran to its end, after the parent had reported and exited.
+    assert "parent done" in result.stdout and "child done" in result.stdout, result
+    tables, other = parse_text(result.stdout)
+    assert [(t.name, t.calls) for t in tables] == [("work", 1)], result
+    assert len(selection_lines(other)) == 1
+    assert [(f["name"], f["calls"]) for f in result.report["functions"]] == [("work", 1)]
+
+
 @pytest.mark.parametrize("args", [
     ["run", "--precision", "1000000", "show_argv.py"],
     ["run", "--precision", "21", "show_argv.py"],

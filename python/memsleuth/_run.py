@@ -173,6 +173,9 @@ def run(options):
     sys.argv = [program.argv0, *args]
     sys.path[0] = program.path0
 
+    # Only the process that started the run reports: a child it forks that ends normally comes
+    # back here too.
+    starter = os.getpid()
     status = 0
     try:
         if whole_program:
@@ -188,9 +191,10 @@ def run(options):
         _print_program_traceback(exc)
         status = 1
     finally:
-        if finder is not None:
+        reporter = os.getpid() == starter
+        if reporter and finder is not None:
             finder.report_missing()
-        written = _write_reports(options, selection)
+        written = _write_reports(options, selection) if reporter else True
     return status if written or status else 1
 
 
