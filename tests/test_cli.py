@@ -1068,6 +1068,18 @@ def test_forked_child_does_not_report(tmp_path):
     assert [(f["name"], f["calls"]) for f in result.report["functions"]] == [("work", 1)]
 
 
+def test_report_waits_for_threads_and_atexit(tmp_path):
+    result = run("late_work.py", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    assert result.stderr == ""
+    report = result.report
+    for name, n in (("in_thread", 10 ** 5), ("at_exit", 2 * 10 ** 5)):
+        function = function_named(report, name)
+        assert function["calls"] == 1, name
+        assert line_with(function, "data = [%d] * n" % (1 if name == "in_thread" else 2))["allocated_bytes"] >= 8 * n
+    check_text_matches_json(result.stdout[result.stdout.index("script done") + len("script done"):], report)
+
+
 @pytest.mark.parametrize("args", [
     ["run", "--precision", "1000000", "show_argv.py"],
     ["run", "--precision", "21", "show_argv.py"],

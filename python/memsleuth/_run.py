@@ -1,11 +1,13 @@
 """``memsleuth run`` and ``memsleuth report``."""
 
 import ast
+import atexit
 import builtins
 import importlib.util
 import linecache
 import os
 import sys
+import threading
 import traceback
 import types
 
@@ -191,11 +193,28 @@ def run(options):
         _print_program_traceback(exc)
         status = 1
     finally:
+        _finish_program()
         reporter = os.getpid() == starter
         if reporter and finder is not None:
             finder.report_missing()
         written = _write_reports(options, selection) if reporter else True
     return status if written or status else 1
+
+
+def _finish_program():
+    """What python does once __main__ has ended, before it exits: join the non-daemon threads,
+    then run the atexit handlers. Done here so that their work is in the report; python's own
+    turn at exit then finds nothing left to do."""
+    try:
+        threading._shutdown()
+    except BaseException as exc:
+        # Python reports it as "Exception ignored on threading shutdown" and exits all the same.
+        _print_program_traceback(exc)
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:
+        # Already printed by atexit, as at exit (3.9 and 3.10 raise the last one again).
+        pass
 
 
 def _print_program_traceback(exc):
