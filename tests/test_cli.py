@@ -1080,6 +1080,26 @@ def test_report_waits_for_threads_and_atexit(tmp_path):
     check_text_matches_json(result.stdout[result.stdout.index("script done") + len("script done"):], report)
 
 
+def test_function_in_a_module_loaded_by_pytest_assertion_rewriting(tmp_path):
+    (tmp_path / "test_target.py").write_text(
+        "def test_alloc():\n"
+        "    data = [1] * 100000\n"
+        "    assert '@py_builtins' in globals()  # pytest rewrote this module\n"
+        "    assert len(data) == 100000\n"
+    )
+    # Loaded after the target by the same loader (pytest's), and left alone.
+    (tmp_path / "test_zother.py").write_text("def test_alloc():\n    assert '@py_builtins' in globals()\n")
+    result = run("-f", "test_target:test_alloc", "-m", "pytest", "-p", "no:cacheprovider", "test_target.py",
+                 "test_zother.py", tmp_path=tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result
+    assert "2 passed" in result.stdout, result
+    assert "warning" not in result.stderr, result
+    function = function_named(result.report, "test_alloc")
+    assert function["filename"] == str(tmp_path / "test_target.py")
+    assert function["calls"] == 1
+    assert line_with(function, "data = [1] * 100000")["allocated_bytes"] >= 800000
+
+
 @pytest.mark.parametrize("args", [
     ["run", "--precision", "1000000", "show_argv.py"],
     ["run", "--precision", "21", "show_argv.py"],

@@ -107,21 +107,21 @@ def _code_string(code):
 
 def _selection(program, tree, functions):
     """Rewrites the program's tree for the functions to profile; returns (selection sentence or
-    None, whether to profile its top-level code, the finder for other modules' targets)."""
+    None, whether to profile its top-level code, the patcher of other modules' targets)."""
     main_names = {"__main__", os.path.splitext(os.path.basename(program.filename))[0]}
     local, elsewhere = _select.split_targets(functions, main_names)
-    finder = _select.PatchOnImport(elsewhere) if elsewhere else None
+    patcher = _select.PatchOnImport(elsewhere) if elsewhere else None
     if functions:
         found = _select.decorate(tree, local)
         for missing in sorted(local - found):
             _select.warn(f"no function {missing} in {program.filename}")
-        return f"profiling @profile functions and --function {', '.join(functions)}", False, finder
+        return f"profiling @profile functions and --function {', '.join(functions)}", False, patcher
     if _select.mentions_profile(tree):
-        return "profiling the functions decorated with @profile", False, finder
+        return "profiling the functions decorated with @profile", False, patcher
     _select.decorate(tree, None)
     sentence = (f"profiling all of {program.filename}: its top-level code and every function it defines "
                 "(it never uses `profile`; choose functions with @profile or --function)")
-    return sentence, True, finder
+    return sentence, True, patcher
 
 
 def _exit_status(code):
@@ -157,7 +157,7 @@ def run(options):
     except (SyntaxError, ValueError) as exc:
         traceback.print_exception(type(exc), exc, None)
         return 1
-    selection, whole_program, finder = _selection(program, tree, options["functions"])
+    selection, whole_program, patcher = _selection(program, tree, options["functions"])
     code = compile(tree, program.filename, "exec")
 
     _profile.deferred = True
@@ -167,8 +167,8 @@ def run(options):
     builtins.profile = _profile.profile
     setattr(builtins, _select.INJECTED, _profile.profile)
     sys.modules["memory_profiler"] = _memory_profiler_stand_in()
-    if finder is not None:
-        sys.meta_path.insert(0, finder)
+    if patcher is not None:
+        patcher.install()
     main = types.ModuleType("__main__")
     main.__dict__.update(program.globals)
     sys.modules["__main__"] = main
@@ -195,8 +195,8 @@ def run(options):
     finally:
         _finish_program()
         reporter = os.getpid() == starter
-        if reporter and finder is not None:
-            finder.report_missing()
+        if reporter and patcher is not None:
+            patcher.report_missing()
         written = _write_reports(options, selection) if reporter else True
     return status if written or status else 1
 
