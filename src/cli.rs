@@ -10,6 +10,8 @@ Examples:
                                              script never mentions profile, all of its code)
   memsleuth run -f parse -f util:load app.py profile app.py's parse and util's load, no edits
   memsleuth run -m mypackage.tool --flag     run a module, like python -m
+  memsleuth run -q -m pytest -x tests/       memsleuth's -q, pytest's -x: what follows
+                                             the program is the program's
   memsleuth run -c 'import x; x.main()'      run a string of code
   memsleuth run --json out.json -o out.txt app.py
   python -m memsleuth run script.py          the same as memsleuth run";
