@@ -827,6 +827,8 @@ def test_syntax_error(tmp_path, relative):
     ["report", "--bogus", "x.json"],
     ["report"],
     ["run", "--json"],
+    ["run", "-m"],
+    ["run", "-qc"],
     ["run", "--bogus", "show_argv.py"],
     ["run", "-Z", "show_argv.py"],
 ], ids=" ".join)

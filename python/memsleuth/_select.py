@@ -146,5 +146,6 @@ def _patch_after_exec(spec, qualnames):
     except (AttributeError, TypeError):
         warn(f"cannot profile {', '.join(qualnames)} in {spec.name}: its loader cannot be wrapped")
 
+
 def warn(message):
     sys.stderr.write(f"memsleuth: warning: {message}\n")
