@@ -1,7 +1,8 @@
 //! The command line, parsed by clap. Python runs the program; this module only decides what the
 //! user asked for, so errors and help look like every other clap tool.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use memsleuth_core::report::MAX_PRECISION;
 
 const RUN_EXAMPLES: &str = "\
 Examples:
@@ -9,6 +10,8 @@ Examples:
                                              script never mentions profile, all of its code)
   memsleuth run -f parse -f util:load app.py profile app.py's parse and util's load, no edits
   memsleuth run -m mypackage.tool --flag     run a module, like python -m
+  memsleuth run -q -m pytest -x tests/       memsleuth's -q, pytest's -x: what follows
+                                             the program is the program's
   memsleuth run -c 'import x; x.main()'      run a string of code
   memsleuth run --json out.json -o out.txt app.py
   python -m memsleuth run script.py          the same as memsleuth run";
@@ -32,8 +35,9 @@ pub struct Cli {
 
 #[derive(Args, Debug)]
 pub struct TextOptions {
-    /// Decimals of the MiB columns (a decorator's own precision wins)
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Decimals of the MiB columns, 0 to 20 (a decorator's own precision wins)
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_PRECISION as u64))]
     pub precision: usize,
     /// Hide lines whose allocated, freed and RSS change are all below this size (bytes, or with
     /// a unit: 64KiB, 1MiB, 1GB)
@@ -47,10 +51,10 @@ pub enum Command {
     #[command(after_help = RUN_EXAMPLES)]
     Run {
         /// Run library module MODULE as a script (like python -m)
-        #[arg(short = 'm', value_name = "MODULE", conflicts_with = "code")]
+        #[arg(short = 'm', value_name = "MODULE", allow_hyphen_values = true)]
         module: Option<String>,
         /// Run the program passed in as a string (like python -c)
-        #[arg(short = 'c', value_name = "CODE")]
+        #[arg(short = 'c', value_name = "CODE", allow_hyphen_values = true)]
         code: Option<String>,
         /// Also profile this function, by qualified name (`Class.method`), or `module:qualname`
         /// for another module; repeatable
@@ -67,8 +71,9 @@ pub enum Command {
         quiet: bool,
         #[command(flatten)]
         text: TextOptions,
-        /// The script to run, then its arguments (with -m or -c: only the arguments)
-        #[arg(trailing_var_arg = true, value_name = "SCRIPT [ARGS]")]
+        /// The script to run, then its arguments (with -m or -c: only the arguments); everything
+        /// after SCRIPT, -m MODULE or -c CODE is the program's, as with python
+        #[arg(value_name = "SCRIPT [ARGS]")]
         program: Vec<String>,
     },
     /// Print a saved JSON report as text
@@ -79,4 +84,71 @@ pub enum Command {
         #[command(flatten)]
         text: TextOptions,
     },
+}
+
+/// Parses memsleuth's command line. As with python, everything after the script, `-m MODULE` or
+/// `-c CODE` belongs to the program, even what looks like one of memsleuth's options: clap would
+/// go on reading options after `-m`'s value, so the program's part is split off first and only
+/// memsleuth's part is given to clap.
+pub fn parse(mut argv: Vec<String>) -> Result<Cli, clap::Error> {
+    let program = match program_start(&argv) {
+        Some((own_end, program_start)) => {
+            let program = argv.split_off(program_start);
+            argv.truncate(own_end);
+            program
+        }
+        None => Vec::new(),
+    };
+    let mut cli = Cli::try_parse_from(argv)?;
+    if let Command::Run { program: args, .. } = &mut cli.command {
+        args.extend(program);
+    }
+    Ok(cli)
+}
+
+/// For `run`: (end of memsleuth's own arguments, start of the program's), or None when the
+/// command is not `run` or names no program. The options that take a value are read from the
+/// parser's own definition, so the two cannot disagree.
+fn program_start(argv: &[String]) -> Option<(usize, usize)> {
+    // The top level has only flags, so its first other word is the subcommand.
+    let run_at = 1 + argv.iter().skip(1).position(|a| !a.starts_with('-'))?;
+    if argv[run_at] != "run" {
+        return None;
+    }
+    let command = Cli::command();
+    let run = command.find_subcommand("run")?;
+    let valued = || run.get_arguments().filter(|a| !a.is_positional() && a.get_action().takes_values());
+    let valued_long = |name: &str| valued().any(|a| a.get_long() == Some(name));
+    let valued_short = |c: char| valued().any(|a| a.get_short() == Some(c));
+    // -m MODULE and -c CODE name the program: what follows their value is its arguments.
+    let names_program = |c: char| {
+        run.get_arguments().any(|a| a.get_short() == Some(c) && ["module", "code"].contains(&a.get_id().as_str()))
+    };
+    let mut i = run_at + 1;
+    'words: while i < argv.len() {
+        let word = &argv[i];
+        if word == "--" {
+            return Some((i, i + 1));
+        }
+        if let Some(long) = word.strip_prefix("--") {
+            i += if !long.contains('=') && valued_long(long) { 2 } else { 1 };
+        } else if word.len() > 1 && word.starts_with('-') {
+            // A cluster of short options (-qo PATH): the first that takes a value takes the rest
+            // of the word, or the next word when nothing is left.
+            for (at, c) in word.char_indices().skip(1) {
+                if valued_short(c) {
+                    let end = if at + c.len_utf8() < word.len() { i + 1 } else { i + 2 }.min(argv.len());
+                    if names_program(c) {
+                        return Some((end, end));
+                    }
+                    i = end;
+                    continue 'words;
+                }
+            }
+            i += 1;
+        } else {
+            return Some((i, i));
+        }
+    }
+    None
 }

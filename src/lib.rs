@@ -9,7 +9,6 @@ mod rss;
 mod state;
 mod tracing;
 
-use clap::Parser;
 use memsleuth_core::causes::OsReading;
 use memsleuth_core::ledger::{FuncInfo, Hot, Ledger, SavedFrame};
 use memsleuth_core::report::{render_function, render_text, Report};
@@ -302,7 +301,7 @@ fn overhead() -> (usize, usize) {
 #[pyfunction]
 fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyAny>> {
     let options = PyDict::new(py);
-    let command = match cli::Cli::try_parse_from(argv) {
+    let command = match cli::parse(argv) {
         Ok(cli::Cli { command: cli::Command::Run { module, code, functions, json, output, quiet, text, program } }) => {
             options.set_item("module", module)?;
             options.set_item("code", code)?;

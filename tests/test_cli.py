@@ -827,6 +827,8 @@ def test_syntax_error(tmp_path, relative):
     ["report", "--bogus", "x.json"],
     ["report"],
     ["run", "--json"],
+    ["run", "-m"],
+    ["run", "-qc"],
     ["run", "--bogus", "show_argv.py"],
     ["run", "-Z", "show_argv.py"],
 ], ids=" ".join)
@@ -841,7 +843,6 @@ def test_unknown_option_or_command(args):
     ["run", "--min-bytes", "12XB", "show_argv.py"],
     ["run", "--min-bytes", "lots", "show_argv.py"],
     ["run", "--min-bytes", "", "show_argv.py"],
-    ["run", "-m", "clipkg", "-c", "print(1)"],
     ["report", "--precision", "x", "whatever.json"],
     ["report", "--min-bytes", "1QB", "whatever.json"],
 ], ids=" ".join)
@@ -992,3 +993,154 @@ def test_python_m_memsleuth_is_memsleuth_for_runs(tmp_path, program):
              [(line["lineno"], line["source"], line["hits"]) for line in f["lines"]]) for f in a["functions"]] == \
            [(f["name"], f["module"], f["filename"], f["first_lineno"], f["calls"],
              [(line["lineno"], line["source"], line["hits"]) for line in f["lines"]]) for f in b["functions"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 12: memsleuth must never change what the profiled program does
+
+
+def _close_stdout():
+    os.close(1)
+
+
+@pytest.mark.parametrize("how", ["closed-descriptor", "program-sets-none"])
+def test_no_stdout_still_writes_the_json(tmp_path, how):
+    # With stdout closed (`>&-`) python sets sys.stdout to None and print() prints nothing; the
+    # text report has nowhere to go either, but the JSON report must be written.
+    json_path = tmp_path / "r.json"
+    code = "import sys\nsys.stdout = None\ndata = [1] * 100000\n"
+    program = ["mp_injected.py"] if how == "closed-descriptor" else ["-c", code]
+    proc = subprocess.run([BIN, "run", "--json", json_path, *program], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, cwd=str(CLI), env=_env(), timeout=60,
+                          preexec_fn=_close_stdout if how == "closed-descriptor" else None)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    report = json.loads(json_path.read_text())
+    assert [f["name"] for f in report["functions"]] == ["make_lists" if how == "closed-descriptor" else "<module>"]
+
+
+@pytest.mark.parametrize("launcher", ["script", "module"])
+@pytest.mark.parametrize("start", [["-m", "show_argv"], ["-mshow_argv"], ["-c", "import show_argv"],
+                                   ["--precision", "2", "-cimport show_argv"]], ids=" ".join)
+def test_options_after_module_or_code_belong_to_the_program(tmp_path, start, launcher):
+    args = ["--version", "-q", "--json", "x.json", "--precision", "3", "-m", "x", "-c", "y", "--", "z"]
+    result = run(*start, *args, tmp_path=tmp_path, launcher=launcher)
+    assert result.returncode == 0, result
+    assert_clean_stderr(result.stderr)
+    argv0 = str(CLI / "show_argv.py") if "-m" in start[0] else "-c"
+    assert first_json_line(result.stdout)["argv"] == [argv0, *args]
+    assert not (CLI / "x.json").exists()
+    assert result.report["argv"] == [argv0, *args]
+    # -q went to the program: the report was printed, at memsleuth's precision, not the program's.
+    [table] = check_text_matches_json(result.stdout, result.report)
+    assert table.decimals() == ({2} if "--precision" in start else {1})
+
+
+def test_help_example_module_with_flag(tmp_path):
+    # `memsleuth run -m mypackage.tool --flag`, from run --help.
+    result = run("-m", "clipkg", "--flag", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    assert first_json_line(result.stdout)["argv"] == [str(CLI / "clipkg" / "__main__.py"), "--flag"]
+
+
+def test_options_before_module_are_memsleuths(tmp_path):
+    result = run("-q", "-m", "show_argv", "-q", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    assert first_json_line(result.stdout)["argv"] == [str(CLI / "show_argv.py"), "-q"]
+    assert "Filename:" not in result.stdout
+
+
+def test_pytest_options_after_module(tmp_path):
+    (tmp_path / "test_quiet.py").write_text("def test_one():\n    assert True\n")
+    result = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "test_quiet.py", tmp_path=tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result
+    assert "1 passed" in result.stdout and "test session starts" not in result.stdout, result
+    assert "Filename:" in result.stdout
+
+
+def test_forked_child_does_not_report(tmp_path):
+    result = run("fork_child.py", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    assert result.stderr == ""
+    # The child ran to its end, after the parent had reported and exited.
+    assert "parent done" in result.stdout and "child done" in result.stdout, result
+    tables, other = parse_text(result.stdout)
+    assert [(t.name, t.calls) for t in tables] == [("work", 1)], result
+    assert len(selection_lines(other)) == 1
+    assert [(f["name"], f["calls"]) for f in result.report["functions"]] == [("work", 1)]
+
+
+def test_report_waits_for_threads_and_atexit(tmp_path):
+    result = run("late_work.py", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    assert result.stderr == ""
+    report = result.report
+    for name, n in (("in_thread", 10 ** 5), ("at_exit", 2 * 10 ** 5)):
+        function = function_named(report, name)
+        assert function["calls"] == 1, name
+        assert line_with(function, "data = [%d] * n" % (1 if name == "in_thread" else 2))["allocated_bytes"] >= 8 * n
+    check_text_matches_json(result.stdout[result.stdout.index("script done") + len("script done"):], report)
+
+
+def test_function_in_a_module_loaded_by_pytest_assertion_rewriting(tmp_path):
+    (tmp_path / "test_target.py").write_text(
+        "def test_alloc():\n"
+        "    data = [1] * 100000\n"
+        "    assert '@py_builtins' in globals()  # pytest rewrote this module\n"
+        "    assert len(data) == 100000\n"
+    )
+    # Loaded after the target by the same loader (pytest's), and left alone.
+    (tmp_path / "test_zother.py").write_text("def test_alloc():\n    assert '@py_builtins' in globals()\n")
+    result = run("-f", "test_target:test_alloc", "-m", "pytest", "-p", "no:cacheprovider", "test_target.py",
+                 "test_zother.py", tmp_path=tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result
+    assert "2 passed" in result.stdout, result
+    assert "warning" not in result.stderr, result
+    function = function_named(result.report, "test_alloc")
+    assert function["filename"] == str(tmp_path / "test_target.py")
+    assert function["calls"] == 1
+    assert line_with(function, "data = [1] * 100000")["allocated_bytes"] >= 800000
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--precision", "1000000", "show_argv.py"],
+    ["run", "--precision", "21", "show_argv.py"],
+    ["run", "--min-bytes", "99999999999999999999GiB", "show_argv.py"],
+    ["report", "--precision", "1000000", "whatever.json"],
+], ids=" ".join)
+def test_out_of_range_value(args):
+    result = memsleuth(*args, cwd=CLI)
+    assert_usage_error(result)
+    assert "{" not in result.stdout  # show_argv.py did not run
+
+
+def test_largest_precision(tmp_path):
+    result = run("--precision", "20", "mp_injected.py", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    [table] = check_text_matches_json(result.stdout, result.report)
+    assert table.decimals() == {20}
+
+
+def test_output_paths_resolved_before_the_program_changes_directory(tmp_path):
+    code = "import os\nos.mkdir('elsewhere')\nos.chdir('elsewhere')\ndata = [1] * 1000\n"
+    result = memsleuth("run", "--json", "r.json", "-o", "r.txt", "-c", code, cwd=tmp_path)
+    assert result.returncode == 0, result
+    assert sorted(os.listdir(tmp_path / "elsewhere")) == []
+    report = json.loads((tmp_path / "r.json").read_text())
+    check_text_matches_json((tmp_path / "r.txt").read_text(), report)
+
+
+def test_function_without_source_shows_its_figures(tmp_path):
+    result = run("exec_source.py", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    report = result.report
+    function = function_named(report, "from_exec")
+    assert function["filename"] == "<string>"
+    tables = check_text_matches_json(result.stdout, report)
+    table = table_named(tables, "from_exec")
+    assert table.figured() == {line["lineno"] for line in function["lines"]} and table.figured()
+    assert {table.rows[n]["source"] for n in table.figured()} == {"<source unavailable>"}
+    # The saved report prints the same rows.
+    saved = memsleuth("report", result.json_path, cwd=tmp_path)
+    assert saved.returncode == 0, saved
+    assert _shape(saved.stdout) == _shape(result.stdout)

@@ -1,11 +1,13 @@
 """``memsleuth run`` and ``memsleuth report``."""
 
 import ast
+import atexit
 import builtins
 import importlib.util
 import linecache
 import os
 import sys
+import threading
 import traceback
 import types
 
@@ -105,21 +107,21 @@ def _code_string(code):
 
 def _selection(program, tree, functions):
     """Rewrites the program's tree for the functions to profile; returns (selection sentence or
-    None, whether to profile its top-level code, the finder for other modules' targets)."""
+    None, whether to profile its top-level code, the patcher of other modules' targets)."""
     main_names = {"__main__", os.path.splitext(os.path.basename(program.filename))[0]}
     local, elsewhere = _select.split_targets(functions, main_names)
-    finder = _select.PatchOnImport(elsewhere) if elsewhere else None
+    patcher = _select.PatchOnImport(elsewhere) if elsewhere else None
     if functions:
         found = _select.decorate(tree, local)
         for missing in sorted(local - found):
             _select.warn(f"no function {missing} in {program.filename}")
-        return f"profiling @profile functions and --function {', '.join(functions)}", False, finder
+        return f"profiling @profile functions and --function {', '.join(functions)}", False, patcher
     if _select.mentions_profile(tree):
-        return "profiling the functions decorated with @profile", False, finder
+        return "profiling the functions decorated with @profile", False, patcher
     _select.decorate(tree, None)
     sentence = (f"profiling all of {program.filename}: its top-level code and every function it defines "
                 "(it never uses `profile`; choose functions with @profile or --function)")
-    return sentence, True, finder
+    return sentence, True, patcher
 
 
 def _exit_status(code):
@@ -142,9 +144,11 @@ def run(options):
             program, args = _script(options["program"][0]), options["program"][1:]
         else:
             raise UsageError("nothing to run: give a SCRIPT, -m MODULE or -c CODE (see memsleuth run --help)")
-        for path in (options["json"], options["output"]):
-            if path is not None:
-                _check_writable(path)
+        for key in ("json", "output"):
+            if options[key] is not None:
+                _check_writable(options[key])
+                # The program may change directory: the reports go where the command line meant.
+                options[key] = os.path.abspath(options[key])
     except UsageError as exc:
         return _error(str(exc), 2)
 
@@ -153,7 +157,7 @@ def run(options):
     except (SyntaxError, ValueError) as exc:
         traceback.print_exception(type(exc), exc, None)
         return 1
-    selection, whole_program, finder = _selection(program, tree, options["functions"])
+    selection, whole_program, patcher = _selection(program, tree, options["functions"])
     code = compile(tree, program.filename, "exec")
 
     _profile.deferred = True
@@ -163,14 +167,17 @@ def run(options):
     builtins.profile = _profile.profile
     setattr(builtins, _select.INJECTED, _profile.profile)
     sys.modules["memory_profiler"] = _memory_profiler_stand_in()
-    if finder is not None:
-        sys.meta_path.insert(0, finder)
+    if patcher is not None:
+        patcher.install()
     main = types.ModuleType("__main__")
     main.__dict__.update(program.globals)
     sys.modules["__main__"] = main
     sys.argv = [program.argv0, *args]
     sys.path[0] = program.path0
 
+    # Only the process that started the run reports: a child it forks that ends normally comes
+    # back here too.
+    starter = os.getpid()
     status = 0
     try:
         if whole_program:
@@ -186,10 +193,28 @@ def run(options):
         _print_program_traceback(exc)
         status = 1
     finally:
-        if finder is not None:
-            finder.report_missing()
-        written = _write_reports(options, selection)
+        _finish_program()
+        reporter = os.getpid() == starter
+        if reporter and patcher is not None:
+            patcher.report_missing()
+        written = _write_reports(options, selection) if reporter else True
     return status if written or status else 1
+
+
+def _finish_program():
+    """What python does once __main__ has ended, before it exits: join the non-daemon threads,
+    then run the atexit handlers. Done here so that their work is in the report; python's own
+    turn at exit then finds nothing left to do."""
+    try:
+        threading._shutdown()
+    except BaseException as exc:
+        # Python reports it as "Exception ignored on threading shutdown" and exits all the same.
+        _print_program_traceback(exc)
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:
+        # Already printed by atexit, as at exit (3.9 and 3.10 raise the last one again).
+        pass
 
 
 def _print_program_traceback(exc):
@@ -214,28 +239,36 @@ def _print_program_traceback(exc):
 def _write_reports(options, selection):
     """Prints and writes the reports; False if one could not be written."""
     token = _native.begin_quiet()
+    written = True
     try:
-        if not options["quiet"]:
+        if options["json"] is not None:
+            version = ".".join(str(part) for part in sys.version_info[:3])
+            written &= _write(options["json"], _native.report_json(version, _profile.program_argv, selection))
+        # Without a stdout (closed, or set to None by the program) print() prints nothing, and
+        # neither does memsleuth.
+        if not options["quiet"] and (options["output"] is not None or sys.stdout is not None):
             parts = [f"memsleuth: {selection}\n\n"] if selection else []
             for code, own_precision in _profile.precisions.items():
                 digits = options["precision"] if own_precision is None else own_precision
                 parts.append(_native.report_text(digits, code, options["min_bytes"]))
-            text = "".join(parts)
-            if options["output"] is not None:
-                with open(options["output"], "w") as f:
-                    f.write(text)
-            else:
-                sys.stdout.write(text)
-                sys.stdout.flush()
-        if options["json"] is not None:
-            version = ".".join(str(part) for part in sys.version_info[:3])
-            with open(options["json"], "w") as f:
-                f.write(_native.report_json(version, _profile.program_argv, selection))
-    except OSError as exc:
-        sys.stderr.write(f"memsleuth: error: cannot write the report: {exc.strerror or exc}\n")
-        return False
+            written &= _write(options["output"], "".join(parts))
     finally:
         _native.end_quiet(token)
+    return written
+
+
+def _write(path, text):
+    """Writes ``text`` to ``path``, or to sys.stdout when ``path`` is None; False if it could not."""
+    try:
+        if path is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            with open(path, "w") as f:
+                f.write(text)
+    except (OSError, ValueError) as exc:  # ValueError: the program closed sys.stdout
+        sys.stderr.write(f"memsleuth: error: cannot write the report: {getattr(exc, 'strerror', None) or exc}\n")
+        return False
     return True
 
 

@@ -2,7 +2,7 @@
 program never mentions ``profile``, its top-level code and every function it defines."""
 
 import ast
-import importlib.machinery
+import importlib._bootstrap as _bootstrap
 import sys
 
 from . import _profile
@@ -91,36 +91,60 @@ def _patch(module, qualname):
 
 
 class PatchOnImport:
-    """A meta path finder that profiles ``module:qualname`` targets as their module loads (or at
-    once, for modules already imported)."""
+    """Profiles ``module:qualname`` targets as their module loads (or at once, for modules
+    already imported), whatever finder and loader import it. Import hooks such as pytest's
+    assertion rewriting put their own finder first in sys.meta_path, where a finder of ours
+    would never be asked: the import system's spec lookup is watched instead, and the loader
+    of the spec it returns for a target patches the module once it has run."""
 
     def __init__(self, targets):
         self.targets = targets
-        for name in list(targets):
+        self._find_spec = _bootstrap._find_spec
+
+    def install(self):
+        for name in list(self.targets):
             if name in sys.modules:
-                for qualname in targets.pop(name):
+                for qualname in self.targets.pop(name):
                     _patch(sys.modules[name], qualname)
+        if self.targets:
+            _bootstrap._find_spec = self._found
 
-    def find_spec(self, name, path, target=None):
-        if name not in self.targets:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        qualnames = self.targets.pop(name)
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            for qualname in qualnames:
-                _patch(module, qualname)
-
-        spec.loader.exec_module = exec_module
+    def _found(self, name, path, target=None):
+        spec = self._find_spec(name, path, target)
+        if name in self.targets and spec is not None and hasattr(spec.loader, "exec_module"):
+            _patch_after_exec(spec, self.targets.pop(name))
+            if not self.targets:
+                _bootstrap._find_spec = self._find_spec
         return spec
 
     def report_missing(self):
         for name, qualnames in self.targets.items():
             warn(f"module {name} was never imported, so {', '.join(qualnames)} ran unprofiled")
+
+
+def _patch_after_exec(spec, qualnames):
+    """Makes ``spec``'s loader patch the module it executes for ``spec``. The loader may serve
+    other modules too (pytest's does), so the wrapper passes them through and removes itself
+    after the module of ``spec``."""
+    loader = spec.loader
+    own = vars(loader).get("exec_module") if hasattr(loader, "__dict__") else None
+    run = loader.exec_module
+
+    def exec_module(module):
+        if module.__spec__ is not spec:
+            return run(module)
+        if own is None:
+            del loader.exec_module
+        else:
+            loader.exec_module = own
+        run(module)
+        for qualname in qualnames:
+            _patch(module, qualname)
+
+    try:
+        loader.exec_module = exec_module
+    except (AttributeError, TypeError):
+        warn(f"cannot profile {', '.join(qualnames)} in {spec.name}: its loader cannot be wrapped")
 
 
 def warn(message):

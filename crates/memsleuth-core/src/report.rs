@@ -367,8 +367,20 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "gb" => 1e9,
         other => return Err(format!("unknown unit '{other}' (use B, KiB, MiB, GiB, KB, MB or GB)")),
     };
-    Ok((number * factor).round() as u64)
+    let bytes = (number * factor).round();
+    if bytes >= 2f64.powi(64) {
+        return Err(format!("'{text}' is more than 16 EiB"));
+    }
+    Ok(bytes as u64)
 }
+
+/// The most decimals the MiB columns show: one byte is 2^-20 MiB, whose decimal expansion has
+/// exactly 20 digits, so more would only add zeros (and a large enough one makes `format!` panic).
+pub const MAX_PRECISION: usize = 20;
+
+/// What the Line Contents column shows for a line whose source cannot be read (code given to
+/// `exec`, a file deleted since).
+pub const SOURCE_UNAVAILABLE: &str = "<source unavailable>";
 
 fn mib(bytes: f64, precision: usize) -> String {
     format!("{:.*} MiB", precision, bytes / MIB)
@@ -377,6 +389,7 @@ fn mib(bytes: f64, precision: usize) -> String {
 /// memory_profiler's table for one function, the exact columns beside it. Lines whose
 /// allocated, freed and RSS change all stay below `min_bytes` are left out.
 pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> String {
+    let precision = precision.min(MAX_PRECISION);
     // memory_profiler's '{:>12}' columns, widened only when the precision needs it.
     let width = (precision + 8).max(12);
     let row = |lineno: &str, mem: &str, inc: &str, occ: &str, exact: [&str; 4], src: &str| {
@@ -395,9 +408,19 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
     out.push_str(&header);
     out.push_str(&"=".repeat(header.trim_end().len()));
     out.push('\n');
-    for (i, src) in f.source.iter().enumerate() {
-        let lineno = f.first_lineno + i as u32;
+    // Without its source (a saved report's is blank too) a function still shows the lines that
+    // ran, and its first line with the RSS at entry.
+    let no_source = f.source.iter().all(|s| s.trim().is_empty());
+    let last_ran = f.lines.iter().map(|l| l.lineno).max().unwrap_or(f.first_lineno);
+    let last = last_ran.max(f.first_lineno + f.source.len().saturating_sub(1) as u32);
+    for lineno in f.first_lineno..=last {
+        let i = (lineno - f.first_lineno) as usize;
         let ran = f.lines.iter().find(|l| l.lineno == lineno);
+        let src = match f.source.get(i) {
+            Some(s) if !no_source => s.as_str(),
+            _ if ran.is_some() || i == 0 => SOURCE_UNAVAILABLE,
+            _ => continue,
+        };
         let below = |l: &LineReport| {
             let g = &l.figures;
             g.allocated_bytes < min_bytes && g.freed_bytes < min_bytes && g.rss_delta_bytes.unsigned_abs() < min_bytes
@@ -464,6 +487,9 @@ mod tests {
         assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("3 parsecs").is_err());
+        assert_eq!(parse_size("15GiB"), Ok(15 << 30));
+        assert!(parse_size("99999999999999999999GiB").is_err());
+        assert!(parse_size("18446744073709551616").is_err());
     }
 
     #[test]
@@ -474,5 +500,90 @@ mod tests {
         assert_eq!(human_bytes(8_000_056), "7.6 MiB");
         assert_eq!(human_bytes(-160_000_000), "-152.6 MiB");
         assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    fn function(source: &[&str], ran: &[u32]) -> FunctionReport {
+        let figures = Figures {
+            hits: 1,
+            allocated_bytes: 800_056,
+            allocations: 1,
+            freed_bytes: 0,
+            frees: 0,
+            net_bytes: 800_056,
+            peak_bytes: 800_056,
+            retained_bytes: 0,
+            rss_after_bytes: Some(20 << 20),
+            rss_delta_bytes: 1 << 20,
+            gc_collections: 0,
+            gc_freed_bytes: 0,
+            arenas_mapped: 0,
+            arenas_unmapped: 0,
+            causes: Causes::default(),
+            note: None,
+        };
+        FunctionReport {
+            code: 0,
+            name: "f".into(),
+            module: "m".into(),
+            filename: "<string>".into(),
+            first_lineno: 2,
+            calls: 1,
+            rss_at_entry: Some(19 << 20),
+            totals: figures.clone(),
+            lines: ran
+                .iter()
+                .map(|&lineno| LineReport { lineno, source: String::new(), figures: figures.clone() })
+                .collect(),
+            source: source.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// (line number, MiB column, source) of each row of a rendered table.
+    fn rows(text: &str) -> Vec<(u32, String, String)> {
+        // The header's "Occurrences" is one wider than its column, so rows start one before it.
+        let column = text.lines().find_map(|l| l.find("Line Contents")).unwrap() - 1;
+        text.lines()
+            .skip_while(|l| !l.starts_with('='))
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(|l| {
+                let mut words = l.split_whitespace();
+                let lineno = words.next().unwrap().parse().unwrap();
+                let mem = words.next().unwrap_or_default().to_string();
+                (lineno, mem, l.get(column..).unwrap_or_default().trim().to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn any_precision_renders() {
+        let f = function(&["@profile", "def f():", "    a = [1] * 100000"], &[4]);
+        for precision in [0, 20, 21, 1 << 16, usize::MAX] {
+            let text = render_function(&f, precision, 0);
+            let decimals = rows(&text)[2].1.split('.').nth(1).map_or(0, str::len);
+            assert_eq!(decimals, precision.min(MAX_PRECISION), "{text}");
+        }
+    }
+
+    #[test]
+    fn lines_without_source_show_their_figures() {
+        // Code given to exec: no source lines (live), or blank ones (read back from JSON).
+        for source in [&[][..], &["", "", "    ", "    "][..]] {
+            let text = render_function(&function(source, &[4, 5]), 1, 0);
+            let unavailable = SOURCE_UNAVAILABLE.to_string();
+            assert_eq!(
+                rows(&text),
+                [
+                    (2, "19.0".into(), unavailable.clone()),
+                    (4, "20.0".into(), unavailable.clone()),
+                    (5, "20.0".into(), unavailable)
+                ],
+                "{text}"
+            );
+        }
+        // With its source, every line of it shows, the blank ones too.
+        let text = render_function(&function(&["@profile", "def f():", "", "    a = [1] * 100000"], &[5]), 1, 0);
+        let sources: Vec<String> = rows(&text).into_iter().map(|r| r.2).collect();
+        assert_eq!(sources, ["@profile", "def f():", "", "a = [1] * 100000"], "{text}");
     }
 }
