@@ -1144,3 +1144,13 @@ def test_function_without_source_shows_its_figures(tmp_path):
     saved = memsleuth("report", result.json_path, cwd=tmp_path)
     assert saved.returncode == 0, saved
     assert _shape(saved.stdout) == _shape(result.stdout)
+
+
+def test_children_spawned_by_multiprocessing_run_the_bare_decorator(tmp_path):
+    # Issue 12, item 7: each spawned child runs the main module again, and its bare @profile was a
+    # NameError there. Children are not profiled: only the parent's call is in the report.
+    result = run("mp_spawn.py", tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    assert "NameError" not in result.stderr, result
+    assert result.stdout.startswith("[1, 4, 9]\n16\n"), result
+    assert [(f["name"], f["calls"]) for f in result.report["functions"]] == [("square", 1)]

@@ -3,6 +3,7 @@
 import ast
 import atexit
 import builtins
+import functools
 import importlib.util
 import linecache
 import os
@@ -40,6 +41,55 @@ def _memory_profiler_stand_in():
     module.__doc__ = "memsleuth's stand-in for memory_profiler: profile() is memsleuth.profile."
     module.profile = _profile.profile
     return module
+
+
+class _SpawnPreparer:
+    """Makes the children multiprocessing spawns import ``memsleuth._spawned`` before they run the
+    program's main module again. It waits in ``sys.meta_path`` until the program imports
+    ``multiprocessing.spawn`` (importing it earlier would register multiprocessing's atexit
+    handler in programs that never use it), patches the module once it has run, and leaves."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "multiprocessing.spawn":
+            return None
+        sys.meta_path.remove(self)
+        spec = None
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                break
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader = spec.loader
+
+        class Patching:
+            def create_module(self, spec):
+                return loader.create_module(spec)
+
+            def exec_module(self, module):
+                try:
+                    loader.exec_module(module)
+                finally:
+                    module.__spec__.loader = module.__loader__ = loader
+                _prepare_spawned_children(module)
+
+        spec.loader = Patching()
+        return spec
+
+
+def _prepare_spawned_children(spawn):
+    get_command_line = spawn.get_command_line
+
+    @functools.wraps(get_command_line)
+    def command_line(**kwds):
+        argv = get_command_line(**kwds)
+        if "-c" in argv[:-1]:
+            at = argv.index("-c") + 1
+            argv[at] = "import memsleuth._spawned; " + argv[at]
+        return argv
+
+    spawn.get_command_line = command_line
 
 
 class _Program:
@@ -167,6 +217,10 @@ def run(options):
     builtins.profile = _profile.profile
     setattr(builtins, _select.INJECTED, _profile.profile)
     sys.modules["memory_profiler"] = _memory_profiler_stand_in()
+    if "multiprocessing.spawn" in sys.modules:
+        _prepare_spawned_children(sys.modules["multiprocessing.spawn"])
+    else:
+        sys.meta_path.insert(0, _SpawnPreparer())
     if patcher is not None:
         patcher.install()
     main = types.ModuleType("__main__")
