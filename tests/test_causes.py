@@ -46,6 +46,7 @@ PROGRAMS = {
     "comprehension_1m": ("causes/comprehension.py", (1_000_000,)),
     "lazy_bytes": ("causes/lazy_bytes.py", ()),
     "native_malloc": ("causes/native_malloc.py", ()),
+    "small_loop": ("causes/small_loop.py", ()),
     "seed_my_func": ("seed_my_func.py", ()),
     "seed_generators": ("seed_generators.py", ()),
 }
@@ -152,6 +153,18 @@ def test_notes_blame_python_only_when_python_explains_the_change(program):
             if not (python * rss > 0 and abs(python) >= largest_other and abs(python) <= 2 * abs(rss)):
                 wrong.append((key, name, line["lineno"], line["source"].strip(), rss, causes, note))
     assert not wrong, "\n".join(map(str, wrong))
+
+
+def test_single_thread_has_no_other_threads_cause(program):
+    """In a program with one thread, whatever a line's RSS window also covers of its neighbours'
+    allocations is still this thread's: no line, and no total, may put it on other threads."""
+    run = program("small_loop")
+    assert run.extra["threads"] == 1, run.extra
+    func = run.function("churn")
+    for figures in func["lines"] + [func["totals"]]:
+        where = (figures.get("lineno", "totals"), figures.get("source"), figures["causes"], figures["note"])
+        assert figures["causes"]["other_threads"] == 0, where
+        assert "other threads" not in (figures["note"] or ""), where
 
 
 # --------------------------------------------------------------------------------------------

@@ -53,6 +53,9 @@ pub struct Sample {
     pub glibc_live: u64,
     /// Bytes of pymalloc arenas mapped, exact from the arena hook.
     pub arena_bytes: u64,
+    /// The reading thread's own cumulative tracked net (allocated minus freed): what of the
+    /// change in `tracked_live` between two of its samples was its own.
+    pub own_net: i64,
 }
 
 /// The causes of a line's RSS change, in bytes; they sum to it exactly.
@@ -110,20 +113,26 @@ impl Causes {
     }
 
     /// The decomposition of one execution: `net` and `gc_freed` are its exact tracked figures,
-    /// `start` and `end` the samples its RSS change was measured between (SPEC section 3).
+    /// `start` and `end` the samples of its thread its RSS change was measured between.
+    ///
+    /// Readings are skipped in hot loops, so the samples may also span neighbouring lines of the
+    /// same thread; what those lines' blocks took from or gave to the allocators is the
+    /// allocators' share here, never another thread's: `other_threads` is only the part of the
+    /// tracked change the thread did not make itself.
     pub fn of_execution(start: &Sample, end: &Sample, net: i64, gc_freed: u64) -> Self {
         let rss_delta = delta(start.os.rss(), end.os.rss());
         let tracked = delta(start.tracked_live, end.tracked_live);
+        let other_threads = tracked - (end.own_net - start.own_net);
         let profiler = delta(start.os.profiler_bytes, end.os.profiler_bytes);
         let glibc_used =
             delta(start.os.malloc_in_use + start.os.malloc_mmapped, end.os.malloc_in_use + end.os.malloc_mmapped);
         let native = glibc_used - delta(start.glibc_live, end.glibc_live) - profiler;
         let footprint = |s: &Sample| s.arena_bytes + s.os.malloc_arena + s.os.malloc_mmapped;
-        let allocator = delta(footprint(start), footprint(end)) - tracked - native - profiler;
+        let allocator = delta(footprint(start), footprint(end)) - net - other_threads - native - profiler;
         let mut causes = Causes {
             python: net + gc_freed as i64,
             gc: -(gc_freed as i64),
-            other_threads: tracked - net,
+            other_threads,
             native,
             allocator,
             lazy: -delta(start.os.unresident, end.os.unresident),
@@ -136,12 +145,12 @@ impl Causes {
     }
 
     /// Adds `of_execution(s, s, net, gc_freed)` for any sample `s`, without reading one: when
-    /// no reading came between an execution's ends, only the exact figures move, and the other
-    /// threads' share offsets them (the tracked total did not change between the samples).
+    /// no reading came between an execution's ends, only the exact figures move, and the
+    /// allocators' share offsets them (the blocks came from, or went to, memory they held).
     pub fn add_unread(&mut self, net: i64, gc_freed: u64) {
         self.python += net + gc_freed as i64;
         self.gc -= gc_freed as i64;
-        self.other_threads -= net;
+        self.allocator -= net;
     }
 
     pub fn add(&mut self, other: &Causes) {
@@ -278,6 +287,7 @@ mod tests {
             tracked_live: tracked,
             glibc_live: 0,
             arena_bytes: arenas,
+            own_net: tracked as i64,
         }
     }
 
@@ -296,6 +306,7 @@ mod tests {
             tracked_live: 20 * MIB,
             glibc_live: 2 * MIB,
             arena_bytes: 12 * MIB,
+            own_net: (20 * MIB) as i64,
         }
     }
 
@@ -315,6 +326,7 @@ mod tests {
             tracked_live: 20 * MIB + 100,
             glibc_live: 2 * MIB,
             arena_bytes: 12 * MIB,
+            own_net: (20 * MIB + 100) as i64,
         };
         let c = Causes::of_execution(&start, &end, 100, 0);
         assert_eq!(c.sum(), (81 * MIB) as i64);

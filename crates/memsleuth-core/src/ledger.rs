@@ -928,18 +928,19 @@ impl Ledger {
     }
 
     /// The exact process-wide counters beside a reading.
-    pub fn sample(&self, os: OsReading) -> Sample {
+    pub fn sample(&self, os: OsReading, hot: &Hot) -> Sample {
         Sample {
             os,
+            own_net: hot.net(),
             tracked_live: self.process.live_bytes,
             glibc_live: self.process.glibc_live,
             arena_bytes: self.process.arena_bytes,
         }
     }
 
-    fn note_reading(&mut self, t: usize, os: Option<OsReading>) {
+    fn note_reading(&mut self, hot: &Hot, t: usize, os: Option<OsReading>) {
         if let Some(os) = os {
-            let sample = self.sample(os);
+            let sample = self.sample(os, hot);
             let th = &mut self.threads[t];
             th.last = sample;
             th.readings += 1;
@@ -966,7 +967,7 @@ impl Ledger {
 
     fn push_frame(&mut self, hot: &mut Hot, saved: SavedFrame, os: OsReading) {
         let t = self.thread_mut(hot);
-        self.note_reading(t, Some(os));
+        self.note_reading(hot, t, Some(os));
         let f = &self.funcs[saved.func as usize];
         let (code, total_line) = (f.info.code, f.total_line);
         let th = &self.threads[t];
@@ -1049,7 +1050,7 @@ impl Ledger {
         let in_line = top.line.is_some();
         let os = read(self, hot);
         if in_line {
-            self.note_reading(t, os);
+            self.note_reading(hot, t, os);
             if self.step_quietly(hot, t, lineno) {
                 return;
             }
@@ -1070,7 +1071,7 @@ impl Ledger {
                 // The frame's first line: what moved since entry (argument binding) belongs to
                 // it, so the reading lands after it opens and its deltas add up to the call's.
                 self.start_line(hot, t, lineno, true);
-                self.note_reading(t, os);
+                self.note_reading(hot, t, os);
             }
         }
     }
@@ -1127,7 +1128,7 @@ impl Ledger {
             return None;
         }
         let t = (hot.thread - 1) as usize;
-        self.note_reading(t, Some(os));
+        self.note_reading(hot, t, Some(os));
         let mut frame = *self.threads[t].frames.last()?;
         if let Some(exec) = frame.line.take() {
             self.close_exec(hot, t, exec);

@@ -811,6 +811,36 @@ fn interleaved_threads_do_not_leak_into_each_others_lines() {
 }
 
 #[test]
+fn other_threads_is_what_other_threads_did_never_the_threads_own_unread_lines() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let (mut t1, mut t2) = (Hot::ZERO, Hot::ZERO);
+
+    // One thread, readings skipped: line 10 allocates 100 with no reading after it, line 11
+    // frees it and is read. The reading's window covers both lines, and all of it is t1's.
+    l.enter(&mut t1, f, 1000);
+    l.on_line(&mut t1, F, 10, None);
+    l.on_alloc(&mut t1, A, 100, false);
+    l.on_line(&mut t1, F, 11, None);
+    l.on_free(&mut t1, A, false);
+    l.on_line(&mut t1, F, 12, Some(OsReading::from(1000_u64)));
+    let (s10, s11) = (line(&l, f, 10), line(&l, f, 11));
+    assert_eq!((s10.causes.other_threads, s11.causes.other_threads), (0, 0));
+    // Line 10 took its block from memory the allocators held; line 11 gave it back to them.
+    assert_eq!((s10.causes.python, s10.causes.allocator), (100, -100));
+    assert_eq!((s11.causes.python, s11.causes.allocator), (-100, 100));
+
+    // Another thread allocates 7 while line 12 runs: that, and only that, is other threads'.
+    l.on_alloc(&mut t1, C, 5, false);
+    l.on_alloc(&mut t2, B, 7, false);
+    l.on_line(&mut t1, F, 13, Some(OsReading::from(1012_u64)));
+    let s12 = line(&l, f, 12);
+    assert_eq!((s12.causes.python, s12.causes.other_threads), (5, 7));
+    assert_eq!(s12.causes.sum(), 12);
+    l.leave(&mut t1, 1012);
+}
+
+#[test]
 fn the_same_line_on_two_threads_is_measured_on_each() {
     let mut l = Ledger::new();
     let f = register(&mut l, "f", F, 10);
