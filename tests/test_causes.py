@@ -132,6 +132,12 @@ def test_note_rules(program, key):
         # The collector is never blamed unless a collection ran during the line.
         if "collector" in note or "garbage" in note:
             assert line["gc_collections"] > 0, (where, note)
+        # The words match what happened: a release only where RSS fell, memory kept from frees
+        # only where the line's Python objects shrank.
+        if "trimmed" in note or "released" in note:
+            assert line["rss_delta_bytes"] < 0, (where, note)
+        if "fragmented" in note:
+            assert line["causes"]["python"] < 0, (where, note)
 
 
 _PYTHON_NOTE = re.compile(r"this line (freed|allocated and kept) .* of Python objects")
