@@ -21,3 +21,10 @@ def test_forked_child_reads_its_own_rss_and_pages(run_fixture, tmp_path):
     # The block is resident in the child, whatever the parent's pages at its address are.
     assert abs(line["causes"]["lazy"]) < MiB, line
     assert line["rss_after_bytes"] < touch["rss_at_entry_bytes"] + 100 * MiB, (line, touch["rss_at_entry_bytes"])
+
+
+def test_thread_state_is_freed_when_threads_end(run_fixture):
+    extra = run_fixture("thread_churn.py").extra
+    # memsleuth's tables (the block table, nodes, thread ledgers) after 200 threads and after
+    # 2,000 more: the same, not 2,000 threads' worth more.
+    assert extra["after_2200"] == extra["after_200"], extra

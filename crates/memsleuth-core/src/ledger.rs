@@ -361,6 +361,9 @@ pub struct Ledger {
     nodes: Vec<Node>,
     node_index: HashMap<NodeKey, u32, BuildHasherDefault<FxHasher>>,
     threads: Vec<ThreadLedger>,
+    /// Thread ledgers whose thread left its last profiled frame, for the next thread to enter
+    /// one: a program that starts thread after thread keeps as many as run profiled at once.
+    free_threads: Vec<u32>,
     pub process: ProcessStats,
     acts: Vec<Activation>,
     free_acts: Vec<u32>,
@@ -396,6 +399,7 @@ impl Ledger {
             nodes: Vec::new(),
             node_index: HashMap::with_hasher(BuildHasherDefault::new()),
             threads: Vec::new(),
+            free_threads: Vec::new(),
             process: ProcessStats {
                 allocated_bytes: 0,
                 freed_bytes: 0,
@@ -427,6 +431,16 @@ impl Ledger {
             + self.node_index.capacity() * (std::mem::size_of::<NodeKey>() + 4)
             + self.acts.capacity() * std::mem::size_of::<Activation>()
             + self.calls.capacity() * std::mem::size_of::<Call>()
+            + self
+                .threads
+                .iter()
+                .map(|t| {
+                    std::mem::size_of::<ThreadLedger>()
+                        + t.frames.capacity() * std::mem::size_of::<Frame>()
+                        + t.active.capacity() * 4
+                        + t.measured.capacity() * 8
+                })
+                .sum::<usize>()
     }
 
     pub fn register_function(&mut self, info: FuncInfo) -> u32 {
@@ -477,10 +491,25 @@ impl Ledger {
 
     fn thread_mut(&mut self, hot: &mut Hot) -> usize {
         if hot.thread == 0 {
-            self.threads.push(ThreadLedger::default());
-            hot.thread = self.threads.len() as u32;
+            hot.thread = match self.free_threads.pop() {
+                Some(t) => t,
+                None => {
+                    self.threads.push(ThreadLedger::default());
+                    self.threads.len() as u32
+                }
+            };
         }
         (hot.thread - 1) as usize
+    }
+
+    /// Hands this thread's ledger back once no profiled frame is left on it: with no execution
+    /// open it holds nothing a later call needs (that call takes a reading as it enters), and
+    /// the thread may never come back.
+    fn release_thread_if_idle(&mut self, hot: &mut Hot) {
+        if hot.thread != 0 && self.threads[(hot.thread - 1) as usize].frames.is_empty() {
+            self.free_threads.push(hot.thread);
+            hot.thread = 0;
+        }
     }
 
     fn intern(&mut self, parent: u32, line: u32, thread: u32, depth: u32) -> u32 {
@@ -1151,12 +1180,14 @@ impl Ledger {
         let total_line = self.funcs[frame.func as usize].total_line as usize;
         let th = &self.threads[(hot.thread - 1) as usize];
         let outermost = th.active.get(total_line).is_none_or(|n| *n == 0);
+        self.release_thread_if_idle(hot);
         Some((frame.func, outermost))
     }
 
     /// The innermost frame (a generator or coroutine) yields.
     pub fn suspend(&mut self, hot: &mut Hot, os: impl Into<OsReading>) -> Option<SavedFrame> {
         let frame = self.pop_frame(hot, os.into())?;
+        self.release_thread_if_idle(hot);
         Some(SavedFrame { func: frame.func, call: frame.call, lineno: frame.lineno })
     }
 

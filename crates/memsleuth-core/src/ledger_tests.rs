@@ -841,6 +841,38 @@ fn other_threads_is_what_other_threads_did_never_the_threads_own_unread_lines() 
 }
 
 #[test]
+fn a_thread_ledger_is_reused_once_its_thread_leaves_its_last_profiled_frame() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let footprint = |l: &Ledger| l.footprint();
+    let mut sizes = Vec::new();
+    for i in 0..100 {
+        let mut t = Hot::ZERO; // a new thread each time
+        l.enter(&mut t, f, 1000);
+        l.on_line(&mut t, F, 10, None);
+        l.on_alloc(&mut t, A + 16 * i, 10, false);
+        assert_eq!(t.thread, 1);
+        assert_eq!(l.leave(&mut t, 1000), Some((f, true)));
+        assert_eq!(t.thread, 0);
+        // The thread's caller drops the result before the thread ends.
+        l.on_free(&mut t, A + 16 * i, false);
+        sizes.push(footprint(&l));
+    }
+    assert!(sizes.iter().all(|&s| s == sizes[0]), "{sizes:?}");
+    assert_eq!(fig(&line(&l, f, 10)).alloc, 1000);
+    assert_eq!(line(&l, f, 10).retained_bytes(), 1000);
+
+    // Two threads at once keep two; a suspended generator keeps none.
+    let (mut t1, mut t2) = (Hot::ZERO, Hot::ZERO);
+    l.enter(&mut t1, f, 0);
+    l.enter(&mut t2, f, 0);
+    assert_eq!((t1.thread, t2.thread), (1, 2));
+    l.suspend(&mut t2, 0);
+    assert_eq!(t2.thread, 0);
+    l.leave(&mut t1, 0);
+}
+
+#[test]
 fn the_same_line_on_two_threads_is_measured_on_each() {
     let mut l = Ledger::new();
     let f = register(&mut l, "f", F, 10);
