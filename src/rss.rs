@@ -101,6 +101,15 @@ fn unresident(pagemap: Option<&File>, addr: usize, size: u64) -> u64 {
     size.saturating_sub(resident_pages * page)
 }
 
+/// Readings taken, and how many of them asked glibc for its heap figures.
+static READINGS: AtomicU64 = AtomicU64::new(0);
+static GLIBC_READINGS: AtomicU64 = AtomicU64::new(0);
+
+/// (readings taken, readings that called mallinfo2) so far.
+pub fn reading_counts() -> (u64, u64) {
+    (READINGS.load(Ordering::Relaxed), GLIBC_READINGS.load(Ordering::Relaxed))
+}
+
 /// RSS may drift from the allocators' footprint by this much before residency is read again.
 const RESIDENCY_DRIFT: u64 = 1 << 20;
 
@@ -111,10 +120,16 @@ pub fn read(ledger: &mut Ledger) -> OsReading {
 
 fn read_with(ledger: &mut Ledger, statm_file: Option<&File>, pagemap: Option<&File>) -> OsReading {
     let (resident, shared) = statm(statm_file);
-    // SAFETY: mallinfo2 has no preconditions; it locks glibc's arenas, which no caller holds.
-    let info = unsafe { libc::mallinfo2() };
+    READINGS.fetch_add(1, Ordering::Relaxed);
     let rss_anon = resident.saturating_sub(shared);
-    let footprint = ledger.process.arena_bytes + info.arena as u64 + info.hblkhd as u64;
+    let profiler_bytes = PROFILER_BYTES.load(Ordering::Relaxed);
+    let (in_use, mmapped, arena) = ledger.glibc_figures(rss_anon, profiler_bytes, || {
+        GLIBC_READINGS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: mallinfo2 has no preconditions; it locks glibc's arenas, which no caller holds.
+        let info = unsafe { libc::mallinfo2() };
+        (info.uordblks as u64, info.hblkhd as u64, info.arena as u64)
+    });
+    let footprint = ledger.process.arena_bytes + arena + mmapped;
     // Pages of reserved memory becoming resident make anon RSS move differently from the
     // footprint; until they do, only blocks never measured need the pagemap walk, the costly
     // part of a reading.
@@ -137,11 +152,11 @@ fn read_with(ledger: &mut Ledger, statm_file: Option<&File>, pagemap: Option<&Fi
     OsReading {
         rss_anon,
         rss_file: shared,
-        malloc_in_use: info.uordblks as u64,
-        malloc_mmapped: info.hblkhd as u64,
-        malloc_arena: info.arena as u64,
+        malloc_in_use: in_use,
+        malloc_mmapped: mmapped,
+        malloc_arena: arena,
         unresident: unresident_bytes,
-        profiler_bytes: PROFILER_BYTES.load(Ordering::Relaxed),
+        profiler_bytes,
     }
 }
 

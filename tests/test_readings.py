@@ -28,3 +28,11 @@ def test_thread_state_is_freed_when_threads_end(run_fixture):
     # memsleuth's tables (the block table, nodes, thread ledgers) after 200 threads and after
     # 2,000 more: the same, not 2,000 threads' worth more.
     assert extra["after_2200"] == extra["after_200"], extra
+
+
+def test_glibc_heap_figures_are_not_read_at_every_reading(run_fixture):
+    # mallinfo2 walks every free chunk of glibc's heap (milliseconds on a fragmented one): a
+    # call that moves nothing must not pay for it at entry and exit.
+    extra = run_fixture("tiny_calls.py").extra
+    assert extra["readings"] >= 2 * extra["calls"], extra
+    assert extra["glibc_readings"] <= extra["calls"] // 20, extra

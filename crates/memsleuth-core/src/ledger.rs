@@ -155,6 +155,23 @@ pub struct BigBlock {
     pub unresident: Option<u64>,
 }
 
+/// glibc's heap figures (mallinfo2's uordblks, hblkhd and arena) as last asked for, and what
+/// they were asked beside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlibcBasis {
+    pub in_use: u64,
+    pub mmapped: u64,
+    pub arena: u64,
+    rss_anon: u64,
+    glibc_live: u64,
+    profiler_bytes: u64,
+    big_block_events: u64,
+}
+
+/// glibc is asked again once anon RSS, its tracked blocks or memsleuth's own heap moved this
+/// much since it was last asked.
+pub const GLIBC_DRIFT: u64 = 256 * 1024;
+
 /// What the user-facing report needs to know about a profiled function.
 #[derive(Clone, Debug, Default)]
 pub struct FuncInfo {
@@ -379,6 +396,11 @@ pub struct Ledger {
     /// (anon RSS, allocator footprint) when every big block's residency was last measured:
     /// while RSS keeps moving with the footprint, only new blocks need measuring.
     pub residency_basis: Option<(u64, u64)>,
+    /// Tracked blocks large enough to be mmapped that came or went: each may move glibc's
+    /// figures by its whole size without moving RSS.
+    pub big_block_events: u64,
+    /// glibc's heap figures when they were last asked for.
+    glibc_basis: Option<GlibcBasis>,
     /// Tests switch `step_quietly` off to check it against the general path.
     #[cfg(test)]
     pub(crate) quiet_steps: bool,
@@ -412,6 +434,8 @@ impl Ledger {
             pymalloc: true,
             big_blocks: BTreeMap::new(),
             residency_basis: None,
+            big_block_events: 0,
+            glibc_basis: None,
             acts: Vec::new(),
             free_acts: Vec::new(),
             calls: Vec::new(),
@@ -420,6 +444,49 @@ impl Ledger {
             free_births: Vec::new(),
             #[cfg(test)]
             quiet_steps: true,
+        }
+    }
+
+    /// glibc's (in use, mmapped, arena) bytes for a reading of anon RSS `rss_anon`, with
+    /// memsleuth's own heap at `profiler_bytes`. `mallinfo` walks every free chunk of glibc's
+    /// heap (milliseconds on a fragmented one), so it is asked only where its answer can change
+    /// the explanation: first, after a block that glibc may have mmapped came or went, or once
+    /// RSS, glibc's tracked bytes or memsleuth's heap moved GLIBC_DRIFT since it was last asked.
+    /// Otherwise the last answer is carried forward with the tracked and memsleuth's bytes moved
+    /// in place, which says nothing else moved (no `native`, no allocator growth); whatever the
+    /// next answer finds moved belongs to the line during which it is asked.
+    pub fn glibc_figures(
+        &mut self,
+        rss_anon: u64,
+        profiler_bytes: u64,
+        mallinfo: impl FnOnce() -> (u64, u64, u64),
+    ) -> (u64, u64, u64) {
+        let glibc_live = self.process.glibc_live;
+        let moved = |then: u64, now: u64| then.abs_diff(now) >= GLIBC_DRIFT;
+        match self.glibc_basis {
+            Some(b)
+                if b.big_block_events == self.big_block_events
+                    && !moved(b.rss_anon, rss_anon)
+                    && !moved(b.glibc_live, glibc_live)
+                    && !moved(b.profiler_bytes, profiler_bytes) =>
+            {
+                let in_use = b.in_use as i64 + (glibc_live as i64 - b.glibc_live as i64)
+                    + (profiler_bytes as i64 - b.profiler_bytes as i64);
+                (in_use.max(0) as u64, b.mmapped, b.arena)
+            }
+            _ => {
+                let (in_use, mmapped, arena) = mallinfo();
+                self.glibc_basis = Some(GlibcBasis {
+                    in_use,
+                    mmapped,
+                    arena,
+                    rss_anon,
+                    glibc_live,
+                    profiler_bytes,
+                    big_block_events: self.big_block_events,
+                });
+                (in_use, mmapped, arena)
+            }
         }
     }
 
@@ -559,6 +626,7 @@ impl Ledger {
         }
         if size >= BIG_BLOCK {
             hot.big_event = true;
+            self.big_block_events += 1;
             self.big_blocks.insert(addr, BigBlock { size, unresident: None });
         }
         if self.served_by_glibc(raw, size) {
@@ -597,6 +665,7 @@ impl Ledger {
         }
         if block.size >= BIG_BLOCK {
             hot.big_event = true;
+            self.big_block_events += 1;
             self.big_blocks.remove(&addr);
         }
         if self.served_by_glibc(raw, block.size) {
@@ -668,6 +737,7 @@ impl Ledger {
             hot.high = hot.net();
         }
         if size >= BIG_BLOCK {
+            self.big_block_events += 1;
             self.big_blocks.remove(&addr);
         }
         if self.served_by_glibc(false, size) {

@@ -1354,3 +1354,40 @@ fn quiet_line_steps_change_no_figure() {
         assert_eq!(a, b, "seed {seed}");
     }
 }
+
+// ----- glibc's figures -----
+
+#[test]
+fn glibc_is_asked_only_where_its_figures_can_change_the_explanation() {
+    let mut l = Ledger::new();
+    let mut h = Hot::ZERO;
+    let asked = std::cell::Cell::new(0);
+    let ask = |l: &mut Ledger, rss: u64, profiler: u64, answer: (u64, u64, u64)| {
+        l.glibc_figures(rss, profiler, || {
+            asked.set(asked.get() + 1);
+            answer
+        })
+    };
+    assert_eq!(ask(&mut l, 10 << 20, 1000, (5000, 0, 8000)), (5000, 0, 8000));
+    // Nothing moved: the answer is carried forward without asking.
+    assert_eq!(ask(&mut l, (10 << 20) + 4096, 1000, (1, 1, 1)), (5000, 0, 8000));
+    // Small tracked glibc blocks and memsleuth's own bytes move the carried figure in place.
+    l.on_alloc(&mut h, A, 600, true);
+    assert_eq!(ask(&mut l, 10 << 20, 1100, (1, 1, 1)), (5700, 0, 8000));
+    l.on_free(&mut h, A, true);
+    assert_eq!(ask(&mut l, 10 << 20, 1000, (1, 1, 1)), (5000, 0, 8000));
+    assert_eq!(asked.get(), 1);
+    // A block glibc may have mmapped came (or went), even one freed at once: ask.
+    l.on_alloc(&mut h, B, BIG_BLOCK, true);
+    l.on_free(&mut h, B, true);
+    assert_eq!(ask(&mut l, 10 << 20, 1000, (5000, 0, 9000)), (5000, 0, 9000));
+    assert_eq!(asked.get(), 2);
+    // RSS, tracked glibc bytes or memsleuth's heap drifting by GLIBC_DRIFT: ask.
+    assert_eq!(ask(&mut l, (10 << 20) + GLIBC_DRIFT, 1000, (6000, 0, 9000)), (6000, 0, 9000));
+    assert_eq!(ask(&mut l, (10 << 20) + GLIBC_DRIFT, 1000 + GLIBC_DRIFT, (7000, 0, 9000)), (7000, 0, 9000));
+    for i in 0..4 {
+        l.on_alloc(&mut h, C + 0x1_0000 * i, GLIBC_DRIFT / 4, true);
+    }
+    assert_eq!(ask(&mut l, (10 << 20) + GLIBC_DRIFT, 1000 + GLIBC_DRIFT, (8000, 0, 9000)), (8000, 0, 9000));
+    assert_eq!(asked.get(), 5);
+}
