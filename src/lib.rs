@@ -411,6 +411,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(enter, m)?)?;
     m.add_function(wrap_pyfunction!(leave, m)?)?;
     m.add("line_event", tracing::LINE_CALLBACK.object(m.py())?)?;
+    m.add("return_event", tracing::RETURN_CALLBACK.object(m.py())?)?;
     m.add("gc_callback", gc::GC_CALLBACK.object(m.py())?)?;
     m.add_function(wrap_pyfunction!(begin_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(end_quiet, m)?)?;

@@ -276,9 +276,10 @@ def test_allocator_release_list_comprehension(program, limit):
 
 
 def test_allocator_release_names_the_returned_arenas(program):
-    """Freeing the last survivors empties the pools kept by test_allocator_retention: pymalloc
-    unmaps the arenas, RSS falls, and the note says so."""
-    line = find_line(program("fragmentation").function("fragment"), "return len(kept)")
+    """Freeing the last survivors (the frame's locals, released in its teardown after `return`)
+    empties the pools kept by test_allocator_retention: pymalloc unmaps the arenas, RSS falls,
+    and the note says so."""
+    line = program("fragmentation").function("fragment")["teardown"]
     unmapped = line["arenas_unmapped"]
     assert unmapped * ARENA >= 64 * MiB, line
     assert line["rss_delta_bytes"] <= -64 * MiB, line

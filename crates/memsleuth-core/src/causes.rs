@@ -173,6 +173,19 @@ pub struct NoteFacts {
     pub arenas_mapped: u64,
     pub arenas_unmapped: u64,
     pub causes: Causes,
+    /// The figures are a frame's teardown (after its return), not a line's.
+    pub teardown: bool,
+}
+
+impl NoteFacts {
+    /// What the note's figures are of.
+    fn subject(&self) -> &'static str {
+        if self.teardown {
+            "the frame's teardown"
+        } else {
+            "this line"
+        }
+    }
 }
 
 /// A cause moving at least this much gets a note.
@@ -215,9 +228,9 @@ pub fn note(f: &NoteFacts) -> Option<String> {
         && c.python.unsigned_abs() >= value.unsigned_abs();
     if python_explains || value == 0 {
         let own = if f.rss_delta < 0 {
-            format!("{rss}: this line freed {} of Python objects (net {})", b(f.freed as i64), human_bytes(c.python))
+            format!("{rss}: {} freed {} of Python objects (net {})", f.subject(), b(f.freed as i64), human_bytes(c.python))
         } else {
-            format!("{rss}: this line allocated and kept {} of Python objects", b(c.python))
+            format!("{rss}: {} allocated and kept {} of Python objects", f.subject(), b(c.python))
         };
         let (second, v) = largest("");
         return Some(if v.abs() >= NOTE_THRESHOLD { format!("{own}; {}", clause(f, second, v)) } else { own });
@@ -232,10 +245,11 @@ fn clause(f: &NoteFacts, name: &str, value: i64) -> String {
     let plural = |n: u64| if n == 1 { "" } else { "s" };
     match name {
         "gc" => format!(
-            "the cyclic garbage collector ran {} time{} during this line and freed {} of unreachable cycles, \
+            "the cyclic garbage collector ran {} time{} during {} and freed {} of unreachable cycles, \
              created wherever their last reference was dropped{}",
             f.gc_collections,
             plural(f.gc_collections),
+            f.subject(),
             b(f.gc_freed as i64),
             if c.allocator >= NOTE_THRESHOLD {
                 format!("; the allocators kept {} of the freed memory, so RSS did not fall by as much", b(c.allocator))
@@ -282,9 +296,10 @@ fn clause(f: &NoteFacts, name: &str, value: i64) -> String {
         }
         "files" => format!("{} of file-backed memory was unmapped or dropped from RAM", b(value)),
         "other_threads" => format!(
-            "other threads {} {} of tracked memory while this line ran",
+            "other threads {} {} of tracked memory while {} ran",
             if value > 0 { "allocated" } else { "freed" },
-            b(value)
+            b(value),
+            f.subject()
         ),
         "profiler" => format!("memsleuth's own tables changed by {}", human_bytes(value)),
         _ => format!("{} of the change has no tracked cause (interpreter internals, thread stacks, untracked mappings)", b(value)),

@@ -219,6 +219,9 @@ pub struct Func {
     line_ids: Vec<u32>,
     /// A pseudo-line spanning each call: the function's totals.
     total_line: u32,
+    /// A pseudo-line from the function's return to the end of its call: the frame's teardown
+    /// (its locals released), which no line of the function executes.
+    teardown_line: u32,
     pub calls: u64,
     pub rss_at_entry: Option<u64>,
 }
@@ -295,6 +298,9 @@ struct Frame {
     total: Exec,
     line: Option<Exec>,
     lineno: u32,
+    /// A generator's or coroutine's frame: its teardown happens inside its last step, so
+    /// return events leave its lines as they are.
+    resumable: bool,
     /// (line number, line id, node) by line number modulo RECENT_LINES; line number 0 is empty.
     recent: [(u32, u32, u32); RECENT_LINES],
 }
@@ -515,7 +521,8 @@ impl Ledger {
             return i as u32;
         }
         let total_line = self.new_line();
-        self.funcs.push(Func { info, line_ids: Vec::new(), total_line, calls: 0, rss_at_entry: None });
+        let teardown_line = self.new_line();
+        self.funcs.push(Func { info, line_ids: Vec::new(), total_line, teardown_line, calls: 0, rss_at_entry: None });
         (self.funcs.len() - 1) as u32
     }
 
@@ -554,6 +561,13 @@ impl Ledger {
             .map(|(off, id)| (f.info.first_lineno + off as u32, &self.lines[*id as usize]))
             .collect();
         (lines, &self.lines[f.total_line as usize])
+    }
+
+    /// Stats of the function's frame teardowns (from each return to the end of its call), if
+    /// a return was ever seen.
+    pub fn teardown_stats(&self, func: u32) -> Option<&LineStats> {
+        let stats = &self.lines[self.funcs[func as usize].teardown_line as usize];
+        (stats.hits > 0).then_some(stats)
     }
 
     fn thread_mut(&mut self, hot: &mut Hot) -> usize {
@@ -1048,23 +1062,26 @@ impl Ledger {
 
     /// A call of `func` begins (its wrapper runs): `os` is read at entry.
     pub fn enter(&mut self, hot: &mut Hot, func: u32, os: impl Into<OsReading>) {
-        let os = os.into();
+        self.start_call(hot, func, os.into(), false);
+    }
+
+    fn start_call(&mut self, hot: &mut Hot, func: u32, os: OsReading, resumable: bool) {
         let call = self.new_call();
         let f = &mut self.funcs[func as usize];
         f.calls += 1;
         f.rss_at_entry = Some(os.rss());
-        self.push_frame(hot, SavedFrame { func, call, lineno: 0 }, os);
+        self.push_frame(hot, SavedFrame { func, call, lineno: 0 }, os, resumable);
     }
 
     /// A suspended generator or coroutine frame resumes.
     pub fn resume(&mut self, hot: &mut Hot, saved: SavedFrame, os: impl Into<OsReading>) {
         if saved.call == NO_CALL {
-            return self.enter(hot, saved.func, os);
+            return self.start_call(hot, saved.func, os.into(), true);
         }
-        self.push_frame(hot, saved, os.into());
+        self.push_frame(hot, saved, os.into(), true);
     }
 
-    fn push_frame(&mut self, hot: &mut Hot, saved: SavedFrame, os: OsReading) {
+    fn push_frame(&mut self, hot: &mut Hot, saved: SavedFrame, os: OsReading, resumable: bool) {
         let t = self.thread_mut(hot);
         self.note_reading(hot, t, Some(os));
         let f = &self.funcs[saved.func as usize];
@@ -1085,6 +1102,7 @@ impl Ledger {
             total,
             line: None,
             lineno: 0,
+            resumable,
             recent: [(0, 0, 0); RECENT_LINES],
         });
         hot.top_code = code;
@@ -1155,6 +1173,33 @@ impl Ledger {
             }
         }
         self.change_line(hot, t, lineno, os);
+    }
+
+    /// The innermost frame, running `code`, returns: its last line ends here, and what happens
+    /// from now to `leave` (the frame torn down, its locals released) is its teardown's, a row
+    /// of its own, so that no line is charged with frees it did not make. `read` is asked for a
+    /// reading (or None) as by `line_event`.
+    pub fn on_return(
+        &mut self,
+        hot: &mut Hot,
+        code: usize,
+        read: impl FnOnce(&mut Self, &mut Hot) -> Option<OsReading>,
+    ) {
+        let t = (hot.thread as usize).wrapping_sub(1);
+        let Some(top) = self.threads.get(t).and_then(|th| th.frames.last()) else { return };
+        let teardown = self.funcs[top.func as usize].teardown_line;
+        let (depth, parent) = (self.threads[t].frames.len() as u32 - 1, top.total.node);
+        if top.code != code || top.resumable || top.line.is_none_or(|e| e.line == teardown) {
+            return;
+        }
+        let os = read(self, hot);
+        self.note_reading(hot, t, os);
+        if let Some(last) = self.threads[t].frames[depth as usize].line.take() {
+            self.close_exec(hot, t, last);
+        }
+        let node = self.intern(parent, teardown, hot.thread, depth);
+        let exec = self.open_exec(hot, t, teardown, node, depth, true, true);
+        self.threads[t].frames[depth as usize].line = Some(exec);
     }
 
     /// The general path of `line_event`: the line that ends is closed, the next one opened.

@@ -393,6 +393,45 @@ fn frees_during_frame_teardown_are_not_retained_and_belong_to_the_last_line() {
     assert_eq!(totals(&l, f).retained_bytes(), 50);
 }
 
+#[test]
+fn frees_after_the_return_event_are_the_teardowns_not_the_last_lines() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    for _ in 0..2 {
+        l.enter(&mut h, f, 1000);
+        l.on_line(&mut h, F, 10, None);
+        l.on_alloc(&mut h, A, 100, false); // a local
+        l.on_alloc(&mut h, B, 50, false); // another
+        l.on_line(&mut h, F, 11, None);
+        l.on_free(&mut h, B, false); // `del b`, the last line
+        l.on_return(&mut h, F, |_, _| Some(OsReading::from(1100_u64)));
+        l.on_return(&mut h, F, |_, _| panic!("a second return event changes nothing"));
+        l.on_free(&mut h, A, false); // the frame's teardown releases `a`
+        l.leave(&mut h, 1000);
+    }
+
+    assert_eq!(
+        fig(&line(&l, f, 11)),
+        Fig { hits: 2, alloc: 0, allocs: 0, freed: 100, frees: 2, net: -100, peak: 0, retained: 0 }
+    );
+    let teardown = l.teardown_stats(f).expect("two returns");
+    assert_eq!(
+        fig(teardown),
+        Fig { hits: 2, alloc: 0, allocs: 0, freed: 200, frees: 2, net: -200, peak: 0, retained: 0 }
+    );
+    // The line's RSS change ends at the return; the teardown's runs to the end of the call.
+    assert_eq!((line(&l, f, 11).rss_delta, teardown.rss_delta), (200, -200));
+    assert_eq!(totals(&l, f).freed_bytes, 300);
+    assert_eq!(linenos(&l, f), vec![10, 11]);
+    // A function whose return was never seen has no teardown row.
+    let g = register(&mut l, "g", G, 20);
+    l.enter(&mut h, g, 0);
+    l.leave(&mut h, 0);
+    assert!(l.teardown_stats(g).is_none());
+}
+
 /// main: line 1 `a = f()`, line 2 `b = f()` (f frees the previous result), line 3 `del b`.
 /// f: line 10 `new = alloc(100)`, line 11 `del previous`.
 #[test]
