@@ -288,7 +288,9 @@ pub unsafe extern "C" fn trace(
                 with_ledger(|l, hot| l.mark_profiler(hot, frame_block));
             }
         }
-        if top_code() == code {
+        // `arg` is null when the frame exits by an exception, for which 3.12's PY_RETURN does
+        // not fire either: on every version the unwinding's frees stay on the raising line.
+        if !arg.is_null() && top_code() == code {
             return_event(code, None);
         }
     }

@@ -380,3 +380,18 @@ def test_files_import(program):
             abs(v) >= NOTE_THRESHOLD for cause, v in line["causes"].items() if cause != "python"
         )
         assert (line["note"] is not None) == surprising, line
+
+
+def test_overlapping_calls_never_claim_a_rise_beyond_the_process(tmp_path):
+    """32 threads in one function at once: each call's RSS window holds every thread's 2 MiB, so
+    the calls' changes add up to far more than the process ever held. A note may cite that sum,
+    but never as a rise of RSS."""
+    run = run_program(FIXTURES / "threads_overlap.py", 32, tmp_path=tmp_path)
+    peak = run.report["process"]["rss_peak_bytes"]
+    func = run.function("work")
+    for figures in func["lines"] + [func["totals"]]:
+        note = figures["note"] or ""
+        where = (figures.get("lineno", "totals"), figures["rss_delta_bytes"], peak, note)
+        if figures["rss_delta_bytes"] > peak:
+            assert "RSS rose by" not in note and "add up to" in note, where
+    assert func["totals"]["rss_delta_bytes"] > peak, func["totals"]  # the case this test is about

@@ -165,6 +165,8 @@ impl Causes {
 /// Everything a note may cite about a line.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoteFacts {
+    /// Executions (a function's totals: calls) the figures add up.
+    pub hits: u64,
     pub rss_delta: i64,
     pub allocated: u64,
     pub freed: u64,
@@ -216,7 +218,17 @@ pub fn note(f: &NoteFacts) -> Option<String> {
         return None;
     }
     let b = |v: i64| human_bytes(v.abs());
-    let rss = if f.rss_delta < 0 {
+    // Executions that overlapped other threads' work each saw those threads' movement: their
+    // changes add up to more than RSS ever moved, so the sum is not called a rise or a fall.
+    let rss = if f.hits > 1 && c.other_threads.abs() >= NOTE_THRESHOLD {
+        format!(
+            "the RSS changes seen by its {} executions add up to {}{} (they overlapped other threads' work, \
+             and each counts what moved meanwhile)",
+            f.hits,
+            if f.rss_delta > 0 { "+" } else { "" },
+            human_bytes(f.rss_delta)
+        )
+    } else if f.rss_delta < 0 {
         format!("RSS fell by {}", b(f.rss_delta))
     } else {
         format!("RSS rose by {}", b(f.rss_delta))

@@ -75,6 +75,7 @@ impl Figures {
             arenas_unmapped: s.arenas_unmapped,
             causes: s.causes,
             note: note(&NoteFacts {
+                hits: s.hits,
                 rss_delta: s.rss_delta,
                 allocated: s.allocated_bytes,
                 freed: s.freed_bytes,
