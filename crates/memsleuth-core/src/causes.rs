@@ -240,7 +240,12 @@ pub fn note(f: &NoteFacts) -> Option<String> {
         && c.python.unsigned_abs() >= value.unsigned_abs();
     if python_explains || value == 0 {
         let own = if f.rss_delta < 0 {
-            format!("{rss}: {} freed {} of Python objects (net {})", f.subject(), b(f.freed as i64), human_bytes(c.python))
+            format!(
+                "{rss}: {} freed {} of Python objects (net {})",
+                f.subject(),
+                b(f.freed as i64),
+                human_bytes(c.python)
+            )
         } else {
             format!("{rss}: {} allocated and kept {} of Python objects", f.subject(), b(c.python))
         };
@@ -445,13 +450,21 @@ mod tests {
             ..Default::default()
         };
         let text = note(&reused).unwrap();
-        assert!(text.contains("13.0 MiB of the new Python objects went into memory the allocators already held"), "{text}");
+        assert!(
+            text.contains("13.0 MiB of the new Python objects went into memory the allocators already held"),
+            "{text}"
+        );
         assert!(!text.contains("released") && !text.contains("trimmed"), "{text}");
 
         // The allocators' free memory shrank while RSS rose and Python freed: not a release either.
         let shrank = NoteFacts {
             rss_delta: 2 * MIB as i64,
-            causes: Causes { python: -(MIB as i64), allocator: -(2 * MIB as i64), native: 5 * MIB as i64, ..Default::default() },
+            causes: Causes {
+                python: -(MIB as i64),
+                allocator: -(2 * MIB as i64),
+                native: 5 * MIB as i64,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let text = note(&shrank).unwrap();

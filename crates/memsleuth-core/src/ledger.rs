@@ -157,11 +157,11 @@ pub struct BigBlock {
 
 /// glibc's heap figures (mallinfo2's uordblks, hblkhd and arena) as last asked for, and what
 /// they were asked beside.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GlibcBasis {
-    pub in_use: u64,
-    pub mmapped: u64,
-    pub arena: u64,
+#[derive(Clone, Copy, Debug)]
+struct GlibcBasis {
+    in_use: u64,
+    mmapped: u64,
+    arena: u64,
     rss_anon: u64,
     glibc_live: u64,
     profiler_bytes: u64,
@@ -404,7 +404,7 @@ pub struct Ledger {
     pub residency_basis: Option<(u64, u64)>,
     /// Tracked blocks large enough to be mmapped that came or went: each may move glibc's
     /// figures by its whole size without moving RSS.
-    pub big_block_events: u64,
+    big_block_events: u64,
     /// glibc's heap figures when they were last asked for.
     glibc_basis: Option<GlibcBasis>,
     /// Tests switch `step_quietly` off to check it against the general path.
@@ -476,7 +476,8 @@ impl Ledger {
                     && !moved(b.glibc_live, glibc_live)
                     && !moved(b.profiler_bytes, profiler_bytes) =>
             {
-                let in_use = b.in_use as i64 + (glibc_live as i64 - b.glibc_live as i64)
+                let in_use = b.in_use as i64
+                    + (glibc_live as i64 - b.glibc_live as i64)
                     + (profiler_bytes as i64 - b.profiler_bytes as i64);
                 (in_use.max(0) as u64, b.mmapped, b.arena)
             }
