@@ -170,11 +170,16 @@ extern "C" fn after_fork() {
     unsafe { LEDGER.force_unlock() };
 }
 
+extern "C" fn after_fork_in_child() {
+    crate::rss::forked();
+    after_fork();
+}
+
 /// Installs the hooks on all three domains (once) and starts tracking.
 pub fn install() {
     INSTALL.call_once(|| {
         // SAFETY: the handlers are plain functions that stay valid for the life of the process.
-        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork_in_child)) };
         install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &RAW);
         install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, &MEM);
         install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, &OBJ);

@@ -295,6 +295,13 @@ fn overhead() -> (usize, usize) {
     (ledger.table.len(), ledger.footprint())
 }
 
+/// (readings taken, readings that asked glibc for its heap figures) so far: mallinfo2 walks
+/// every free chunk of glibc's heap, so the second must stay far below the first.
+#[pyfunction]
+fn reading_counts() -> (u64, u64) {
+    rss::reading_counts()
+}
+
 /// Parses memsleuth's command line. Returns (command, options) for `run` and `report`, or
 /// ("exit", status, message, to_stderr) for help, version and usage errors, which the caller
 /// prints.
@@ -339,6 +346,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(leave, m)?)?;
     m.add_function(wrap_pyfunction!(retake_trace, m)?)?;
     m.add("line_event", tracing::LINE_CALLBACK.object(m.py())?)?;
+    m.add("return_event", tracing::RETURN_CALLBACK.object(m.py())?)?;
     m.add("gc_callback", gc::GC_CALLBACK.object(m.py())?)?;
     m.add_function(wrap_pyfunction!(begin_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(end_quiet, m)?)?;
@@ -347,6 +355,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(render_saved, m)?)?;
     m.add_function(wrap_pyfunction!(parse_cli, m)?)?;
     m.add_function(wrap_pyfunction!(overhead, m)?)?;
+    m.add_function(wrap_pyfunction!(reading_counts, m)?)?;
     m.add_class::<GenFrame>()?;
     m.add_function(wrap_pyfunction!(gen_resume, m)?)?;
     m.add_function(wrap_pyfunction!(gen_suspend, m)?)?;

@@ -1,7 +1,8 @@
 //! Readings taken at line boundaries: resident set size from /proc/self/statm, read through a
 //! descriptor kept open (a pread costs about 1.5 us; opening the file each time costs five times
 //! that), glibc's heap figures, the residency of large blocks from /proc/self/pagemap, and
-//! memsleuth's own heap.
+//! memsleuth's own heap. The descriptors name the process that opened them, so a forked child
+//! opens its own.
 
 use memsleuth_core::causes::OsReading;
 use memsleuth_core::ledger::Ledger;
@@ -9,9 +10,42 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
-static STATM: OnceLock<Option<File>> = OnceLock::new();
+/// /proc/self/statm and /proc/self/pagemap as opened, and the count of forks they were opened
+/// after: /proc/self resolves when a file is opened, so a child reading its parent's
+/// descriptors would see the parent's RSS and pages.
+struct ProcFiles {
+    forks: u64,
+    statm: Option<File>,
+    pagemap: Option<File>,
+}
+
+static PROC_FILES: Mutex<Option<ProcFiles>> = Mutex::new(None);
+
+/// Forks this process descends through, counted in the child.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// Called in the child after fork(): the next reading opens this process's own files.
+pub fn forked() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Runs `f` with this process's statm and pagemap files (None where /proc is unavailable).
+fn with_proc_files<R>(f: impl FnOnce(Option<&File>, Option<&File>) -> R) -> R {
+    // A poisoned lock only means a reading panicked; the files themselves are still sound.
+    let mut files = PROC_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    let forks = FORKS.load(Ordering::Relaxed);
+    let p = match &mut *files {
+        Some(p) if p.forks == forks => p,
+        stale => stale.insert(ProcFiles {
+            forks,
+            statm: File::open("/proc/self/statm").ok(),
+            pagemap: File::open("/proc/self/pagemap").ok(),
+        }),
+    };
+    f(p.statm.as_ref(), p.pagemap.as_ref())
+}
 
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -25,8 +59,8 @@ fn page_size() -> u64 {
 
 /// (resident, shared) bytes from statm: RssAnon is their difference, RssFile + RssShmem the
 /// second. Zeros where /proc is unavailable.
-fn statm() -> (u64, u64) {
-    let Some(file) = STATM.get_or_init(|| File::open("/proc/self/statm").ok()) else { return (0, 0) };
+fn statm(file: Option<&File>) -> (u64, u64) {
+    let Some(file) = file else { return (0, 0) };
     let mut buf = [0u8; 128];
     let Ok(n) = file.read_at(&mut buf, 0) else { return (0, 0) };
     let mut fields = buf[..n]
@@ -42,13 +76,11 @@ fn page() -> u64 {
     *PAGE.get_or_init(page_size)
 }
 
-static PAGEMAP: OnceLock<Option<File>> = OnceLock::new();
-
 /// Bytes of `[addr, addr + size)` that are not resident in this process: pages that are not
 /// present, or present only as the shared zero page (mapped but not exclusively ours), which
 /// is what reading untouched memory produces.
-fn unresident(addr: usize, size: u64) -> u64 {
-    let Some(pagemap) = PAGEMAP.get_or_init(|| File::open("/proc/self/pagemap").ok()) else { return 0 };
+fn unresident(pagemap: Option<&File>, addr: usize, size: u64) -> u64 {
+    let Some(pagemap) = pagemap else { return 0 };
     let page = page();
     let first = addr as u64 / page;
     let last = (addr as u64 + size.max(1) - 1) / page;
@@ -69,16 +101,35 @@ fn unresident(addr: usize, size: u64) -> u64 {
     size.saturating_sub(resident_pages * page)
 }
 
+/// Readings taken, and how many of them asked glibc for its heap figures.
+static READINGS: AtomicU64 = AtomicU64::new(0);
+static GLIBC_READINGS: AtomicU64 = AtomicU64::new(0);
+
+/// (readings taken, readings that called mallinfo2) so far.
+pub fn reading_counts() -> (u64, u64) {
+    (READINGS.load(Ordering::Relaxed), GLIBC_READINGS.load(Ordering::Relaxed))
+}
+
 /// RSS may drift from the allocators' footprint by this much before residency is read again.
 const RESIDENCY_DRIFT: u64 = 1 << 20;
 
 /// Everything a reading records (SPEC section 3), for the ledger's current large blocks.
 pub fn read(ledger: &mut Ledger) -> OsReading {
-    let (resident, shared) = statm();
-    // SAFETY: mallinfo2 has no preconditions; it locks glibc's arenas, which no caller holds.
-    let info = unsafe { libc::mallinfo2() };
+    with_proc_files(|statm_file, pagemap| read_with(ledger, statm_file, pagemap))
+}
+
+fn read_with(ledger: &mut Ledger, statm_file: Option<&File>, pagemap: Option<&File>) -> OsReading {
+    let (resident, shared) = statm(statm_file);
+    READINGS.fetch_add(1, Ordering::Relaxed);
     let rss_anon = resident.saturating_sub(shared);
-    let footprint = ledger.process.arena_bytes + info.arena as u64 + info.hblkhd as u64;
+    let profiler_bytes = PROFILER_BYTES.load(Ordering::Relaxed);
+    let (in_use, mmapped, arena) = ledger.glibc_figures(rss_anon, profiler_bytes, || {
+        GLIBC_READINGS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: mallinfo2 has no preconditions; it locks glibc's arenas, which no caller holds.
+        let info = unsafe { libc::mallinfo2() };
+        (info.uordblks as u64, info.hblkhd as u64, info.arena as u64)
+    });
+    let footprint = ledger.process.arena_bytes + arena + mmapped;
     // Pages of reserved memory becoming resident make anon RSS move differently from the
     // footprint; until they do, only blocks never measured need the pagemap walk, the costly
     // part of a reading.
@@ -90,7 +141,7 @@ pub fn read(ledger: &mut Ledger) -> OsReading {
         let missing = match block.unresident {
             Some(0) => 0,
             Some(known) if !drifted => known,
-            _ => unresident(*addr, block.size),
+            _ => unresident(pagemap, *addr, block.size),
         };
         block.unresident = Some(missing);
         unresident_bytes += missing;
@@ -101,11 +152,11 @@ pub fn read(ledger: &mut Ledger) -> OsReading {
     OsReading {
         rss_anon,
         rss_file: shared,
-        malloc_in_use: info.uordblks as u64,
-        malloc_mmapped: info.hblkhd as u64,
-        malloc_arena: info.arena as u64,
+        malloc_in_use: in_use,
+        malloc_mmapped: mmapped,
+        malloc_arena: arena,
         unresident: unresident_bytes,
-        profiler_bytes: PROFILER_BYTES.load(Ordering::Relaxed),
+        profiler_bytes,
     }
 }
 

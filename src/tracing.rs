@@ -7,6 +7,8 @@
 use crate::cfunction::FastFunction;
 use crate::rss;
 use crate::state::{top_code, with_ledger, with_ledger_if};
+use memsleuth_core::causes::OsReading;
+use memsleuth_core::ledger::{Hot, Ledger};
 use pyo3::prelude::*;
 use pyo3_ffi::{
     PyBaseExceptionObject, PyErr_Clear, PyErr_GivenExceptionMatches, PyExc_StopIteration, PyExceptionInstance_Check,
@@ -238,13 +240,30 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
             if let Some(addr) = int_obj {
                 l.mark_profiler(hot, addr);
             }
-            l.line_event(hot, code, lineno, |l, hot| {
-                let now = rss::coarse_now_us();
-                hot.rss_due(now).then(|| {
-                    hot.rss_taken(now);
-                    rss::read(l)
-                })
-            });
+            l.line_event(hot, code, lineno, due_reading);
+        },
+    )
+}
+
+/// A reading, if one is due at this line boundary.
+#[inline]
+fn due_reading(l: &mut Ledger, hot: &mut Hot) -> Option<OsReading> {
+    let now = rss::coarse_now_us();
+    hot.rss_due(now).then(|| {
+        hot.rss_taken(now);
+        rss::read(l)
+    })
+}
+
+/// The frame running `code` returns; `int_obj` as for `line_event`, made for this event.
+fn return_event(code: usize, int_obj: Option<usize>) {
+    with_ledger_if(
+        |hot| hot.top_code == code,
+        |l, hot| {
+            if let Some(addr) = int_obj {
+                l.mark_profiler(hot, addr);
+            }
+            l.on_return(hot, code, due_reading);
         },
     )
 }
@@ -381,15 +400,25 @@ pub unsafe extern "C" fn trace(
             // SAFETY: `arg` is an exception event's argument.
             unsafe { disown_stop_iteration(arg) };
         }
-    } else if what == PyTrace_RETURN && FRAME_OBJECTS_ARE_OURS.load(Ordering::Relaxed) {
-        // A generator's frame, resumed without one, gets its frame object for this event. Other
-        // frames got theirs at their CALL event: they are skipped before taking the lock.
-        // SAFETY: the interpreter passes a live frame; its code has the verified layout if read.
-        let generator_like = !CODE_LAYOUT_311.load(Ordering::Relaxed)
-            || unsafe { code_field::<i32>(frame_code(frame), FLAGS_OFFSET_311) } & GENERATOR_FLAGS != 0;
-        if generator_like {
-            let frame_block = frame as usize - GC_HEAD;
-            with_ledger(|l, hot| l.mark_profiler(hot, frame_block));
+    } else if what == PyTrace_RETURN {
+        // SAFETY: the interpreter passes a live frame.
+        let code = unsafe { frame_code(frame) };
+        if FRAME_OBJECTS_ARE_OURS.load(Ordering::Relaxed) {
+            // A generator's frame, resumed without one, gets its frame object for this event.
+            // Other frames got theirs at their CALL event: they are skipped before taking the
+            // lock.
+            // SAFETY: `code` is live; it has the verified layout if read.
+            let generator_like = !CODE_LAYOUT_311.load(Ordering::Relaxed)
+                || unsafe { code_field::<i32>(code, FLAGS_OFFSET_311) } & GENERATOR_FLAGS != 0;
+            if generator_like {
+                let frame_block = frame as usize - GC_HEAD;
+                with_ledger(|l, hot| l.mark_profiler(hot, frame_block));
+            }
+        }
+        // `arg` is null when the frame exits by an exception, for which 3.12's PY_RETURN does
+        // not fire either: on every version the unwinding's frees stay on the raising line.
+        if !arg.is_null() && top_code() == code {
+            return_event(code, None);
         }
     }
     0
@@ -471,6 +500,33 @@ unsafe extern "C" fn line_callback(
         Py_None()
     }
 }
+
+/// The PY_RETURN callback of sys.monitoring (3.12+): `callback(code, instruction_offset, retval)`.
+///
+/// # Safety
+/// Called by the interpreter with the GIL held and `nargs` valid argument pointers.
+unsafe extern "C" fn return_callback(
+    _module: *mut PyObject,
+    args: *mut *mut PyObject,
+    nargs: Py_ssize_t,
+) -> *mut PyObject {
+    if nargs == 3 {
+        // SAFETY: the interpreter passes `nargs` live references in `args`.
+        let (code, offset) = unsafe { (*args, *args.add(1)) };
+        // An offset beyond the small-int cache is an int made for this callback: it is ours
+        // (a cached one was never allocated, so no figure holds it).
+        return_event(code as usize, Some(offset as usize));
+    }
+    // SAFETY: GIL held; the callback returns a new reference to None.
+    unsafe {
+        Py_INCREF(Py_None());
+        Py_None()
+    }
+}
+
+/// The PY_RETURN callback's function object is made from this.
+pub static RETURN_CALLBACK: FastFunction =
+    FastFunction::new(c"return_event", c"The PY_RETURN callback of sys.monitoring (3.12+).", return_callback);
 
 /// The LINE callback's function object is made from this.
 pub static LINE_CALLBACK: FastFunction =

@@ -46,6 +46,7 @@ PROGRAMS = {
     "comprehension_1m": ("causes/comprehension.py", (1_000_000,)),
     "lazy_bytes": ("causes/lazy_bytes.py", ()),
     "native_malloc": ("causes/native_malloc.py", ()),
+    "small_loop": ("causes/small_loop.py", ()),
     "seed_my_func": ("seed_my_func.py", ()),
     "seed_generators": ("seed_generators.py", ()),
 }
@@ -131,6 +132,12 @@ def test_note_rules(program, key):
         # The collector is never blamed unless a collection ran during the line.
         if "collector" in note or "garbage" in note:
             assert line["gc_collections"] > 0, (where, note)
+        # The words match what happened: a release only where RSS fell, memory kept from frees
+        # only where the line's Python objects shrank.
+        if "trimmed" in note or "released" in note:
+            assert line["rss_delta_bytes"] < 0, (where, note)
+        if "fragmented" in note:
+            assert line["causes"]["python"] < 0, (where, note)
 
 
 _PYTHON_NOTE = re.compile(r"this line (freed|allocated and kept) .* of Python objects")
@@ -152,6 +159,18 @@ def test_notes_blame_python_only_when_python_explains_the_change(program):
             if not (python * rss > 0 and abs(python) >= largest_other and abs(python) <= 2 * abs(rss)):
                 wrong.append((key, name, line["lineno"], line["source"].strip(), rss, causes, note))
     assert not wrong, "\n".join(map(str, wrong))
+
+
+def test_single_thread_has_no_other_threads_cause(program):
+    """In a program with one thread, whatever a line's RSS window also covers of its neighbours'
+    allocations is still this thread's: no line, and no total, may put it on other threads."""
+    run = program("small_loop")
+    assert run.extra["threads"] == 1, run.extra
+    func = run.function("churn")
+    for figures in func["lines"] + [func["totals"]]:
+        where = (figures.get("lineno", "totals"), figures.get("source"), figures["causes"], figures["note"])
+        assert figures["causes"]["other_threads"] == 0, where
+        assert "other threads" not in (figures["note"] or ""), where
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,9 +276,10 @@ def test_allocator_release_list_comprehension(program, limit):
 
 
 def test_allocator_release_names_the_returned_arenas(program):
-    """Freeing the last survivors empties the pools kept by test_allocator_retention: pymalloc
-    unmaps the arenas, RSS falls, and the note says so."""
-    line = find_line(program("fragmentation").function("fragment"), "return len(kept)")
+    """Freeing the last survivors (the frame's locals, released in its teardown after `return`)
+    empties the pools kept by test_allocator_retention: pymalloc unmaps the arenas, RSS falls,
+    and the note says so."""
+    line = program("fragmentation").function("fragment")["teardown"]
     unmapped = line["arenas_unmapped"]
     assert unmapped * ARENA >= 64 * MiB, line
     assert line["rss_delta_bytes"] <= -64 * MiB, line
@@ -360,3 +380,18 @@ def test_files_import(program):
             abs(v) >= NOTE_THRESHOLD for cause, v in line["causes"].items() if cause != "python"
         )
         assert (line["note"] is not None) == surprising, line
+
+
+def test_overlapping_calls_never_claim_a_rise_beyond_the_process(tmp_path):
+    """32 threads in one function at once: each call's RSS window holds every thread's 2 MiB, so
+    the calls' changes add up to far more than the process ever held. A note may cite that sum,
+    but never as a rise of RSS."""
+    run = run_program(FIXTURES / "threads_overlap.py", 32, tmp_path=tmp_path)
+    peak = run.report["process"]["rss_peak_bytes"]
+    func = run.function("work")
+    for figures in func["lines"] + [func["totals"]]:
+        note = figures["note"] or ""
+        where = (figures.get("lineno", "totals"), figures["rss_delta_bytes"], peak, note)
+        if figures["rss_delta_bytes"] > peak:
+            assert "RSS rose by" not in note and "add up to" in note, where
+    assert func["totals"]["rss_delta_bytes"] > peak, func["totals"]  # the case this test is about

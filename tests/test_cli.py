@@ -7,6 +7,7 @@ they are exact or far from any threshold: these tests are about the command, not
 """
 
 import json
+import math
 import os
 import re
 import signal
@@ -120,11 +121,14 @@ HEADER = re.compile(r"^Filename: (?P<filename>.*?)   function: (?P<name>.*?)   c
 MIB = r"-?\d+(?:\.\d+)? MiB"
 HUMAN = r"-?\d+(?:\.\d+)? (?:B|KiB|MiB|GiB|TiB)"
 ROW = re.compile(
-    rf"^ *(?P<lineno>\d+)(?: +(?P<mem>{MIB}))?"
+    rf"^ *(?P<lineno>\d*)(?: +(?P<mem>{MIB}))?"
     rf"(?: +(?P<inc>{MIB}) +(?P<occ>\d+) +(?P<allocated>{HUMAN}) +(?P<freed>{HUMAN})"
     rf" +(?P<net>{HUMAN}) +(?P<peak>{HUMAN}))?(?:   (?P<source>.*))?$"
 )
-NOTE = re.compile(r"^  line (?P<lineno>\d+): (?P<text>.+)$")
+NOTE = re.compile(r"^  (?:line (?P<lineno>\d+)|return): (?P<text>.+)$")
+# The row and the note of a frame's teardown (after its return) have no line number; the key
+# sorts after every line, where the row is printed.
+TEARDOWN = math.inf
 
 
 class Table:
@@ -172,7 +176,8 @@ def parse_text(text):
         i += 1
         while i < len(lines) and lines[i].strip() and ROW.match(lines[i]):
             row = ROW.match(lines[i]).groupdict()
-            lineno = int(row.pop("lineno"))
+            lineno = row.pop("lineno")
+            lineno = int(lineno) if lineno else TEARDOWN
             row["occ"] = None if row["occ"] is None else int(row["occ"])
             row["source"] = (row["source"] or "").strip()
             table.rows[lineno] = row
@@ -184,7 +189,7 @@ def parse_text(text):
             i = j + 1
             while i < len(lines) and NOTE.match(lines[i]):
                 note = NOTE.match(lines[i])
-                table.notes[int(note["lineno"])] = note["text"]
+                table.notes[int(note["lineno"]) if note["lineno"] else TEARDOWN] = note["text"]
                 i += 1
     return tables, other
 
@@ -640,7 +645,8 @@ def test_report_min_bytes(tmp_path, saved):
         for function in report["functions"]:
             if function["name"] == "<module>":
                 continue  # see test_min_bytes_on_module_code
-            wanted = {line["lineno"] for line in function["lines"]
+            rows = function["lines"] + ([dict(function["teardown"], lineno=TEARDOWN)] if function["teardown"] else [])
+            wanted = {line["lineno"] for line in rows
                       if max(line["allocated_bytes"], line["freed_bytes"], abs(line["rss_delta_bytes"])) >= threshold}
             assert table_named(tables, function["name"]).figured() == wanted, (size, function["name"])
 

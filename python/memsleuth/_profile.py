@@ -48,6 +48,8 @@ def _start():
             else:
                 raise RuntimeError("memsleuth: sys.monitoring tool ids 3 and 4 are both taken by other tools")
             mon.register_callback(_monitoring_tool, mon.events.LINE, _native.line_event)
+            # The return ends the last line: the frame's teardown after it gets a row of its own.
+            mon.register_callback(_monitoring_tool, mon.events.PY_RETURN, _native.return_event)
         else:
             # The C trace function is switched on per thread by the first profiled call.
             # The wrappers' frames receive the StopIteration of each generator they drive.
@@ -74,7 +76,7 @@ def _chaining_settrace(settrace):
 def _watch(code):
     if _monitoring_tool is not None:
         mon = sys.monitoring
-        mon.set_local_events(_monitoring_tool, code, mon.events.LINE)
+        mon.set_local_events(_monitoring_tool, code, mon.events.LINE | mon.events.PY_RETURN)
 
 
 def _source_lines(func):

@@ -53,6 +53,9 @@ pub struct Sample {
     pub glibc_live: u64,
     /// Bytes of pymalloc arenas mapped, exact from the arena hook.
     pub arena_bytes: u64,
+    /// The reading thread's own cumulative tracked net (allocated minus freed): what of the
+    /// change in `tracked_live` between two of its samples was its own.
+    pub own_net: i64,
 }
 
 /// The causes of a line's RSS change, in bytes; they sum to it exactly.
@@ -110,20 +113,26 @@ impl Causes {
     }
 
     /// The decomposition of one execution: `net` and `gc_freed` are its exact tracked figures,
-    /// `start` and `end` the samples its RSS change was measured between (SPEC section 3).
+    /// `start` and `end` the samples of its thread its RSS change was measured between.
+    ///
+    /// Readings are skipped in hot loops, so the samples may also span neighbouring lines of the
+    /// same thread; what those lines' blocks took from or gave to the allocators is the
+    /// allocators' share here, never another thread's: `other_threads` is only the part of the
+    /// tracked change the thread did not make itself.
     pub fn of_execution(start: &Sample, end: &Sample, net: i64, gc_freed: u64) -> Self {
         let rss_delta = delta(start.os.rss(), end.os.rss());
         let tracked = delta(start.tracked_live, end.tracked_live);
+        let other_threads = tracked - (end.own_net - start.own_net);
         let profiler = delta(start.os.profiler_bytes, end.os.profiler_bytes);
         let glibc_used =
             delta(start.os.malloc_in_use + start.os.malloc_mmapped, end.os.malloc_in_use + end.os.malloc_mmapped);
         let native = glibc_used - delta(start.glibc_live, end.glibc_live) - profiler;
         let footprint = |s: &Sample| s.arena_bytes + s.os.malloc_arena + s.os.malloc_mmapped;
-        let allocator = delta(footprint(start), footprint(end)) - tracked - native - profiler;
+        let allocator = delta(footprint(start), footprint(end)) - net - other_threads - native - profiler;
         let mut causes = Causes {
             python: net + gc_freed as i64,
             gc: -(gc_freed as i64),
-            other_threads: tracked - net,
+            other_threads,
             native,
             allocator,
             lazy: -delta(start.os.unresident, end.os.unresident),
@@ -136,12 +145,12 @@ impl Causes {
     }
 
     /// Adds `of_execution(s, s, net, gc_freed)` for any sample `s`, without reading one: when
-    /// no reading came between an execution's ends, only the exact figures move, and the other
-    /// threads' share offsets them (the tracked total did not change between the samples).
+    /// no reading came between an execution's ends, only the exact figures move, and the
+    /// allocators' share offsets them (the blocks came from, or went to, memory they held).
     pub fn add_unread(&mut self, net: i64, gc_freed: u64) {
         self.python += net + gc_freed as i64;
         self.gc -= gc_freed as i64;
-        self.other_threads -= net;
+        self.allocator -= net;
     }
 
     pub fn add(&mut self, other: &Causes) {
@@ -156,6 +165,8 @@ impl Causes {
 /// Everything a note may cite about a line.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoteFacts {
+    /// Executions (a function's totals: calls) the figures add up.
+    pub hits: u64,
     pub rss_delta: i64,
     pub allocated: u64,
     pub freed: u64,
@@ -164,13 +175,29 @@ pub struct NoteFacts {
     pub arenas_mapped: u64,
     pub arenas_unmapped: u64,
     pub causes: Causes,
+    /// The figures are a frame's teardown (after its return), not a line's.
+    pub teardown: bool,
+}
+
+impl NoteFacts {
+    /// What the note's figures are of.
+    fn subject(&self) -> &'static str {
+        if self.teardown {
+            "the frame's teardown"
+        } else {
+            "this line"
+        }
+    }
 }
 
 /// A cause moving at least this much gets a note.
 pub const NOTE_THRESHOLD: i64 = 1 << 20;
 
-/// One plain-English sentence for a surprising line (SPEC section 4): RSS fell, or a cause other
-/// than Python's own net moved by 1 MiB or more. None when nothing is surprising.
+/// One plain-English sentence for a surprising line: RSS fell, or a cause other than Python's own
+/// net moved by 1 MiB or more. None when nothing is surprising. The sentence explains the largest
+/// movement first: the line's own Python objects when they account for the change, else the
+/// cause that moved most (a collection that freed 1 MiB or more first of all: the allocators'
+/// share is then what they kept of that memory).
 pub fn note(f: &NoteFacts) -> Option<String> {
     let c = &f.causes;
     let others = [
@@ -183,39 +210,63 @@ pub fn note(f: &NoteFacts) -> Option<String> {
         ("profiler", c.profiler),
         ("unexplained", c.unexplained),
     ];
-    // A collection that freed 1 MiB or more is named first: the allocator's share is then what it
-    // kept of that memory.
-    let (name, value) = if c.gc.abs() >= NOTE_THRESHOLD {
-        ("gc", c.gc)
-    } else {
-        others.into_iter().max_by_key(|(_, v)| v.unsigned_abs()).unwrap_or(("", 0))
+    let largest = |except: &str| {
+        others.into_iter().filter(|(n, _)| *n != except).max_by_key(|(_, v)| v.unsigned_abs()).unwrap_or(("", 0))
     };
+    let (name, value) = if c.gc.abs() >= NOTE_THRESHOLD { ("gc", c.gc) } else { largest("") };
     if f.rss_delta >= 0 && value.abs() < NOTE_THRESHOLD {
         return None;
     }
     let b = |v: i64| human_bytes(v.abs());
-    let rss = if f.rss_delta < 0 {
+    // Executions that overlapped other threads' work each saw those threads' movement: their
+    // changes add up to more than RSS ever moved, so the sum is not called a rise or a fall.
+    let rss = if f.hits > 1 && c.other_threads.abs() >= NOTE_THRESHOLD {
+        format!(
+            "the RSS changes seen by its {} executions add up to {}{} (they overlapped other threads' work, \
+             and each counts what moved meanwhile)",
+            f.hits,
+            if f.rss_delta > 0 { "+" } else { "" },
+            human_bytes(f.rss_delta)
+        )
+    } else if f.rss_delta < 0 {
         format!("RSS fell by {}", b(f.rss_delta))
     } else {
         format!("RSS rose by {}", b(f.rss_delta))
     };
-    // Python's own net explains a fall only if it moved the same way and accounts for most of it;
-    // any other cause of 1 MiB or more is always named.
-    let python_explains =
-        c.python.signum() == f.rss_delta.signum() && (f.rss_delta - c.python).abs() <= f.rss_delta.abs() / 2;
-    if value.abs() < NOTE_THRESHOLD && (python_explains || value == 0) {
-        return Some(if f.rss_delta < 0 {
-            format!("{rss}: this line freed {} of Python objects (net {})", b(f.freed as i64), human_bytes(c.python))
+    // Python's own net explains the change only if it moved the same way, accounts for most of
+    // it and moved more than any other cause; a second cause of 1 MiB or more is then added.
+    let python_explains = c.python.signum() == f.rss_delta.signum()
+        && (f.rss_delta - c.python).abs() <= f.rss_delta.abs() / 2
+        && c.python.unsigned_abs() >= value.unsigned_abs();
+    if python_explains || value == 0 {
+        let own = if f.rss_delta < 0 {
+            format!(
+                "{rss}: {} freed {} of Python objects (net {})",
+                f.subject(),
+                b(f.freed as i64),
+                human_bytes(c.python)
+            )
         } else {
-            format!("{rss}: this line allocated and kept {} of Python objects", b(c.python))
-        });
+            format!("{rss}: {} allocated and kept {} of Python objects", f.subject(), b(c.python))
+        };
+        let (second, v) = largest("");
+        return Some(if v.abs() >= NOTE_THRESHOLD { format!("{own}; {}", clause(f, second, v)) } else { own });
     }
-    let sentence = match name {
+    Some(format!("{rss}: {}", clause(f, name, value)))
+}
+
+/// What cause `name` moving by `value` means, as a clause.
+fn clause(f: &NoteFacts, name: &str, value: i64) -> String {
+    let c = &f.causes;
+    let b = |v: i64| human_bytes(v.abs());
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    match name {
         "gc" => format!(
-            "{rss}: the cyclic garbage collector ran {} time{} during this line and freed {} of unreachable cycles, \
+            "the cyclic garbage collector ran {} time{} during {} and freed {} of unreachable cycles, \
              created wherever their last reference was dropped{}",
             f.gc_collections,
-            if f.gc_collections == 1 { "" } else { "s" },
+            plural(f.gc_collections),
+            f.subject(),
             b(f.gc_freed as i64),
             if c.allocator >= NOTE_THRESHOLD {
                 format!("; the allocators kept {} of the freed memory, so RSS did not fall by as much", b(c.allocator))
@@ -223,47 +274,53 @@ pub fn note(f: &NoteFacts) -> Option<String> {
                 String::new()
             }
         ),
-        "allocator" if value < 0 && f.arenas_unmapped > 0 => format!(
-            "{rss}: pymalloc returned {} empty arena{} to the system ({} less held by the allocators) after blocks were freed",
+        "allocator" if value < 0 && f.arenas_unmapped > 0 && c.python <= 0 => format!(
+            "pymalloc returned {} empty arena{} to the system ({} less held by the allocators) after blocks were freed",
             f.arenas_unmapped,
-            if f.arenas_unmapped == 1 { "" } else { "s" },
+            plural(f.arenas_unmapped),
             b(value)
         ),
-        "allocator" if value < 0 => {
-            format!("{rss}: the allocators released {} of memory they held free (glibc trimmed or unmapped its heap)", b(value))
+        "allocator" if value < 0 && c.python > 0 => format!(
+            "{} of the new Python objects went into memory the allocators already held free (left by earlier \
+             frees), so RSS did not grow by as much",
+            b(value.max(-c.python))
+        ),
+        "allocator" if value < 0 && f.rss_delta < 0 => {
+            format!("the allocators released {} of memory they held free (glibc trimmed or unmapped its heap)", b(value))
         }
-        "allocator" if f.freed as i64 * 2 >= value => format!(
-            "{rss}: Python freed {} but the allocators kept {} of it: the freed blocks sit in pymalloc arenas \
+        "allocator" if value < 0 => format!("the allocators hold {} less free memory: it was reused for new blocks", b(value)),
+        "allocator" if c.python < 0 && f.freed as i64 * 2 >= value => format!(
+            "Python freed {} but the allocators kept {} of it: the freed blocks sit in pymalloc arenas \
              or glibc heap pages that still hold live objects (fragmented), so the memory is not returned",
             b(f.freed as i64),
             b(value)
         ),
         "allocator" => format!(
-            "{rss}: the allocators grew their footprint by {} beyond the live blocks ({} new pymalloc arena{})",
+            "the allocators grew their footprint by {} beyond the live blocks ({} new pymalloc arena{})",
             b(value),
             f.arenas_mapped,
-            if f.arenas_mapped == 1 { "" } else { "s" }
+            plural(f.arenas_mapped)
         ),
-        "native" if value > 0 => format!("{rss}: a C extension allocated {} outside Python's allocator (e.g. array buffers)", b(value)),
-        "native" => format!("{rss}: a C extension freed {} it had allocated outside Python's allocator", b(value)),
+        "native" if value > 0 => format!("a C extension allocated {} outside Python's allocator (e.g. array buffers)", b(value)),
+        "native" => format!("a C extension freed {} it had allocated outside Python's allocator", b(value)),
         "lazy" if value < 0 => format!(
-            "{rss}: {} was reserved but not yet written, so it is not resident yet (lazy paging); RSS grows where it is first written",
+            "{} was reserved but not yet written, so it is not resident yet (lazy paging); RSS grows where it is first written",
             b(value)
         ),
-        "lazy" => format!("{rss}: first writes brought {} of previously reserved memory into RSS", b(value)),
+        "lazy" => format!("first writes brought {} of previously reserved memory into RSS", b(value)),
         "files" if value > 0 => {
-            format!("{rss}: {} of file-backed memory was mapped (an imported extension module or an mmapped file)", b(value))
+            format!("{} of file-backed memory was mapped (an imported extension module or an mmapped file)", b(value))
         }
-        "files" => format!("{rss}: {} of file-backed memory was unmapped or dropped from RAM", b(value)),
+        "files" => format!("{} of file-backed memory was unmapped or dropped from RAM", b(value)),
         "other_threads" => format!(
-            "{rss}: other threads {} {} of tracked memory while this line ran",
+            "other threads {} {} of tracked memory while {} ran",
             if value > 0 { "allocated" } else { "freed" },
-            b(value)
+            b(value),
+            f.subject()
         ),
-        "profiler" => format!("{rss}: memsleuth's own tables changed by {}", human_bytes(value)),
-        _ => format!("{rss}: {} of the change has no tracked cause (interpreter internals, thread stacks, untracked mappings)", b(value)),
-    };
-    Some(sentence)
+        "profiler" => format!("memsleuth's own tables changed by {}", human_bytes(value)),
+        _ => format!("{} of the change has no tracked cause (interpreter internals, thread stacks, untracked mappings)", b(value)),
+    }
 }
 
 #[cfg(test)]
@@ -278,6 +335,7 @@ mod tests {
             tracked_live: tracked,
             glibc_live: 0,
             arena_bytes: arenas,
+            own_net: tracked as i64,
         }
     }
 
@@ -296,6 +354,7 @@ mod tests {
             tracked_live: 20 * MIB,
             glibc_live: 2 * MIB,
             arena_bytes: 12 * MIB,
+            own_net: (20 * MIB) as i64,
         }
     }
 
@@ -315,6 +374,7 @@ mod tests {
             tracked_live: 20 * MIB + 100,
             glibc_live: 2 * MIB,
             arena_bytes: 12 * MIB,
+            own_net: (20 * MIB + 100) as i64,
         };
         let c = Causes::of_execution(&start, &end, 100, 0);
         assert_eq!(c.sum(), (81 * MIB) as i64);
@@ -364,6 +424,51 @@ mod tests {
         };
         let text = note(&facts).expect("RSS fell");
         assert!(text.contains("collector ran 1 time") && text.contains("freed 10.0 MiB"), "{text}");
+    }
+
+    #[test]
+    fn notes_explain_the_largest_movement_first_in_words_that_match_it() {
+        // scipy's detrend line: the line kept 191 MiB of Python objects; the allocators' 3 MiB
+        // is the smaller story, and nothing freed was kept.
+        let detrend = NoteFacts {
+            rss_delta: 194 * MIB as i64,
+            allocated: 976 * MIB,
+            freed: 785 * MIB,
+            causes: Causes { python: 191 * MIB as i64, allocator: 3 * MIB as i64, ..Default::default() },
+            ..Default::default()
+        };
+        let text = note(&detrend).unwrap();
+        assert!(text.contains(": this line allocated and kept 191.0 MiB of Python objects; "), "{text}");
+        assert!(text.contains("grew their footprint by 3.0 MiB") && !text.contains("fragmented"), "{text}");
+
+        // RSS rose by less than the line's new objects because they reused freed memory: the
+        // allocators released nothing.
+        let reused = NoteFacts {
+            rss_delta: 5 * MIB as i64,
+            allocated: 18 * MIB,
+            causes: Causes { python: 18 * MIB as i64, allocator: -(13 * MIB as i64), ..Default::default() },
+            ..Default::default()
+        };
+        let text = note(&reused).unwrap();
+        assert!(
+            text.contains("13.0 MiB of the new Python objects went into memory the allocators already held"),
+            "{text}"
+        );
+        assert!(!text.contains("released") && !text.contains("trimmed"), "{text}");
+
+        // The allocators' free memory shrank while RSS rose and Python freed: not a release either.
+        let shrank = NoteFacts {
+            rss_delta: 2 * MIB as i64,
+            causes: Causes {
+                python: -(MIB as i64),
+                allocator: -(2 * MIB as i64),
+                native: 5 * MIB as i64,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let text = note(&shrank).unwrap();
+        assert!(text.contains("C extension allocated 5.0 MiB") && !text.contains("trimmed"), "{text}");
     }
 
     #[test]

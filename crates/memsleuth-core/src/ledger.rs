@@ -155,6 +155,23 @@ pub struct BigBlock {
     pub unresident: Option<u64>,
 }
 
+/// glibc's heap figures (mallinfo2's uordblks, hblkhd and arena) as last asked for, and what
+/// they were asked beside.
+#[derive(Clone, Copy, Debug)]
+struct GlibcBasis {
+    in_use: u64,
+    mmapped: u64,
+    arena: u64,
+    rss_anon: u64,
+    glibc_live: u64,
+    profiler_bytes: u64,
+    big_block_events: u64,
+}
+
+/// glibc is asked again once anon RSS, its tracked blocks or memsleuth's own heap moved this
+/// much since it was last asked.
+pub const GLIBC_DRIFT: u64 = 256 * 1024;
+
 /// What the user-facing report needs to know about a profiled function.
 #[derive(Clone, Debug, Default)]
 pub struct FuncInfo {
@@ -202,6 +219,9 @@ pub struct Func {
     line_ids: Vec<u32>,
     /// A pseudo-line spanning each call: the function's totals.
     total_line: u32,
+    /// A pseudo-line from the function's return to the end of its call: the frame's teardown
+    /// (its locals released), which no line of the function executes.
+    teardown_line: u32,
     pub calls: u64,
     pub rss_at_entry: Option<u64>,
 }
@@ -278,6 +298,9 @@ struct Frame {
     total: Exec,
     line: Option<Exec>,
     lineno: u32,
+    /// A generator's or coroutine's frame: its teardown happens inside its last step, so
+    /// return events leave its lines as they are.
+    resumable: bool,
     /// (line number, line id, node) by line number modulo RECENT_LINES; line number 0 is empty.
     recent: [(u32, u32, u32); RECENT_LINES],
 }
@@ -361,6 +384,9 @@ pub struct Ledger {
     nodes: Vec<Node>,
     node_index: HashMap<NodeKey, u32, BuildHasherDefault<FxHasher>>,
     threads: Vec<ThreadLedger>,
+    /// Thread ledgers whose thread left its last profiled frame, for the next thread to enter
+    /// one: a program that starts thread after thread keeps as many as run profiled at once.
+    free_threads: Vec<u32>,
     pub process: ProcessStats,
     acts: Vec<Activation>,
     free_acts: Vec<u32>,
@@ -376,6 +402,11 @@ pub struct Ledger {
     /// (anon RSS, allocator footprint) when every big block's residency was last measured:
     /// while RSS keeps moving with the footprint, only new blocks need measuring.
     pub residency_basis: Option<(u64, u64)>,
+    /// Tracked blocks large enough to be mmapped that came or went: each may move glibc's
+    /// figures by its whole size without moving RSS.
+    big_block_events: u64,
+    /// glibc's heap figures when they were last asked for.
+    glibc_basis: Option<GlibcBasis>,
     /// Tests switch `step_quietly` off to check it against the general path.
     #[cfg(test)]
     pub(crate) quiet_steps: bool,
@@ -396,6 +427,7 @@ impl Ledger {
             nodes: Vec::new(),
             node_index: HashMap::with_hasher(BuildHasherDefault::new()),
             threads: Vec::new(),
+            free_threads: Vec::new(),
             process: ProcessStats {
                 allocated_bytes: 0,
                 freed_bytes: 0,
@@ -408,6 +440,8 @@ impl Ledger {
             pymalloc: true,
             big_blocks: BTreeMap::new(),
             residency_basis: None,
+            big_block_events: 0,
+            glibc_basis: None,
             acts: Vec::new(),
             free_acts: Vec::new(),
             calls: Vec::new(),
@@ -419,6 +453,50 @@ impl Ledger {
         }
     }
 
+    /// glibc's (in use, mmapped, arena) bytes for a reading of anon RSS `rss_anon`, with
+    /// memsleuth's own heap at `profiler_bytes`. `mallinfo` walks every free chunk of glibc's
+    /// heap (milliseconds on a fragmented one), so it is asked only where its answer can change
+    /// the explanation: first, after a block that glibc may have mmapped came or went, or once
+    /// RSS, glibc's tracked bytes or memsleuth's heap moved GLIBC_DRIFT since it was last asked.
+    /// Otherwise the last answer is carried forward with the tracked and memsleuth's bytes moved
+    /// in place, which says nothing else moved (no `native`, no allocator growth); whatever the
+    /// next answer finds moved belongs to the line during which it is asked.
+    pub fn glibc_figures(
+        &mut self,
+        rss_anon: u64,
+        profiler_bytes: u64,
+        mallinfo: impl FnOnce() -> (u64, u64, u64),
+    ) -> (u64, u64, u64) {
+        let glibc_live = self.process.glibc_live;
+        let moved = |then: u64, now: u64| then.abs_diff(now) >= GLIBC_DRIFT;
+        match self.glibc_basis {
+            Some(b)
+                if b.big_block_events == self.big_block_events
+                    && !moved(b.rss_anon, rss_anon)
+                    && !moved(b.glibc_live, glibc_live)
+                    && !moved(b.profiler_bytes, profiler_bytes) =>
+            {
+                let in_use = b.in_use as i64
+                    + (glibc_live as i64 - b.glibc_live as i64)
+                    + (profiler_bytes as i64 - b.profiler_bytes as i64);
+                (in_use.max(0) as u64, b.mmapped, b.arena)
+            }
+            _ => {
+                let (in_use, mmapped, arena) = mallinfo();
+                self.glibc_basis = Some(GlibcBasis {
+                    in_use,
+                    mmapped,
+                    arena,
+                    rss_anon,
+                    glibc_live,
+                    profiler_bytes,
+                    big_block_events: self.big_block_events,
+                });
+                (in_use, mmapped, arena)
+            }
+        }
+    }
+
     /// Bytes of the ledger's own tables.
     pub fn footprint(&self) -> usize {
         self.table.footprint()
@@ -427,6 +505,16 @@ impl Ledger {
             + self.node_index.capacity() * (std::mem::size_of::<NodeKey>() + 4)
             + self.acts.capacity() * std::mem::size_of::<Activation>()
             + self.calls.capacity() * std::mem::size_of::<Call>()
+            + self
+                .threads
+                .iter()
+                .map(|t| {
+                    std::mem::size_of::<ThreadLedger>()
+                        + t.frames.capacity() * std::mem::size_of::<Frame>()
+                        + t.active.capacity() * 4
+                        + t.measured.capacity() * 8
+                })
+                .sum::<usize>()
     }
 
     pub fn register_function(&mut self, info: FuncInfo) -> u32 {
@@ -434,7 +522,8 @@ impl Ledger {
             return i as u32;
         }
         let total_line = self.new_line();
-        self.funcs.push(Func { info, line_ids: Vec::new(), total_line, calls: 0, rss_at_entry: None });
+        let teardown_line = self.new_line();
+        self.funcs.push(Func { info, line_ids: Vec::new(), total_line, teardown_line, calls: 0, rss_at_entry: None });
         (self.funcs.len() - 1) as u32
     }
 
@@ -475,12 +564,34 @@ impl Ledger {
         (lines, &self.lines[f.total_line as usize])
     }
 
+    /// Stats of the function's frame teardowns (from each return to the end of its call), if
+    /// a return was ever seen.
+    pub fn teardown_stats(&self, func: u32) -> Option<&LineStats> {
+        let stats = &self.lines[self.funcs[func as usize].teardown_line as usize];
+        (stats.hits > 0).then_some(stats)
+    }
+
     fn thread_mut(&mut self, hot: &mut Hot) -> usize {
         if hot.thread == 0 {
-            self.threads.push(ThreadLedger::default());
-            hot.thread = self.threads.len() as u32;
+            hot.thread = match self.free_threads.pop() {
+                Some(t) => t,
+                None => {
+                    self.threads.push(ThreadLedger::default());
+                    self.threads.len() as u32
+                }
+            };
         }
         (hot.thread - 1) as usize
+    }
+
+    /// Hands this thread's ledger back once no profiled frame is left on it: with no execution
+    /// open it holds nothing a later call needs (that call takes a reading as it enters), and
+    /// the thread may never come back.
+    fn release_thread_if_idle(&mut self, hot: &mut Hot) {
+        if hot.thread != 0 && self.threads[(hot.thread - 1) as usize].frames.is_empty() {
+            self.free_threads.push(hot.thread);
+            hot.thread = 0;
+        }
     }
 
     fn intern(&mut self, parent: u32, line: u32, thread: u32, depth: u32) -> u32 {
@@ -530,6 +641,7 @@ impl Ledger {
         }
         if size >= BIG_BLOCK {
             hot.big_event = true;
+            self.big_block_events += 1;
             self.big_blocks.insert(addr, BigBlock { size, unresident: None });
         }
         if self.served_by_glibc(raw, size) {
@@ -568,6 +680,7 @@ impl Ledger {
         }
         if block.size >= BIG_BLOCK {
             hot.big_event = true;
+            self.big_block_events += 1;
             self.big_blocks.remove(&addr);
         }
         if self.served_by_glibc(raw, block.size) {
@@ -639,6 +752,7 @@ impl Ledger {
             hot.high = hot.net();
         }
         if size >= BIG_BLOCK {
+            self.big_block_events += 1;
             self.big_blocks.remove(&addr);
         }
         if self.served_by_glibc(false, size) {
@@ -928,18 +1042,19 @@ impl Ledger {
     }
 
     /// The exact process-wide counters beside a reading.
-    pub fn sample(&self, os: OsReading) -> Sample {
+    pub fn sample(&self, os: OsReading, hot: &Hot) -> Sample {
         Sample {
             os,
+            own_net: hot.net(),
             tracked_live: self.process.live_bytes,
             glibc_live: self.process.glibc_live,
             arena_bytes: self.process.arena_bytes,
         }
     }
 
-    fn note_reading(&mut self, t: usize, os: Option<OsReading>) {
+    fn note_reading(&mut self, hot: &Hot, t: usize, os: Option<OsReading>) {
         if let Some(os) = os {
-            let sample = self.sample(os);
+            let sample = self.sample(os, hot);
             let th = &mut self.threads[t];
             th.last = sample;
             th.readings += 1;
@@ -948,25 +1063,28 @@ impl Ledger {
 
     /// A call of `func` begins (its wrapper runs): `os` is read at entry.
     pub fn enter(&mut self, hot: &mut Hot, func: u32, os: impl Into<OsReading>) {
-        let os = os.into();
+        self.start_call(hot, func, os.into(), false);
+    }
+
+    fn start_call(&mut self, hot: &mut Hot, func: u32, os: OsReading, resumable: bool) {
         let call = self.new_call();
         let f = &mut self.funcs[func as usize];
         f.calls += 1;
         f.rss_at_entry = Some(os.rss());
-        self.push_frame(hot, SavedFrame { func, call, lineno: 0 }, os);
+        self.push_frame(hot, SavedFrame { func, call, lineno: 0 }, os, resumable);
     }
 
     /// A suspended generator or coroutine frame resumes.
     pub fn resume(&mut self, hot: &mut Hot, saved: SavedFrame, os: impl Into<OsReading>) {
         if saved.call == NO_CALL {
-            return self.enter(hot, saved.func, os);
+            return self.start_call(hot, saved.func, os.into(), true);
         }
-        self.push_frame(hot, saved, os.into());
+        self.push_frame(hot, saved, os.into(), true);
     }
 
-    fn push_frame(&mut self, hot: &mut Hot, saved: SavedFrame, os: OsReading) {
+    fn push_frame(&mut self, hot: &mut Hot, saved: SavedFrame, os: OsReading, resumable: bool) {
         let t = self.thread_mut(hot);
-        self.note_reading(t, Some(os));
+        self.note_reading(hot, t, Some(os));
         let f = &self.funcs[saved.func as usize];
         let (code, total_line) = (f.info.code, f.total_line);
         let th = &self.threads[t];
@@ -985,6 +1103,7 @@ impl Ledger {
             total,
             line: None,
             lineno: 0,
+            resumable,
             recent: [(0, 0, 0); RECENT_LINES],
         });
         hot.top_code = code;
@@ -1049,12 +1168,39 @@ impl Ledger {
         let in_line = top.line.is_some();
         let os = read(self, hot);
         if in_line {
-            self.note_reading(t, os);
+            self.note_reading(hot, t, os);
             if self.step_quietly(hot, t, lineno) {
                 return;
             }
         }
         self.change_line(hot, t, lineno, os);
+    }
+
+    /// The innermost frame, running `code`, returns: its last line ends here, and what happens
+    /// from now to `leave` (the frame torn down, its locals released) is its teardown's, a row
+    /// of its own, so that no line is charged with frees it did not make. `read` is asked for a
+    /// reading (or None) as by `line_event`.
+    pub fn on_return(
+        &mut self,
+        hot: &mut Hot,
+        code: usize,
+        read: impl FnOnce(&mut Self, &mut Hot) -> Option<OsReading>,
+    ) {
+        let t = (hot.thread as usize).wrapping_sub(1);
+        let Some(top) = self.threads.get(t).and_then(|th| th.frames.last()) else { return };
+        let teardown = self.funcs[top.func as usize].teardown_line;
+        let (depth, parent) = (self.threads[t].frames.len() as u32 - 1, top.total.node);
+        if top.code != code || top.resumable || top.line.is_none_or(|e| e.line == teardown) {
+            return;
+        }
+        let os = read(self, hot);
+        self.note_reading(hot, t, os);
+        if let Some(last) = self.threads[t].frames[depth as usize].line.take() {
+            self.close_exec(hot, t, last);
+        }
+        let node = self.intern(parent, teardown, hot.thread, depth);
+        let exec = self.open_exec(hot, t, teardown, node, depth, true, true);
+        self.threads[t].frames[depth as usize].line = Some(exec);
     }
 
     /// The general path of `line_event`: the line that ends is closed, the next one opened.
@@ -1070,7 +1216,7 @@ impl Ledger {
                 // The frame's first line: what moved since entry (argument binding) belongs to
                 // it, so the reading lands after it opens and its deltas add up to the call's.
                 self.start_line(hot, t, lineno, true);
-                self.note_reading(t, os);
+                self.note_reading(hot, t, os);
             }
         }
     }
@@ -1127,7 +1273,7 @@ impl Ledger {
             return None;
         }
         let t = (hot.thread - 1) as usize;
-        self.note_reading(t, Some(os));
+        self.note_reading(hot, t, Some(os));
         let mut frame = *self.threads[t].frames.last()?;
         if let Some(exec) = frame.line.take() {
             self.close_exec(hot, t, exec);
@@ -1150,12 +1296,14 @@ impl Ledger {
         let total_line = self.funcs[frame.func as usize].total_line as usize;
         let th = &self.threads[(hot.thread - 1) as usize];
         let outermost = th.active.get(total_line).is_none_or(|n| *n == 0);
+        self.release_thread_if_idle(hot);
         Some((frame.func, outermost))
     }
 
     /// The innermost frame (a generator or coroutine) yields.
     pub fn suspend(&mut self, hot: &mut Hot, os: impl Into<OsReading>) -> Option<SavedFrame> {
         let frame = self.pop_frame(hot, os.into())?;
+        self.release_thread_if_idle(hot);
         Some(SavedFrame { func: frame.func, call: frame.call, lineno: frame.lineno })
     }
 

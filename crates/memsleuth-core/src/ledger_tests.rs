@@ -393,6 +393,45 @@ fn frees_during_frame_teardown_are_not_retained_and_belong_to_the_last_line() {
     assert_eq!(totals(&l, f).retained_bytes(), 50);
 }
 
+#[test]
+fn frees_after_the_return_event_are_the_teardowns_not_the_last_lines() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+
+    for _ in 0..2 {
+        l.enter(&mut h, f, 1000);
+        l.on_line(&mut h, F, 10, None);
+        l.on_alloc(&mut h, A, 100, false); // a local
+        l.on_alloc(&mut h, B, 50, false); // another
+        l.on_line(&mut h, F, 11, None);
+        l.on_free(&mut h, B, false); // `del b`, the last line
+        l.on_return(&mut h, F, |_, _| Some(OsReading::from(1100_u64)));
+        l.on_return(&mut h, F, |_, _| panic!("a second return event changes nothing"));
+        l.on_free(&mut h, A, false); // the frame's teardown releases `a`
+        l.leave(&mut h, 1000);
+    }
+
+    assert_eq!(
+        fig(&line(&l, f, 11)),
+        Fig { hits: 2, alloc: 0, allocs: 0, freed: 100, frees: 2, net: -100, peak: 0, retained: 0 }
+    );
+    let teardown = l.teardown_stats(f).expect("two returns");
+    assert_eq!(
+        fig(teardown),
+        Fig { hits: 2, alloc: 0, allocs: 0, freed: 200, frees: 2, net: -200, peak: 0, retained: 0 }
+    );
+    // The line's RSS change ends at the return; the teardown's runs to the end of the call.
+    assert_eq!((line(&l, f, 11).rss_delta, teardown.rss_delta), (200, -200));
+    assert_eq!(totals(&l, f).freed_bytes, 300);
+    assert_eq!(linenos(&l, f), vec![10, 11]);
+    // A function whose return was never seen has no teardown row.
+    let g = register(&mut l, "g", G, 20);
+    l.enter(&mut h, g, 0);
+    l.leave(&mut h, 0);
+    assert!(l.teardown_stats(g).is_none());
+}
+
 /// main: line 1 `a = f()`, line 2 `b = f()` (f frees the previous result), line 3 `del b`.
 /// f: line 10 `new = alloc(100)`, line 11 `del previous`.
 #[test]
@@ -808,6 +847,68 @@ fn interleaved_threads_do_not_leak_into_each_others_lines() {
             ..l.process
         }
     );
+}
+
+#[test]
+fn other_threads_is_what_other_threads_did_never_the_threads_own_unread_lines() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let (mut t1, mut t2) = (Hot::ZERO, Hot::ZERO);
+
+    // One thread, readings skipped: line 10 allocates 100 with no reading after it, line 11
+    // frees it and is read. The reading's window covers both lines, and all of it is t1's.
+    l.enter(&mut t1, f, 1000);
+    l.on_line(&mut t1, F, 10, None);
+    l.on_alloc(&mut t1, A, 100, false);
+    l.on_line(&mut t1, F, 11, None);
+    l.on_free(&mut t1, A, false);
+    l.on_line(&mut t1, F, 12, Some(OsReading::from(1000_u64)));
+    let (s10, s11) = (line(&l, f, 10), line(&l, f, 11));
+    assert_eq!((s10.causes.other_threads, s11.causes.other_threads), (0, 0));
+    // Line 10 took its block from memory the allocators held; line 11 gave it back to them.
+    assert_eq!((s10.causes.python, s10.causes.allocator), (100, -100));
+    assert_eq!((s11.causes.python, s11.causes.allocator), (-100, 100));
+
+    // Another thread allocates 7 while line 12 runs: that, and only that, is other threads'.
+    l.on_alloc(&mut t1, C, 5, false);
+    l.on_alloc(&mut t2, B, 7, false);
+    l.on_line(&mut t1, F, 13, Some(OsReading::from(1012_u64)));
+    let s12 = line(&l, f, 12);
+    assert_eq!((s12.causes.python, s12.causes.other_threads), (5, 7));
+    assert_eq!(s12.causes.sum(), 12);
+    l.leave(&mut t1, 1012);
+}
+
+#[test]
+fn a_thread_ledger_is_reused_once_its_thread_leaves_its_last_profiled_frame() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let footprint = |l: &Ledger| l.footprint();
+    let mut sizes = Vec::new();
+    for i in 0..100 {
+        let mut t = Hot::ZERO; // a new thread each time
+        l.enter(&mut t, f, 1000);
+        l.on_line(&mut t, F, 10, None);
+        l.on_alloc(&mut t, A + 16 * i, 10, false);
+        assert_eq!(t.thread, 1);
+        assert_eq!(l.leave(&mut t, 1000), Some((f, true)));
+        assert_eq!(t.thread, 0);
+        // The thread's caller drops the result before the thread ends.
+        l.on_free(&mut t, A + 16 * i, false);
+        sizes.push(footprint(&l));
+    }
+    assert!(sizes.iter().all(|&s| s == sizes[0]), "{sizes:?}");
+    assert_eq!(fig(&line(&l, f, 10)).alloc, 1000);
+    assert_eq!(line(&l, f, 10).retained_bytes(), 1000);
+
+    // Two threads at once keep two; a suspended generator keeps none.
+    let (mut t1, mut t2) = (Hot::ZERO, Hot::ZERO);
+    l.enter(&mut t1, f, 0);
+    l.enter(&mut t2, f, 0);
+    assert_eq!((t1.thread, t2.thread), (1, 2));
+    l.suspend(&mut t2, 0);
+    assert_eq!(t2.thread, 0);
+    l.leave(&mut t1, 0);
 }
 
 #[test]
@@ -1291,4 +1392,41 @@ fn quiet_line_steps_change_no_figure() {
         assert!(a.contains(r#""hits":"#), "{a}");
         assert_eq!(a, b, "seed {seed}");
     }
+}
+
+// ----- glibc's figures -----
+
+#[test]
+fn glibc_is_asked_only_where_its_figures_can_change_the_explanation() {
+    let mut l = Ledger::new();
+    let mut h = Hot::ZERO;
+    let asked = std::cell::Cell::new(0);
+    let ask = |l: &mut Ledger, rss: u64, profiler: u64, answer: (u64, u64, u64)| {
+        l.glibc_figures(rss, profiler, || {
+            asked.set(asked.get() + 1);
+            answer
+        })
+    };
+    assert_eq!(ask(&mut l, 10 << 20, 1000, (5000, 0, 8000)), (5000, 0, 8000));
+    // Nothing moved: the answer is carried forward without asking.
+    assert_eq!(ask(&mut l, (10 << 20) + 4096, 1000, (1, 1, 1)), (5000, 0, 8000));
+    // Small tracked glibc blocks and memsleuth's own bytes move the carried figure in place.
+    l.on_alloc(&mut h, A, 600, true);
+    assert_eq!(ask(&mut l, 10 << 20, 1100, (1, 1, 1)), (5700, 0, 8000));
+    l.on_free(&mut h, A, true);
+    assert_eq!(ask(&mut l, 10 << 20, 1000, (1, 1, 1)), (5000, 0, 8000));
+    assert_eq!(asked.get(), 1);
+    // A block glibc may have mmapped came (or went), even one freed at once: ask.
+    l.on_alloc(&mut h, B, BIG_BLOCK, true);
+    l.on_free(&mut h, B, true);
+    assert_eq!(ask(&mut l, 10 << 20, 1000, (5000, 0, 9000)), (5000, 0, 9000));
+    assert_eq!(asked.get(), 2);
+    // RSS, tracked glibc bytes or memsleuth's heap drifting by GLIBC_DRIFT: ask.
+    assert_eq!(ask(&mut l, (10 << 20) + GLIBC_DRIFT, 1000, (6000, 0, 9000)), (6000, 0, 9000));
+    assert_eq!(ask(&mut l, (10 << 20) + GLIBC_DRIFT, 1000 + GLIBC_DRIFT, (7000, 0, 9000)), (7000, 0, 9000));
+    for i in 0..4 {
+        l.on_alloc(&mut h, C + 0x1_0000 * i, GLIBC_DRIFT / 4, true);
+    }
+    assert_eq!(ask(&mut l, (10 << 20) + GLIBC_DRIFT, 1000 + GLIBC_DRIFT, (8000, 0, 9000)), (8000, 0, 9000));
+    assert_eq!(asked.get(), 5);
 }

@@ -57,7 +57,7 @@ impl Figures {
         })
     }
 
-    fn from_stats(s: &LineStats) -> Self {
+    fn from_stats(s: &LineStats, teardown: bool) -> Self {
         Figures {
             hits: s.hits,
             allocated_bytes: s.allocated_bytes,
@@ -75,6 +75,7 @@ impl Figures {
             arenas_unmapped: s.arenas_unmapped,
             causes: s.causes,
             note: note(&NoteFacts {
+                hits: s.hits,
                 rss_delta: s.rss_delta,
                 allocated: s.allocated_bytes,
                 freed: s.freed_bytes,
@@ -83,6 +84,7 @@ impl Figures {
                 arenas_mapped: s.arenas_mapped,
                 arenas_unmapped: s.arenas_unmapped,
                 causes: s.causes,
+                teardown,
             }),
         }
     }
@@ -138,6 +140,9 @@ pub struct FunctionReport {
     pub totals: Figures,
     /// Lines that ran, in source order.
     pub lines: Vec<LineReport>,
+    /// The frame's teardown after each return (its locals released), when a return was seen;
+    /// reports written before it existed have none.
+    pub teardown: Option<Figures>,
     /// The whole source of the function, from `first_lineno`.
     pub source: Vec<String>,
 }
@@ -214,6 +219,10 @@ impl Report {
                 calls: f.get("calls").and_then(Value::as_f64).unwrap_or(0.0) as u64,
                 rss_at_entry: f.get("rss_at_entry_bytes").and_then(Value::as_f64).map(|r| r as u64),
                 totals: Figures::from_json(f.get("totals").ok_or("a function lacks totals")?)?,
+                teardown: match f.get("teardown") {
+                    Some(t) if !matches!(t, Value::Null) => Some(Figures::from_json(t)?),
+                    _ => None,
+                },
                 lines,
                 source,
             });
@@ -287,6 +296,15 @@ impl Report {
                 w.end_object();
             }
             w.end_array();
+            w.key("teardown");
+            match &f.teardown {
+                Some(t) => {
+                    w.begin_object();
+                    t.write_json(&mut w);
+                    w.end_object();
+                }
+                None => w.null(),
+            }
             w.end_object();
         }
         w.end_array();
@@ -322,11 +340,12 @@ fn function_report(ledger: &Ledger, func: u32) -> Option<FunctionReport> {
         first_lineno: f.info.first_lineno,
         calls: f.calls,
         rss_at_entry: f.rss_at_entry,
-        totals: Figures::from_stats(totals),
+        totals: Figures::from_stats(totals, false),
+        teardown: ledger.teardown_stats(func).map(|s| Figures::from_stats(s, true)),
         lines: lines
             .into_iter()
             .filter(|(_, s)| s.hits > 0)
-            .map(|(lineno, s)| LineReport { lineno, source: source_of(lineno), figures: Figures::from_stats(s) })
+            .map(|(lineno, s)| LineReport { lineno, source: source_of(lineno), figures: Figures::from_stats(s, false) })
             .collect(),
         source: f.info.source.iter().map(|s| s.trim_end().to_string()).collect(),
     })
@@ -402,12 +421,33 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
             w = width
         )
     };
+    let figures_row = |lineno: &str, g: &Figures, src: &str| {
+        row(
+            lineno,
+            &g.rss_after_bytes.map_or(String::new(), |r| mib(r as f64, precision)),
+            &mib(g.rss_delta_bytes as f64, precision),
+            &g.hits.to_string(),
+            [
+                &human_bytes(g.allocated_bytes as i64),
+                &human_bytes(g.freed_bytes as i64),
+                &human_bytes(g.net_bytes),
+                &human_bytes(g.peak_bytes),
+            ],
+            src,
+        )
+    };
     let mut out = format!("Filename: {}   function: {}   calls: {}\n\n", f.filename, f.name, f.calls);
     let header =
         row("Line #", "Mem usage", "Increment", "Occurrences", ["Allocated", "Freed", "Net", "Peak"], "Line Contents");
     out.push_str(&header);
     out.push_str(&"=".repeat(header.trim_end().len()));
     out.push('\n');
+    let below = |g: &Figures| {
+        min_bytes > 0
+            && g.allocated_bytes < min_bytes
+            && g.freed_bytes < min_bytes
+            && g.rss_delta_bytes.unsigned_abs() < min_bytes
+    };
     // Without its source (a saved report's is blank too) a function still shows the lines that
     // ran, and its first line with the RSS at entry.
     let no_source = f.source.iter().all(|s| s.trim().is_empty());
@@ -421,35 +461,16 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
             _ if ran.is_some() || i == 0 => SOURCE_UNAVAILABLE,
             _ => continue,
         };
-        let below = |l: &LineReport| {
-            let g = &l.figures;
-            g.allocated_bytes < min_bytes && g.freed_bytes < min_bytes && g.rss_delta_bytes.unsigned_abs() < min_bytes
-        };
         // The first line stays when it did not run: it is the def line, showing RSS at entry.
         let hidden = match ran {
-            Some(l) => below(l),
+            Some(l) => below(&l.figures),
             None => i > 0,
         };
         if min_bytes > 0 && hidden {
             continue;
         }
         let text = match ran {
-            Some(l) => {
-                let g = &l.figures;
-                row(
-                    &lineno.to_string(),
-                    &g.rss_after_bytes.map_or(String::new(), |r| mib(r as f64, precision)),
-                    &mib(g.rss_delta_bytes as f64, precision),
-                    &g.hits.to_string(),
-                    [
-                        &human_bytes(g.allocated_bytes as i64),
-                        &human_bytes(g.freed_bytes as i64),
-                        &human_bytes(g.net_bytes),
-                        &human_bytes(g.peak_bytes),
-                    ],
-                    src,
-                )
-            }
+            Some(l) => figures_row(&lineno.to_string(), &l.figures, src),
             None if i == 0 => {
                 let entry = f.rss_at_entry.map_or(String::new(), |r| mib(r as f64, precision));
                 row(&lineno.to_string(), &entry, "", "", ["", "", "", ""], src)
@@ -459,8 +480,17 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
         out.push_str(text.trim_end());
         out.push('\n');
     }
-    let notes: Vec<String> =
-        f.lines.iter().filter_map(|l| l.figures.note.as_ref().map(|n| format!("  line {}: {n}\n", l.lineno))).collect();
+    let teardown = f.teardown.as_ref().filter(|g| !below(g));
+    if let Some(g) = teardown {
+        out.push_str(figures_row("", g, TEARDOWN_ROW).trim_end());
+        out.push('\n');
+    }
+    let notes: Vec<String> = f
+        .lines
+        .iter()
+        .filter_map(|l| l.figures.note.as_ref().map(|n| format!("  line {}: {n}\n", l.lineno)))
+        .chain(teardown.and_then(|g| g.note.as_ref()).map(|n| format!("  return: {n}\n")))
+        .collect();
     if !notes.is_empty() {
         out.push_str("\nNotes\n");
         out.extend(notes);
@@ -468,6 +498,9 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
     out.push('\n');
     out
 }
+
+/// The text report's row for a frame's teardown, below its last line.
+pub const TEARDOWN_ROW: &str = "(return: the frame's locals released)";
 
 /// Every function's table, in the order they were first profiled.
 pub fn render_text(report: &Report, precision: usize, min_bytes: u64) -> String {
@@ -535,6 +568,7 @@ mod tests {
                 .map(|&lineno| LineReport { lineno, source: String::new(), figures: figures.clone() })
                 .collect(),
             source: source.iter().map(|s| s.to_string()).collect(),
+            teardown: None,
         }
     }
 
