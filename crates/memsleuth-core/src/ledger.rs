@@ -624,7 +624,9 @@ impl Ledger {
             return;
         }
         let Some(block) = self.table.get(addr) else { return };
-        if !self.is_birth_of(block.birth, hot.owner, hot.act) {
+        // A quiet section's blocks are the profiler's from birth and were never counted; the
+        // ring may still name their address, left there by a block freed since.
+        if block.birth == PROFILER_BIRTH || !self.is_birth_of(block.birth, hot.owner, hot.act) {
             return;
         }
         self.table.set_birth(addr, PROFILER_BIRTH);

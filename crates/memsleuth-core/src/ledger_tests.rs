@@ -718,6 +718,28 @@ fn mark_profiler_block_does_not_raise_the_process_peak() {
     assert_eq!(l.process.tracked_peak_bytes, 100);
 }
 
+/// The collector may run inside a quiet section (the generator driver's) on a thread with no
+/// profiled frame; its callback then names blocks allocated quietly, at an address the ring still
+/// holds from a block of the program freed since. Those blocks were never counted.
+#[test]
+fn mark_profiler_leaves_a_quiet_block_at_a_recently_freed_address_uncounted() {
+    let mut l = Ledger::new();
+    let mut h = Hot::ZERO;
+
+    l.on_alloc(&mut h, A, 100, false);
+    l.on_free(&mut h, A, false);
+    let token = l.begin_profiler_work(&mut h);
+    l.on_alloc(&mut h, A, 64, false);
+    l.mark_profiler(&mut h, A);
+    l.end_profiler_work(&mut h, token);
+    l.on_alloc(&mut h, B, 30, false);
+    l.on_free(&mut h, A, false);
+
+    assert_eq!((h.alloc_bytes, h.freed_bytes), (130, 100));
+    let p = l.process;
+    assert_eq!((p.allocated_bytes, p.freed_bytes, p.live_bytes), (130, 100, 30));
+}
+
 /// A loop re-runs line 10 in the same frame: the block born in the first execution has the same
 /// owner node and stamp as the current context, yet it was allocated long ago (a free-list
 /// object the interpreter now hands to the profiler).
