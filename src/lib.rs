@@ -51,6 +51,7 @@ fn install(
 
 /// Runs `f` on the ledger with a reading taken at this moment (calls start and end at one).
 fn with_reading<R: Default>(f: impl FnOnce(&mut Ledger, &mut Hot, OsReading) -> R) -> R {
+    hooks::verify();
     with_ledger(|l, hot| {
         let reading = rss::read(l);
         f(l, hot, reading)
@@ -321,6 +322,7 @@ fn end_quiet(token: u32) {
 }
 
 fn build_report(python_version: &str, argv: Option<Vec<String>>) -> Report {
+    hooks::verify();
     let peak = rss::peak();
     let ledger = state::LEDGER.lock();
     Report::from_ledger(&ledger, python_version, argv, peak)

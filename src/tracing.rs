@@ -5,6 +5,7 @@
 //! other stray event with one comparison, before taking any lock.
 
 use crate::cfunction::FastFunction;
+use crate::hooks;
 use crate::rss;
 use crate::state::{top_code, with_ledger, with_ledger_if};
 use pyo3::prelude::*;
@@ -118,6 +119,7 @@ pub fn set_thread_tracing(on: bool) {
 /// pass the line number, if any, so it can be taken out of the figures.
 #[inline]
 pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
+    let mut read = false;
     with_ledger_if(
         |hot| hot.top_code == code,
         |l, hot| {
@@ -126,13 +128,18 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
             }
             l.line_event(hot, code, lineno, |l, hot| {
                 let now = rss::coarse_now_us();
-                hot.rss_due(now).then(|| {
+                read = hot.rss_due(now);
+                read.then(|| {
                     hot.rss_taken(now);
                     rss::read(l)
                 })
             });
         },
-    )
+    );
+    if read {
+        // Checked at readings, where it costs little beside them, and outside the lock.
+        hooks::verify();
+    }
 }
 
 /// Identity of a frame's code object.

@@ -376,6 +376,9 @@ pub struct Ledger {
     /// (anon RSS, allocator footprint) when every big block's residency was last measured:
     /// while RSS keeps moving with the footprint, only new blocks need measuring.
     pub residency_basis: Option<(u64, u64)>,
+    /// Blocks allocated in the profiler's quiet sections: a probe allocating quietly sees its
+    /// block counted here only if the hooks saw it.
+    pub quiet_allocs: u64,
     /// Tests switch `step_quietly` off to check it against the general path.
     #[cfg(test)]
     pub(crate) quiet_steps: bool,
@@ -408,6 +411,7 @@ impl Ledger {
             pymalloc: true,
             big_blocks: BTreeMap::new(),
             residency_basis: None,
+            quiet_allocs: 0,
             acts: Vec::new(),
             free_acts: Vec::new(),
             calls: Vec::new(),
@@ -517,6 +521,7 @@ impl Ledger {
     #[inline]
     pub fn on_alloc(&mut self, hot: &mut Hot, addr: usize, size: u64, raw: bool) {
         if hot.owner == PROFILER_NODE {
+            self.quiet_allocs += 1;
             self.table.insert(addr, Block { size, birth: PROFILER_BIRTH });
             return;
         }
