@@ -43,6 +43,7 @@ fn install(
     if let Some(frame) = frame {
         tracing::USES_TRACE.store(true, Ordering::Relaxed);
         tracing::calibrate(frame, python_minor)?;
+        tracing::keep_getprofile(py)?;
         tracing::set_driver_code(&driver_code);
     }
     hooks::install();

@@ -7,16 +7,18 @@
 use crate::cfunction::FastFunction;
 use crate::hooks;
 use crate::rss;
-use crate::state::{top_code, with_ledger, with_ledger_if};
+use crate::state::{latest_alloc, top_code, with_ledger, with_ledger_if};
 use pyo3::prelude::*;
 use pyo3_ffi::{
-    PyBaseExceptionObject, PyErr_Clear, PyErr_GivenExceptionMatches, PyExc_StopIteration, PyExceptionInstance_Check,
-    PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyLong_AsLong, PyLong_CheckExact, PyObject, PyTrace_CALL,
-    PyTrace_EXCEPTION, PyTrace_LINE, PyTrace_RETURN, PyTuple_Check, PyTuple_GetItem, PyTuple_Size, Py_DecRef,
-    Py_INCREF, Py_None, Py_ssize_t,
+    PyBaseExceptionObject, PyCFunction_CheckExact, PyCMethod_CheckExact, PyErr_Clear, PyErr_GivenExceptionMatches,
+    PyEval_SetProfile, PyExc_StopIteration, PyExceptionInstance_Check, PyFrameObject, PyFrame_GetCode,
+    PyFrame_GetLineNumber, PyLong_AsLong, PyLong_CheckExact, PyObject, PyObject_CallNoArgs, PyTrace_CALL,
+    PyTrace_C_CALL, PyTrace_C_RETURN, PyTrace_EXCEPTION, PyTrace_LINE, PyTrace_RETURN, PyTuple_Check, PyTuple_GetItem,
+    PyTuple_Size, Py_DecRef, Py_INCREF, Py_None, Py_REFCNT, Py_ssize_t,
 };
+use std::cell::Cell;
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 /// On 3.11 the trace function makes the interpreter materialise a frame object for every call;
 /// those objects are the profiler's, not the program's.
@@ -107,12 +109,89 @@ fn calibrate_trace_lines(frame: &Bound<'_, PyAny>, python_minor: u32) -> PyResul
     Ok(())
 }
 
-/// Starts or stops the C trace function on the calling thread (GIL held).
+/// `sys.getprofile`, held for the life of the process (before 3.12).
+static GETPROFILE: AtomicPtr<PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+thread_local! {
+    /// Whether this thread's profile function is memsleuth's `profile`.
+    static PROFILING: Cell<bool> = const { Cell::new(false) };
+    /// This thread's allocation count at its latest return event.
+    static ALLOCS_AT_RETURN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Keeps `sys.getprofile` for `set_thread_tracing`, fetched now: fetched on first use, its
+/// lookup's objects would be charged to a line.
+pub fn keep_getprofile(py: Python<'_>) -> PyResult<()> {
+    let getprofile = py.import("sys")?.getattr("getprofile")?;
+    GETPROFILE.store(getprofile.into_ptr(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Whether the calling thread has no profile function that `sys.getprofile` shows.
+fn no_profiler() -> bool {
+    let getprofile = GETPROFILE.load(Ordering::Relaxed);
+    if getprofile.is_null() {
+        return false;
+    }
+    // SAFETY: GIL held; `getprofile` is a live function taking no argument, whose call returns
+    // a new reference to an existing object (nothing is allocated) or null with an exception,
+    // cleared here.
+    unsafe {
+        let current = PyObject_CallNoArgs(getprofile);
+        if current.is_null() {
+            PyErr_Clear();
+            return false;
+        }
+        Py_DecRef(current);
+        current == Py_None()
+    }
+}
+
+/// Starts or stops the C trace function on the calling thread (GIL held). While tracing, the
+/// interpreter makes a bound method object for each call of a C method (`l.append(x)`) to pass
+/// to a profile function; memsleuth's `profile` takes it out of the figures, and is installed
+/// only where the thread has no profiler of its own, and removed only if still there.
 pub fn set_thread_tracing(on: bool) {
     let func: Option<pyo3_ffi::Py_tracefunc> = if on { Some(trace) } else { None };
     // SAFETY: called with the GIL held, from the thread whose tracing changes; `trace` has the
     // Py_tracefunc signature and needs no argument object.
     unsafe { pyo3_ffi::PyEval_SetTrace(func, std::ptr::null_mut()) };
+    let change = if on { no_profiler() && !PROFILING.replace(true) } else { PROFILING.replace(false) && no_profiler() };
+    if change {
+        let func: Option<pyo3_ffi::Py_tracefunc> = if on { Some(profile) } else { None };
+        // SAFETY: as for PyEval_SetTrace above; `profile` has the Py_tracefunc signature.
+        unsafe { PyEval_SetProfile(func, std::ptr::null_mut()) };
+    }
+}
+
+/// The profile function used while tracing before 3.12.
+///
+/// # Safety
+/// Called by the interpreter with the GIL held; `arg` is a C call's callable for C_CALL.
+unsafe extern "C" fn profile(
+    _obj: *mut PyObject,
+    _frame: *mut PyFrameObject,
+    what: c_int,
+    arg: *mut PyObject,
+) -> c_int {
+    if what == PyTrace_C_CALL {
+        // SAFETY: `arg` is a live object; the checks only read its header.
+        let bound =
+            unsafe { (PyCFunction_CheckExact(arg) != 0 || PyCMethod_CheckExact(arg) != 0) && Py_REFCNT(arg) == 1 };
+        if bound {
+            // The interpreter's bound method is made just before this event and held by it
+            // alone: the thread's latest allocation, made since the latest return (a bound
+            // method a call returned is the program's).
+            let block = arg as usize - GC_HEAD;
+            let (allocs, latest) = latest_alloc();
+            if latest == block && allocs != ALLOCS_AT_RETURN.get() {
+                with_ledger(|l, hot| l.mark_profiler(hot, block));
+            }
+        }
+    } else if what == PyTrace_RETURN || what == PyTrace_C_RETURN {
+        ALLOCS_AT_RETURN.set(latest_alloc().0);
+    }
+    0
 }
 
 /// A line event for `code` at `lineno`; `int_obj` is the int object the interpreter allocated to

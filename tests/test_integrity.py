@@ -18,3 +18,16 @@ def test_hooks_removed_by_tracemalloc_stop_are_put_back(run_fixture):
     # What ran while the hooks were away is missing from the figures, and memsleuth says so.
     warnings = [text for text in run.stderr.splitlines() if text.startswith("memsleuth:")]
     assert len(warnings) == 1 and "tracemalloc" in warnings[0], run.stderr
+
+
+def test_c_method_calls_allocate_only_what_the_methods_do(run_fixture):
+    run = run_fixture("c_method_calls.py")
+    # dict.get of a missing key allocates nothing.
+    get = run.line("calls", "table.get(i)")
+    assert (get["hits"], get["allocated_bytes"], get["allocations"]) == (100_000, 0, 0), get
+    # list.append only grows the list's array now and then.
+    append = run.line("calls", "seen.append(None)")
+    assert append["hits"] == 100_000 and append["allocations"] < 1_000, append
+    # A bound method getattr returns is the program's: one allocation per call.
+    made = run.line("calls", 'getattr(table, "get")(i)')
+    assert made["hits"] == made["allocations"] == 1_000, made
