@@ -206,7 +206,7 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
                 l.mark_profiler(hot, addr);
             }
             l.line_event(hot, code, lineno, |l, hot| {
-                let now = rss::coarse_now_us();
+                let now = rss::now_us();
                 read = hot.rss_due(now);
                 read.then(|| {
                     hot.rss_taken(now);

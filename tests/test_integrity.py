@@ -31,3 +31,14 @@ def test_c_method_calls_allocate_only_what_the_methods_do(run_fixture):
     # A bound method getattr returns is the program's: one allocation per call.
     made = run.line("calls", 'getattr(table, "get")(i)')
     assert made["hits"] == made["allocations"] == 1_000, made
+
+
+
+def test_native_free_is_charged_to_the_line_that_freed(run_fixture):
+    run = run_fixture("native_free_quick.py")
+    grown = run.line("native", "block = memset(huge_block(), 1, N + HUGE_PAGE)")["rss_delta_bytes"]
+    assert grown > 60 * 1024 * 1024, grown
+    freed = run.line("native", "free(block)")
+    assert abs(freed["rss_delta_bytes"] + grown) < grown // 20, (grown, freed)
+    after = run.line("native", "after = 1")
+    assert abs(after["rss_delta_bytes"]) < grown // 20, after

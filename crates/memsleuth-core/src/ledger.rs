@@ -40,8 +40,10 @@ const NO_CALL: u32 = u32::MAX;
 
 /// An RSS reading is due once the thread's tracked net moved this much since the last one.
 pub const RSS_NET_TRIGGER: i64 = 64 * 1024;
-/// ... or when this much time has passed.
-pub const RSS_TIME_TRIGGER_US: u64 = 1_000;
+/// ... or when this much time has passed: memory a C library maps or unmaps is seen by no
+/// hook, and a line can unmap tens of MB in a millisecond (huge pages). A reading costs a few
+/// microseconds, so this keeps readings under a few percent of the run time.
+pub const RSS_TIME_TRIGGER_US: u64 = 100;
 /// Requests at least this large may be served by mmap (glibc's threshold starts at 128 KiB and
 /// only grows), so they always make the next reading due.
 pub const BIG_BLOCK: u64 = 128 * 1024;
