@@ -42,3 +42,32 @@ def test_native_free_is_charged_to_the_line_that_freed(run_fixture):
     assert abs(freed["rss_delta_bytes"] + grown) < grown // 20, (grown, freed)
     after = run.line("native", "after = 1")
     assert abs(after["rss_delta_bytes"]) < grown // 20, after
+
+
+def test_a_profiler_of_the_program_is_left_in_place(run_source):
+    # Before 3.12 memsleuth installs a profile function while a profiled call runs, only where
+    # the thread has none, and removes only its own.
+    run = run_source(
+        "import sys\n"
+        "from memsleuth import profile\n"
+        "calls = []\n"
+        "def watch(frame, event, arg):\n"
+        "    calls.append(event)\n"
+        "@profile\n"
+        "def outside():\n"
+        "    return [].append(1)\n"
+        "@profile\n"
+        "def inside():\n"
+        "    sys.setprofile(watch)\n"
+        "    return 1\n"
+        "sys.setprofile(watch)\n"
+        "outside()\n"
+        "kept = sys.getprofile() is watch\n"
+        "sys.setprofile(None)\n"
+        "inside()\n"
+        "set_inside = sys.getprofile() is watch\n"
+        "sys.setprofile(None)\n"
+        "EXTRA = {'kept': kept, 'set_inside': set_inside, 'c_calls': calls.count('c_call')}\n"
+    )
+    assert run.extra["kept"] and run.extra["set_inside"], run.extra
+    assert run.extra["c_calls"] > 0, run.extra
