@@ -69,6 +69,13 @@ fn unresident(addr: usize, size: u64) -> u64 {
     size.saturating_sub(resident_pages * page)
 }
 
+/// Whether RSS (anon or file) moved since `since`, from statm alone: a fraction of a reading's
+/// cost.
+pub fn rss_moved(since: &OsReading) -> bool {
+    let (resident, shared) = statm();
+    resident.saturating_sub(shared) != since.rss_anon || shared != since.rss_file
+}
+
 /// RSS may drift from the allocators' footprint by this much before residency is read again.
 const RESIDENCY_DRIFT: u64 = 1 << 20;
 

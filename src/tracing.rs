@@ -207,11 +207,16 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
             }
             l.line_event(hot, code, lineno, |l, hot| {
                 let now = rss::now_us();
-                read = hot.rss_due(now);
-                read.then(|| {
-                    hot.rss_taken(now);
-                    rss::read(l)
-                })
+                if !hot.rss_due(now) {
+                    return None;
+                }
+                if !hot.rss_event_due() && l.last_reading(hot).is_some_and(|last| !rss::rss_moved(&last)) {
+                    hot.rss_checked(now);
+                    return None;
+                }
+                read = true;
+                hot.rss_taken(now);
+                Some(rss::read(l))
             });
         },
     );

@@ -1097,6 +1097,28 @@ fn rss_reading_is_due_after_a_big_block_a_large_net_change_or_time() {
     l.on_free(&mut h, C, false);
     h.net_at_rss = h.net();
     assert!(h.rss_due(10_000), "freeing a big block may unmap it");
+    assert!(h.rss_event_due());
+
+    // Due by time alone: a look that finds RSS unmoved restarts the wait.
+    h.rss_taken(10_000);
+    assert!(!h.rss_event_due() && h.rss_due(10_000 + RSS_TIME_TRIGGER_US));
+    h.rss_checked(10_000 + RSS_TIME_TRIGGER_US);
+    assert!(!h.rss_due(10_000 + 2 * RSS_TIME_TRIGGER_US - 1));
+    assert!(h.rss_due(10_000 + 2 * RSS_TIME_TRIGGER_US));
+}
+
+#[test]
+fn last_reading_is_the_threads_latest() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let (mut h, idle) = (Hot::ZERO, Hot::ZERO);
+    assert_eq!(l.last_reading(&h), None);
+    l.enter(&mut h, f, 1000);
+    l.on_line(&mut h, F, 10, Some(1500.into()));
+    assert_eq!(l.last_reading(&h).map(|os| os.rss()), Some(1500));
+    assert_eq!(l.last_reading(&idle), None, "a thread with no profiled frame has none");
+    l.leave(&mut h, 2000);
+    assert_eq!(l.last_reading(&h).map(|os| os.rss()), Some(2000));
 }
 
 // ----- process figures -----
