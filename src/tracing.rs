@@ -198,7 +198,7 @@ unsafe extern "C" fn profile(
 /// pass the line number, if any, so it can be taken out of the figures.
 #[inline]
 pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
-    let mut read = false;
+    let mut due = false;
     with_ledger_if(
         |hot| hot.top_code == code,
         |l, hot| {
@@ -207,21 +207,21 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
             }
             l.line_event(hot, code, lineno, |l, hot| {
                 let now = rss::now_us();
-                if !hot.rss_due(now) {
+                due = hot.rss_due(now);
+                if !due {
                     return None;
                 }
                 if !hot.rss_event_due() && l.last_reading(hot).is_some_and(|last| !rss::rss_moved(&last)) {
                     hot.rss_checked(now);
                     return None;
                 }
-                read = true;
                 hot.rss_taken(now);
                 Some(rss::read(l))
             });
         },
     );
-    if read {
-        // Checked at readings, where it costs little beside them, and outside the lock.
+    if due {
+        // Checked where a reading falls due, which costs far more, and outside the lock.
         hooks::verify();
     }
 }

@@ -71,3 +71,9 @@ def test_a_profiler_of_the_program_is_left_in_place(run_source):
     )
     assert run.extra["kept"] and run.extra["set_inside"], run.extra
     assert run.extra["c_calls"] > 0, run.extra
+
+
+def test_hooks_removed_inside_a_profiled_function_are_back_for_its_next_line(run_fixture):
+    run = run_fixture("tracemalloc_stop_inside.py")
+    line = run.line("stops", "data = bytearray(1_600_000)")
+    assert line["allocated_bytes"] >= 1_600_000, line
