@@ -1,43 +1,80 @@
 //! PyMem_SetAllocator hooks for the RAW, MEM and OBJ domains. Each wraps the allocator found at
-//! install time, forwards the call, and records the block in the ledger. They are installed once
-//! and never removed: raw-domain calls read the allocator table without a lock, so another
-//! thread may be inside a hook at any moment.
+//! install time, forwards the call, and records the block in the ledger. They are never removed
+//! by memsleuth: raw-domain calls read the allocator table without a lock, so another thread may
+//! be inside a hook at any moment. Another tool may remove them (tracemalloc.stop() restores the
+//! allocator tracemalloc saved, which is not ours): `verify` finds that out at each reading and
+//! installs them again over what is there now.
 
 use crate::state::{guarded, with_ledger, ENABLED, LEDGER};
 use pyo3_ffi::{
-    PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_GetAllocator, PyMem_SetAllocator, PyObjectArenaAllocator,
-    PyObject_GetArenaAllocator, PyObject_SetArenaAllocator,
+    PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_Free, PyMem_GetAllocator, PyMem_Malloc, PyMem_RawFree,
+    PyMem_RawMalloc, PyMem_SetAllocator, PyObjectArenaAllocator, PyObject_Free, PyObject_GetArenaAllocator,
+    PyObject_Malloc, PyObject_SetArenaAllocator,
 };
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Once;
 
 /// The allocator a domain had before us; our hooks receive its address as their context.
-struct Original(UnsafeCell<PyMemAllocatorEx>);
+#[repr(C)]
+struct Original {
+    /// First, so that a context is also the address of the allocator it wraps.
+    allocator: UnsafeCell<PyMemAllocatorEx>,
+    /// The raw domain's (its blocks always come from glibc).
+    raw: bool,
+}
 
-// SAFETY: written once inside `install` before the hooks that read it are published with
-// PyMem_SetAllocator, and only read afterwards.
+// SAFETY: each is written once, in `install_domain`, before the hooks that read it are published
+// with PyMem_SetAllocator, and only read afterwards.
 unsafe impl Sync for Original {}
 
 const NULL_ALLOCATOR: PyMemAllocatorEx =
     PyMemAllocatorEx { ctx: std::ptr::null_mut(), malloc: None, calloc: None, realloc: None, free: None };
 
-static RAW: Original = Original(UnsafeCell::new(NULL_ALLOCATOR));
-static MEM: Original = Original(UnsafeCell::new(NULL_ALLOCATOR));
-static OBJ: Original = Original(UnsafeCell::new(NULL_ALLOCATOR));
+impl Original {
+    const fn new(raw: bool) -> Self {
+        Original { allocator: UnsafeCell::new(NULL_ALLOCATOR), raw }
+    }
+}
+
+/// How many times the hooks of one domain can be installed: once at start, then once each time
+/// another tool removes them. A slot is never reused, since a thread may still be inside a hook
+/// reading it.
+const INSTALLS: usize = 8;
+
+/// One domain: its slots, how many are used, and the allocator last found wrapping our hooks
+/// (its malloc and context), so `verify` probes a stranger on top only once.
+struct Domain {
+    domain: PyMemAllocatorDomain,
+    slots: [Original; INSTALLS],
+    used: AtomicUsize,
+    wrapper: [AtomicUsize; 2],
+}
+
+const fn domain(domain: PyMemAllocatorDomain, slots: [Original; INSTALLS]) -> Domain {
+    Domain { domain, slots, used: AtomicUsize::new(0), wrapper: [AtomicUsize::new(0), AtomicUsize::new(0)] }
+}
+
+static DOMAINS: [Domain; 3] = [
+    domain(PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, [const { Original::new(true) }; INSTALLS]),
+    domain(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, [const { Original::new(false) }; INSTALLS]),
+    domain(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, [const { Original::new(false) }; INSTALLS]),
+];
 static INSTALL: Once = Once::new();
 
-/// Whether a hook's context is the raw domain's (its blocks always come from glibc).
+/// Whether a hook's context is the raw domain's.
 #[inline(always)]
 fn is_raw(ctx: *mut c_void) -> bool {
-    ctx == RAW.0.get() as *mut c_void
+    // SAFETY: every hook is installed with ctx pointing at one of the static `Original`s above.
+    unsafe { (*(ctx as *const Original)).raw }
 }
 
 #[inline(always)]
 fn original(ctx: *mut c_void) -> &'static PyMemAllocatorEx {
     // SAFETY: every hook is installed with ctx pointing at one of the static `Original`s above,
-    // fully written before installation and never written again.
+    // fully written before installation and never written again; the allocator is its first
+    // field (repr(C)).
     unsafe { &*(ctx as *const PyMemAllocatorEx) }
 }
 
@@ -142,19 +179,91 @@ fn install_arenas() {
     }
 }
 
-fn install_domain(domain: PyMemAllocatorDomain, slot: &'static Original) {
-    // SAFETY: called with the GIL held, once per domain; `slot` is not yet referenced by any
-    // installed hook, so writing it cannot race with a reader.
+/// Installs our hooks on `d` over the allocator it has now, in its next unused slot. Returns
+/// false if every slot is used.
+fn install_domain(d: &'static Domain) -> bool {
+    let n = d.used.load(Ordering::Relaxed);
+    let Some(slot) = d.slots.get(n) else { return false };
+    d.used.store(n + 1, Ordering::Relaxed);
+    // SAFETY: called with the GIL held; `slot` has never been referenced by an installed hook,
+    // so writing it cannot race with a reader.
     unsafe {
-        PyMem_GetAllocator(domain, slot.0.get());
+        PyMem_GetAllocator(d.domain, slot.allocator.get());
         let mut hooks = PyMemAllocatorEx {
-            ctx: slot.0.get() as *mut c_void,
+            ctx: slot as *const Original as *mut c_void,
             malloc: Some(hook_malloc),
             calloc: Some(hook_calloc),
             realloc: Some(hook_realloc),
             free: Some(hook_free),
         };
-        PyMem_SetAllocator(domain, &mut hooks);
+        PyMem_SetAllocator(d.domain, &mut hooks);
+    }
+    true
+}
+
+/// Whether a call through `d`'s allocator API reaches our hooks: a block allocated quietly is
+/// counted only if they saw it.
+fn reaches_our_hooks(d: &Domain) -> bool {
+    let token = with_ledger(|l, hot| l.begin_profiler_work(hot));
+    let before = LEDGER.lock().quiet_allocs;
+    // SAFETY: GIL held, as every domain's API requires; the block is freed by the same domain's
+    // free at once.
+    let block = unsafe {
+        match d.domain {
+            PyMemAllocatorDomain::PYMEM_DOMAIN_RAW => PyMem_RawMalloc(1),
+            PyMemAllocatorDomain::PYMEM_DOMAIN_MEM => PyMem_Malloc(1),
+            _ => PyObject_Malloc(1),
+        }
+    };
+    let seen = LEDGER.lock().quiet_allocs != before;
+    // SAFETY: `block` came from this domain's malloc (freeing null is allowed).
+    unsafe {
+        match d.domain {
+            PyMemAllocatorDomain::PYMEM_DOMAIN_RAW => PyMem_RawFree(block),
+            PyMemAllocatorDomain::PYMEM_DOMAIN_MEM => PyMem_Free(block),
+            _ => PyObject_Free(block),
+        }
+    }
+    with_ledger(|l, hot| l.end_profiler_work(hot, token));
+    seen
+}
+
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Checks that every domain's allocator still leads to our hooks, and installs them again where
+/// another tool removed them, saying once on stderr that what ran in between was not seen. Called
+/// with the GIL held, outside the ledger lock, at readings: cheap while our hooks are on top.
+pub fn verify() {
+    if !INSTALL.is_completed() || !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    for d in &DOMAINS {
+        let mut current = NULL_ALLOCATOR;
+        // SAFETY: GIL held; copies the domain's allocator into `current`.
+        unsafe { PyMem_GetAllocator(d.domain, &mut current) };
+        let ours = d.slots.as_ptr_range().contains(&(current.ctx as *const Original));
+        let top = [current.malloc.map_or(0, |f| f as usize), current.ctx as usize];
+        let known = d.wrapper.iter().zip(top).all(|(seen, now)| seen.load(Ordering::Relaxed) == now);
+        if ours || known {
+            continue;
+        }
+        if reaches_our_hooks(d) {
+            for (seen, now) in d.wrapper.iter().zip(top) {
+                seen.store(now, Ordering::Relaxed);
+            }
+            continue;
+        }
+        let reinstalled = install_domain(d);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "memsleuth: another tool replaced Python's allocator (tracemalloc.stop()?); {}",
+                if reinstalled {
+                    "memsleuth's hooks are back, but what was allocated or freed in between is missing from the figures"
+                } else {
+                    "memsleuth's hooks could not be put back: figures miss allocations from here on"
+                }
+            );
+        }
     }
 }
 
@@ -180,9 +289,9 @@ pub fn install() {
     INSTALL.call_once(|| {
         // SAFETY: the handlers are plain functions that stay valid for the life of the process.
         unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork_in_child)) };
-        install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, &RAW);
-        install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, &MEM);
-        install_domain(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, &OBJ);
+        for d in &DOMAINS {
+            install_domain(d);
+        }
         install_arenas();
         ENABLED.store(true, Ordering::Release);
     });

@@ -46,6 +46,7 @@ fn install(
         tracing::USES_TRACE.store(true, Ordering::Relaxed);
         tracing::calibrate(frame, python_minor)?;
         tracing::calibrate_trace_slots(py, current_trace.unwrap_or(&py.None().into_bound(py)));
+        tracing::keep_getprofile(py)?;
         tracing::set_driver_code(&driver_code);
     }
     hooks::install();
@@ -54,6 +55,7 @@ fn install(
 
 /// Runs `f` on the ledger with a reading taken at this moment (calls start and end at one).
 fn with_reading<R: Default>(f: impl FnOnce(&mut Ledger, &mut Hot, OsReading) -> R) -> R {
+    hooks::verify();
     with_ledger(|l, hot| {
         let reading = rss::read(l);
         f(l, hot, reading)
@@ -255,6 +257,7 @@ fn end_quiet(token: u32) {
 }
 
 fn build_report(python_version: &str, argv: Option<Vec<String>>) -> Report {
+    hooks::verify();
     let peak = rss::peak();
     let ledger = state::LEDGER.lock();
     Report::from_ledger(&ledger, python_version, argv, peak)

@@ -57,6 +57,8 @@ static TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(null_mut());
 /// # Safety
 /// Called by the interpreter with the GIL held, `callable` an instance of this type and `args`
 /// holding the arguments `nargsf` and `kwnames` describe.
+// PyErr_Fetch and PyErr_Restore are deprecated from 3.12 in favour of calls 3.9-3.11 lack.
+#[allow(deprecated)]
 unsafe extern "C" fn call(
     callable: *mut PyObject,
     args: *const *mut PyObject,
@@ -79,39 +81,39 @@ unsafe extern "C" fn call(
         Py_IncRef(on_return);
         enter_call(fid);
         let result = pyo3_ffi::PyObject_Vectorcall(func, args, nargsf, kwnames);
+        // The call's exception, if it raised, is set aside while memsleuth's own code runs (it
+        // may call into the interpreter, which must not find an exception pending) and put back
+        // unchanged after, so neither the accounting nor the table can replace it.
+        let (mut kind, mut value, mut traceback) = (null_mut(), null_mut(), null_mut());
+        pyo3_ffi::PyErr_Fetch(&mut kind, &mut value, &mut traceback);
         if leave_call() {
             report(on_return);
         }
+        pyo3_ffi::PyErr_Restore(kind, value, traceback);
         Py_DecRef(on_return);
         Py_DecRef(func);
         result
     }
 }
 
-/// Calls `on_return` with any pending exception (the call's own) set aside and put back after, so
-/// the table never replaces what the call returned or raised; a failure of its own is reported as
-/// unraisable, as CPython does for errors in finalizers.
+/// Calls `on_return`; a failure of its own is reported as unraisable, as CPython does for errors
+/// in finalizers, so the table never replaces what the call returned or raised.
 ///
 /// # Safety
-/// GIL held; `on_return` is a live callable or null.
-// PyErr_Fetch and PyErr_Restore are deprecated from 3.12 in favour of calls 3.9-3.11 lack.
-#[allow(deprecated)]
+/// GIL held, no exception pending; `on_return` is a live callable or null.
 unsafe fn report(on_return: *mut PyObject) {
     if on_return.is_null() {
         return;
     }
-    let (mut kind, mut value, mut traceback) = (null_mut(), null_mut(), null_mut());
-    // SAFETY: GIL held; Fetch moves the pending exception (if any) into the three owned pointers,
-    // which Restore hands back unchanged.
+    // SAFETY: GIL held; the call returns a new reference, or null with an exception set, which
+    // WriteUnraisable prints and clears.
     unsafe {
-        pyo3_ffi::PyErr_Fetch(&mut kind, &mut value, &mut traceback);
         let printed = PyObject_CallNoArgs(on_return);
         if printed.is_null() {
             PyErr_WriteUnraisable(on_return);
         } else {
             Py_DecRef(printed);
         }
-        pyo3_ffi::PyErr_Restore(kind, value, traceback);
     }
 }
 

@@ -110,11 +110,19 @@ pub fn reading_counts() -> (u64, u64) {
     (READINGS.load(Ordering::Relaxed), GLIBC_READINGS.load(Ordering::Relaxed))
 }
 
+/// Whether RSS (anon or file) moved since `since`, from statm alone: a fraction of a reading's
+/// cost.
+pub fn rss_moved(since: &OsReading) -> bool {
+    let (resident, shared) = with_proc_files(|statm_file, _| statm(statm_file));
+    resident.saturating_sub(shared) != since.rss_anon || shared != since.rss_file
+}
+
 /// RSS may drift from the allocators' footprint by this much before residency is read again.
 const RESIDENCY_DRIFT: u64 = 1 << 20;
 
 /// Everything a reading records (SPEC section 3), for the ledger's current large blocks.
 pub fn read(ledger: &mut Ledger) -> OsReading {
+    calibrate_clock();
     with_proc_files(|statm_file, pagemap| read_with(ledger, statm_file, pagemap))
 }
 
@@ -206,11 +214,51 @@ pub fn peak() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// A monotonic clock in microseconds, coarse (a few ms resolution) but cheap enough to read at
-/// every line event.
-pub fn coarse_now_us() -> u64 {
+/// CLOCK_MONOTONIC in microseconds.
+fn monotonic_us() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// The time-stamp counter and CLOCK_MONOTONIC read together at the first reading, and the
+/// counter's microseconds per tick in 32.32 fixed point, measured against the clock once 10 ms
+/// have passed between readings (0 until then).
+#[cfg(target_arch = "x86_64")]
+static TSC_BASE: OnceLock<(u64, u64)> = OnceLock::new();
+#[cfg(target_arch = "x86_64")]
+static TSC_SCALE: AtomicU64 = AtomicU64::new(0);
+
+#[cfg(target_arch = "x86_64")]
+fn tsc() -> u64 {
+    // SAFETY: rdtsc has no preconditions on x86_64.
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+/// Measures the counter's rate (called at readings, which are rare enough to afford the clock).
+fn calibrate_clock() {
+    #[cfg(target_arch = "x86_64")]
+    if TSC_SCALE.load(Ordering::Relaxed) == 0 {
+        let (tsc0, us0) = *TSC_BASE.get_or_init(|| (tsc(), monotonic_us()));
+        let (ticks, us) = (tsc().wrapping_sub(tsc0), monotonic_us().saturating_sub(us0));
+        if us >= 10_000 && ticks > 0 {
+            TSC_SCALE.store(((u128::from(us) << 32) / u128::from(ticks)) as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A monotonic clock in microseconds, read at every line change: the time-stamp counter scaled
+/// to CLOCK_MONOTONIC where it is measured (as cheap as CLOCK_MONOTONIC_COARSE, whose ticks of
+/// a few ms let quick lines pass unread), the clock itself otherwise.
+#[inline]
+pub fn now_us() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let scale = TSC_SCALE.load(Ordering::Relaxed);
+        if let (true, Some(&(tsc0, us0))) = (scale != 0, TSC_BASE.get()) {
+            return us0 + ((u128::from(tsc().wrapping_sub(tsc0)) * u128::from(scale)) >> 32) as u64;
+        }
+    }
+    monotonic_us()
 }

@@ -1,7 +1,7 @@
 //! The process-wide ledger and each thread's hot counters, shared by the allocation hooks and
 //! the line tracer.
 
-use memsleuth_core::ledger::{Hot, Ledger};
+use memsleuth_core::ledger::{Hot, Ledger, RECENT_ALLOCS};
 use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -165,4 +165,16 @@ pub fn with_ledger_if<R: Default>(admit: impl FnOnce(&Hot) -> bool, f: impl FnOn
 pub fn top_code() -> usize {
     // SAFETY: a read between accesses; no `with_ledger` is running on this thread here.
     LOCAL.with(|me| unsafe { (*me.hot.get()).top_code })
+}
+
+/// This thread's allocation count, and the address of its latest allocation in the current
+/// execution (0 if none), read without the lock.
+#[inline(always)]
+pub fn latest_alloc() -> (u64, usize) {
+    LOCAL.with(|me| {
+        // SAFETY: a read between accesses; no `with_ledger` is running on this thread here.
+        let hot = unsafe { &*me.hot.get() };
+        let n = hot.allocs_in_exec as usize;
+        (hot.allocs, if n == 0 { 0 } else { hot.recent_allocs[(n - 1) % RECENT_ALLOCS] })
+    })
 }

@@ -5,20 +5,22 @@
 //! other stray event with one comparison, before taking any lock.
 
 use crate::cfunction::FastFunction;
+use crate::hooks;
 use crate::rss;
-use crate::state::{top_code, with_ledger, with_ledger_if};
+use crate::state::{latest_alloc, top_code, with_ledger, with_ledger_if};
 use memsleuth_core::causes::OsReading;
 use memsleuth_core::ledger::{Hot, Ledger};
 use pyo3::prelude::*;
 use pyo3_ffi::{
-    PyBaseExceptionObject, PyErr_Clear, PyErr_GivenExceptionMatches, PyExc_StopIteration, PyExceptionInstance_Check,
-    PyFrameObject, PyFrame_GetCode, PyFrame_GetLineNumber, PyLong_AsLong, PyLong_CheckExact, PyObject, PyTrace_CALL,
-    PyTrace_EXCEPTION, PyTrace_LINE, PyTrace_RETURN, PyTuple_Check, PyTuple_GetItem, PyTuple_Size, Py_DecRef,
-    Py_INCREF, Py_None, Py_ssize_t,
+    PyBaseExceptionObject, PyCFunction_CheckExact, PyCMethod_CheckExact, PyErr_Clear, PyErr_GivenExceptionMatches,
+    PyEval_SetProfile, PyExc_StopIteration, PyExceptionInstance_Check, PyFrameObject, PyFrame_GetCode,
+    PyFrame_GetLineNumber, PyLong_AsLong, PyLong_CheckExact, PyObject, PyObject_CallNoArgs, PyTrace_CALL,
+    PyTrace_C_CALL, PyTrace_C_RETURN, PyTrace_EXCEPTION, PyTrace_LINE, PyTrace_RETURN, PyTuple_Check, PyTuple_GetItem,
+    PyTuple_Size, Py_DecRef, Py_INCREF, Py_None, Py_REFCNT, Py_ssize_t,
 };
 use std::cell::Cell;
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 /// On 3.11 the trace function makes the interpreter materialise a frame object for every call;
 /// those objects are the profiler's, not the program's.
@@ -180,7 +182,23 @@ thread_local! {
 /// Starts or stops the C trace function on the calling thread (GIL held). Starting takes over
 /// the trace function in place, chaining to it; stopping puts it back, unless the program has
 /// installed another one meanwhile, which is then left in place.
+///
+/// While tracing, the interpreter makes a bound method object for each call of a C method
+/// (`l.append(x)`) to pass to a profile function; memsleuth's `profile` takes it out of the
+/// figures, and is installed only where the thread has no profiler of its own, and removed only
+/// if still there.
 pub fn set_thread_tracing(on: bool) {
+    set_thread_trace_function(on);
+    let change = if on { no_profiler() && !PROFILING.replace(true) } else { PROFILING.replace(false) && no_profiler() };
+    if change {
+        let func: Option<pyo3_ffi::Py_tracefunc> = if on { Some(profile) } else { None };
+        // SAFETY: GIL held, on the thread whose profiling changes; `profile` has the
+        // Py_tracefunc signature and needs no argument object.
+        unsafe { PyEval_SetProfile(func, std::ptr::null_mut()) };
+    }
+}
+
+fn set_thread_trace_function(on: bool) {
     let ours = trace as *const () as usize;
     let current = current_trace();
     if on {
@@ -226,46 +244,130 @@ pub fn retake_thread_tracing() {
     if top_code() == 0 || !USES_TRACE.load(Ordering::Relaxed) {
         return;
     }
-    set_thread_tracing(false);
-    set_thread_tracing(true);
+    set_thread_trace_function(false);
+    set_thread_trace_function(true);
+}
+
+/// `sys.getprofile`, held for the life of the process (before 3.12).
+static GETPROFILE: AtomicPtr<PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+thread_local! {
+    /// Whether this thread's profile function is memsleuth's `profile`.
+    static PROFILING: Cell<bool> = const { Cell::new(false) };
+    /// This thread's allocation count at its latest return event.
+    static ALLOCS_AT_RETURN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Keeps `sys.getprofile` for `set_thread_tracing`, fetched now: fetched on first use, its
+/// lookup's objects would be charged to a line.
+pub fn keep_getprofile(py: Python<'_>) -> PyResult<()> {
+    let getprofile = py.import("sys")?.getattr("getprofile")?;
+    GETPROFILE.store(getprofile.into_ptr(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Whether the calling thread has no profile function that `sys.getprofile` shows.
+fn no_profiler() -> bool {
+    let getprofile = GETPROFILE.load(Ordering::Relaxed);
+    if getprofile.is_null() {
+        return false;
+    }
+    // SAFETY: GIL held; `getprofile` is a live function taking no argument, whose call returns
+    // a new reference to an existing object (nothing is allocated) or null with an exception,
+    // cleared here.
+    unsafe {
+        let current = PyObject_CallNoArgs(getprofile);
+        if current.is_null() {
+            PyErr_Clear();
+            return false;
+        }
+        Py_DecRef(current);
+        current == Py_None()
+    }
+}
+
+/// The profile function used while tracing before 3.12.
+///
+/// # Safety
+/// Called by the interpreter with the GIL held; `arg` is a C call's callable for C_CALL.
+unsafe extern "C" fn profile(
+    _obj: *mut PyObject,
+    _frame: *mut PyFrameObject,
+    what: c_int,
+    arg: *mut PyObject,
+) -> c_int {
+    if what == PyTrace_C_CALL {
+        // SAFETY: `arg` is a live object; the checks only read its header.
+        let bound =
+            unsafe { (PyCFunction_CheckExact(arg) != 0 || PyCMethod_CheckExact(arg) != 0) && Py_REFCNT(arg) == 1 };
+        if bound {
+            // The interpreter's bound method is made just before this event and held by it
+            // alone: the thread's latest allocation, made since the latest return (a bound
+            // method a call returned is the program's).
+            let block = arg as usize - GC_HEAD;
+            let (allocs, latest) = latest_alloc();
+            if latest == block && allocs != ALLOCS_AT_RETURN.get() {
+                with_ledger(|l, hot| l.mark_profiler(hot, block));
+            }
+        }
+    } else if what == PyTrace_RETURN || what == PyTrace_C_RETURN {
+        ALLOCS_AT_RETURN.set(latest_alloc().0);
+    }
+    0
 }
 
 /// A line event for `code` at `lineno`; `int_obj` is the int object the interpreter allocated to
 /// pass the line number, if any, so it can be taken out of the figures.
 #[inline]
 pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
+    let mut due = false;
     with_ledger_if(
         |hot| hot.top_code == code,
         |l, hot| {
             if let Some(addr) = int_obj {
                 l.mark_profiler(hot, addr);
             }
-            l.line_event(hot, code, lineno, due_reading);
+            l.line_event(hot, code, lineno, |l, hot| due_reading(l, hot, &mut due));
         },
-    )
+    );
+    if due {
+        // Checked where a reading falls due, which costs far more, and outside the lock.
+        hooks::verify();
+    }
 }
 
-/// A reading, if one is due at this line boundary.
+/// A reading, if one is due at this line boundary by time and RSS moved since the last (statm
+/// alone tells, a fraction of a reading's cost); `due` says whether the time had come.
 #[inline]
-fn due_reading(l: &mut Ledger, hot: &mut Hot) -> Option<OsReading> {
-    let now = rss::coarse_now_us();
-    hot.rss_due(now).then(|| {
-        hot.rss_taken(now);
-        rss::read(l)
-    })
+fn due_reading(l: &mut Ledger, hot: &mut Hot, due: &mut bool) -> Option<OsReading> {
+    let now = rss::now_us();
+    *due = hot.rss_due(now);
+    if !*due {
+        return None;
+    }
+    if !hot.rss_event_due() && l.last_reading(hot).is_some_and(|last| !rss::rss_moved(&last)) {
+        hot.rss_checked(now);
+        return None;
+    }
+    hot.rss_taken(now);
+    Some(rss::read(l))
 }
 
 /// The frame running `code` returns; `int_obj` as for `line_event`, made for this event.
 fn return_event(code: usize, int_obj: Option<usize>) {
+    let mut due = false;
     with_ledger_if(
         |hot| hot.top_code == code,
         |l, hot| {
             if let Some(addr) = int_obj {
                 l.mark_profiler(hot, addr);
             }
-            l.on_return(hot, code, due_reading);
+            l.on_return(hot, code, |l, hot| due_reading(l, hot, &mut due));
         },
-    )
+    );
+    if due {
+        hooks::verify();
+    }
 }
 
 /// Identity of a frame's code object.

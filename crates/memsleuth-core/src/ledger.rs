@@ -40,8 +40,10 @@ const NO_CALL: u32 = u32::MAX;
 
 /// An RSS reading is due once the thread's tracked net moved this much since the last one.
 pub const RSS_NET_TRIGGER: i64 = 64 * 1024;
-/// ... or when this much time has passed.
-pub const RSS_TIME_TRIGGER_US: u64 = 1_000;
+/// ... or when this much time has passed: memory a C library maps or unmaps is seen by no
+/// hook, and a line can unmap tens of MB in a millisecond (huge pages). Due by time alone, RSS
+/// is looked at first (a read of statm, about 2 us) and the reading taken only if it moved.
+pub const RSS_TIME_TRIGGER_US: u64 = 100;
 /// Requests at least this large may be served by mmap (glibc's threshold starts at 128 KiB and
 /// only grows), so they always make the next reading due.
 pub const BIG_BLOCK: u64 = 128 * 1024;
@@ -119,9 +121,19 @@ impl Hot {
     /// Whether the RSS reading at the next line boundary may not be skipped (SPEC section 2).
     #[inline]
     pub fn rss_due(&self, now_us: u64) -> bool {
-        self.big_event
-            || (self.net() - self.net_at_rss).abs() >= RSS_NET_TRIGGER
-            || now_us.wrapping_sub(self.rss_time_us) >= RSS_TIME_TRIGGER_US
+        self.rss_event_due() || now_us.wrapping_sub(self.rss_time_us) >= RSS_TIME_TRIGGER_US
+    }
+
+    /// Whether a tracked event (not time alone) makes the next reading due.
+    #[inline]
+    pub fn rss_event_due(&self) -> bool {
+        self.big_event || (self.net() - self.net_at_rss).abs() >= RSS_NET_TRIGGER
+    }
+
+    /// Due by time alone, RSS was looked at and found where the latest reading left it: the
+    /// reading is not needed, and the next one is due by time from now.
+    pub fn rss_checked(&mut self, now_us: u64) {
+        self.rss_time_us = now_us;
     }
 
     /// The counters an execution's figures are differences of (the order `close_exec` reads).
@@ -407,6 +419,9 @@ pub struct Ledger {
     big_block_events: u64,
     /// glibc's heap figures when they were last asked for.
     glibc_basis: Option<GlibcBasis>,
+    /// Blocks allocated in the profiler's quiet sections: a probe allocating quietly sees its
+    /// block counted here only if the hooks saw it.
+    pub quiet_allocs: u64,
     /// Tests switch `step_quietly` off to check it against the general path.
     #[cfg(test)]
     pub(crate) quiet_steps: bool,
@@ -442,6 +457,7 @@ impl Ledger {
             residency_basis: None,
             big_block_events: 0,
             glibc_basis: None,
+            quiet_allocs: 0,
             acts: Vec::new(),
             free_acts: Vec::new(),
             calls: Vec::new(),
@@ -628,6 +644,7 @@ impl Ledger {
     #[inline]
     pub fn on_alloc(&mut self, hot: &mut Hot, addr: usize, size: u64, raw: bool) {
         if hot.owner == PROFILER_NODE {
+            self.quiet_allocs += 1;
             self.table.insert(addr, Block { size, birth: PROFILER_BIRTH });
             return;
         }
@@ -737,7 +754,9 @@ impl Ledger {
             return;
         }
         let Some(block) = self.table.get(addr) else { return };
-        if !self.is_birth_of(block.birth, hot.owner, hot.act) {
+        // A quiet section's blocks are the profiler's from birth and were never counted; the
+        // ring may still name their address, left there by a block freed since.
+        if block.birth == PROFILER_BIRTH || !self.is_birth_of(block.birth, hot.owner, hot.act) {
             return;
         }
         self.table.set_birth(addr, PROFILER_BIRTH);
@@ -1039,6 +1058,12 @@ impl Ledger {
 
     fn innermost_node(th: &ThreadLedger) -> u32 {
         th.frames.last().map_or(NO_NODE, |f| f.line.map_or(f.total.node, |e| e.node))
+    }
+
+    /// The latest reading noted on this thread, if it has a profiled frame.
+    pub fn last_reading(&self, hot: &Hot) -> Option<OsReading> {
+        let t = (hot.thread as usize).wrapping_sub(1);
+        self.threads.get(t).filter(|th| th.readings > 0).map(|th| th.last.os)
     }
 
     /// The exact process-wide counters beside a reading.

@@ -757,6 +757,28 @@ fn mark_profiler_block_does_not_raise_the_process_peak() {
     assert_eq!(l.process.tracked_peak_bytes, 100);
 }
 
+/// The collector may run inside a quiet section (the generator driver's) on a thread with no
+/// profiled frame; its callback then names blocks allocated quietly, at an address the ring still
+/// holds from a block of the program freed since. Those blocks were never counted.
+#[test]
+fn mark_profiler_leaves_a_quiet_block_at_a_recently_freed_address_uncounted() {
+    let mut l = Ledger::new();
+    let mut h = Hot::ZERO;
+
+    l.on_alloc(&mut h, A, 100, false);
+    l.on_free(&mut h, A, false);
+    let token = l.begin_profiler_work(&mut h);
+    l.on_alloc(&mut h, A, 64, false);
+    l.mark_profiler(&mut h, A);
+    l.end_profiler_work(&mut h, token);
+    l.on_alloc(&mut h, B, 30, false);
+    l.on_free(&mut h, A, false);
+
+    assert_eq!((h.alloc_bytes, h.freed_bytes), (130, 100));
+    let p = l.process;
+    assert_eq!((p.allocated_bytes, p.freed_bytes, p.live_bytes), (130, 100, 30));
+}
+
 /// A loop re-runs line 10 in the same frame: the block born in the first execution has the same
 /// owner node and stamp as the current context, yet it was allocated long ago (a free-list
 /// object the interpreter now hands to the profiler).
@@ -1176,6 +1198,30 @@ fn rss_reading_is_due_after_a_big_block_a_large_net_change_or_time() {
     l.on_free(&mut h, C, false);
     h.net_at_rss = h.net();
     assert!(h.rss_due(10_000), "freeing a big block may unmap it");
+    assert!(h.rss_event_due());
+
+    // Due by time alone: a look that finds RSS unmoved restarts the wait.
+    h.rss_taken(10_000);
+    assert!(!h.rss_event_due() && h.rss_due(10_000 + RSS_TIME_TRIGGER_US));
+    h.rss_checked(10_000 + RSS_TIME_TRIGGER_US);
+    assert!(!h.rss_due(10_000 + 2 * RSS_TIME_TRIGGER_US - 1));
+    assert!(h.rss_due(10_000 + 2 * RSS_TIME_TRIGGER_US));
+}
+
+#[test]
+fn last_reading_is_the_threads_latest() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let (mut h, idle) = (Hot::ZERO, Hot::ZERO);
+    assert_eq!(l.last_reading(&h), None);
+    l.enter(&mut h, f, 1000);
+    l.on_line(&mut h, F, 10, Some(1500.into()));
+    assert_eq!(l.last_reading(&h).map(|os| os.rss()), Some(1500));
+    assert_eq!(l.last_reading(&idle), None, "a thread with no profiled frame has none");
+    l.on_line(&mut h, F, 11, Some(1800.into()));
+    assert_eq!(l.last_reading(&h).map(|os| os.rss()), Some(1800));
+    l.leave(&mut h, 2000);
+    assert_eq!(l.last_reading(&h), None, "a thread that left its last profiled frame gave its ledger up");
 }
 
 // ----- process figures -----
