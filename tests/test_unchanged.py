@@ -225,3 +225,12 @@ def test_bad_precision_is_refused_at_decoration(tmp_path, precision):
     assert proc.returncode == 0, proc.stderr
     assert "precision must be" in proc.stdout
     assert proc.stdout.count("\n") == 1
+
+
+def test_table_printed_by_a_collection_inside_a_write_waits_its_turn(tmp_path):
+    # Item 4: a __del__ run by a collection inside the writing of one table called another profiled
+    # function, whose table went into the same stream mid-write: "RuntimeError: reentrant call".
+    proc = run("reentrant_print.py", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout == "tables: 2 work: 1 cleanup: 1\n"

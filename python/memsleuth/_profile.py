@@ -105,18 +105,34 @@ def _register(func):
     )
 
 
+#: Per thread, the tables waiting while one is written (None when none is being written).
+_printing = threading.local()
+
+
 def _print_report(code, precision, stream):
     if deferred:
         return
-    out = stream if stream is not None else sys.stdout
-    if out is None:
-        # No stdout (pythonw, `>&-`): print() writes nothing there either.
-        return
     token = _native.begin_quiet()
     try:
-        text = _native.report_text(precision, code)
-        out.write(text)
-        out.flush()
+        pending = getattr(_printing, "pending", None)
+        if pending is not None:
+            # A table is being written on this thread, and a collection that started inside the
+            # write ran a __del__ that called a profiled function: its table waits its turn (a
+            # write inside a write raises in BufferedWriter).
+            pending.append((code, precision, stream))
+            return
+        _printing.pending = pending = [(code, precision, stream)]
+        try:
+            while pending:
+                code, precision, stream = pending.pop(0)
+                out = stream if stream is not None else sys.stdout
+                if out is None:
+                    # No stdout (pythonw, `>&-`): print() writes nothing there either.
+                    continue
+                out.write(_native.report_text(precision, code))
+                out.flush()
+        finally:
+            _printing.pending = None
     finally:
         _native.end_quiet(token)
 
