@@ -263,7 +263,7 @@ fn build_report(python_version: &str, argv: Option<Vec<String>>) -> Report {
     Report::from_ledger(&ledger, python_version, argv, peak)
 }
 
-/// The JSON report (SPEC section 5) of everything profiled so far.
+/// The JSON report (docs/design.md, Reports) of everything profiled so far.
 #[pyfunction]
 #[pyo3(signature = (python_version, argv=None, selection=None))]
 fn report_json(python_version: &str, argv: Option<Vec<String>>, selection: Option<String>) -> String {
@@ -272,7 +272,7 @@ fn report_json(python_version: &str, argv: Option<Vec<String>>, selection: Optio
     report.to_json()
 }
 
-/// The text report (SPEC section 6) of the function with code object `code`.
+/// The text report (docs/design.md, Reports) of the function with code object `code`.
 #[pyfunction]
 #[pyo3(signature = (precision, code, min_bytes=0))]
 fn report_text(precision: usize, code: &Bound<'_, PyAny>, min_bytes: u64) -> String {

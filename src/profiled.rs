@@ -14,13 +14,13 @@
 use crate::{enter_call, leave_call};
 use pyo3::prelude::*;
 use pyo3_ffi::{
-    getter, setter, vectorcallfunc, visitproc, PyErr_SetString, PyErr_WriteUnraisable,
-    PyExc_TypeError, PyGetSetDef, PyMemberDef, PyMethodDef, PyMethodDefPointer, PyObject, PyObject_CallNoArgs,
-    PyObject_ClearWeakRefs, PyObject_GC_UnTrack, PyObject_GenericGetDict, PyObject_GenericSetDict,
-    PyObject_GetAttrString, PyType_GenericAlloc, PyType_GetSlot, PyType_Slot, PyType_Spec, PyTypeObject, Py_DecRef,
-    Py_IncRef, Py_None, Py_ssize_t, Py_tp_call, Py_tp_clear, Py_tp_dealloc, Py_tp_descr_get, Py_tp_free,
-    Py_tp_getset, Py_tp_members, Py_tp_methods, Py_tp_traverse, Py_READONLY, Py_TPFLAGS_DEFAULT,
-    Py_TPFLAGS_HAVE_GC, Py_TPFLAGS_HAVE_VECTORCALL, Py_TPFLAGS_METHOD_DESCRIPTOR, Py_T_PYSSIZET, METH_NOARGS,
+    getter, setter, vectorcallfunc, visitproc, PyErr_SetString, PyErr_WriteUnraisable, PyExc_TypeError, PyGetSetDef,
+    PyMemberDef, PyMethodDef, PyMethodDefPointer, PyObject, PyObject_CallNoArgs, PyObject_ClearWeakRefs,
+    PyObject_GC_UnTrack, PyObject_GenericGetDict, PyObject_GenericSetDict, PyObject_GetAttrString, PyTypeObject,
+    PyType_GenericAlloc, PyType_GetSlot, PyType_Slot, PyType_Spec, Py_DecRef, Py_IncRef, Py_None, Py_READONLY,
+    Py_TPFLAGS_DEFAULT, Py_TPFLAGS_HAVE_GC, Py_TPFLAGS_HAVE_VECTORCALL, Py_TPFLAGS_METHOD_DESCRIPTOR, Py_T_PYSSIZET,
+    Py_ssize_t, Py_tp_call, Py_tp_clear, Py_tp_dealloc, Py_tp_descr_get, Py_tp_free, Py_tp_getset, Py_tp_members,
+    Py_tp_methods, Py_tp_traverse, METH_NOARGS,
 };
 use std::ffi::{c_int, c_void};
 use std::mem::offset_of;

@@ -120,7 +120,7 @@ pub fn rss_moved(since: &OsReading) -> bool {
 /// RSS may drift from the allocators' footprint by this much before residency is read again.
 const RESIDENCY_DRIFT: u64 = 1 << 20;
 
-/// Everything a reading records (SPEC section 3), for the ledger's current large blocks.
+/// Everything a reading records (docs/design.md, Causes), for the ledger's current large blocks.
 pub fn read(ledger: &mut Ledger) -> OsReading {
     calibrate_clock();
     with_proc_files(|statm_file, pagemap| read_with(ledger, statm_file, pagemap))

@@ -207,10 +207,9 @@ fn set_thread_trace_function(on: bool) {
         }
         let chained = match current {
             // SAFETY: a non-zero word in the trace function slot is a Py_tracefunc.
-            Some((func, obj)) if func != 0 => Chained {
-                func: Some(unsafe { std::mem::transmute::<usize, pyo3_ffi::Py_tracefunc>(func) }),
-                obj,
-            },
+            Some((func, obj)) if func != 0 => {
+                Chained { func: Some(unsafe { std::mem::transmute::<usize, pyo3_ffi::Py_tracefunc>(func) }), obj }
+            }
             _ => Chained { func: None, obj: std::ptr::null_mut() },
         };
         // SAFETY: GIL held; `obj` is the live object of the trace function in place, or null: a

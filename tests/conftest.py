@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 
-# The fields of SPEC section 2 that the JSON report carries for each line and for the totals.
+# The per-line figures (docs/design.md, Figures) that the JSON report carries for each line and for the totals.
 LINE_FIELDS = (
     "hits",
     "allocated_bytes",
@@ -90,7 +90,7 @@ def find_line(function, source):
 
 
 def check_invariants(report):
-    """SPEC section 2/5 invariants that hold for every report, whatever the program."""
+    """Invariants of the figures and the report that hold for every report, whatever the program."""
     assert report["schema"] == "memsleuth.report/1"
     assert report["argv"] is None  # decorator mode
     assert report["python_version"] == ".".join(str(p) for p in sys.version_info[:3])

@@ -16,7 +16,7 @@ Free lists. tracemalloc does not only record allocator calls: since CPython 3.8 
 python/cpython#10063), ``_Py_NewReference`` calls ``_PyTraceMalloc_NewReference`` whenever an
 object is handed out, including when a free list (tuple, list, dict, float, slice cache, 3.9
 frames, ...) hands one out without any allocator call, and that *moves* the existing trace of
-the object's block to the current line. memsleuth counts allocator calls only (SPEC section 1: a free-list
+the object's block to the current line. memsleuth counts allocator calls only (docs/design.md, Figures: a free-list
 hand-out counts nothing), so a block first allocated on line A, parked on a free list and
 handed out again on line B is retained by line A for memsleuth and by line B for stock
 tracemalloc; a block allocated before the call and handed out by a free list on line B is

@@ -1,4 +1,4 @@
-"""Why RSS moved: the nine causes of each line's RSS change and the notes (SPEC sections 2-4).
+"""Why RSS moved: the nine causes of each line's RSS change and the notes (docs/design.md, Causes).
 
 Each cause is provoked by a program in fixtures/causes/ that moves RSS for that one reason on
 one line, run in a fresh interpreter; the line's ``causes`` must put the move where it belongs.
@@ -28,7 +28,7 @@ KiB = 1024
 MiB = 1024 * KiB
 
 CAUSES = ("python", "gc", "other_threads", "native", "allocator", "lazy", "files", "profiler", "unexplained")
-# SPEC section 4: a cause other than `python` moving this much makes a line surprising.
+# docs/design.md, Causes: a cause other than `python` moving this much makes a line surprising.
 NOTE_THRESHOLD = MiB
 # pymalloc's arena size: 256 KiB before 3.10, 1 MiB since.
 ARENA = 256 * KiB if sys.version_info < (3, 10) else MiB
@@ -343,7 +343,7 @@ def test_native_numpy(program):
     pytest.importorskip("numpy")
     # Where numpy's buffers come from, seen by CPython's debug hooks without memsleuth: numpy up
     # to 2.4 mallocs them (outside Python's allocator: `native`); 2.5 takes them from
-    # PyMem_Raw*, which makes them tracked blocks (SPEC section 1: `python`).
+    # PyMem_Raw*, which makes them tracked blocks (docs/design.md, Figures; cause `python`).
     origin = run_plain("numpy_buffer_domain.py", env={"PYTHONMALLOC": "malloc_debug"})
     line = find_line(program("native_numpy").function("native"), "a = ones(10_000_000)")
     causes = line["causes"]

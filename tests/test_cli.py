@@ -1,4 +1,4 @@
-"""The command line (SPEC section 7, issue 4): `memsleuth run` and `memsleuth report`.
+"""The command line (README, Use): `memsleuth run` and `memsleuth report`.
 
 Every test runs the real command in a fresh process: the venv's `memsleuth` console script (next to
 sys.executable) and, where the two must agree, `python -m memsleuth`. Programs come from
@@ -115,7 +115,7 @@ def first_json_line(stdout):
 
 
 # --------------------------------------------------------------------------------------------
-# Reading the text report (SPEC section 6)
+# Reading the text report (docs/design.md, Reports)
 
 HEADER = re.compile(r"^Filename: (?P<filename>.*?)   function: (?P<name>.*?)   calls: (?P<calls>\d+)$")
 MIB = r"-?\d+(?:\.\d+)? MiB"
@@ -217,7 +217,7 @@ def line_with(function, source):
 
 
 def check_report(report, argv):
-    """The JSON report's shape (SPEC section 5) under `memsleuth run`."""
+    """The JSON report's shape (docs/design.md, Reports) under `memsleuth run`."""
     assert report["schema"] == "memsleuth.report/1"
     assert report["python_version"] == ".".join(map(str, sys.version_info[:3]))
     assert report["argv"] == argv

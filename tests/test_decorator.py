@@ -1,4 +1,4 @@
-"""The @profile decorator, end to end (SPEC sections 1, 2, 5, 6, 7).
+"""The @profile decorator, end to end (docs/design.md; README, Use).
 
 Each test runs a program from fixtures/ in a fresh interpreter and checks the JSON report
 (memsleuth.last_report()) and the text tables the decorator printed. Byte figures are exact where
@@ -573,7 +573,7 @@ def test_methods_and_static_and_class_methods(run_fixture):
 
 
 # --------------------------------------------------------------------------------------------
-# The profiler's own allocations stay out of every figure (SPEC section 1).
+# The profiler's own allocations stay out of every figure (docs/design.md, Figures).
 
 
 def test_lines_past_256_allocate_nothing_of_their_own(run_source):
@@ -635,7 +635,7 @@ def test_nested_call_charges_nothing_for_the_wrapper(run_fixture):
 
 
 # --------------------------------------------------------------------------------------------
-# SPEC section 2 invariant: over one non-recursive call whose lines run sequentially, the lines'
+# An invariant of the figures (docs/design.md): over one non-recursive call whose lines run sequentially, the lines'
 # RSS increments add up to RSS at the call's end minus RSS at its start; no change is dropped.
 
 

@@ -1,4 +1,4 @@
-"""tracemalloc as the oracle of ``retained_bytes`` (SPEC sections 1, 2 and 5).
+"""tracemalloc as the oracle of ``retained_bytes`` (docs/design.md, Figures).
 
 tracemalloc sees the same allocator calls as memsleuth. On a straight-line function that calls
 no Python-level function (only builtins and C code), every line's ``retained_bytes`` must equal
@@ -25,7 +25,7 @@ What is not compared, and why:
   on either side.
 * Free-list hand-outs: stock tracemalloc moves a block's trace to the line where a free list
   (tuple, list, dict, float, slice cache, 3.9 frames) hands its object out again, without any
-  allocator call, while memsleuth (SPEC section 1) counts allocator calls only. The runner
+  allocator call, while memsleuth (docs/design.md, Figures) counts allocator calls only. The runner
   switches that re-attribution off while the program runs (see its docstring);
   ``test_stock_tracemalloc_moves_free_list_blocks`` shows the difference it removes.
 * One call per program: ``retained_bytes`` is what was live when each call returned, summed over

@@ -1,7 +1,7 @@
 //! The block table: live tracked block address -> (requested size, birth).
 //!
 //! It is touched on every allocation and free, so its layout decides memsleuth's speed
-//! (hook-costs.md: a scrambling hash misses the cache on nearly every operation). An address's
+//! (a scrambling hash would miss the cache on nearly every operation). An address's
 //! home slot is the address itself in 16-byte units (pymalloc's alignment) modulo the table
 //! size, so a contiguous heap maps onto contiguous slots without any collision: pymalloc hands
 //! out neighbouring blocks of a pool one after another and successive operations touch the same

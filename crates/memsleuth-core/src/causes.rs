@@ -1,4 +1,4 @@
-//! Why RSS moved (SPEC sections 3 and 4): each line's RSS change split into causes from exact
+//! Why RSS moved (docs/design.md, Causes): each line's RSS change split into causes from exact
 //! counters and from readings taken at the same moments as RSS, and a sentence for surprises.
 
 use crate::report::human_bytes;

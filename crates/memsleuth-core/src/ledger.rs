@@ -1,5 +1,5 @@
 //! The per-line ledger: which lines are active on each thread, what each allocation and free
-//! means for them, and the figures of SPEC section 2.
+//! means for them, and the figures of docs/design.md (Figures).
 //!
 //! The allocation hook must stay tiny, so it never touches per-line state. Each thread keeps
 //! cumulative counters (`Hot`: bytes and counts allocated and freed, and the high-water mark of
@@ -118,7 +118,7 @@ impl Hot {
         self.alloc_bytes.wrapping_sub(self.freed_bytes) as i64
     }
 
-    /// Whether the RSS reading at the next line boundary may not be skipped (SPEC section 2).
+    /// Whether the RSS reading at the next line boundary may not be skipped (docs/design.md, Causes: readings).
     #[inline]
     pub fn rss_due(&self, now_us: u64) -> bool {
         self.rss_event_due() || now_us.wrapping_sub(self.rss_time_us) >= RSS_TIME_TRIGGER_US

@@ -2,7 +2,7 @@
 //!
 //! Each test plays one scenario: `enter`/`leave` as the `@profile` wrapper calls them, `on_line`
 //! as the line tracer does, `on_alloc`/`on_free`/`on_realloc` as the allocator hooks do, one
-//! `Hot` per simulated thread. Expected figures are worked out from SPEC sections 1 and 2, not
+//! `Hot` per simulated thread. Expected figures are worked out from the definitions in docs/design.md (Figures), not
 //! read back from the ledger.
 
 use crate::causes::OsReading;
@@ -53,7 +53,7 @@ fn linenos(l: &Ledger, func: u32) -> Vec<u32> {
     l.function_stats(func).0.into_iter().map(|(n, _)| n).collect()
 }
 
-/// The byte figures of SPEC section 2 in one comparable value.
+/// The byte figures of docs/design.md (Figures) in one comparable value.
 #[derive(Debug, PartialEq, Eq)]
 struct Fig {
     hits: u64,
@@ -1030,7 +1030,7 @@ fn generator_suspended_time_belongs_to_the_caller_and_resume_reopens_the_line() 
 }
 
 /// `for x in gen(): ...` rebinds x while the generator is suspended, freeing the previous
-/// value. The generator's call lasts until it is exhausted (SPEC section 2), so that value died
+/// value. The generator's call lasts until it is exhausted (docs/design.md, Figures), so that value died
 /// before the call returned.
 #[test]
 fn generator_block_freed_while_it_is_suspended_is_not_retained() {

@@ -1,4 +1,4 @@
-//! Reports: the figures of SPEC section 2 gathered from the ledger, rendered as memory_profiler's
+//! Reports: the figures of docs/design.md (Figures) gathered from the ledger, rendered as memory_profiler's
 //! table with the exact columns beside it (section 6) or as JSON (section 5).
 
 use crate::causes::{note, Causes, NoteFacts};
