@@ -480,7 +480,10 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
         out.push_str(text.trim_end());
         out.push('\n');
     }
-    let teardown = f.teardown.as_ref().filter(|g| !below(g));
+    // A teardown that moved nothing (most calls: their locals are small ints and borrowed
+    // objects) would be a row of zeros under every table; the JSON keeps it.
+    let moved = |g: &Figures| g.allocated_bytes != 0 || g.freed_bytes != 0 || g.rss_delta_bytes != 0;
+    let teardown = f.teardown.as_ref().filter(|g| moved(g) && !below(g));
     if let Some(g) = teardown {
         out.push_str(figures_row("", g, TEARDOWN_ROW).trim_end());
         out.push('\n');
@@ -619,5 +622,17 @@ mod tests {
         let text = render_function(&function(&["@profile", "def f():", "", "    a = [1] * 100000"], &[5]), 1, 0);
         let sources: Vec<String> = rows(&text).into_iter().map(|r| r.2).collect();
         assert_eq!(sources, ["@profile", "def f():", "", "a = [1] * 100000"], "{text}");
+    }
+
+    #[test]
+    fn a_teardown_that_moved_nothing_has_no_row() {
+        let mut f = function(&["def f():", "    return 1"], &[2]);
+        let mut quiet = f.totals.clone();
+        (quiet.allocated_bytes, quiet.freed_bytes, quiet.net_bytes, quiet.rss_delta_bytes) = (0, 0, 0, 0);
+        f.teardown = Some(quiet.clone());
+        assert!(!render_function(&f, 1, 0).contains(TEARDOWN_ROW));
+        quiet.freed_bytes = 64;
+        f.teardown = Some(quiet);
+        assert!(render_function(&f, 1, 0).contains(TEARDOWN_ROW));
     }
 }
