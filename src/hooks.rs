@@ -13,6 +13,7 @@ use pyo3_ffi::{
 };
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Once;
 
@@ -255,7 +256,10 @@ pub fn verify() {
         }
         let reinstalled = install_domain(d);
         if !WARNED.swap(true, Ordering::Relaxed) {
-            eprintln!(
+            // Never eprintln!: a failed write to stderr (a closed pipe, a full disk) panics, and a
+            // panic aborts the process.
+            let _ = writeln!(
+                std::io::stderr().lock(),
                 "memsleuth: another tool replaced Python's allocator (tracemalloc.stop()?); {}",
                 if reinstalled {
                     "memsleuth's hooks are back, but what was allocated or freed in between is missing from the figures"

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 struct ProfiledObject {
     ob_base: PyObject,
     vectorcall: Option<vectorcallfunc>,
-    /// The profiled function (null only in an instance made by `type(p).__new__`, or cleared).
+    /// The profiled function (null once the collector has cleared the object).
     func: *mut PyObject,
     /// Called with no arguments after an outermost call returns (prints the table).
     on_return: *mut PyObject,
@@ -80,41 +80,70 @@ unsafe extern "C" fn call(
         Py_IncRef(func);
         Py_IncRef(on_return);
         enter_call(fid);
-        let result = pyo3_ffi::PyObject_Vectorcall(func, args, nargsf, kwnames);
+        if !pyo3_ffi::PyErr_Occurred().is_null() {
+            // Switching tracing on can leave an exception (an audit hook's) that belongs to no call.
+            PyErr_WriteUnraisable(callable);
+        }
+        let mut result = pyo3_ffi::PyObject_Vectorcall(func, args, nargsf, kwnames);
         // The call's exception, if it raised, is set aside while memsleuth's own code runs (it
         // may call into the interpreter, which must not find an exception pending) and put back
-        // unchanged after, so neither the accounting nor the table can replace it.
+        // after, so neither the accounting nor the table can replace it; only an interrupt that
+        // arrived while the table was printed (Ctrl-C) takes the call's place, as it would
+        // have been raised there without memsleuth.
         let (mut kind, mut value, mut traceback) = (null_mut(), null_mut(), null_mut());
         pyo3_ffi::PyErr_Fetch(&mut kind, &mut value, &mut traceback);
-        if leave_call() {
-            report(on_return);
+        let interrupted = leave_call() && !report(on_return);
+        if interrupted {
+            for owned in [result, kind, value, traceback] {
+                if !owned.is_null() {
+                    Py_DecRef(owned);
+                }
+            }
+            result = null_mut();
+        } else {
+            pyo3_ffi::PyErr_Restore(kind, value, traceback);
         }
-        pyo3_ffi::PyErr_Restore(kind, value, traceback);
         Py_DecRef(on_return);
         Py_DecRef(func);
         result
     }
 }
 
-/// Calls `on_return`; a failure of its own is reported as unraisable, as CPython does for errors
-/// in finalizers, so the table never replaces what the call returned or raised.
+/// Calls `on_return`. An error of its own is reported as unraisable, as CPython does for errors
+/// in finalizers, so the table never replaces what the call returned or raised; returns false,
+/// with the exception left set, for a BaseException that is no Exception (KeyboardInterrupt,
+/// SystemExit), which must reach the program.
 ///
 /// # Safety
 /// GIL held, no exception pending; `on_return` is a live callable or null.
-unsafe fn report(on_return: *mut PyObject) {
+unsafe fn report(on_return: *mut PyObject) -> bool {
     if on_return.is_null() {
-        return;
+        return true;
     }
     // SAFETY: GIL held; the call returns a new reference, or null with an exception set, which
-    // WriteUnraisable prints and clears.
+    // is either left set (an interrupt) or printed and cleared by WriteUnraisable.
     unsafe {
         let printed = PyObject_CallNoArgs(on_return);
-        if printed.is_null() {
-            PyErr_WriteUnraisable(on_return);
-        } else {
+        if !printed.is_null() {
             Py_DecRef(printed);
+            return true;
         }
+        if pyo3_ffi::PyErr_ExceptionMatches(pyo3_ffi::PyExc_Exception) == 0 {
+            return false;
+        }
+        PyErr_WriteUnraisable(on_return);
+        true
     }
+}
+
+/// `tp_new`: instances are made only by `profiled`, which fills them.
+///
+/// # Safety
+/// Called by the interpreter with the GIL held.
+unsafe extern "C" fn refuse_new(_tp: *mut PyTypeObject, _args: *mut PyObject, _kwargs: *mut PyObject) -> *mut PyObject {
+    // SAFETY: GIL held; the message is a static C string.
+    unsafe { PyErr_SetString(PyExc_TypeError, c"memsleuth: profiled functions are made by memsleuth.profile".as_ptr()) };
+    null_mut()
 }
 
 /// `tp_descr_get`: bound to an instance, a method; otherwise the object itself.
@@ -229,6 +258,7 @@ pub fn make_type(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         PyMethodDef::zeroed(),
     ]));
     let slots = Box::leak(Box::new([
+        slot(pyo3_ffi::Py_tp_new, refuse_new as *mut c_void),
         slot(Py_tp_call, pyo3_ffi::PyVectorcall_Call as *mut c_void),
         slot(Py_tp_descr_get, descr_get as *mut c_void),
         slot(Py_tp_traverse, traverse as *mut c_void),

@@ -234,3 +234,38 @@ def test_table_printed_by_a_collection_inside_a_write_waits_its_turn(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert proc.stdout == "tables: 2 work: 1 cleanup: 1\n"
+
+
+def test_a_broken_stderr_never_ends_the_program(tmp_path):
+    # Review: memsleuth's warning that another tool removed its hooks was written with eprintln!,
+    # which panics on EPIPE, and a panic aborts (SIGABRT).
+    proc = run("stderr_broken_pipe.py", tmp_path=tmp_path, launcher=("-X", "tracemalloc"))
+    assert proc.returncode == 0
+    assert proc.stdout.endswith("300000 program finished normally\n")
+
+
+def test_class_hooks_and_stacked_decorators(tmp_path):
+    # Review: a profiled __init_subclass__ was no classmethod (TypeError when subclassing, also
+    # under `run`'s whole-program mode), and a decorator stacked on a profiled function inherited
+    # its mark through functools.wraps, so profiling it did nothing.
+    plain, profiled = both("class_hooks.py", tmp_path=tmp_path)
+    assert plain.stdout == "child Base[int] ('logged', 2) True\n"
+    assert profiled.returncode == 0, profiled.stderr
+    assert profiled.stdout == plain.stdout
+
+
+def test_interrupt_while_a_table_is_printed_reaches_the_program(tmp_path):
+    # Review: a KeyboardInterrupt raised while the table was printed was reported as unraisable
+    # and the program went on.
+    proc = run("interrupt_while_printing.py", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "interrupt reached the program\n"
+
+
+def test_profiled_functions_are_made_only_by_profile(tmp_path):
+    # Review: type(p)() made an instance that could not be called.
+    source = "from memsleuth import profile\ntry:\n    type(profile(lambda: 1))()\nexcept TypeError as e:\n    print(e)\n"
+    path = tmp_path / "prog.py"
+    path.write_text(source)
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.stdout == "memsleuth: profiled functions are made by memsleuth.profile\n", proc.stderr

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import types
+import weakref
 
 from . import _native
 
@@ -105,6 +106,12 @@ def _register(func):
     )
 
 
+#: The objects profile() returned: profiling one again returns it as it is. (Not an attribute:
+#: functools.wraps would copy it onto any decorator stacked above.)
+_profiled = weakref.WeakSet()
+#: Methods that a class statement turns into classmethods when they are plain functions.
+_IMPLICIT_CLASSMETHODS = ("__init_subclass__", "__class_getitem__")
+
 #: Per thread, the tables waiting while one is written (None when none is being written).
 _printing = threading.local()
 
@@ -161,7 +168,7 @@ def profile(func=None, *, precision=None, stream=None, backend=None):
     _check_precision(precision)
     if func is None:
         return lambda f: profile(f, precision=precision, stream=stream, backend=backend)
-    if getattr(func, "__memsleuth_profiled__", False):
+    if func in _profiled:
         return func
     if isinstance(func, (staticmethod, classmethod)):
         return type(func)(profile(func.__func__, precision=precision, stream=stream))
@@ -261,8 +268,18 @@ def _wrap(func, precision, stream):
     else:
         wrapper = functools.update_wrapper(_native.profiled(fid, func, lambda: report(True)), func)
 
-    wrapper.__memsleuth_profiled__ = True
+    _profiled.add(wrapper)
     return wrapper
+
+
+def _set_name(profiled, owner, name):
+    """A class statement makes ``__init_subclass__`` and ``__class_getitem__`` classmethods only
+    when they are plain functions; for a profiled one, this does it when the class is made."""
+    if name in _IMPLICIT_CLASSMETHODS and owner.__dict__.get(name) is profiled:
+        setattr(owner, name, classmethod(profiled))
+
+
+_native.Profiled.__set_name__ = _set_name
 
 
 def profile_module_code(code, filename, source, namespace):
