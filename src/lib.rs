@@ -45,7 +45,7 @@ fn install(
     if let Some(frame) = frame {
         tracing::USES_TRACE.store(true, Ordering::Relaxed);
         tracing::calibrate(frame, python_minor)?;
-        tracing::calibrate_trace_slots(py, current_trace.unwrap_or(&py.None().into_bound(py)));
+        tracing::calibrate_trace_slots(py, current_trace.unwrap_or(&py.None().into_bound(py)))?;
         tracing::keep_getprofile(py)?;
         tracing::set_driver_code(&driver_code);
     }

@@ -123,7 +123,7 @@ const THREAD_STATE_WORDS: usize = 16;
 /// object and looking for both values, which must each appear exactly once among words that
 /// changed. `current` is what `sys.gettrace()` returned, held by the caller, so that the trace
 /// function in place (a coverage tool's, a debugger's) is put back as it was.
-pub fn calibrate_trace_slots(py: Python<'_>, current: &Bound<'_, PyAny>) {
+pub fn calibrate_trace_slots(py: Python<'_>, current: &Bound<'_, PyAny>) -> PyResult<()> {
     let sentinel = pyo3::types::PyTuple::empty(py);
     // SAFETY: GIL held; the thread state outlives this call and its first THREAD_STATE_WORDS
     // words lie inside it; PyEval_SetTrace takes its own reference to the object it installs.
@@ -145,9 +145,17 @@ pub fn calibrate_trace_slots(py: Python<'_>, current: &Bound<'_, PyAny>) {
             TRACE_FUNC_WORD.store(func_word, Ordering::Relaxed);
             TRACE_OBJ_WORD.store(obj_word, Ordering::Relaxed);
         }
-        let restored = previous_func.map(|f| std::mem::transmute::<usize, pyo3_ffi::Py_tracefunc>(f));
-        pyo3_ffi::PyEval_SetTrace(restored, previous_obj);
+        if func_word.is_some() || previous_obj.is_null() {
+            let restored = previous_func.map(|f| std::mem::transmute::<usize, pyo3_ffi::Py_tracefunc>(f));
+            pyo3_ffi::PyEval_SetTrace(restored, previous_obj);
+            return Ok(());
+        }
     }
+    // The slots were not found, so the C function of the trace function in place is unknown:
+    // it goes back through sys.settrace, which calls its object (a Python trace function, or a
+    // C tracer's callable object such as coverage's).
+    py.import("sys")?.call_method1("settrace", (current,))?;
+    Ok(())
 }
 
 /// The calling thread's trace function and object, if the slots were found.
@@ -245,6 +253,37 @@ pub fn retake_thread_tracing() {
     }
     set_thread_trace_function(false);
     set_thread_trace_function(true);
+    if CHAINED.with(Cell::get).func.is_some() {
+        restore_line_events_on_stack();
+    }
+}
+
+/// Gives every frame on this thread's stack its line events back (frames memsleuth started
+/// while it chained to nothing have them off), so that a trace function installed now, a
+/// debugger's, can step through them as it could without memsleuth.
+fn restore_line_events_on_stack() {
+    let offset = TRACE_LINES_OFFSET.load(Ordering::Relaxed);
+    if offset == 0 {
+        return;
+    }
+    // On 3.11 the walk makes frame objects for frames that had none: they are the profiler's.
+    let quiet = with_ledger(|l, hot| l.begin_profiler_work(hot));
+    // SAFETY: GIL held. PyEval_GetFrame returns a borrowed frame (or null), taken as a new
+    // reference here; PyFrame_GetBack returns a new reference (or null); each frame is released
+    // after its successor is fetched. `offset` is the verified f_trace_lines byte.
+    unsafe {
+        let mut frame = pyo3_ffi::PyEval_GetFrame();
+        if !frame.is_null() {
+            Py_INCREF(frame as *mut PyObject);
+        }
+        while !frame.is_null() {
+            *(frame as *mut u8).add(offset) = 1;
+            let back = pyo3_ffi::PyFrame_GetBack(frame);
+            Py_DecRef(frame as *mut PyObject);
+            frame = back;
+        }
+    }
+    with_ledger(|l, hot| l.end_profiler_work(hot, quiet));
 }
 
 /// `sys.getprofile`, held for the life of the process (before 3.12).
@@ -488,12 +527,14 @@ pub unsafe extern "C" fn trace(
                 l.mark_profiler(hot, line_array);
             });
         }
-        // A chained trace function wants every frame's line events.
+        // A frame memsleuth does not profile needs no line events, unless a chained trace
+        // function wants them; a profiled frame needs them whatever the chained one decided.
         let offset = TRACE_LINES_OFFSET.load(Ordering::Relaxed);
-        if offset != 0 && top_code() != code && chained.func.is_none() {
+        let profiled = top_code() == code;
+        if offset != 0 && (profiled || chained.func.is_none()) {
             // SAFETY: `offset` was verified by `calibrate` to be the frame's f_trace_lines byte
-            // on this interpreter; writing 0 there only stops line events.
-            unsafe { *(frame as *mut u8).add(offset) = 0 };
+            // on this interpreter; writing there only starts or stops line events.
+            unsafe { *(frame as *mut u8).add(offset) = u8::from(profiled) };
         }
     } else if what == PyTrace_EXCEPTION {
         // SAFETY: the interpreter passes a live frame.

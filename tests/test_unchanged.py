@@ -269,3 +269,20 @@ def test_profiled_functions_are_made_only_by_profile(tmp_path):
     path.write_text(source)
     proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
     assert proc.stdout == "memsleuth: profiled functions are made by memsleuth.profile\n", proc.stderr
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ traces with sys.monitoring, beside other tools")
+def test_debugger_started_inside_a_profiled_call_sees_its_lines(tmp_path):
+    # Review: frames started inside a profiled call had their line events turned off, so a
+    # debugger started there could not step through them.
+    plain, profiled = both("debugger_in_helper.py", tmp_path=tmp_path)
+    assert plain.stdout == "helper lines seen: [3, 4, 5]\n"
+    assert profiled.returncode == 0, profiled.stderr
+    assert profiled.stdout.splitlines()[-1] == "helper lines seen: [3, 4, 5]"
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ traces with sys.monitoring, beside other tools")
+def test_profiled_lines_survive_a_tracer_that_turns_line_events_off(run_fixture):
+    # Review: the chained tracer's `frame.f_trace_lines = False` silenced memsleuth's own lines.
+    run = run_fixture("unchanged/tracer_skips_lines.py")
+    assert run.line("f", "a = [0] * 1000000")["allocated_bytes"] >= 8_000_000
