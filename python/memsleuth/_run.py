@@ -44,24 +44,28 @@ def _memory_profiler_stand_in():
 
 
 class _SpawnPreparer:
-    """Makes the children multiprocessing spawns import ``memsleuth._spawned`` before they run the
-    program's main module again. It waits in ``sys.meta_path`` until the program imports
-    ``multiprocessing.spawn`` (importing it earlier would register multiprocessing's atexit
-    handler in programs that never use it), patches the module once it has run, and leaves."""
+    """Makes the Python processes multiprocessing starts (spawn's children, the forkserver whose
+    forks are the children, the resource tracker) import ``memsleuth._spawned`` before they run
+    the program's main module again. All of them are started by ``multiprocessing.util``'s
+    ``spawnv_passfds`` with ``-c CODE``. This waits in ``sys.meta_path`` until the program imports
+    that module (importing it earlier would register multiprocessing's atexit handler in programs
+    that never use it), patches it once it has run, and leaves."""
+
+    module = "multiprocessing.util"
 
     def find_spec(self, name, path=None, target=None):
-        if name != "multiprocessing.spawn":
+        if name != self.module:
             return None
-        sys.meta_path.remove(self)
         spec = None
         for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
+            find = getattr(finder, "find_spec", None) if finder is not self else None
             spec = find(name, path, target) if find is not None else None
             if spec is not None:
                 break
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         loader = spec.loader
+        preparer = self
 
         class Patching:
             def create_module(self, spec):
@@ -72,24 +76,31 @@ class _SpawnPreparer:
                     loader.exec_module(module)
                 finally:
                     module.__spec__.loader = module.__loader__ = loader
-                _prepare_spawned_children(module)
+                if preparer in sys.meta_path:
+                    sys.meta_path.remove(preparer)
+                _prepare_started_processes(module)
 
         spec.loader = Patching()
         return spec
 
 
-def _prepare_spawned_children(spawn):
-    get_command_line = spawn.get_command_line
+#: Put before the code multiprocessing runs with ``python -c``; a child that cannot import
+#: memsleuth (another executable) runs as it would have.
+_SPAWNED_PRELUDE = "try:\n    import memsleuth._spawned\nexcept ImportError:\n    pass\n"
 
-    @functools.wraps(get_command_line)
-    def command_line(**kwds):
-        argv = get_command_line(**kwds)
-        if "-c" in argv[:-1]:
-            at = argv.index("-c") + 1
-            argv[at] = "import memsleuth._spawned; " + argv[at]
-        return argv
 
-    spawn.get_command_line = command_line
+def _prepare_started_processes(util):
+    spawnv_passfds = util.spawnv_passfds
+
+    @functools.wraps(spawnv_passfds)
+    def prepared_spawnv_passfds(path, args, passfds):
+        args = list(args)
+        if "-c" in args[:-1]:
+            at = args.index("-c") + 1
+            args[at] = _SPAWNED_PRELUDE + args[at]
+        return spawnv_passfds(path, args, passfds)
+
+    util.spawnv_passfds = prepared_spawnv_passfds
 
 
 class _Program:
@@ -217,8 +228,8 @@ def run(options):
     builtins.profile = _profile.profile
     setattr(builtins, _select.INJECTED, _profile.profile)
     sys.modules["memory_profiler"] = _memory_profiler_stand_in()
-    if "multiprocessing.spawn" in sys.modules:
-        _prepare_spawned_children(sys.modules["multiprocessing.spawn"])
+    if _SpawnPreparer.module in sys.modules:
+        _prepare_started_processes(sys.modules[_SpawnPreparer.module])
     else:
         sys.meta_path.insert(0, _SpawnPreparer())
     if patcher is not None:

@@ -1,7 +1,7 @@
-"""Imported first by a child that multiprocessing's spawn start method starts for a program run
-under ``memsleuth run``. The child runs the program's main module again, so the names ``run`` put
-in builtins must be there too: without them a bare ``@profile`` is a NameError. The child is not
-profiled; its ``profile`` returns the function as it is."""
+"""Imported first by the Python processes multiprocessing starts (spawn's children, the
+forkserver) for a program run under ``memsleuth run``. They run the program's main module again,
+so the names ``run`` put in builtins must be there too: without them a bare ``@profile`` is a
+NameError. They are not profiled; their ``profile`` returns the function as it is."""
 
 import builtins
 import sys
