@@ -47,6 +47,7 @@ fn install(
         tracing::calibrate(frame, python_minor)?;
         tracing::calibrate_trace_slots(py, current_trace.unwrap_or(&py.None().into_bound(py)))?;
         tracing::keep_getprofile(py)?;
+        tracing::calibrate_profile_slot(py)?;
         tracing::set_driver_code(&driver_code);
     }
     hooks::install();

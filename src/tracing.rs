@@ -197,7 +197,8 @@ thread_local! {
 /// if still there.
 pub fn set_thread_tracing(on: bool) {
     set_thread_trace_function(on);
-    let change = if on { no_profiler() && !PROFILING.replace(true) } else { PROFILING.replace(false) && no_profiler() };
+    let still_ours = || current_profile().map_or_else(no_profiler, |f| f == profile as *const () as usize);
+    let change = if on { no_profiler() && !PROFILING.replace(true) } else { PROFILING.replace(false) && still_ours() };
     if change {
         let func: Option<pyo3_ffi::Py_tracefunc> = if on { Some(profile) } else { None };
         // SAFETY: GIL held, on the thread whose profiling changes; `profile` has the
@@ -304,8 +305,55 @@ pub fn keep_getprofile(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
-/// Whether the calling thread has no profile function that `sys.getprofile` shows.
+/// Where PyThreadState keeps `c_profilefunc`, in words from its start, once
+/// `calibrate_profile_slot` has found it; 0 while unknown.
+static PROFILE_FUNC_WORD: AtomicUsize = AtomicUsize::new(0);
+
+/// Finds the thread state's profile function as `calibrate_trace_slots` finds the trace
+/// function, and puts back what was there (`sys.getprofile()` holds its object meanwhile).
+pub fn calibrate_profile_slot(py: Python<'_>) -> PyResult<()> {
+    let current = py.import("sys")?.getattr("getprofile")?.call0()?;
+    let sentinel = pyo3::types::PyTuple::empty(py);
+    // SAFETY: as in `calibrate_trace_slots`, for PyEval_SetProfile.
+    unsafe {
+        let tstate = pyo3_ffi::PyThreadState_Get() as *const usize;
+        let words = || std::array::from_fn::<usize, THREAD_STATE_WORDS, _>(|i| *tstate.add(i));
+        let before = words();
+        PyEval_SetProfile(Some(profile), sentinel.as_ptr());
+        let after = words();
+        let ours = profile as *const () as usize;
+        let mut found = (0..THREAD_STATE_WORDS).filter(|&i| before[i] != after[i] && after[i] == ours);
+        let word = found.next().filter(|_| found.next().is_none());
+        let previous_obj = if current.is_none() { std::ptr::null_mut() } else { current.as_ptr() };
+        if let Some(word) = word {
+            PROFILE_FUNC_WORD.store(word, Ordering::Relaxed);
+            let previous = Some(before[word]).filter(|&f| f != 0);
+            PyEval_SetProfile(previous.map(|f| std::mem::transmute::<usize, pyo3_ffi::Py_tracefunc>(f)), previous_obj);
+            return Ok(());
+        }
+        if previous_obj.is_null() {
+            PyEval_SetProfile(None, std::ptr::null_mut());
+            return Ok(());
+        }
+    }
+    py.import("sys")?.call_method1("setprofile", (current,))?;
+    Ok(())
+}
+
+/// The calling thread's profile function, if its slot was found.
+fn current_profile() -> Option<usize> {
+    let word = PROFILE_FUNC_WORD.load(Ordering::Relaxed);
+    // SAFETY: GIL held; the word was found inside the thread state by `calibrate_profile_slot`.
+    (word != 0).then(|| unsafe { *(pyo3_ffi::PyThreadState_Get() as *const usize).add(word) })
+}
+
+/// Whether the calling thread has no profile function: read from the thread state where its
+/// slot is known (a C profiler installed without an object, as yappi's, shows as None in
+/// `sys.getprofile`), else from `sys.getprofile`.
 fn no_profiler() -> bool {
+    if let Some(func) = current_profile() {
+        return func == 0;
+    }
     let getprofile = GETPROFILE.load(Ordering::Relaxed);
     if getprofile.is_null() {
         return false;

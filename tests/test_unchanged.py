@@ -286,3 +286,13 @@ def test_profiled_lines_survive_a_tracer_that_turns_line_events_off(run_fixture)
     # Review: the chained tracer's `frame.f_trace_lines = False` silenced memsleuth's own lines.
     run = run_fixture("unchanged/tracer_skips_lines.py")
     assert run.line("f", "a = [0] * 1000000")["allocated_bytes"] >= 8_000_000
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12+ traces with sys.monitoring, beside other tools")
+def test_c_profiler_without_object_stays_in_place(tmp_path):
+    # Review: memsleuth's profile function replaced a C profiler that sys.getprofile() shows as
+    # None (yappi's), then removed it for good when the profiled call ended.
+    plain, profiled = both("c_profiler_without_object.py", tmp_path=tmp_path)
+    assert plain.stdout == "events in 10 calls after the profiled call: 20\n"
+    assert profiled.returncode == 0, profiled.stderr
+    assert profiled.stdout.splitlines()[-1] == plain.stdout.strip()
