@@ -142,7 +142,9 @@ unsafe fn report(on_return: *mut PyObject) -> bool {
 /// Called by the interpreter with the GIL held.
 unsafe extern "C" fn refuse_new(_tp: *mut PyTypeObject, _args: *mut PyObject, _kwargs: *mut PyObject) -> *mut PyObject {
     // SAFETY: GIL held; the message is a static C string.
-    unsafe { PyErr_SetString(PyExc_TypeError, c"memsleuth: profiled functions are made by memsleuth.profile".as_ptr()) };
+    unsafe {
+        PyErr_SetString(PyExc_TypeError, c"memsleuth: profiled functions are made by memsleuth.profile".as_ptr())
+    };
     null_mut()
 }
 

@@ -2,7 +2,9 @@
 //! objects only (registered from Python, calling `line_event`). Before 3.12 a C-level trace
 //! function is installed on a thread only while it has a profiled call on its stack; it turns
 //! line events off (`f_trace_lines`) in every other frame as the frame starts, and drops any
-//! other stray event with one comparison, before taking any lock.
+//! other stray event with one comparison, before taking any lock. Where another tool's trace
+//! function was in place, memsleuth's chains to it: every frame then keeps its line events, and
+//! each event passes through a quiet section for what that tool allocates.
 
 use crate::cfunction::FastFunction;
 use crate::hooks;
