@@ -127,37 +127,51 @@ const THREAD_STATE_WORDS: usize = 16;
 /// function in place (a coverage tool's, a debugger's) is put back as it was.
 pub fn calibrate_trace_slots(py: Python<'_>, current: &Bound<'_, PyAny>) -> PyResult<()> {
     let sentinel = pyo3::types::PyTuple::empty(py);
-    // SAFETY: GIL held; the thread state outlives this call and its first THREAD_STATE_WORDS
-    // words lie inside it; PyEval_SetTrace takes its own reference to the object it installs.
-    unsafe {
-        let tstate = pyo3_ffi::PyThreadState_Get() as *const usize;
-        let words = || std::array::from_fn::<usize, THREAD_STATE_WORDS, _>(|i| *tstate.add(i));
-        let before = words();
-        pyo3_ffi::PyEval_SetTrace(Some(trace), sentinel.as_ptr());
-        let after = words();
-        let changed_to = |value: usize| {
-            let mut found = (0..THREAD_STATE_WORDS).filter(|&i| before[i] != after[i] && after[i] == value);
-            found.next().filter(|_| found.next().is_none())
-        };
-        let (func_word, obj_word) = (changed_to(trace as *const () as usize), changed_to(sentinel.as_ptr() as usize));
-        // Put back what was there: its function is still in `before`, its object is `current`.
-        let previous_func = func_word.map(|i| before[i]).filter(|&f| f != 0);
-        let previous_obj = if current.is_none() { std::ptr::null_mut() } else { current.as_ptr() };
-        if let (Some(func_word), Some(obj_word)) = (func_word, obj_word) {
-            TRACE_FUNC_WORD.store(func_word, Ordering::Relaxed);
-            TRACE_OBJ_WORD.store(obj_word, Ordering::Relaxed);
-        }
-        if func_word.is_some() || previous_obj.is_null() {
-            let restored = previous_func.map(|f| std::mem::transmute::<usize, pyo3_ffi::Py_tracefunc>(f));
-            pyo3_ffi::PyEval_SetTrace(restored, previous_obj);
-            return Ok(());
-        }
+    // SAFETY: GIL held; `trace` has the Py_tracefunc signature, and PyEval_SetTrace takes its own
+    // reference to the object it installs.
+    let (before, after) = unsafe { thread_state_change(|| pyo3_ffi::PyEval_SetTrace(Some(trace), sentinel.as_ptr())) };
+    let func_word = only_word_changed_to(&before, &after, trace as *const () as usize);
+    let obj_word = only_word_changed_to(&before, &after, sentinel.as_ptr() as usize);
+    // Put back what was there: its function is still in `before`, its object is `current`.
+    let previous_obj = if current.is_none() { std::ptr::null_mut() } else { current.as_ptr() };
+    if let (Some(func_word), Some(obj_word)) = (func_word, obj_word) {
+        TRACE_FUNC_WORD.store(func_word, Ordering::Relaxed);
+        TRACE_OBJ_WORD.store(obj_word, Ordering::Relaxed);
+    }
+    if func_word.is_some() || previous_obj.is_null() {
+        let previous = func_word.map(|i| before[i]).filter(|&f| f != 0);
+        // SAFETY: GIL held; a non-zero word in the trace function's slot is a Py_tracefunc, and
+        // `previous_obj` is alive (the caller holds `current`).
+        unsafe { pyo3_ffi::PyEval_SetTrace(previous.map(|f| std::mem::transmute(f)), previous_obj) };
+        return Ok(());
     }
     // The slots were not found, so the C function of the trace function in place is unknown:
     // it goes back through sys.settrace, which calls its object (a Python trace function, or a
     // C tracer's callable object such as coverage's).
     py.import("sys")?.call_method1("settrace", (current,))?;
     Ok(())
+}
+
+/// The thread state's first words before and after `install` runs.
+///
+/// # Safety
+/// GIL held; `install` changes only this thread's state.
+unsafe fn thread_state_change(install: impl FnOnce()) -> ([usize; THREAD_STATE_WORDS], [usize; THREAD_STATE_WORDS]) {
+    // SAFETY: the thread state outlives this call, and its first THREAD_STATE_WORDS words lie
+    // inside it on every supported version.
+    unsafe {
+        let tstate = pyo3_ffi::PyThreadState_Get() as *const usize;
+        let words = || std::array::from_fn::<usize, THREAD_STATE_WORDS, _>(|i| *tstate.add(i));
+        let before = words();
+        install();
+        (before, words())
+    }
+}
+
+/// The one word that changed to `value`, if exactly one did.
+fn only_word_changed_to(before: &[usize], after: &[usize], value: usize) -> Option<usize> {
+    let mut found = (0..before.len()).filter(|&i| before[i] != after[i] && after[i] == value);
+    found.next().filter(|_| found.next().is_none())
 }
 
 /// The calling thread's trace function and object, if the slots were found.
@@ -316,27 +330,18 @@ static PROFILE_FUNC_WORD: AtomicUsize = AtomicUsize::new(0);
 pub fn calibrate_profile_slot(py: Python<'_>) -> PyResult<()> {
     let current = py.import("sys")?.getattr("getprofile")?.call0()?;
     let sentinel = pyo3::types::PyTuple::empty(py);
-    // SAFETY: as in `calibrate_trace_slots`, for PyEval_SetProfile.
-    unsafe {
-        let tstate = pyo3_ffi::PyThreadState_Get() as *const usize;
-        let words = || std::array::from_fn::<usize, THREAD_STATE_WORDS, _>(|i| *tstate.add(i));
-        let before = words();
-        PyEval_SetProfile(Some(profile), sentinel.as_ptr());
-        let after = words();
-        let ours = profile as *const () as usize;
-        let mut found = (0..THREAD_STATE_WORDS).filter(|&i| before[i] != after[i] && after[i] == ours);
-        let word = found.next().filter(|_| found.next().is_none());
-        let previous_obj = if current.is_none() { std::ptr::null_mut() } else { current.as_ptr() };
+    // SAFETY: as in `calibrate_trace_slots`, for PyEval_SetProfile and `profile`.
+    let (before, after) = unsafe { thread_state_change(|| PyEval_SetProfile(Some(profile), sentinel.as_ptr())) };
+    let word = only_word_changed_to(&before, &after, profile as *const () as usize);
+    let previous_obj = if current.is_none() { std::ptr::null_mut() } else { current.as_ptr() };
+    if word.is_some() || previous_obj.is_null() {
         if let Some(word) = word {
             PROFILE_FUNC_WORD.store(word, Ordering::Relaxed);
-            let previous = Some(before[word]).filter(|&f| f != 0);
-            PyEval_SetProfile(previous.map(|f| std::mem::transmute::<usize, pyo3_ffi::Py_tracefunc>(f)), previous_obj);
-            return Ok(());
         }
-        if previous_obj.is_null() {
-            PyEval_SetProfile(None, std::ptr::null_mut());
-            return Ok(());
-        }
+        let previous = word.map(|i| before[i]).filter(|&f| f != 0);
+        // SAFETY: as in `calibrate_trace_slots`.
+        unsafe { PyEval_SetProfile(previous.map(|f| std::mem::transmute(f)), previous_obj) };
+        return Ok(());
     }
     py.import("sys")?.call_method1("setprofile", (current,))?;
     Ok(())

@@ -31,6 +31,13 @@ def run(name, *args, plain=False, tmp_path, stdout=subprocess.PIPE, launcher=())
     )
 
 
+def run_text(source, *, tmp_path):
+    """Runs a program given as source text, under memsleuth."""
+    path = tmp_path / "prog.py"
+    path.write_text(source)
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+
+
 def both(name, *args, tmp_path, **kwargs):
     return run(name, *args, plain=True, tmp_path=tmp_path, **kwargs), run(name, *args, tmp_path=tmp_path, **kwargs)
 
@@ -140,9 +147,7 @@ def test_cprofile_after_memsleuth(tmp_path):
         "cProfile.run('f()', sort='ncalls')\n"
         "print('tool', [i for i in range(6) if sys.monitoring.get_tool(i) == 'memsleuth'])\n"
     )
-    path = tmp_path / "prog.py"
-    path.write_text(source)
-    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    proc = run_text(source, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "function calls" in proc.stdout
     assert "tool [3]" in proc.stdout
@@ -219,9 +224,7 @@ def test_bad_precision_is_refused_at_decoration(tmp_path, precision):
         "except (TypeError, ValueError) as exc:\n"
         "    print(type(exc).__name__, exc)\n"
     )
-    path = tmp_path / "prog.py"
-    path.write_text(source)
-    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    proc = run_text(source, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "precision must be" in proc.stdout
     assert proc.stdout.count("\n") == 1
@@ -265,9 +268,7 @@ def test_interrupt_while_a_table_is_printed_reaches_the_program(tmp_path):
 def test_profiled_functions_are_made_only_by_profile(tmp_path):
     # Review: type(p)() made an instance that could not be called.
     source = "from memsleuth import profile\ntry:\n    type(profile(lambda: 1))()\nexcept TypeError as e:\n    print(e)\n"
-    path = tmp_path / "prog.py"
-    path.write_text(source)
-    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    proc = run_text(source, tmp_path=tmp_path)
     assert proc.stdout == "memsleuth: profiled functions are made by memsleuth.profile\n", proc.stderr
 
 
