@@ -144,7 +144,8 @@ def _print_report(code, precision, stream):
         _native.end_quiet(token)
 
 
-#: The largest precision accepted: MiB to the byte needs 7 decimals; more digits are noise.
+#: The largest precision accepted, as on the command line: one byte is 2**-20 MiB, whose decimal
+#: expansion has 20 digits, so more would only add zeros.
 MAX_PRECISION = 20
 
 
