@@ -1,6 +1,7 @@
 """memsleuth's benchmark suite: slowdown and peak RSS against plain Python, side by side.
 
     python benches/run.py [--python PY] [--peers-python PY] [--runs N] [--only WORKLOAD] [--tools T,...]
+    python benches/run.py --instructions 0.1 [--python PY] [--only WORKLOAD] [--shapes S,...]
 
 Every workload runs in two shapes: the hot loop inside the profiled function ("inline") and a
 profiled function whose hot loop sits in an unprofiled callee ("callee"); "outside" runs the loop
@@ -133,6 +134,25 @@ def table_cost(python):
     return f"block table: {table_bytes / 2**20:.0f} MiB for {blocks:,} live tracked blocks ({table_bytes / blocks:.1f} B per block)"
 
 
+def instructions(python, workload, shape, scale, tmp):
+    """Instructions callgrind counts for memsleuth's run against plain Python's, at `scale`, with
+    the hash seed fixed so that the counts repeat exactly."""
+    counts = {}
+    for tool in ("plain", "memsleuth"):
+        script = os.path.join(tmp, f"{tool}-{workload}-{shape}.py")
+        with open(script, "w") as f:
+            f.write(program(tool, workload, shape, scale))
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, script],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONHASHSEED="0"),
+        )
+        found = [line.split()[-1] for line in proc.stderr.splitlines() if "Collected :" in line]
+        if proc.returncode != 0 or not found:
+            raise RuntimeError(f"callgrind on {tool} {workload} {shape} failed: {proc.stderr.strip()[-500:]}")
+        counts[tool] = int(found[-1])
+    return counts["memsleuth"] / counts["plain"], counts["memsleuth"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", default=sys.executable)
@@ -141,7 +161,22 @@ def main():
     parser.add_argument("--only", action="append", choices=sorted(WORKLOADS))
     parser.add_argument("--shapes", default="inline,callee,outside")
     parser.add_argument("--tools", help="comma-separated subset of the available tools")
+    parser.add_argument("--instructions", type=float, metavar="SCALE",
+                        help="instead of timing, count instructions with callgrind at SCALE (0.1: a tenth of the "
+                             "sizes), memsleuth against plain Python")
     args = parser.parse_args()
+
+    if args.instructions is not None:
+        tmp = tempfile.mkdtemp(prefix="memsleuth-bench-")
+        try:
+            print("| workload | shape | memsleuth / plain | memsleuth |\n|---|---|---|---|")
+            for workload in args.only or list(WORKLOADS):
+                for shape in args.shapes.split(","):
+                    ratio, count = instructions(args.python, workload, shape, args.instructions, tmp)
+                    print(f"| {workload} | {shape} | {ratio:.2f}x | {count / 1e6:.0f}M |", flush=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
 
     tools = ["memsleuth", "tracemalloc"]
     if args.peers_python:
