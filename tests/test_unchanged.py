@@ -1,13 +1,15 @@
 """A profiled program behaves exactly as it does without memsleuth: exit status, output, files
 written, recursion depth, other tools' results.
 
-Each program in fixtures/unchanged/ runs twice in a fresh interpreter, once as it is and once with
-MEMSLEUTH_PLAIN set, where its `profile` is the identity; the tests compare the two runs.
+Each program in fixtures/unchanged/ runs in a fresh interpreter. Those that read MEMSLEUTH_PLAIN
+run twice, once as they are and once with it set, where their `profile` is the identity, and the
+tests compare the two runs; the others check memsleuth's own behaviour against what python does.
 """
 
 import os
 import subprocess
 import sys
+
 import pytest
 
 from conftest import FIXTURES
@@ -15,15 +17,14 @@ from conftest import FIXTURES
 UNCHANGED = FIXTURES / "unchanged"
 
 
-def run(name, *args, plain=False, tmp_path, stdout=subprocess.PIPE, launcher=()):
+def run(name, *args, plain=False, tmp_path, launcher=()):
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     env.pop("MEMSLEUTH_PLAIN", None)
     if plain:
         env["MEMSLEUTH_PLAIN"] = "1"
     return subprocess.run(
         [sys.executable, *launcher, str(UNCHANGED / name), *map(str, args)],
-        stdout=stdout,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
         timeout=300,
         env=env,
