@@ -9,7 +9,11 @@
 //!   never finalised (its files never flushed, its `__del__` methods never run).
 //! - It binds like a function (`tp_descr_get`, and as a method descriptor the interpreter calls it
 //!   with the instance without making a bound method), has a `__dict__` for `functools.wraps`, and
-//!   pickles by qualified name, as the function does.
+//!   pickles by qualified name, as the function does. (`_profile.py` gives the type a
+//!   `__set_name__` that makes a profiled `__init_subclass__` the classmethod a plain one becomes.)
+//! - What memsleuth does after the call (the accounting, the table) never replaces the call's
+//!   value or exception; only an interrupt that arrives while the table prints reaches the
+//!   program, as it would have there without memsleuth.
 
 use crate::{enter_call, leave_call};
 use pyo3::prelude::*;
