@@ -3,7 +3,9 @@
 //! allocate), and without allocating anything of their own while called.
 
 use pyo3::prelude::*;
-use pyo3_ffi::{PyCFunctionFast, PyCFunction_NewEx, PyMethodDef, PyMethodDefPointer, METH_FASTCALL};
+use pyo3_ffi::{
+    PyCFunctionFast, PyCFunction_NewEx, PyMethodDef, PyMethodDefPointer, PyObject, Py_INCREF, Py_None, METH_FASTCALL,
+};
 use std::cell::UnsafeCell;
 use std::ffi::CStr;
 
@@ -31,5 +33,17 @@ impl FastFunction {
             let function = PyCFunction_NewEx(self.0.get(), std::ptr::null_mut(), std::ptr::null_mut());
             Bound::from_owned_ptr_or_err(py, function)
         }
+    }
+}
+
+/// What a callback returns when it has nothing to say: a new reference to None.
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn new_none() -> *mut PyObject {
+    // SAFETY: GIL held (the contract); None is immortal or at least alive for the process.
+    unsafe {
+        Py_INCREF(Py_None());
+        Py_None()
     }
 }

@@ -8,7 +8,7 @@ use crate::state::with_ledger;
 use crate::tracing::GC_HEAD;
 use pyo3_ffi::{
     PyDictObject, PyDict_CheckExact, PyDict_Next, PyObject, PyUnicode_Check, PyUnicode_CompareWithASCIIString,
-    Py_INCREF, Py_None, Py_ssize_t,
+    Py_ssize_t,
 };
 
 pub static GC_CALLBACK: FastFunction =
@@ -49,10 +49,7 @@ unsafe extern "C" fn gc_callback(_module: *mut PyObject, args: *mut *mut PyObjec
         });
     }
     // SAFETY: GIL held; the callback returns a new reference to None.
-    unsafe {
-        Py_INCREF(Py_None());
-        Py_None()
-    }
+    unsafe { crate::cfunction::new_none() }
 }
 
 /// The blocks a dict occupies: its object (after the GC header) and its keys table.
@@ -60,7 +57,7 @@ unsafe extern "C" fn gc_callback(_module: *mut PyObject, args: *mut *mut PyObjec
 /// # Safety
 /// `dict` must be a live dict, or an instance of a subclass (which shares the layout), with the
 /// GIL held.
-pub unsafe fn dict_blocks(dict: *mut PyObject) -> [usize; 2] {
+unsafe fn dict_blocks(dict: *mut PyObject) -> [usize; 2] {
     // SAFETY: per the contract, `dict` begins with a PyDictObject, whose layout pyo3-ffi gives
     // for the interpreter this extension is built for.
     let keys = unsafe { (*(dict as *mut PyDictObject)).ma_keys };

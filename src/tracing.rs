@@ -174,18 +174,21 @@ fn only_word_changed_to(before: &[usize], after: &[usize], value: usize) -> Opti
     found.next().filter(|_| found.next().is_none())
 }
 
+/// Word `word` of the calling thread's state.
+///
+/// # Safety
+/// GIL held; `word` was found inside the thread state by a calibration above.
+unsafe fn thread_state_word(word: usize) -> usize {
+    // SAFETY: per the contract.
+    unsafe { *(pyo3_ffi::PyThreadState_Get() as *const usize).add(word) }
+}
+
 /// The calling thread's trace function and object, if the slots were found.
 fn current_trace() -> Option<(usize, *mut PyObject)> {
     let (func_word, obj_word) = (TRACE_FUNC_WORD.load(Ordering::Relaxed), TRACE_OBJ_WORD.load(Ordering::Relaxed));
-    if func_word == 0 {
-        return None;
-    }
-    // SAFETY: GIL held (every caller is a traced call's entry or exit); the words were found
-    // inside the thread state by `calibrate_trace_slots`.
-    unsafe {
-        let tstate = pyo3_ffi::PyThreadState_Get() as *const usize;
-        Some((*tstate.add(func_word), *tstate.add(obj_word) as *mut PyObject))
-    }
+    // SAFETY: GIL held (every caller is a traced call's entry or exit); the words were found by
+    // `calibrate_trace_slots`.
+    (func_word != 0).then(|| unsafe { (thread_state_word(func_word), thread_state_word(obj_word) as *mut PyObject) })
 }
 
 /// The trace function memsleuth's took over on this thread (a coverage tool's, a debugger's),
@@ -350,8 +353,8 @@ pub fn calibrate_profile_slot(py: Python<'_>) -> PyResult<()> {
 /// The calling thread's profile function, if its slot was found.
 fn current_profile() -> Option<usize> {
     let word = PROFILE_FUNC_WORD.load(Ordering::Relaxed);
-    // SAFETY: GIL held; the word was found inside the thread state by `calibrate_profile_slot`.
-    (word != 0).then(|| unsafe { *(pyo3_ffi::PyThreadState_Get() as *const usize).add(word) })
+    // SAFETY: GIL held; the word was found by `calibrate_profile_slot`.
+    (word != 0).then(|| unsafe { thread_state_word(word) })
 }
 
 /// Whether the calling thread has no profile function: read from the thread state where its
@@ -413,6 +416,14 @@ unsafe extern "C" fn profile(
 /// pass the line number, if any, so it can be taken out of the figures.
 #[inline]
 pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
+    frame_event(code, int_obj, |l, hot, due| l.line_event(hot, code, lineno, |l, hot| due_reading(l, hot, due)));
+}
+
+/// An event of the innermost profiled frame, running `code` (others are dropped before the
+/// lock): `int_obj` as for `line_event`; `event` gets to take a reading if one is due, and the
+/// hooks are checked where one fell due.
+#[inline(always)]
+fn frame_event(code: usize, int_obj: Option<usize>, event: impl FnOnce(&mut Ledger, &mut Hot, &mut bool)) {
     let mut due = false;
     with_ledger_if(
         |hot| hot.top_code == code,
@@ -420,7 +431,7 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
             if let Some(addr) = int_obj {
                 l.mark_profiler(hot, addr);
             }
-            l.line_event(hot, code, lineno, |l, hot| due_reading(l, hot, &mut due));
+            event(l, hot, &mut due);
         },
     );
     if due {
@@ -448,19 +459,7 @@ fn due_reading(l: &mut Ledger, hot: &mut Hot, due: &mut bool) -> Option<OsReadin
 
 /// The frame running `code` returns; `int_obj` as for `line_event`, made for this event.
 fn return_event(code: usize, int_obj: Option<usize>) {
-    let mut due = false;
-    with_ledger_if(
-        |hot| hot.top_code == code,
-        |l, hot| {
-            if let Some(addr) = int_obj {
-                l.mark_profiler(hot, addr);
-            }
-            l.on_return(hot, code, |l, hot| due_reading(l, hot, &mut due));
-        },
-    );
-    if due {
-        hooks::verify();
-    }
+    frame_event(code, int_obj, |l, hot, due| l.on_return(hot, code, |l, hot| due_reading(l, hot, due)));
 }
 
 /// Identity of a frame's code object.
@@ -692,10 +691,7 @@ unsafe extern "C" fn line_callback(
         }
     }
     // SAFETY: GIL held; the callback returns a new reference to None.
-    unsafe {
-        Py_INCREF(Py_None());
-        Py_None()
-    }
+    unsafe { crate::cfunction::new_none() }
 }
 
 /// The PY_RETURN callback of sys.monitoring (3.12+): `callback(code, instruction_offset, retval)`.
@@ -715,10 +711,7 @@ unsafe extern "C" fn return_callback(
         return_event(code as usize, Some(offset as usize));
     }
     // SAFETY: GIL held; the callback returns a new reference to None.
-    unsafe {
-        Py_INCREF(Py_None());
-        Py_None()
-    }
+    unsafe { crate::cfunction::new_none() }
 }
 
 /// The PY_RETURN callback's function object is made from this.
