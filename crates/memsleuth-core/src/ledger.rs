@@ -22,7 +22,6 @@
 
 use crate::blocks::{Block, BlockTable};
 use crate::causes::{Causes, OsReading, Sample};
-use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -38,15 +37,6 @@ pub const NO_ACT: u32 = u32::MAX;
 /// A generator frame that has not started: its first resume is its call.
 const NO_CALL: u32 = u32::MAX;
 
-/// An RSS reading is due once the thread's tracked net moved this much since the last one.
-pub const RSS_NET_TRIGGER: i64 = 64 * 1024;
-/// ... or when this much time has passed: memory a C library maps or unmaps is seen by no
-/// hook, and a line can unmap tens of MB in a millisecond (huge pages). Due by time alone, RSS
-/// is looked at first (a read of statm, about 2 us) and the reading taken only if it moved.
-pub const RSS_TIME_TRIGGER_US: u64 = 100;
-/// Requests at least this large may be served by mmap (glibc's threshold starts at 128 KiB and
-/// only grows), so they always make the next reading due.
-pub const BIG_BLOCK: u64 = 128 * 1024;
 /// How many of a thread's latest allocations `mark_profiler` may take: enough for everything
 /// the collector builds to call gc.callbacks (an info dict, its keys table, three keys, two
 /// values and the phase string).
@@ -77,9 +67,6 @@ pub struct Hot {
     /// `mark_profiler` takes.
     pub recent_allocs: [usize; RECENT_ALLOCS],
     pub allocs_in_exec: u32,
-    pub big_event: bool,
-    pub net_at_rss: i64,
-    pub rss_time_us: u64,
     /// Collections that started on this thread, and tracked bytes freed inside them.
     pub gc_collections: u64,
     pub gc_freed_bytes: u64,
@@ -103,9 +90,6 @@ impl Hot {
         top_code: 0,
         recent_allocs: [0; RECENT_ALLOCS],
         allocs_in_exec: 0,
-        big_event: false,
-        net_at_rss: 0,
-        rss_time_us: 0,
         gc_collections: 0,
         gc_freed_bytes: 0,
         in_gc: false,
@@ -116,24 +100,6 @@ impl Hot {
     #[inline(always)]
     pub fn net(&self) -> i64 {
         self.alloc_bytes.wrapping_sub(self.freed_bytes) as i64
-    }
-
-    /// Whether the RSS reading at the next line boundary may not be skipped (docs/design.md, Causes: readings).
-    #[inline]
-    pub fn rss_due(&self, now_us: u64) -> bool {
-        self.rss_event_due() || now_us.wrapping_sub(self.rss_time_us) >= RSS_TIME_TRIGGER_US
-    }
-
-    /// Whether a tracked event (not time alone) makes the next reading due.
-    #[inline]
-    pub fn rss_event_due(&self) -> bool {
-        self.big_event || (self.net() - self.net_at_rss).abs() >= RSS_NET_TRIGGER
-    }
-
-    /// Due by time alone, RSS was looked at and found where the latest reading left it: the
-    /// reading is not needed, and the next one is due by time from now.
-    pub fn rss_checked(&mut self, now_us: u64) {
-        self.rss_time_us = now_us;
     }
 
     /// The counters an execution's figures are differences of (the order `close_exec` reads).
@@ -150,39 +116,18 @@ impl Hot {
             self.arenas_unmapped,
         ]
     }
-
-    pub fn rss_taken(&mut self, now_us: u64) {
-        self.big_event = false;
-        self.net_at_rss = self.net();
-        self.rss_time_us = now_us;
-    }
 }
 
-/// A large block or arena whose residency a reading checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BigBlock {
-    pub size: u64,
-    /// Its bytes not resident when last measured; None until a reading measures it. Wholly
-    /// resident blocks stay so (memory is not paged back out here) and are not measured again.
-    pub unresident: Option<u64>,
-}
-
-/// glibc's heap figures (mallinfo2's uordblks, hblkhd and arena) as last asked for, and what
-/// they were asked beside.
+/// glibc's heap figures (mallinfo2's uordblks, hblkhd and arena) as last asked for, and the
+/// tracked glibc bytes and memsleuth's own heap beside them.
 #[derive(Clone, Copy, Debug)]
 struct GlibcBasis {
     in_use: u64,
     mmapped: u64,
     arena: u64,
-    rss_anon: u64,
     glibc_live: u64,
     profiler_bytes: u64,
-    big_block_events: u64,
 }
-
-/// glibc is asked again once anon RSS, its tracked blocks or memsleuth's own heap moved this
-/// much since it was last asked.
-pub const GLIBC_DRIFT: u64 = 256 * 1024;
 
 /// What the user-facing report needs to know about a profiled function.
 #[derive(Clone, Debug, Default)]
@@ -408,20 +353,8 @@ pub struct Ledger {
     free_births: Vec<u32>,
     /// Whether pymalloc serves small MEM/OBJ requests (not under PYTHONMALLOC=malloc).
     pub pymalloc: bool,
-    /// Live tracked blocks large enough to be mmapped, and live arenas. Their residency is the
-    /// `lazy` cause.
-    pub big_blocks: BTreeMap<usize, BigBlock>,
-    /// (anon RSS, allocator footprint) when every big block's residency was last measured:
-    /// while RSS keeps moving with the footprint, only new blocks need measuring.
-    pub residency_basis: Option<(u64, u64)>,
-    /// Tracked blocks large enough to be mmapped that came or went: each may move glibc's
-    /// figures by its whole size without moving RSS.
-    big_block_events: u64,
     /// glibc's heap figures when they were last asked for.
     glibc_basis: Option<GlibcBasis>,
-    /// Blocks allocated in the profiler's quiet sections: a probe allocating quietly sees its
-    /// block counted here only if the hooks saw it.
-    pub quiet_allocs: u64,
     /// Tests switch `step_quietly` off to check it against the general path.
     #[cfg(test)]
     pub(crate) quiet_steps: bool,
@@ -453,11 +386,7 @@ impl Ledger {
                 arena_bytes: 0,
             },
             pymalloc: true,
-            big_blocks: BTreeMap::new(),
-            residency_basis: None,
-            big_block_events: 0,
             glibc_basis: None,
-            quiet_allocs: 0,
             acts: Vec::new(),
             free_acts: Vec::new(),
             calls: Vec::new(),
@@ -469,48 +398,22 @@ impl Ledger {
         }
     }
 
-    /// glibc's (in use, mmapped, arena) bytes for a reading of anon RSS `rss_anon`, with
-    /// memsleuth's own heap at `profiler_bytes`. `mallinfo` walks every free chunk of glibc's
-    /// heap (milliseconds on a fragmented one), so it is asked only where its answer can change
-    /// the explanation: first, after a block that glibc may have mmapped came or went, or once
-    /// RSS, glibc's tracked bytes or memsleuth's heap moved GLIBC_DRIFT since it was last asked.
-    /// Otherwise the last answer is carried forward with the tracked and memsleuth's bytes moved
-    /// in place, which says nothing else moved (no `native`, no allocator growth); whatever the
-    /// next answer finds moved belongs to the line during which it is asked.
-    pub fn glibc_figures(
-        &mut self,
-        rss_anon: u64,
-        profiler_bytes: u64,
-        mallinfo: impl FnOnce() -> (u64, u64, u64),
-    ) -> (u64, u64, u64) {
+    /// glibc's (in use, mmapped, arena) bytes at a reading with memsleuth's own heap at
+    /// `profiler_bytes`: `asked`, if glibc was asked for this reading (the process asks only
+    /// where the answer can change the explanation: see `readings::Residency`); otherwise the
+    /// last answer carried forward, with the tracked glibc bytes and memsleuth's moved in place,
+    /// which says nothing else moved (no `native`, no allocator growth). Whatever the next answer
+    /// finds moved belongs to the line during which it is asked.
+    pub fn glibc_figures(&mut self, profiler_bytes: u64, asked: Option<(u64, u64, u64)>) -> (u64, u64, u64) {
         let glibc_live = self.process.glibc_live;
-        let moved = |then: u64, now: u64| then.abs_diff(now) >= GLIBC_DRIFT;
-        match self.glibc_basis {
-            Some(b)
-                if b.big_block_events == self.big_block_events
-                    && !moved(b.rss_anon, rss_anon)
-                    && !moved(b.glibc_live, glibc_live)
-                    && !moved(b.profiler_bytes, profiler_bytes) =>
-            {
-                let in_use = b.in_use as i64
-                    + (glibc_live as i64 - b.glibc_live as i64)
-                    + (profiler_bytes as i64 - b.profiler_bytes as i64);
-                (in_use.max(0) as u64, b.mmapped, b.arena)
-            }
-            _ => {
-                let (in_use, mmapped, arena) = mallinfo();
-                self.glibc_basis = Some(GlibcBasis {
-                    in_use,
-                    mmapped,
-                    arena,
-                    rss_anon,
-                    glibc_live,
-                    profiler_bytes,
-                    big_block_events: self.big_block_events,
-                });
-                (in_use, mmapped, arena)
-            }
+        if let Some((in_use, mmapped, arena)) = asked {
+            self.glibc_basis = Some(GlibcBasis { in_use, mmapped, arena, glibc_live, profiler_bytes });
+            return (in_use, mmapped, arena);
         }
+        let Some(b) = self.glibc_basis else { return (0, 0, 0) };
+        let in_use =
+            b.in_use as i64 + (glibc_live as i64 - b.glibc_live as i64) + (profiler_bytes as i64 - b.profiler_bytes as i64);
+        (in_use.max(0) as u64, b.mmapped, b.arena)
     }
 
     /// Bytes of the ledger's own tables.
@@ -644,7 +547,6 @@ impl Ledger {
     #[inline]
     pub fn on_alloc(&mut self, hot: &mut Hot, addr: usize, size: u64, raw: bool) {
         if hot.owner == PROFILER_NODE {
-            self.quiet_allocs += 1;
             self.table.insert(addr, Block { size, birth: PROFILER_BIRTH });
             return;
         }
@@ -655,11 +557,6 @@ impl Ledger {
         let net = hot.net();
         if net > hot.high {
             hot.high = net;
-        }
-        if size >= BIG_BLOCK {
-            hot.big_event = true;
-            self.big_block_events += 1;
-            self.big_blocks.insert(addr, BigBlock { size, unresident: None });
         }
         if self.served_by_glibc(raw, size) {
             self.process.glibc_live += size;
@@ -694,11 +591,6 @@ impl Ledger {
         hot.frees += 1;
         if hot.in_gc {
             hot.gc_freed_bytes += block.size;
-        }
-        if block.size >= BIG_BLOCK {
-            hot.big_event = true;
-            self.big_block_events += 1;
-            self.big_blocks.remove(&addr);
         }
         if self.served_by_glibc(raw, block.size) {
             self.process.glibc_live -= block.size.min(self.process.glibc_live);
@@ -769,10 +661,6 @@ impl Ledger {
         hot.allocs -= 1;
         if hot.high == net {
             hot.high = hot.net();
-        }
-        if size >= BIG_BLOCK {
-            self.big_block_events += 1;
-            self.big_blocks.remove(&addr);
         }
         if self.served_by_glibc(false, size) {
             self.process.glibc_live -= size.min(self.process.glibc_live);
@@ -959,20 +847,16 @@ impl Ledger {
 
     pub fn gc_stop(&mut self, hot: &mut Hot) {
         hot.in_gc = false;
-        hot.big_event = true;
     }
 
     /// pymalloc mapped (`mapped`) or unmapped an arena of `size` bytes at `addr`.
-    pub fn on_arena(&mut self, hot: &mut Hot, addr: usize, size: u64, mapped: bool) {
-        hot.big_event = true;
+    pub fn on_arena(&mut self, hot: &mut Hot, size: u64, mapped: bool) {
         if mapped {
             hot.arenas_mapped += 1;
             self.process.arena_bytes += size;
-            self.big_blocks.insert(addr, BigBlock { size, unresident: None });
         } else {
             hot.arenas_unmapped += 1;
             self.process.arena_bytes -= size.min(self.process.arena_bytes);
-            self.big_blocks.remove(&addr);
         }
     }
 
@@ -1058,12 +942,6 @@ impl Ledger {
 
     fn innermost_node(th: &ThreadLedger) -> u32 {
         th.frames.last().map_or(NO_NODE, |f| f.line.map_or(f.total.node, |e| e.node))
-    }
-
-    /// The latest reading noted on this thread, if it has a profiled frame.
-    pub fn last_reading(&self, hot: &Hot) -> Option<OsReading> {
-        let t = (hot.thread as usize).wrapping_sub(1);
-        self.threads.get(t).filter(|th| th.readings > 0).map(|th| th.last.os)
     }
 
     /// The exact process-wide counters beside a reading.
@@ -1330,6 +1208,13 @@ impl Ledger {
         let frame = self.pop_frame(hot, os.into())?;
         self.release_thread_if_idle(hot);
         Some(SavedFrame { func: frame.func, call: frame.call, lineno: frame.lineno })
+    }
+
+    /// The innermost open frame of the thread with counters `hot`, if any: (function, line
+    /// running, 0 before its first).
+    pub fn open_frames(&self, hot: &Hot) -> Option<(u32, u32)> {
+        let t = (hot.thread as usize).checked_sub(1)?;
+        self.threads.get(t)?.frames.last().map(|f| (f.func, f.lineno))
     }
 
     /// Whether `func` has a call on this thread's stack.

@@ -1,0 +1,268 @@
+//! What the profiled process decides for itself about its readings (docs/design.md, Causes:
+//! readings): when one is due, which large blocks' residency to measure, and when glibc must be
+//! asked for its heap figures. The readings are taken where the program runs (another process
+//! may not be allowed to read its pagemap), so this is the only per-block state the producer
+//! keeps: the live blocks large enough to be mmapped, and pymalloc's arenas.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use crate::ledger::FxHasher;
+
+/// A reading is due once a thread allocated this much since the last one ...
+pub const RSS_ALLOC_TRIGGER: u64 = 64 * 1024;
+/// ... or freed this many blocks (the producer does not know their sizes) ...
+pub const RSS_FREES_TRIGGER: u64 = 1024;
+/// ... or when this much time has passed: memory a C library maps or unmaps is seen by no
+/// hook, and a line can unmap tens of MB in a millisecond (huge pages). Due by time alone, RSS
+/// is looked at first (a read of statm, about 2 us) and the reading taken only if it moved.
+pub const RSS_TIME_TRIGGER_US: u64 = 100;
+/// Requests at least this large may be served by mmap (glibc's threshold starts at 128 KiB and
+/// only grows), so their coming and going always makes the next reading due.
+pub const BIG_BLOCK: u64 = 128 * 1024;
+/// glibc is asked again once anon RSS or memsleuth's own heap moved this much since it was last
+/// asked; in between, the sink carries its figures forward with the tracked bytes it knows.
+pub const GLIBC_DRIFT: u64 = 256 * 1024;
+/// RSS may drift from the allocators' footprint by this much before residency is read again.
+pub const RESIDENCY_DRIFT: u64 = 1 << 20;
+
+/// One thread's reading schedule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Schedule {
+    allocated: u64,
+    frees: u64,
+    big_event: bool,
+    time_us: u64,
+}
+
+impl Schedule {
+    pub const NEW: Schedule = Schedule { allocated: 0, frees: 0, big_event: false, time_us: 0 };
+
+    #[inline(always)]
+    pub fn allocated(&mut self, size: u64) {
+        self.allocated = self.allocated.wrapping_add(size);
+        if size >= BIG_BLOCK {
+            self.big_event = true;
+        }
+    }
+
+    #[inline(always)]
+    pub fn freed(&mut self) {
+        self.frees = self.frees.wrapping_add(1);
+    }
+
+    /// A big block went, an arena came or went, or a collection ended.
+    pub fn big_event(&mut self) {
+        self.big_event = true;
+    }
+
+    /// Whether a tracked event (not time alone) makes the next reading due.
+    pub fn event_due(&self) -> bool {
+        self.big_event || self.allocated >= RSS_ALLOC_TRIGGER || self.frees >= RSS_FREES_TRIGGER
+    }
+
+    /// Whether the reading at the next line boundary may not be skipped.
+    pub fn due(&self, now_us: u64) -> bool {
+        self.event_due() || now_us.wrapping_sub(self.time_us) >= RSS_TIME_TRIGGER_US
+    }
+
+    /// Due by time alone, RSS was looked at and found where the latest reading left it.
+    pub fn checked(&mut self, now_us: u64) {
+        self.time_us = now_us;
+    }
+
+    pub fn taken(&mut self, now_us: u64) {
+        *self = Schedule { time_us: now_us, ..Schedule::NEW };
+    }
+}
+
+/// A large block or arena whose residency a reading checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BigBlock {
+    pub size: u64,
+    /// Its bytes not resident when last measured; None until a reading measures it. Wholly
+    /// resident blocks stay so (memory is not paged back out here) and are not measured again.
+    pub unresident: Option<u64>,
+}
+
+/// The live big blocks and arenas, and what the last readings found.
+#[derive(Default)]
+pub struct Residency {
+    blocks: HashMap<usize, BigBlock, BuildHasherDefault<FxHasher>>,
+    arena_bytes: u64,
+    /// Big blocks that came or went: each may move glibc's figures without moving RSS.
+    events: u64,
+    /// (anon RSS, allocator footprint) when every block's residency was last measured.
+    basis: Option<(u64, u64)>,
+    /// (anon RSS, memsleuth's heap, events, mmapped, arena) when glibc was last asked.
+    glibc: Option<(u64, u64, u64, u64, u64)>,
+}
+
+/// What a reading must measure: the blocks whose residency is not known to be current.
+pub struct Measure {
+    pub blocks: Vec<(usize, BigBlock)>,
+    drifted: bool,
+    rss_anon: u64,
+    footprint: u64,
+}
+
+impl Residency {
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    pub fn allocated(&mut self, addr: usize, size: u64) {
+        self.events += 1;
+        self.blocks.insert(addr, BigBlock { size, unresident: None });
+    }
+
+    /// A free at `addr`; returns whether it was a big block's.
+    pub fn freed(&mut self, addr: usize) -> bool {
+        let big = self.blocks.remove(&addr).is_some();
+        self.events += u64::from(big);
+        big
+    }
+
+    pub fn arena(&mut self, addr: usize, size: u64, mapped: bool) {
+        if mapped {
+            self.arena_bytes += size;
+            self.blocks.insert(addr, BigBlock { size, unresident: None });
+        } else {
+            self.arena_bytes -= size.min(self.arena_bytes);
+            self.blocks.remove(&addr);
+        }
+    }
+
+    /// Whether glibc must be asked for its figures at a reading of `rss_anon` with memsleuth's
+    /// heap at `profiler_bytes`: first, after a big block came or went, or once either moved
+    /// GLIBC_DRIFT since glibc was last asked. mallinfo2 walks every free chunk of glibc's heap
+    /// (milliseconds on a fragmented one), so it is asked only where its answer can change the
+    /// explanation.
+    pub fn must_ask_glibc(&self, rss_anon: u64, profiler_bytes: u64) -> bool {
+        let moved = |then: u64, now: u64| then.abs_diff(now) >= GLIBC_DRIFT;
+        self.glibc.is_none_or(|(rss, profiler, events, _, _)| {
+            events != self.events || moved(rss, rss_anon) || moved(profiler, profiler_bytes)
+        })
+    }
+
+    /// glibc answered (mmapped, arena) at this reading.
+    pub fn asked_glibc(&mut self, rss_anon: u64, profiler_bytes: u64, mmapped: u64, arena: u64) {
+        self.glibc = Some((rss_anon, profiler_bytes, self.events, mmapped, arena));
+    }
+
+    /// glibc's (mmapped, arena) as last asked.
+    pub fn glibc_footprint(&self) -> (u64, u64) {
+        self.glibc.map_or((0, 0), |(_, _, _, mmapped, arena)| (mmapped, arena))
+    }
+
+    /// What a reading of `rss_anon` must measure. While anon RSS moves with the allocators'
+    /// footprint (arenas, glibc's heap and mmapped chunks), the residency measured before is
+    /// current, and only blocks never measured need the pagemap walk, a reading's costly part.
+    pub fn to_measure(&self, rss_anon: u64) -> Measure {
+        let (mmapped, arena) = self.glibc_footprint();
+        let footprint = self.arena_bytes + arena + mmapped;
+        let drifted = self.basis.is_none_or(|(rss0, footprint0)| {
+            (rss_anon as i64 - rss0 as i64 - (footprint as i64 - footprint0 as i64)).unsigned_abs() >= RESIDENCY_DRIFT
+        });
+        let blocks = self
+            .blocks
+            .iter()
+            .filter(|(_, b)| drifted && b.unresident != Some(0) || b.unresident.is_none())
+            .map(|(a, b)| (*a, *b))
+            .collect();
+        Measure { blocks, drifted, rss_anon, footprint }
+    }
+
+    /// Stores what `unresident` found for each block of `m` that is still live, and returns the
+    /// unresident bytes of all live blocks.
+    pub fn measured(&mut self, m: Measure, mut unresident: impl FnMut(usize, u64) -> u64) -> u64 {
+        for (addr, block) in m.blocks {
+            let missing = unresident(addr, block.size);
+            if let Some(live) = self.blocks.get_mut(&addr).filter(|b| b.size == block.size) {
+                live.unresident = Some(missing);
+            }
+        }
+        if m.drifted {
+            self.basis = Some((m.rss_anon, m.footprint));
+        }
+        self.blocks.values().map(|b| b.unresident.unwrap_or(0)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_falls_due_by_allocation_frees_big_events_or_time() {
+        let mut s = Schedule::NEW;
+        s.taken(10_000);
+        assert!(!s.due(10_000 + RSS_TIME_TRIGGER_US - 1));
+        assert!(s.due(10_000 + RSS_TIME_TRIGGER_US));
+        s.allocated(RSS_ALLOC_TRIGGER - 1);
+        assert!(!s.due(10_000));
+        s.allocated(1);
+        assert!(s.due(10_000) && s.event_due());
+        s.taken(10_000);
+        for _ in 0..RSS_FREES_TRIGGER - 1 {
+            s.freed();
+        }
+        assert!(!s.due(10_000));
+        s.freed();
+        assert!(s.due(10_000));
+        s.taken(10_000);
+        s.allocated(BIG_BLOCK);
+        s.taken(10_000);
+        s.big_event();
+        assert!(s.due(10_000), "freeing a big block may unmap it");
+        s.taken(10_000);
+        assert!(!s.event_due() && s.due(10_000 + RSS_TIME_TRIGGER_US));
+        s.checked(10_000 + RSS_TIME_TRIGGER_US);
+        assert!(!s.due(10_000 + 2 * RSS_TIME_TRIGGER_US - 1));
+        assert!(s.due(10_000 + 2 * RSS_TIME_TRIGGER_US));
+    }
+
+    #[test]
+    fn glibc_is_asked_only_where_its_figures_can_change_the_explanation() {
+        let mut r = Residency::default();
+        assert!(r.must_ask_glibc(10 << 20, 1000), "first reading");
+        r.asked_glibc(10 << 20, 1000, 0, 9000);
+        assert!(!r.must_ask_glibc((10 << 20) + GLIBC_DRIFT - 1, 1000 + GLIBC_DRIFT - 1));
+        assert!(r.must_ask_glibc((10 << 20) + GLIBC_DRIFT, 1000));
+        assert!(r.must_ask_glibc(10 << 20, 1000 + GLIBC_DRIFT));
+        r.allocated(0x1000, BIG_BLOCK);
+        assert!(r.must_ask_glibc(10 << 20, 1000), "a block glibc may have mmapped came");
+        r.asked_glibc(10 << 20, 1000, BIG_BLOCK, 9000);
+        assert!(!r.freed(0x2000), "not a big block");
+        assert!(!r.must_ask_glibc(10 << 20, 1000));
+        assert!(r.freed(0x1000));
+        assert!(r.must_ask_glibc(10 << 20, 1000), "and went");
+        assert_eq!(r.glibc_footprint(), (BIG_BLOCK, 9000));
+    }
+
+    #[test]
+    fn residency_is_measured_again_only_for_new_blocks_until_rss_drifts_from_the_footprint() {
+        let mut r = Residency::default();
+        r.allocated(0x10_0000, 1 << 20);
+        r.arena(0x40_0000, 1 << 18, true);
+        let m = r.to_measure(50 << 20);
+        assert_eq!(m.blocks.len(), 2, "never measured");
+        assert_eq!(r.measured(m, |_, size| size / 2), (1 << 19) + (1 << 17));
+        // RSS moved with the footprint (no drift): known figures stand, a new block is measured.
+        r.allocated(0x80_0000, 1 << 20);
+        let m = r.to_measure(50 << 20);
+        assert_eq!(m.blocks.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0x80_0000]);
+        assert_eq!(r.measured(m, |_, _| 0), (1 << 19) + (1 << 17));
+        // Drifted: every block not known to be wholly resident is measured again.
+        let m = r.to_measure((50 << 20) + RESIDENCY_DRIFT);
+        assert_eq!(m.blocks.len(), 2);
+        // A block freed while it was being measured is not brought back.
+        r.freed(0x10_0000);
+        assert_eq!(r.measured(m, |_, _| 0), 0);
+        assert_eq!(r.len(), 2);
+    }
+}
