@@ -4,7 +4,7 @@
 //! through the interpreter (a Python one would add its frame, and more on older versions).
 
 use crate::cfunction::FastFunction;
-use crate::state::with_ledger;
+use crate::state;
 use crate::tracing::GC_HEAD;
 use pyo3_ffi::{
     PyDictObject, PyDict_CheckExact, PyDict_Next, PyObject, PyUnicode_Check, PyUnicode_CompareWithASCIIString,
@@ -37,16 +37,10 @@ unsafe extern "C" fn gc_callback(_module: *mut PyObject, args: *mut *mut PyObjec
                 made_for_us.extend([key as usize, value as usize]);
             }
         }
-        with_ledger(|l, hot| {
-            for block in made_for_us {
-                l.mark_profiler(hot, block);
-            }
-            if start {
-                l.gc_start(hot)
-            } else {
-                l.gc_stop(hot)
-            }
-        });
+        for block in made_for_us {
+            state::disown(block);
+        }
+        state::collection(start);
     }
     // SAFETY: GIL held; the callback returns a new reference to None.
     unsafe { crate::cfunction::new_none() }

@@ -5,7 +5,7 @@
 //! allocator tracemalloc saved, which is not ours): `verify` finds that out at each reading and
 //! installs them again over what is there now.
 
-use crate::state::{guarded, with_ledger, ENABLED, LEDGER};
+use crate::state::{self, guarded, ENABLED, RESIDENCY};
 use pyo3_ffi::{
     PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_Free, PyMem_GetAllocator, PyMem_Malloc, PyMem_RawFree,
     PyMem_RawMalloc, PyMem_SetAllocator, PyObjectArenaAllocator, PyObject_Free, PyObject_GetArenaAllocator,
@@ -85,7 +85,7 @@ extern "C" fn hook_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
     guarded(|me| {
         let ptr = malloc(orig.ctx, size);
         if !ptr.is_null() {
-            me.with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size as u64, is_raw(ctx)));
+            me.allocated(ptr as usize, size as u64, is_raw(ctx));
         }
         ptr
     })
@@ -99,7 +99,7 @@ extern "C" fn hook_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut
         let ptr = calloc(orig.ctx, nelem, elsize);
         if !ptr.is_null() {
             let size = nelem.saturating_mul(elsize) as u64;
-            me.with_ledger(|l, hot| l.on_alloc(hot, ptr as usize, size, is_raw(ctx)));
+            me.allocated(ptr as usize, size, is_raw(ctx));
         }
         ptr
     })
@@ -111,11 +111,10 @@ extern "C" fn hook_realloc(ctx: *mut c_void, ptr: *mut c_void, new_size: usize) 
     let Some(realloc) = orig.realloc else { return std::ptr::null_mut() };
     let raw = is_raw(ctx);
     guarded(|me| {
-        // The lock is not held across the call: pymalloc may map an arena inside it, and the
-        // arena hook takes the lock.
-        let taken = me.with_ledger(|l, hot| l.begin_realloc(hot, ptr as usize, raw));
+        // The old block is forgotten before realloc may release it, as for a free.
+        me.realloc_begins(ptr as usize, raw);
         let new = realloc(orig.ctx, ptr, new_size);
-        me.with_ledger(|l, hot| l.end_realloc(hot, ptr as usize, new as usize, new_size as u64, raw, taken));
+        me.realloc_ended(ptr as usize, new as usize, new_size as u64, raw);
         new
     })
     .unwrap_or_else(|| realloc(orig.ctx, ptr, new_size))
@@ -128,7 +127,7 @@ extern "C" fn hook_free(ctx: *mut c_void, ptr: *mut c_void) {
         if !ptr.is_null() {
             // Forget the block before releasing it, so a concurrent allocation of the same
             // address can never be removed by this free.
-            me.with_ledger(|l, hot| l.on_free(hot, ptr as usize, is_raw(ctx)));
+            me.freed(ptr as usize, is_raw(ctx));
         }
         free(orig.ctx, ptr)
     })
@@ -154,14 +153,14 @@ extern "C" fn hook_arena_alloc(_ctx: *mut c_void, size: usize) -> *mut c_void {
     let Some(alloc) = orig.alloc else { return std::ptr::null_mut() };
     let ptr = alloc(orig.ctx, size);
     if !ptr.is_null() {
-        with_ledger(|l, hot| l.on_arena(hot, ptr as usize, size as u64, true));
+        state::arena(ptr as usize, size as u64, true);
     }
     ptr
 }
 
 extern "C" fn hook_arena_free(_ctx: *mut c_void, ptr: *mut c_void, size: usize) {
     let orig = original_arenas();
-    with_ledger(|l, hot| l.on_arena(hot, ptr as usize, size as u64, false));
+    state::arena(ptr as usize, size as u64, false);
     if let Some(free) = orig.free {
         free(orig.ctx, ptr, size);
     }
@@ -205,8 +204,8 @@ fn install_domain(d: &'static Domain) -> bool {
 /// Whether a call through `d`'s allocator API reaches our hooks: a block allocated quietly is
 /// counted only if they saw it.
 fn reaches_our_hooks(d: &Domain) -> bool {
-    let token = with_ledger(|l, hot| l.begin_profiler_work(hot));
-    let before = LEDGER.lock().quiet_allocs;
+    let quiet = state::begin_quiet();
+    let before = state::allocs_seen();
     // SAFETY: GIL held, as every domain's API requires; the block is freed by the same domain's
     // free at once.
     let block = unsafe {
@@ -216,7 +215,7 @@ fn reaches_our_hooks(d: &Domain) -> bool {
             _ => PyObject_Malloc(1),
         }
     };
-    let seen = LEDGER.lock().quiet_allocs != before;
+    let seen = state::allocs_seen() != before;
     // SAFETY: `block` came from this domain's malloc (freeing null is allowed).
     unsafe {
         match d.domain {
@@ -225,7 +224,7 @@ fn reaches_our_hooks(d: &Domain) -> bool {
             _ => PyObject_Free(block),
         }
     }
-    with_ledger(|l, hot| l.end_profiler_work(hot, token));
+    state::end_quiet(quiet);
     seen
 }
 
@@ -272,19 +271,22 @@ pub fn verify() {
 }
 
 extern "C" fn before_fork() {
-    // Hold the ledger across fork() so the child never inherits it locked by a thread that
-    // does not exist there.
-    std::mem::forget(LEDGER.lock());
+    // Hold the big blocks across fork() so the child never inherits them locked by a thread
+    // that does not exist there.
+    std::mem::forget(RESIDENCY.lock());
 }
 
 extern "C" fn after_fork() {
-    // SAFETY: `before_fork` locked the ledger on this thread and leaked the guard; this is the
+    // SAFETY: `before_fork` locked them on this thread and leaked the guard; this is the
     // matching unlock, in the parent and in the child alike.
-    unsafe { LEDGER.force_unlock() };
+    unsafe { RESIDENCY.force_unlock() };
 }
 
+/// A child the program forks is not profiled: it records nothing and lets go of the sink.
 extern "C" fn after_fork_in_child() {
     crate::rss::forked();
+    state::after_fork_in_child();
+    crate::sink::forked_child();
     after_fork();
 }
 

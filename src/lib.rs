@@ -6,38 +6,34 @@ mod gc;
 mod hooks;
 mod profiled;
 mod rss;
+mod sink;
 mod state;
 mod tracing;
 
-use memsleuth_core::causes::OsReading;
-use memsleuth_core::ledger::{FuncInfo, Hot, Ledger, SavedFrame};
-use memsleuth_core::report::{render_function, render_text, Report};
-use pyo3::exceptions::{PyStopAsyncIteration, PyStopIteration};
+use memsleuth_core::record::{Record, Request};
+use memsleuth_core::report::{render_text, Report};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopAsyncIteration, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::sync::Interned;
 use pyo3::types::{PyDict, PyString};
-use state::with_ledger;
 use std::sync::atomic::Ordering;
 
 #[global_allocator]
 static ALLOCATOR: rss::CountingAllocator = rss::CountingAllocator;
 
-/// Installs the allocator hooks (once) and starts tracking. `python_minor` is
-/// sys.version_info[1]; `pymalloc` says whether pymalloc serves small requests (not under
-/// PYTHONMALLOC=malloc); before 3.12, `frame` (any live frame) calibrates the C trace function,
+/// Installs the allocator hooks (once) and starts recording, into a ring a sink drains (see
+/// `open_ring`). `python_minor` is sys.version_info[1]; before 3.12, `frame` (any live frame) calibrates the C trace function,
 /// `driver_code` names the code objects of the generator driver and `current_trace` is
 /// `sys.gettrace()`, the trace function in place, which calibration leaves as it was.
 #[pyfunction]
-#[pyo3(signature = (python_minor, pymalloc, frame=None, driver_code=Vec::new(), current_trace=None))]
+#[pyo3(signature = (python_minor, frame=None, driver_code=Vec::new(), current_trace=None))]
 fn install(
     py: Python<'_>,
     python_minor: u32,
-    pymalloc: bool,
     frame: Option<&Bound<'_, PyAny>>,
     driver_code: Vec<Bound<'_, PyAny>>,
     current_trace: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
-    state::LEDGER.lock().pymalloc = pymalloc;
     tracing::FRAME_OBJECTS_ARE_OURS.store(python_minor == 11, Ordering::Relaxed);
     if python_minor >= 12 {
         tracing::verify_int_layout(py)?;
@@ -52,15 +48,6 @@ fn install(
     }
     hooks::install();
     Ok(())
-}
-
-/// Runs `f` on the ledger with a reading taken at this moment (calls start and end at one).
-fn with_reading<R: Default>(f: impl FnOnce(&mut Ledger, &mut Hot, OsReading) -> R) -> R {
-    hooks::verify();
-    with_ledger(|l, hot| {
-        let reading = rss::read(l);
-        f(l, hot, reading)
-    })
 }
 
 /// Before 3.12, a thread is traced only while it has a profiled call on its stack.
@@ -82,25 +69,23 @@ fn register(
     first_lineno: u32,
     source: Vec<String>,
 ) -> u32 {
-    let info = FuncInfo { name, module, filename, first_lineno, source, code: code.as_ptr() as usize };
-    let mut ledger = state::LEDGER.lock();
-    ledger.register_function(info)
+    let code = code.as_ptr() as usize;
+    state::register(code, || Record::Register { code: code as u64, first_lineno, name, module, filename, source })
 }
 
 /// A call of profiled function `fid` starts on this thread.
 pub(crate) fn enter_call(fid: u32) {
+    hooks::verify();
     let was_idle = state::top_code() == 0;
-    trace_while_profiling(|| with_reading(|l, hot, reading| l.enter(hot, fid, reading)), was_idle);
+    trace_while_profiling(|| state::enter_func(fid), was_idle);
 }
 
 /// The innermost profiled call returned or raised; true if no other call of the same function
 /// remains on this thread.
 pub(crate) fn leave_call() -> bool {
+    hooks::verify();
     let mut outermost = false;
-    trace_while_profiling(
-        || outermost = with_reading(|l, hot, reading| l.leave(hot, reading).is_some_and(|(_, outermost)| outermost)),
-        false,
-    );
+    trace_while_profiling(|| outermost = state::leave(), false);
     outermost
 }
 
@@ -130,7 +115,7 @@ fn leave() -> bool {
 /// freed on the other.
 #[pyclass(module = "memsleuth._native")]
 struct GenFrame {
-    saved: Option<SavedFrame>,
+    frame: state::GeneratorFrame,
     /// Whether the driven objects are the steps (asend, athrow) of an async generator.
     async_steps: bool,
     /// Whether the latest step ended with the driven object returning (not yielding).
@@ -146,7 +131,7 @@ impl GenFrame {
     #[new]
     #[pyo3(signature = (fid, async_steps=false))]
     fn new(fid: u32, async_steps: bool) -> Self {
-        GenFrame { saved: Some(SavedFrame::unstarted(fid)), async_steps, returned: false, exhausted: false }
+        GenFrame { frame: state::GeneratorFrame::new(fid), async_steps, returned: false, exhausted: false }
     }
 }
 
@@ -184,13 +169,14 @@ fn gen_step(
 
 impl GenFrame {
     fn resume(&mut self) {
-        let Some(saved) = self.saved.take() else { return };
+        hooks::verify();
         let was_idle = state::top_code() == 0;
-        trace_while_profiling(|| with_reading(|l, hot, reading| l.resume(hot, saved, reading)), was_idle);
+        trace_while_profiling(|| self.frame.resume(), was_idle);
     }
 
     fn suspend(&mut self) {
-        trace_while_profiling(|| self.saved = with_reading(|l, hot, reading| l.suspend(hot, reading)), false);
+        hooks::verify();
+        trace_while_profiling(|| self.frame.suspend(), false);
     }
 
     /// Calls `inner.method(arg)` in C, so that the StopIteration that carries a return value (and,
@@ -221,11 +207,9 @@ impl GenFrame {
         let stop = err.value(py);
         // SAFETY: `stop` is a live exception instance, held while this runs.
         let blocks = unsafe { tracing::exception_blocks(stop.as_ptr()) };
-        with_ledger(|l, hot| {
-            for block in blocks {
-                l.mark_profiler(hot, block);
-            }
-        });
+        for block in blocks {
+            state::disown(block);
+        }
         self.returned = true;
         self.exhausted = exhausted;
         if exhausted {
@@ -249,40 +233,32 @@ static THROW: Interned = Interned::new("throw");
 /// rendering a report). Returns a token for `end_quiet`, so quiet sections can nest.
 #[pyfunction]
 fn begin_quiet() -> u32 {
-    with_ledger(|l, hot| l.begin_profiler_work(hot))
+    state::begin_quiet()
 }
 
 #[pyfunction]
 fn end_quiet(token: u32) {
-    with_ledger(|l, hot| l.end_profiler_work(hot, token));
+    state::end_quiet(token);
 }
 
-fn build_report(python_version: &str, argv: Option<Vec<String>>) -> Report {
-    hooks::verify();
-    let peak = rss::peak();
-    let ledger = state::LEDGER.lock();
-    Report::from_ledger(&ledger, python_version, argv, peak)
+fn ask(request: Request) -> PyResult<String> {
+    sink::request(request).ok_or_else(|| PyRuntimeError::new_err("memsleuth: the sink keeping the figures is gone"))
 }
 
 /// The JSON report (docs/design.md, Reports) of everything profiled so far.
 #[pyfunction]
 #[pyo3(signature = (python_version, argv=None, selection=None))]
-fn report_json(python_version: &str, argv: Option<Vec<String>>, selection: Option<String>) -> String {
-    let mut report = build_report(python_version, argv);
-    report.selection = selection;
-    report.to_json()
+fn report_json(python_version: String, argv: Option<Vec<String>>, selection: Option<String>) -> PyResult<String> {
+    hooks::verify();
+    ask(Request::Json { python_version, argv, selection, rss_peak: rss::peak() })
 }
 
 /// The text report (docs/design.md, Reports) of the function with code object `code`.
 #[pyfunction]
 #[pyo3(signature = (precision, code, min_bytes=0))]
-fn report_text(precision: usize, code: &Bound<'_, PyAny>, min_bytes: u64) -> String {
-    build_report("", None)
-        .functions
-        .iter()
-        .filter(|f| f.code == code.as_ptr() as usize)
-        .map(|f| render_function(f, precision, min_bytes))
-        .collect()
+fn report_text(precision: u32, code: &Bound<'_, PyAny>, min_bytes: u64) -> PyResult<String> {
+    hooks::verify();
+    ask(Request::Text { precision, code: code.as_ptr() as u64, min_bytes })
 }
 
 /// Renders a saved JSON report as text; a ValueError says why the text is not a report.
@@ -292,11 +268,81 @@ fn render_saved(text: &str, precision: usize, min_bytes: u64) -> PyResult<String
     Ok(render_text(&report, precision, min_bytes))
 }
 
-/// The profiler's own bookkeeping: live tracked blocks and the bytes its tables occupy.
+/// The books' size: live tracked blocks and the bytes the sink's tables occupy.
 #[pyfunction]
-fn overhead() -> (usize, usize) {
-    let ledger = state::LEDGER.lock();
-    (ledger.table.len(), ledger.footprint())
+fn overhead() -> PyResult<(u64, u64)> {
+    let answer = ask(Request::Overhead)?;
+    let mut numbers = answer.split(' ').map(|n| n.parse().unwrap_or(0));
+    Ok((numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)))
+}
+
+/// Makes the ring this process records into; returns its memfd, for a sink process to map.
+#[pyfunction]
+fn open_ring() -> PyResult<i32> {
+    sink::open_ring().map_err(|e| PyOSError::new_err(format!("memsleuth: cannot make the ring: {e}")))
+}
+
+/// Keeps the books in a thread of this process.
+#[pyfunction]
+fn start_sink_thread(pymalloc: bool) -> PyResult<()> {
+    sink::start_thread(pymalloc).map_err(|e| PyOSError::new_err(format!("memsleuth: cannot start the sink: {e}")))
+}
+
+/// In a sink process: maps the program's ring from its memfd.
+#[pyfunction]
+fn attach_ring(fd: i32) -> PyResult<()> {
+    sink::attach_ring(fd).map_err(|e| PyOSError::new_err(format!("memsleuth: cannot map the ring: {e}")))
+}
+
+/// In the program: the sink process `sink_pid` keeps the books; `doorbell` wakes it, answers
+/// come on `reply`.
+#[pyfunction]
+fn connect_sink(doorbell: i32, reply: i32, sink_pid: i32, sink_is_parent: bool) {
+    sink::connect(doorbell, reply, sink_pid, sink_is_parent);
+}
+
+/// In the sink process: keeps the books until the program ends (GIL released). Returns a dict:
+/// `exit_record` (the status the program ended with normally, or None), `exit_status` and
+/// `signal` (from waitpid, where `program` is this process's child), `rss_peak` and
+/// `cut_short`.
+#[pyfunction]
+fn serve_sink(py: Python<'_>, doorbell: i32, reply: i32, program: i32, pymalloc: bool) -> PyResult<Bound<'_, PyDict>> {
+    let ending = py.detach(|| sink::serve(doorbell, reply, program, pymalloc));
+    let out = PyDict::new(py);
+    out.set_item("exit_record", ending.exit_record)?;
+    out.set_item("exit_status", ending.waited.and_then(|w| w.0))?;
+    out.set_item("signal", ending.waited.and_then(|w| w.1))?;
+    out.set_item("rss_peak", ending.rss_peak)?;
+    out.set_item("cut_short", ending.cut_short)?;
+    Ok(out)
+}
+
+/// The program ended normally with `status`: the sink knows the report is whole.
+#[pyfunction]
+fn record_exit(status: i32) {
+    state::emit(Record::Exit { status });
+}
+
+/// In the sink: every function's text table (for a program that could not ask for them).
+#[pyfunction]
+fn report_all_text(precision: usize, min_bytes: u64) -> String {
+    let books = sink::BOOKS.lock();
+    render_text(&Report::from_ledger(&books.ledger, "", None, 0), precision, min_bytes)
+}
+
+/// In the sink: the profiled frames open when the program ended, innermost per thread, as
+/// (function name, file, line).
+#[pyfunction]
+fn open_frames() -> Vec<(String, String, u32)> {
+    let books = sink::BOOKS.lock();
+    books
+        .open_frames()
+        .into_iter()
+        .filter_map(|(func, lineno)| {
+            let f = books.ledger.funcs().get(func as usize)?;
+            Some((f.info.name.clone(), f.info.filename.clone(), lineno))
+        })
+        .collect()
 }
 
 /// (readings taken, readings that asked glibc for its heap figures) so far: mallinfo2 walks
@@ -360,6 +406,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_cli, m)?)?;
     m.add_function(wrap_pyfunction!(overhead, m)?)?;
     m.add_function(wrap_pyfunction!(reading_counts, m)?)?;
+    m.add_function(wrap_pyfunction!(open_ring, m)?)?;
+    m.add_function(wrap_pyfunction!(start_sink_thread, m)?)?;
+    m.add_function(wrap_pyfunction!(attach_ring, m)?)?;
+    m.add_function(wrap_pyfunction!(connect_sink, m)?)?;
+    m.add_function(wrap_pyfunction!(serve_sink, m)?)?;
+    m.add_function(wrap_pyfunction!(record_exit, m)?)?;
+    m.add_function(wrap_pyfunction!(report_all_text, m)?)?;
+    m.add_function(wrap_pyfunction!(open_frames, m)?)?;
     m.add_class::<GenFrame>()?;
     m.add_function(wrap_pyfunction!(gen_resume, m)?)?;
     m.add_function(wrap_pyfunction!(gen_suspend, m)?)?;

@@ -4,8 +4,9 @@
 //! memsleuth's own heap. The descriptors name the process that opened them, so a forked child
 //! opens its own.
 
+use crate::state::RESIDENCY;
 use memsleuth_core::causes::OsReading;
-use memsleuth_core::ledger::Ledger;
+use memsleuth_core::record::Reading;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -117,55 +118,43 @@ pub fn rss_moved(since: &OsReading) -> bool {
     resident.saturating_sub(shared) != since.rss_anon || shared != since.rss_file
 }
 
-/// RSS may drift from the allocators' footprint by this much before residency is read again.
-const RESIDENCY_DRIFT: u64 = 1 << 20;
-
-/// Everything a reading records (docs/design.md, Causes), for the ledger's current large blocks.
-pub fn read(ledger: &mut Ledger) -> OsReading {
+/// Everything a reading records (docs/design.md, Causes): statm, glibc's heap figures where
+/// they must be asked for, and the residency of the big blocks that need measuring, measured
+/// with the lock on them released (the hooks take it).
+pub fn read() -> Reading {
     calibrate_clock();
-    with_proc_files(|statm_file, pagemap| read_with(ledger, statm_file, pagemap))
-}
-
-fn read_with(ledger: &mut Ledger, statm_file: Option<&File>, pagemap: Option<&File>) -> OsReading {
-    let (resident, shared) = statm(statm_file);
-    READINGS.fetch_add(1, Ordering::Relaxed);
-    let rss_anon = resident.saturating_sub(shared);
-    let profiler_bytes = PROFILER_BYTES.load(Ordering::Relaxed);
-    let (in_use, mmapped, arena) = ledger.glibc_figures(rss_anon, profiler_bytes, || {
-        GLIBC_READINGS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: mallinfo2 has no preconditions; it locks glibc's arenas, which no caller holds.
-        let info = unsafe { libc::mallinfo2() };
-        (info.uordblks as u64, info.hblkhd as u64, info.arena as u64)
-    });
-    let footprint = ledger.process.arena_bytes + arena + mmapped;
-    // Pages of reserved memory becoming resident make anon RSS move differently from the
-    // footprint; until they do, only blocks never measured need the pagemap walk, the costly
-    // part of a reading.
-    let drifted = ledger.residency_basis.is_none_or(|(rss0, footprint0)| {
-        (rss_anon as i64 - rss0 as i64 - (footprint as i64 - footprint0 as i64)).unsigned_abs() >= RESIDENCY_DRIFT
-    });
-    let mut unresident_bytes = 0;
-    for (addr, block) in ledger.big_blocks.iter_mut() {
-        let missing = match block.unresident {
-            Some(0) => 0,
-            Some(known) if !drifted => known,
-            _ => unresident(pagemap, *addr, block.size),
+    with_proc_files(|statm_file, pagemap| {
+        let (resident, shared) = statm(statm_file);
+        READINGS.fetch_add(1, Ordering::Relaxed);
+        let rss_anon = resident.saturating_sub(shared);
+        let profiler_bytes = PROFILER_BYTES.load(Ordering::Relaxed);
+        let ask = RESIDENCY.lock().must_ask_glibc(rss_anon, profiler_bytes);
+        let (in_use, mmapped, arena) = if ask {
+            GLIBC_READINGS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: mallinfo2 has no preconditions; it locks glibc's arenas, which no caller
+            // holds.
+            let info = unsafe { libc::mallinfo2() };
+            let figures = (info.uordblks as u64, info.hblkhd as u64, info.arena as u64);
+            RESIDENCY.lock().asked_glibc(rss_anon, profiler_bytes, figures.1, figures.2);
+            figures
+        } else {
+            (0, 0, 0)
         };
-        block.unresident = Some(missing);
-        unresident_bytes += missing;
-    }
-    if drifted {
-        ledger.residency_basis = Some((rss_anon, footprint));
-    }
-    OsReading {
-        rss_anon,
-        rss_file: shared,
-        malloc_in_use: in_use,
-        malloc_mmapped: mmapped,
-        malloc_arena: arena,
-        unresident: unresident_bytes,
-        profiler_bytes,
-    }
+        let measure = RESIDENCY.lock().to_measure(rss_anon);
+        let found: Vec<u64> = measure.blocks.iter().map(|(addr, b)| unresident(pagemap, *addr, b.size)).collect();
+        let mut found = found.into_iter();
+        let unresident_bytes = RESIDENCY.lock().measured(measure, |_, _| found.next().unwrap_or(0));
+        let os = OsReading {
+            rss_anon,
+            rss_file: shared,
+            malloc_in_use: in_use,
+            malloc_mmapped: mmapped,
+            malloc_arena: arena,
+            unresident: unresident_bytes,
+            profiler_bytes,
+        };
+        Reading { os, malloc_asked: ask }
+    })
 }
 
 /// Bytes memsleuth's own Rust code has allocated and not freed.

@@ -1,17 +1,20 @@
-//! The process-wide ledger and each thread's hot counters, shared by the allocation hooks and
-//! the line tracer.
+//! What the profiled process keeps (docs/design.md, "The books live in the sink"): the ring its
+//! threads append records to, each thread's producer state (a mirror of its profiled frames, its
+//! reading schedule), the big blocks whose residency readings measure, and the registry of
+//! profiled functions. The books themselves are kept by the sink (`sink.rs`).
 
-use memsleuth_core::ledger::{Hot, Ledger, RECENT_ALLOCS};
-use std::cell::{Cell, UnsafeCell};
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::rss;
+use memsleuth_core::causes::OsReading;
+use memsleuth_core::readings::{Residency, Schedule, BIG_BLOCK};
+use memsleuth_core::record::{Reading, Record};
+use memsleuth_core::ring::Ring;
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
-/// One lock for the block table and the ledger. Under the GIL it is almost never contended;
-/// only raw-domain calls from threads that released the GIL can meet here.
-pub static LEDGER: SpinLock<Ledger> = SpinLock::new(Ledger::new());
-
-/// A test-and-set lock, taken on every allocator call, where a parking mutex's compare-and-swap
-/// on release showed as a tenth of the run time: this one releases with a plain store. Waiters spin
-/// briefly, then yield (the holder may be descheduled).
+/// A test-and-set lock for state the hooks touch, where a parking mutex's compare-and-swap on
+/// release is measurable: this one releases with a plain store. Waiters spin briefly, then yield
+/// (the holder may be descheduled).
 pub struct SpinLock<T> {
     locked: AtomicBool,
     value: UnsafeCell<T>,
@@ -81,54 +84,180 @@ impl<T> Drop for SpinGuard<'_, T> {
     }
 }
 
-/// Set once the hooks are installed.
+/// Set while this process records: once the ring and the sink exist and the hooks are in;
+/// cleared in a forked child (it is not profiled) and if the sink is lost.
 pub static ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// What a thread keeps for the hooks, in one thread-local so that a hook reaches all of it with
-/// one lookup (each costs a call to __tls_get_addr from a shared library).
+/// The ring this process's threads append to.
+pub static RING: OnceLock<Ring<'static>> = OnceLock::new();
+
+/// The live big blocks and arenas; readings copy what they need out of it and measure outside
+/// the lock, which the hooks take only for big blocks.
+pub static RESIDENCY: SpinLock<Residency> = SpinLock::new(Residency::new());
+/// How many blocks RESIDENCY holds: a free looks there only when some are live.
+static BIG_LIVE: AtomicUsize = AtomicUsize::new(0);
+
+static NEXT_THREAD: AtomicU32 = AtomicU32::new(1);
+static NEXT_GENERATOR: AtomicU64 = AtomicU64::new(1);
+
+/// What a thread keeps, in one thread-local so that a hook reaches all of it with one lookup
+/// (each costs a call to __tls_get_addr from a shared library). Const-initialised and without
+/// Drop, so reading it never allocates or registers a destructor, even from a raw-domain hook
+/// running during thread teardown.
 pub struct Local {
     /// Set while this thread is inside one of our hooks: nested allocator calls (pymalloc
     /// handing a large request to the raw domain) pass straight through and count once.
     busy: Cell<bool>,
-    hot: UnsafeCell<Hot>,
+    /// The thread's number in the records (0 until its first).
+    thread: Cell<u32>,
+    schedule: Cell<Schedule>,
+    allocs: Cell<u64>,
+    latest: Cell<usize>,
+    /// The innermost profiled frame: its code object (0 if none), the line it runs (0 before
+    /// its first), whether it is a generator's or coroutine's and whether it has returned, as
+    /// the books will see them: events they would ignore are not sent.
+    top_code: Cell<usize>,
+    top_lineno: Cell<u32>,
+    top_resumable: Cell<bool>,
+    top_returned: Cell<bool>,
+    /// The latest reading while the thread has a profiled frame.
+    last: Cell<Option<OsReading>>,
+    /// Open quiet sections.
+    quiet: Cell<u32>,
 }
 
 thread_local! {
-    /// Const-initialised and without Drop, so reading it never allocates or registers a
-    /// destructor, even from a raw-domain hook running during thread teardown.
-    static LOCAL: Local = const { Local { busy: Cell::new(false), hot: UnsafeCell::new(Hot::ZERO) } };
+    static LOCAL: Local = const {
+        Local {
+            busy: Cell::new(false),
+            thread: Cell::new(0),
+            schedule: Cell::new(Schedule::NEW),
+            allocs: Cell::new(0),
+            latest: Cell::new(0),
+            top_code: Cell::new(0),
+            top_lineno: Cell::new(0),
+            top_resumable: Cell::new(false),
+            top_returned: Cell::new(false),
+            last: Cell::new(None),
+            quiet: Cell::new(0),
+        }
+    };
+    /// The profiled frames under the innermost, which `Local` mirrors (only touched with the
+    /// GIL held, never by a hook).
+    static FRAMES: RefCell<Vec<MirroredFrame>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Clone, Copy)]
+struct MirroredFrame {
+    func: u32,
+    code: usize,
+    lineno: u32,
+    resumable: bool,
+    returned: bool,
+}
+
+/// The ring is full: wait for the sink, unless it is gone, in which case recording stops.
+#[cold]
+fn wait_for_room(tries: u32) -> bool {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return false;
+    }
+    if tries < 64 {
+        std::hint::spin_loop();
+    } else if !crate::sink::make_room() {
+        ENABLED.store(false, Ordering::Relaxed);
+        return false;
+    }
+    true
 }
 
 impl Local {
-    /// Applies `f` to the ledger and this thread's counters.
-    #[inline(always)]
-    pub fn with_ledger<R: Default>(&self, f: impl FnOnce(&mut Ledger, &mut Hot) -> R) -> R {
-        self.with_ledger_if(|_| true, f)
+    fn id(&self) -> u32 {
+        match self.thread.get() {
+            0 => {
+                let id = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+                self.thread.set(id);
+                id
+            }
+            id => id,
+        }
     }
 
-    /// `with_ledger`, if `admit` accepts this thread's counters (checked before taking the lock).
-    ///
-    /// Nothing here catches a panic: the extension is built with `panic = "abort"`, because a
-    /// frame that catches unwinds would also catch the forced unwind with which CPython ends a
-    /// daemon thread at shutdown (`pthread_exit`), and glibc aborts the process when that happens.
-    /// The accounting must therefore not panic (see docs/design.md, "Never change the program").
     #[inline(always)]
-    pub fn with_ledger_if<R: Default>(
-        &self,
-        admit: impl FnOnce(&Hot) -> bool,
-        f: impl FnOnce(&mut Ledger, &mut Hot) -> R,
-    ) -> R {
+    pub fn emit(&self, record: Record) {
+        if let Some(ring) = RING.get() {
+            ring.push(record.encode(self.id()).as_slice(), wait_for_room);
+        }
+    }
+
+    /// A tracked allocation.
+    #[inline(always)]
+    pub fn allocated(&self, addr: usize, size: u64, raw: bool) {
         if !ENABLED.load(Ordering::Relaxed) {
-            return R::default();
+            return;
         }
-        // SAFETY: the only mutable access to this thread's counters, and it cannot nest: `admit`
-        // and `f` are plain Rust that never call into the interpreter, so no hook can run on this
-        // thread until they return (Rust's own allocations go to libc).
-        let hot = unsafe { &mut *self.hot.get() };
-        if !admit(hot) {
-            return R::default();
+        let mut schedule = self.schedule.get();
+        schedule.allocated(size);
+        self.schedule.set(schedule);
+        self.allocs.set(self.allocs.get() + 1);
+        self.latest.set(addr);
+        if size >= BIG_BLOCK {
+            let mut residency = RESIDENCY.lock();
+            residency.allocated(addr, size);
+            BIG_LIVE.store(residency.len(), Ordering::Relaxed);
         }
-        f(&mut LEDGER.lock(), hot)
+        self.emit(Record::Alloc { addr: addr as u64, size, raw });
+    }
+
+    /// A free, announced before the block is released, so that a concurrent allocation of the
+    /// same address is always recorded after it.
+    #[inline(always)]
+    pub fn freed(&self, addr: usize, raw: bool) {
+        if !ENABLED.load(Ordering::Relaxed) {
+            return;
+        }
+        self.note_free(addr);
+        self.emit(Record::Free { addr: addr as u64, raw });
+    }
+
+    #[inline(always)]
+    fn note_free(&self, addr: usize) {
+        let mut schedule = self.schedule.get();
+        schedule.freed();
+        if BIG_LIVE.load(Ordering::Relaxed) != 0 {
+            let mut residency = RESIDENCY.lock();
+            if residency.freed(addr) {
+                schedule.big_event();
+            }
+            BIG_LIVE.store(residency.len(), Ordering::Relaxed);
+        }
+        self.schedule.set(schedule);
+    }
+
+    pub fn realloc_begins(&self, old: usize, raw: bool) {
+        if ENABLED.load(Ordering::Relaxed) && old != 0 {
+            self.note_free(old);
+            self.emit(Record::ReallocBegin { old: old as u64, raw });
+        }
+    }
+
+    pub fn realloc_ended(&self, old: usize, new: usize, size: u64, raw: bool) {
+        if !ENABLED.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut schedule = self.schedule.get();
+        schedule.allocated(size);
+        self.schedule.set(schedule);
+        if new != 0 {
+            self.allocs.set(self.allocs.get() + 1);
+            self.latest.set(new);
+        }
+        if size >= BIG_BLOCK && new != 0 {
+            let mut residency = RESIDENCY.lock();
+            residency.allocated(new, size);
+            BIG_LIVE.store(residency.len(), Ordering::Relaxed);
+        }
+        self.emit(Record::ReallocEnd { old: old as u64, new: new as u64, size, raw });
     }
 }
 
@@ -147,34 +276,301 @@ pub fn guarded<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
     })
 }
 
-/// `Local::with_ledger` for the calling thread.
-#[inline(always)]
-pub fn with_ledger<R: Default>(f: impl FnOnce(&mut Ledger, &mut Hot) -> R) -> R {
-    LOCAL.with(|me| me.with_ledger(f))
+/// Sends `record` from the calling thread, if this process records.
+#[inline]
+pub fn emit(record: Record) {
+    if ENABLED.load(Ordering::Relaxed) {
+        LOCAL.with(|me| me.emit(record));
+    }
 }
 
-/// `Local::with_ledger_if` for the calling thread.
-#[inline(always)]
-pub fn with_ledger_if<R: Default>(admit: impl FnOnce(&Hot) -> bool, f: impl FnOnce(&mut Ledger, &mut Hot) -> R) -> R {
-    LOCAL.with(|me| me.with_ledger_if(admit, f))
+/// pymalloc mapped or unmapped an arena: residency and the schedule learn of it at once.
+pub fn arena(addr: usize, size: u64, mapped: bool) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    {
+        let mut residency = RESIDENCY.lock();
+        residency.arena(addr, size, mapped);
+        BIG_LIVE.store(residency.len(), Ordering::Relaxed);
+    }
+    LOCAL.with(|me| {
+        let mut schedule = me.schedule.get();
+        schedule.big_event();
+        me.schedule.set(schedule);
+        me.emit(Record::Arena { addr: addr as u64, size, mapped });
+    });
 }
 
-/// The code object of this thread's innermost profiled frame (0 if none), read without the
-/// lock (the counters are thread-local).
+/// A block the calling thread allocated lately is the profiler's.
+#[inline]
+pub fn disown(addr: usize) {
+    if addr != 0 {
+        emit(Record::Disown { addr: addr as u64 });
+    }
+}
+
+/// A collection starts or stops on this thread; its end makes the next reading due.
+pub fn collection(start: bool) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    LOCAL.with(|me| {
+        if !start {
+            let mut schedule = me.schedule.get();
+            schedule.big_event();
+            me.schedule.set(schedule);
+        }
+        me.emit(if start { Record::GcStart } else { Record::GcStop });
+    });
+}
+
+/// Until `end_quiet`, what this thread allocates is the profiler's own. Returns the depth of
+/// quiet sections now open, which `end_quiet` is given back.
+pub fn begin_quiet() -> u32 {
+    LOCAL.with(|me| {
+        let depth = me.quiet.get() + 1;
+        me.quiet.set(depth);
+        me.emit(Record::QuietBegin);
+        depth
+    })
+}
+
+pub fn end_quiet(depth: u32) {
+    LOCAL.with(|me| {
+        if me.quiet.get() == depth && depth > 0 {
+            me.quiet.set(depth - 1);
+            me.emit(Record::QuietEnd);
+        }
+    });
+}
+
+/// The code object of this thread's innermost profiled frame (0 if none).
 #[inline(always)]
 pub fn top_code() -> usize {
-    // SAFETY: a read between accesses; no `with_ledger` is running on this thread here.
-    LOCAL.with(|me| unsafe { (*me.hot.get()).top_code })
+    LOCAL.with(|me| me.top_code.get())
 }
 
-/// This thread's allocation count, and the address of its latest allocation in the current
-/// execution (0 if none), read without the lock.
+/// This thread's allocation count, and the address of its latest allocation.
 #[inline(always)]
 pub fn latest_alloc() -> (u64, usize) {
+    LOCAL.with(|me| (me.allocs.get(), me.latest.get()))
+}
+
+/// A reading, if one is due at this line boundary by time or by what the thread allocated and
+/// freed, and RSS moved since the last (statm alone tells, a fraction of a reading's cost);
+/// `due` says whether one fell due.
+fn due_reading(me: &Local, due: &mut bool) -> Option<Reading> {
+    let now = rss::now_us();
+    let mut schedule = me.schedule.get();
+    *due = schedule.due(now);
+    if !*due {
+        return None;
+    }
+    if !schedule.event_due() && me.last.get().is_some_and(|last| !rss::rss_moved(&last)) {
+        schedule.checked(now);
+        me.schedule.set(schedule);
+        return None;
+    }
+    schedule.taken(now);
+    me.schedule.set(schedule);
+    let reading = rss::read();
+    me.last.set(Some(reading.os));
+    Some(reading)
+}
+
+/// A line event of the innermost profiled frame, running `code` (others are dropped here);
+/// `int_obj` is the int the interpreter allocated to pass the line number, if any. Returns
+/// whether a reading fell due.
+#[inline]
+pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> bool {
     LOCAL.with(|me| {
-        // SAFETY: a read between accesses; no `with_ledger` is running on this thread here.
-        let hot = unsafe { &*me.hot.get() };
-        let n = hot.allocs_in_exec as usize;
-        (hot.allocs, if n == 0 { 0 } else { hot.recent_allocs[(n - 1) % RECENT_ALLOCS] })
+        if me.top_code.get() != code || !ENABLED.load(Ordering::Relaxed) {
+            return false;
+        }
+        if let Some(addr) = int_obj {
+            me.emit(Record::Disown { addr: addr as u64 });
+        }
+        if me.top_lineno.get() == lineno {
+            return false;
+        }
+        let mut due = false;
+        // A frame's first line opens at its event; a reading belongs after it (see the ledger's
+        // `change_line`): both take what `due_reading` gives.
+        let reading = due_reading(me, &mut due);
+        me.top_lineno.set(lineno);
+        me.emit(Record::Line { code: code as u64, lineno, reading });
+        due
     })
+}
+
+/// The innermost profiled frame, running `code`, returns; `int_obj` as for `line_event`.
+pub fn return_event(code: usize, int_obj: Option<usize>) -> bool {
+    LOCAL.with(|me| {
+        if me.top_code.get() != code || !ENABLED.load(Ordering::Relaxed) {
+            return false;
+        }
+        if let Some(addr) = int_obj {
+            me.emit(Record::Disown { addr: addr as u64 });
+        }
+        if me.top_resumable.get() || me.top_lineno.get() == 0 || me.top_returned.get() {
+            return false;
+        }
+        me.top_returned.set(true);
+        let mut due = false;
+        let reading = due_reading(me, &mut due);
+        me.emit(Record::Return { code: code as u64, reading });
+        due
+    })
+}
+
+/// A reading taken now, where a call starts or ends.
+fn reading_now(me: &Local) -> Reading {
+    let reading = rss::read();
+    me.last.set(Some(reading.os));
+    reading
+}
+
+fn set_top(me: &Local, frame: Option<MirroredFrame>) {
+    let f = frame.unwrap_or(MirroredFrame { func: 0, code: 0, lineno: 0, resumable: false, returned: false });
+    me.top_code.set(f.code);
+    me.top_lineno.set(f.lineno);
+    me.top_resumable.set(f.resumable);
+    me.top_returned.set(f.returned);
+}
+
+/// Saves the innermost frame's mirror before another goes on top.
+fn save_top(me: &Local, frames: &mut [MirroredFrame]) {
+    if let Some(top) = frames.last_mut() {
+        top.lineno = me.top_lineno.get();
+        top.returned = me.top_returned.get();
+    }
+}
+
+/// A call of profiled function `func` (code object `code`) starts on this thread.
+pub fn enter(func: u32, code: usize) {
+    LOCAL.with(|me| {
+        let reading = reading_now(me);
+        FRAMES.with_borrow_mut(|frames| {
+            save_top(me, frames);
+            let frame = MirroredFrame { func, code, lineno: 0, resumable: false, returned: false };
+            frames.push(frame);
+            set_top(me, Some(frame));
+        });
+        me.emit(Record::Enter { func, reading });
+    });
+}
+
+/// The innermost profiled call returned or raised; true if no other call of the same function
+/// remains on this thread.
+pub fn leave() -> bool {
+    LOCAL.with(|me| {
+        let reading = reading_now(me);
+        me.emit(Record::Leave { reading });
+        pop(me).is_some_and(|(func, _)| FRAMES.with_borrow(|frames| frames.iter().all(|f| f.func != func)))
+    })
+}
+
+/// Takes the innermost frame off the mirror: (its function, the line it was on).
+fn pop(me: &Local) -> Option<(u32, u32)> {
+    let lineno = me.top_lineno.get();
+    FRAMES.with_borrow_mut(|frames| {
+        let popped = frames.pop()?;
+        set_top(me, frames.last().copied());
+        if frames.is_empty() {
+            me.last.set(None);
+        }
+        Some((popped.func, lineno))
+    })
+}
+
+/// A generator's or coroutine's frame, as its driver holds it between steps.
+pub struct GeneratorFrame {
+    id: u64,
+    func: u32,
+    code: usize,
+    /// The line it yielded from (0 before it started).
+    lineno: u32,
+    running: bool,
+}
+
+impl GeneratorFrame {
+    pub fn new(func: u32) -> Self {
+        let id = NEXT_GENERATOR.fetch_add(1, Ordering::Relaxed);
+        emit(Record::GenNew { gen: id, func });
+        GeneratorFrame { id, func, code: code_of(func), lineno: 0, running: false }
+    }
+
+    pub fn resume(&mut self) {
+        if self.running {
+            return;
+        }
+        self.running = true;
+        LOCAL.with(|me| {
+            let reading = reading_now(me);
+            FRAMES.with_borrow_mut(|frames| {
+                save_top(me, frames);
+                let frame =
+                    MirroredFrame { func: self.func, code: self.code, lineno: self.lineno, resumable: true, returned: false };
+                frames.push(frame);
+                set_top(me, Some(frame));
+            });
+            me.emit(Record::Resume { gen: self.id, reading });
+        });
+    }
+
+    pub fn suspend(&mut self) {
+        if !self.running {
+            return;
+        }
+        self.running = false;
+        LOCAL.with(|me| {
+            let reading = reading_now(me);
+            me.emit(Record::Suspend { gen: self.id, reading });
+            if let Some((_, lineno)) = pop(me) {
+                self.lineno = lineno;
+            }
+        });
+    }
+}
+
+impl Drop for GeneratorFrame {
+    fn drop(&mut self) {
+        emit(Record::GenDrop { gen: self.id });
+    }
+}
+
+/// Profiled functions' code objects, by function number.
+static REGISTRY: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// The number of the function with code object `code`, registering it (the books number
+/// functions in the same order) if it is new.
+pub fn register(code: usize, make: impl FnOnce() -> Record) -> u32 {
+    let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = registry.iter().position(|&c| c == code) {
+        return i as u32;
+    }
+    registry.push(code);
+    emit(make());
+    (registry.len() - 1) as u32
+}
+
+fn code_of(func: u32) -> usize {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).get(func as usize).copied().unwrap_or(0)
+}
+
+/// `enter`, by function number.
+pub fn enter_func(func: u32) {
+    enter(func, code_of(func));
+}
+
+/// Allocations this thread's hooks saw: a probe allocating one block sees it counted only if
+/// they saw it.
+pub fn allocs_seen() -> u64 {
+    LOCAL.with(|me| me.allocs.get())
+}
+
+/// Sends the readings' due flag to whoever must check the hooks.
+pub fn after_fork_in_child() {
+    ENABLED.store(false, Ordering::Relaxed);
 }

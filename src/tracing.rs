@@ -8,10 +8,7 @@
 
 use crate::cfunction::FastFunction;
 use crate::hooks;
-use crate::rss;
-use crate::state::{latest_alloc, top_code, with_ledger, with_ledger_if};
-use memsleuth_core::causes::OsReading;
-use memsleuth_core::ledger::{Hot, Ledger};
+use crate::state::{self, latest_alloc, top_code};
 use pyo3::prelude::*;
 use pyo3_ffi::{
     PyBaseExceptionObject, PyCFunction_CheckExact, PyCMethod_CheckExact, PyErr_Clear, PyErr_GivenExceptionMatches,
@@ -287,7 +284,7 @@ fn restore_line_events_on_stack() {
         return;
     }
     // On 3.11 the walk makes frame objects for frames that had none: they are the profiler's.
-    let quiet = with_ledger(|l, hot| l.begin_profiler_work(hot));
+    let quiet = state::begin_quiet();
     // SAFETY: GIL held. PyEval_GetFrame returns a borrowed frame (or null), taken as a new
     // reference here; PyFrame_GetBack returns a new reference (or null); each frame is released
     // after its successor is fetched. `offset` is the verified f_trace_lines byte.
@@ -303,7 +300,7 @@ fn restore_line_events_on_stack() {
             frame = back;
         }
     }
-    with_ledger(|l, hot| l.end_profiler_work(hot, quiet));
+    state::end_quiet(quiet);
 }
 
 /// `sys.getprofile`, held for the life of the process (before 3.12).
@@ -403,7 +400,7 @@ unsafe extern "C" fn profile(
             let block = arg as usize - GC_HEAD;
             let (allocs, latest) = latest_alloc();
             if latest == block && allocs != ALLOCS_AT_RETURN.get() {
-                with_ledger(|l, hot| l.mark_profiler(hot, block));
+                state::disown(block);
             }
         }
     } else if what == PyTrace_RETURN || what == PyTrace_C_RETURN {
@@ -413,53 +410,20 @@ unsafe extern "C" fn profile(
 }
 
 /// A line event for `code` at `lineno`; `int_obj` is the int object the interpreter allocated to
-/// pass the line number, if any, so it can be taken out of the figures.
+/// pass the line number, if any, so it can be taken out of the figures. Where a reading fell
+/// due, the hooks are checked too (outside the hot path).
 #[inline]
 pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
-    frame_event(code, int_obj, |l, hot, due| l.line_event(hot, code, lineno, |l, hot| due_reading(l, hot, due)));
-}
-
-/// An event of the innermost profiled frame, running `code` (others are dropped before the
-/// lock): `int_obj` as for `line_event`; `event` gets to take a reading if one is due, and the
-/// hooks are checked where one fell due.
-#[inline(always)]
-fn frame_event(code: usize, int_obj: Option<usize>, event: impl FnOnce(&mut Ledger, &mut Hot, &mut bool)) {
-    let mut due = false;
-    with_ledger_if(
-        |hot| hot.top_code == code,
-        |l, hot| {
-            if let Some(addr) = int_obj {
-                l.mark_profiler(hot, addr);
-            }
-            event(l, hot, &mut due);
-        },
-    );
-    if due {
-        // Checked where a reading falls due, which costs far more, and outside the lock.
+    if state::line_event(code, lineno, int_obj) {
         hooks::verify();
     }
 }
 
-/// A reading, if one is due at this line boundary by time and RSS moved since the last (statm
-/// alone tells, a fraction of a reading's cost); `due` says whether the time had come.
-#[inline]
-fn due_reading(l: &mut Ledger, hot: &mut Hot, due: &mut bool) -> Option<OsReading> {
-    let now = rss::now_us();
-    *due = hot.rss_due(now);
-    if !*due {
-        return None;
-    }
-    if !hot.rss_event_due() && l.last_reading(hot).is_some_and(|last| !rss::rss_moved(&last)) {
-        hot.rss_checked(now);
-        return None;
-    }
-    hot.rss_taken(now);
-    Some(rss::read(l))
-}
-
 /// The frame running `code` returns; `int_obj` as for `line_event`, made for this event.
 fn return_event(code: usize, int_obj: Option<usize>) {
-    frame_event(code, int_obj, |l, hot, due| l.on_return(hot, code, |l, hot| due_reading(l, hot, due)));
+    if state::return_event(code, int_obj) {
+        hooks::verify();
+    }
 }
 
 /// Identity of a frame's code object.
@@ -516,11 +480,9 @@ unsafe fn disown_stop_iteration(event: *mut PyObject) {
     }
     // SAFETY: `value` is a live exception instance.
     let [exception, args] = unsafe { exception_blocks(value) };
-    with_ledger(|l, hot| {
-        for block in [event as usize - GC_HEAD, exception, args] {
-            l.mark_profiler(hot, block);
-        }
-    });
+    for block in [event as usize - GC_HEAD, exception, args] {
+        state::disown(block);
+    }
 }
 
 /// The blocks of an exception instance: the object and its args tuple (0 if it has none), each
@@ -547,11 +509,11 @@ pub unsafe extern "C" fn trace(
     let chained = CHAINED.with(Cell::get);
     if let Some(func) = chained.func {
         // What the other tool allocates is neither the program's nor a line's.
-        let quiet = with_ledger(|l, hot| l.begin_profiler_work(hot));
+        let quiet = state::begin_quiet();
         // SAFETY: the interpreter's arguments, passed on to the trace function that was in place,
         // with its own object (alive: memsleuth holds a reference while chaining).
         let status = unsafe { func(chained.obj, frame, what, arg) };
-        with_ledger(|l, hot| l.end_profiler_work(hot, quiet));
+        state::end_quiet(quiet);
         if status != 0 {
             return -1;
         }
@@ -576,10 +538,8 @@ pub unsafe extern "C" fn trace(
             } else {
                 0
             };
-            with_ledger(|l, hot| {
-                l.mark_profiler(hot, frame_block);
-                l.mark_profiler(hot, line_array);
-            });
+            state::disown(frame_block);
+            state::disown(line_array);
         }
         // A frame memsleuth does not profile needs no line events, unless a chained trace
         // function wants them; a profiled frame needs them whatever the chained one decided.
@@ -608,7 +568,7 @@ pub unsafe extern "C" fn trace(
                 || unsafe { code_field::<i32>(code, FLAGS_OFFSET_311) } & GENERATOR_FLAGS != 0;
             if generator_like {
                 let frame_block = frame as usize - GC_HEAD;
-                with_ledger(|l, hot| l.mark_profiler(hot, frame_block));
+                state::disown(frame_block);
             }
         }
         // `arg` is null when the frame exits by an exception, for which 3.12's PY_RETURN does

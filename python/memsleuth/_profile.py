@@ -1,5 +1,6 @@
 """The @profile decorator and the tracking it starts."""
 
+import atexit
 import functools
 import gc
 import inspect
@@ -10,7 +11,7 @@ import threading
 import types
 import weakref
 
-from . import _native
+from . import _native, _sink
 
 _started = False
 _start_lock = threading.Lock()
@@ -35,9 +36,12 @@ def _start():
     with _start_lock:
         if _started:
             return
-        pymalloc = not os.environ.get("PYTHONMALLOC", "").startswith("malloc")
+        if _sink.kind is None:
+            _sink.start()
+            # The program ending normally tells the sink its figures are whole.
+            atexit.register(_native.record_exit, 0)
         if sys.version_info >= (3, 12):
-            _native.install(sys.version_info[1], pymalloc)
+            _native.install(sys.version_info[1])
             mon = sys.monitoring
             # Ids 0-2 and 5 are named for debuggers, coverage, profilers (cProfile takes 2) and
             # optimizers; memsleuth takes one of the two unnamed ones, so they all still work.
@@ -56,7 +60,7 @@ def _start():
             # The wrappers' frames receive the StopIteration of each generator they drive.
             driver_code = [c for c in _wrap.__code__.co_consts
                            if isinstance(c, types.CodeType) and c.co_name.endswith("_wrapper")]
-            _native.install(sys.version_info[1], pymalloc, sys._getframe(), driver_code, sys.gettrace())
+            _native.install(sys.version_info[1], sys._getframe(), driver_code, sys.gettrace())
             sys.settrace = _chaining_settrace(sys.settrace)
         gc.callbacks.append(_native.gc_callback)
         _started = True

@@ -1,6 +1,7 @@
 """``memsleuth run`` and ``memsleuth report``."""
 
 import ast
+import json
 import atexit
 import builtins
 import functools
@@ -12,7 +13,7 @@ import threading
 import traceback
 import types
 
-from . import _native, _profile, _select
+from . import _native, _profile, _select, _sink
 
 
 class UsageError(Exception):
@@ -221,6 +222,11 @@ def run(options):
     selection, whole_program, patcher = _selection(program, tree, options["functions"])
     code = compile(tree, program.filename, "exec")
 
+    # From here this process keeps the books, and a child runs the program.
+    ending = _sink.fork_program()
+    if ending is not None:
+        return _report_ending(ending, options, selection, [program.argv0, *args])
+
     _profile.deferred = True
     _profile.default_precision = precision
     _profile.program_argv = [program.argv0, *args]
@@ -263,7 +269,36 @@ def run(options):
         if reporter and patcher is not None:
             patcher.report_missing()
         written = _write_reports(options, selection) if reporter else True
-    return status if written or status else 1
+    status = status if written or status else 1
+    if reporter:
+        _native.record_exit(status)
+    return status
+
+
+def _report_ending(ending, options, selection, argv):
+    """In the sink, once the program has ended: its exit status as memsleuth's. A program that
+    ended normally wrote its reports; for one that did not (killed, crashed, os._exit), the sink
+    writes them, marked incomplete."""
+    if ending["exit_record"] is not None:
+        if ending["signal"] is not None:
+            return 128 + ending["signal"]
+        return ending["exit_status"] if ending["exit_status"] is not None else ending["exit_record"]
+    how, status = _sink.ending_words(ending)
+    heading = _sink.death_heading(how)
+    written = True
+    if options["json"] is not None:
+        version = ".".join(str(part) for part in sys.version_info[:3])
+        doc = json.loads(_native.report_json(version, argv, selection))
+        doc["rss_peak_bytes"] = ending["rss_peak"]
+        doc["incomplete"] = {"ended": how, "running": [
+            {"function": name, "filename": filename, "lineno": lineno}
+            for name, filename, lineno in _native.open_frames()]}
+        written &= _write(options["json"], json.dumps(doc, indent=2) + "\n")
+    if not options["quiet"]:
+        parts = [heading, f"memsleuth: {selection}\n\n" if selection else "\n"]
+        parts.append(_native.report_all_text(options["precision"], options["min_bytes"]))
+        written &= _write(options["output"], "".join(parts))
+    return status if written else status or 1
 
 
 def _finish_program():

@@ -4,9 +4,10 @@
 //! the saved frames of suspended generators by the number the producer gave them.
 
 use crate::causes::OsReading;
-use crate::ledger::{FuncInfo, Hot, Ledger, SavedFrame};
+use crate::ledger::{FuncInfo, FxHasher, Hot, Ledger, SavedFrame};
 use crate::record::{Reading, Record, Request};
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 #[derive(Default)]
 struct ThreadBooks {
@@ -17,20 +18,31 @@ struct ThreadBooks {
     realloc_taken: Option<u64>,
 }
 
-#[derive(Default)]
 pub struct Books {
     pub ledger: Ledger,
     threads: Vec<ThreadBooks>,
-    generators: HashMap<u64, SavedFrame>,
+    generators: HashMap<u64, SavedFrame, BuildHasherDefault<FxHasher>>,
     /// The status the program reported as it ended normally.
     pub exit_status: Option<i32>,
     /// Records applied.
     pub records: u64,
 }
 
+impl Default for Books {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Books {
-    pub fn new() -> Self {
-        Self::default()
+    pub const fn new() -> Self {
+        Books {
+            ledger: Ledger::new(),
+            threads: Vec::new(),
+            generators: HashMap::with_hasher(BuildHasherDefault::new()),
+            exit_status: None,
+            records: 0,
+        }
     }
 
     fn thread(threads: &mut Vec<ThreadBooks>, thread: u32) -> &mut ThreadBooks {

@@ -86,7 +86,6 @@ pub struct BigBlock {
 }
 
 /// The live big blocks and arenas, and what the last readings found.
-#[derive(Default)]
 pub struct Residency {
     blocks: HashMap<usize, BigBlock, BuildHasherDefault<FxHasher>>,
     arena_bytes: u64,
@@ -106,7 +105,23 @@ pub struct Measure {
     footprint: u64,
 }
 
+impl Default for Residency {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Residency {
+    pub const fn new() -> Self {
+        Residency {
+            blocks: HashMap::with_hasher(BuildHasherDefault::new()),
+            arena_bytes: 0,
+            events: 0,
+            basis: None,
+            glibc: None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.blocks.len()
     }

@@ -1,0 +1,346 @@
+//! The sink: the process (or, where none can be started, the thread) that drains the ring and
+//! keeps the books (docs/design.md, "The books live in the sink").
+//!
+//! Three arrangements, one drain loop:
+//! - `memsleuth run`: memsleuth's own process forks before the program starts; the child runs the
+//!   program, the parent is the sink. It learns how the program ended from waitpid, so a program
+//!   killed by any signal, or ended by `os._exit`, still gets its report.
+//! - `@profile` under plain python: a sink process is spawned at the first profiled call; it
+//!   learns of the program's end when the doorbell pipe, whose write end only the program holds,
+//!   reads end-of-file.
+//! - `MEMSLEUTH_SINK=thread`, or where no process can be started: a thread of the program.
+//!
+//! The program asks for reports with a request record; the sink answers once it has applied
+//! everything sent before it, on the reply pipe (a thread sink drains the ring itself instead).
+
+use crate::state::{SpinLock, RING};
+use memsleuth_core::books::Books;
+use memsleuth_core::record::{Record, Request};
+use memsleuth_core::report::{render_function, Report};
+use memsleuth_core::ring::{Drained, Ring, CONTROL_WORDS};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64 as Word;
+use std::sync::Mutex;
+
+/// The books, in the process (or thread) that keeps them.
+pub static BOOKS: SpinLock<Books> = SpinLock::new(Books::new());
+
+/// Data words of the ring: 4 MiB, about 170,000 allocation records, so that a burst of
+/// allocations waits for the sink only after tens of milliseconds of it.
+pub const RING_WORDS: usize = 1 << 19;
+
+/// Whether this process keeps the books (it is the sink process, or runs a sink thread).
+static KEEPS_BOOKS: AtomicBool = AtomicBool::new(false);
+static SINK_THREAD: AtomicBool = AtomicBool::new(false);
+/// The program's ends of the pipes to a sink process, and its pid (0 if none).
+static DOORBELL: AtomicI32 = AtomicI32::new(-1);
+static REPLY: AtomicI32 = AtomicI32::new(-1);
+static SINK_PID: AtomicI32 = AtomicI32::new(0);
+/// Whether the sink process is this process's parent (under `memsleuth run`).
+static SINK_IS_PARENT: AtomicBool = AtomicBool::new(false);
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+/// Requests are asked and answered one at a time.
+static ASKING: Mutex<()> = Mutex::new(());
+
+/// Bytes of the shared mapping a ring of RING_WORDS takes.
+fn ring_bytes() -> usize {
+    (CONTROL_WORDS + RING_WORDS) * 8
+}
+
+/// Maps `fd` (a memfd of `ring_bytes()`) and makes it this process's ring, its pages made
+/// resident now so that the ring adds nothing to RSS while the program runs.
+fn map_ring(fd: RawFd) -> std::io::Result<()> {
+    let len = ring_bytes();
+    // SAFETY: maps a shared file of `len` bytes; the mapping is never unmapped, so the 'static
+    // slice over it stays valid; AtomicU64 has the layout of u64, and zeroed memory is an empty
+    // ring.
+    let words = unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd,
+            0,
+        );
+        if at == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::slice::from_raw_parts(at as *const Word, len / 8)
+    };
+    let ring = Ring::new(words).ok_or_else(|| std::io::Error::other("the ring's size is not a power of two"))?;
+    RING.set(ring).map_err(|_| std::io::Error::other("the ring is already mapped"))
+}
+
+/// Makes the ring in a new memfd; returns the descriptor (close-on-exec: it is passed on
+/// explicitly).
+pub fn open_ring() -> std::io::Result<RawFd> {
+    // SAFETY: the name is a NUL-terminated string; the flags are valid.
+    let fd = unsafe { libc::memfd_create(c"memsleuth-ring".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the memfd just made.
+    if unsafe { libc::ftruncate(fd, ring_bytes() as libc::off_t) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    map_ring(fd)?;
+    Ok(fd)
+}
+
+/// The sink process maps the ring the program made.
+pub fn attach_ring(fd: RawFd) -> std::io::Result<()> {
+    map_ring(fd)
+}
+
+/// Starts a sink thread in this process.
+pub fn start_thread(pymalloc: bool) -> std::io::Result<()> {
+    BOOKS.lock().ledger.pymalloc = pymalloc;
+    KEEPS_BOOKS.store(true, Ordering::Relaxed);
+    SINK_THREAD.store(true, Ordering::Relaxed);
+    std::thread::Builder::new().name("memsleuth-sink".into()).spawn(|| loop {
+        if drain_here() {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    })?;
+    Ok(())
+}
+
+/// The program's side of a sink process: where to ring and where answers come.
+pub fn connect(doorbell: RawFd, reply: RawFd, sink_pid: i32, sink_is_parent: bool) {
+    DOORBELL.store(doorbell, Ordering::Relaxed);
+    REPLY.store(reply, Ordering::Relaxed);
+    SINK_PID.store(sink_pid, Ordering::Relaxed);
+    SINK_IS_PARENT.store(sink_is_parent, Ordering::Relaxed);
+}
+
+/// In a child forked from the program: it is not profiled, and must not hold the pipes open
+/// (the sink would wait for it to end).
+pub fn forked_child() {
+    for fd in [&DOORBELL, &REPLY] {
+        let fd = fd.swap(-1, Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: closes a descriptor this module owns (async-signal-safe, as required
+            // after fork).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Applies everything in the ring to the books here (a sink thread, or a request in its
+/// process); returns whether the ring was caught up.
+fn drain_here() -> bool {
+    let Some(ring) = RING.get() else { return true };
+    let mut books = BOOKS.lock();
+    let mut buf = Vec::new();
+    loop {
+        match ring.drain(1 << 16, &mut buf, |words| apply(&mut books, words, |_, _| {})) {
+            Drained::More(_) => continue,
+            Drained::Caught(_) | Drained::Corrupt(_) => return true,
+        }
+    }
+}
+
+fn apply(books: &mut Books, words: &[u64], mut answer: impl FnMut(u64, String)) {
+    if let Some((thread, record)) = Record::decode(words) {
+        if let Some((token, request)) = books.apply(thread, record) {
+            answer(token, respond(books, &request));
+        }
+    }
+}
+
+/// The answer to a request, from the books as they are.
+pub fn respond(books: &Books, request: &Request) -> String {
+    match request {
+        Request::Json { python_version, argv, selection, rss_peak } => {
+            let mut report = Report::from_ledger(&books.ledger, python_version, argv.clone(), *rss_peak);
+            report.selection = selection.clone();
+            report.to_json()
+        }
+        Request::Text { precision, code, min_bytes } => Report::from_ledger(&books.ledger, "", None, 0)
+            .functions
+            .iter()
+            .filter(|f| f.code as u64 == *code)
+            .map(|f| render_function(f, *precision as usize, *min_bytes))
+            .collect(),
+        Request::Overhead => format!("{} {}", books.ledger.table.len(), books.ledger.footprint()),
+        Request::Flush => String::new(),
+    }
+}
+
+/// A producer found the ring full. Returns false if the sink is gone (recording stops).
+pub fn make_room() -> bool {
+    if SINK_THREAD.load(Ordering::Relaxed) {
+        drain_here();
+        return true;
+    }
+    ring_doorbell();
+    let pid = SINK_PID.load(Ordering::Relaxed);
+    let alive = if SINK_IS_PARENT.load(Ordering::Relaxed) {
+        // SAFETY: getppid has no preconditions.
+        unsafe { libc::getppid() == pid }
+    } else {
+        let mut status = 0;
+        // SAFETY: polls our own child without blocking.
+        pid > 0 && unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0
+    };
+    if alive {
+        std::thread::sleep(std::time::Duration::from_micros(20));
+    }
+    alive
+}
+
+fn ring_doorbell() {
+    let fd = DOORBELL.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: writes one byte from a valid buffer; a full pipe only means the sink has
+        // wake-ups pending (the descriptor is non-blocking).
+        unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+    }
+}
+
+/// Asks the sink; None if it is gone.
+pub fn request(request: Request) -> Option<String> {
+    if KEEPS_BOOKS.load(Ordering::Relaxed) {
+        drain_here();
+        return Some(respond(&BOOKS.lock(), &request));
+    }
+    let reply = REPLY.load(Ordering::Relaxed);
+    if reply < 0 || !crate::state::ENABLED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let _asking = ASKING.lock().unwrap_or_else(|e| e.into_inner());
+    let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+    crate::state::emit(Record::Request { token, request });
+    ring_doorbell();
+    // SAFETY: `reply` is the read end of the reply pipe, owned by this module; ManuallyDrop
+    // keeps the File from closing it.
+    let mut pipe = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(reply) });
+    loop {
+        let mut head = [0u8; 16];
+        pipe.read_exact(&mut head).ok()?;
+        let answered = u64::from_le_bytes(head[..8].try_into().ok()?);
+        let len = u64::from_le_bytes(head[8..].try_into().ok()?) as usize;
+        let mut body = vec![0u8; len];
+        pipe.read_exact(&mut body).ok()?;
+        if answered == token {
+            return String::from_utf8(body).ok();
+        }
+    }
+}
+
+/// How the program ended, as the sink saw it.
+pub struct Ending {
+    /// The status it gave as it ended normally (an Exit record).
+    pub exit_record: Option<i32>,
+    /// From waitpid, when the sink is the program's parent: (exited with, killed by signal).
+    pub waited: Option<(Option<i32>, Option<i32>)>,
+    /// The program's peak RSS from the kernel's accounting, when waited for (bytes).
+    pub rss_peak: u64,
+    /// Whether the ring held a record that could not be read (a producer died mid-record, or
+    /// the memory was overwritten).
+    pub cut_short: bool,
+}
+
+/// Runs the sink until the program ends: drains the ring into the books, answers requests on
+/// `reply`, and watches `doorbell` for wake-ups and its end. `program` is the program's pid
+/// where this process is its parent (0 otherwise).
+pub fn serve(doorbell: RawFd, reply: RawFd, program: i32, pymalloc: bool) -> Ending {
+    if program > 0 {
+        forward_signals(program);
+    }
+    BOOKS.lock().ledger.pymalloc = pymalloc;
+    KEEPS_BOOKS.store(true, Ordering::Relaxed);
+    // SAFETY: `reply` is the write end of the reply pipe, handed to the sink for good.
+    let mut replies = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(reply) });
+    let mut ending = Ending { exit_record: None, waited: None, rss_peak: 0, cut_short: false };
+    let Some(ring) = RING.get() else { return ending };
+    let mut buf = Vec::new();
+    let mut ended = false;
+    loop {
+        let drained = {
+            let mut books = BOOKS.lock();
+            ring.drain(1 << 16, &mut buf, |words| {
+                apply(&mut books, words, |token, text| {
+                    let mut message = Vec::with_capacity(16 + text.len());
+                    message.extend(token.to_le_bytes());
+                    message.extend((text.len() as u64).to_le_bytes());
+                    message.extend(text.as_bytes());
+                    // A program that is gone reads no answer: nothing to do about it.
+                    let _ = replies.write_all(&message);
+                })
+            })
+        };
+        match drained {
+            Drained::More(_) => continue,
+            Drained::Corrupt(_) => {
+                ending.cut_short = true;
+                break;
+            }
+            Drained::Caught(_) if ended => {
+                ending.cut_short = ring.pending_words() != 0;
+                break;
+            }
+            Drained::Caught(_) => {}
+        }
+        ended = wait_for_records(doorbell, program, &mut ending);
+    }
+    ending.exit_record = BOOKS.lock().exit_status;
+    ending
+}
+
+/// The program this process is the parent of (0 if none).
+static PROGRAM: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(signal: libc::c_int) {
+    let program = PROGRAM.load(Ordering::Relaxed);
+    if program > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(program, signal) };
+    }
+}
+
+/// Under `memsleuth run` the program is this process's child: a signal meant to end the
+/// command goes on to it, and Ctrl-C, which the terminal sends the program too, is left to it.
+fn forward_signals(program: i32) {
+    PROGRAM.store(program, Ordering::Relaxed);
+    // SAFETY: `forward` only loads an atomic and calls kill, both async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+        for signal in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+            libc::signal(signal, forward as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+/// Waits up to a few milliseconds for a wake-up; returns whether the program has ended.
+fn wait_for_records(doorbell: RawFd, program: i32, ending: &mut Ending) -> bool {
+    let mut poll = libc::pollfd { fd: doorbell, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&mut poll, 1, 2) };
+    let mut hung_up = false;
+    if ready > 0 {
+        let mut wakeups = [0u8; 256];
+        // SAFETY: reads into a valid buffer from the doorbell's read end.
+        let n = unsafe { libc::read(doorbell, wakeups.as_mut_ptr().cast(), wakeups.len()) };
+        hung_up = n == 0;
+    }
+    if program > 0 {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: polls our own child without blocking.
+        if unsafe { libc::wait4(program, &mut status, libc::WNOHANG, &mut usage) } == program {
+            let exited = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+            let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
+            ending.waited = Some((exited, signal));
+            ending.rss_peak = usage.ru_maxrss as u64 * 1024;
+            return true;
+        }
+        return false;
+    }
+    hung_up
+}
