@@ -5,6 +5,7 @@
 //! allocator tracemalloc saved, which is not ours): `verify` finds that out at each reading and
 //! installs them again over what is there now.
 
+use crate::sink::BOOKS;
 use crate::state::{self, guarded, ENABLED, RESIDENCY};
 use pyo3_ffi::{
     PyMemAllocatorDomain, PyMemAllocatorEx, PyMem_Free, PyMem_GetAllocator, PyMem_Malloc, PyMem_RawFree,
@@ -271,15 +272,19 @@ pub fn verify() {
 }
 
 extern "C" fn before_fork() {
-    // Hold the big blocks across fork() so the child never inherits them locked by a thread
-    // that does not exist there.
+    // Hold the big blocks and the books (kept here by a sink thread) across fork() so the child
+    // never inherits them locked by a thread that does not exist there.
     std::mem::forget(RESIDENCY.lock());
+    std::mem::forget(BOOKS.lock());
 }
 
 extern "C" fn after_fork() {
-    // SAFETY: `before_fork` locked them on this thread and leaked the guard; this is the
-    // matching unlock, in the parent and in the child alike.
-    unsafe { RESIDENCY.force_unlock() };
+    // SAFETY: `before_fork` locked both on this thread and leaked the guards; these are the
+    // matching unlocks, in the parent and in the child alike.
+    unsafe {
+        BOOKS.force_unlock();
+        RESIDENCY.force_unlock();
+    }
 }
 
 /// A child the program forks is not profiled: it records nothing and lets go of the sink.
@@ -288,6 +293,11 @@ extern "C" fn after_fork_in_child() {
     state::after_fork_in_child();
     crate::sink::forked_child();
     after_fork();
+}
+
+/// Whether the hooks were installed in this process (or the one it was forked from).
+pub fn installed() -> bool {
+    INSTALL.is_completed()
 }
 
 /// Installs the hooks on all three domains (once) and starts tracking.

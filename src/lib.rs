@@ -317,6 +317,14 @@ fn serve_sink(py: Python<'_>, doorbell: i32, reply: i32, program: i32, pymalloc:
     Ok(out)
 }
 
+/// A forked child with a sink of its own records again (its hooks stayed installed).
+#[pyfunction]
+fn resume_recording() {
+    if hooks::installed() {
+        state::resume();
+    }
+}
+
 /// The program ended normally with `status`: the sink knows the report is whole.
 #[pyfunction]
 fn record_exit(status: i32) {
@@ -412,6 +420,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(connect_sink, m)?)?;
     m.add_function(wrap_pyfunction!(serve_sink, m)?)?;
     m.add_function(wrap_pyfunction!(record_exit, m)?)?;
+    m.add_function(wrap_pyfunction!(resume_recording, m)?)?;
     m.add_function(wrap_pyfunction!(report_all_text, m)?)?;
     m.add_function(wrap_pyfunction!(open_frames, m)?)?;
     m.add_class::<GenFrame>()?;

@@ -13,7 +13,7 @@
 //! The program asks for reports with a request record; the sink answers once it has applied
 //! everything sent before it, on the reply pipe (a thread sink drains the ring itself instead).
 
-use crate::state::{SpinLock, RING};
+use crate::state::{ring, set_ring, SpinLock};
 use memsleuth_core::books::Books;
 use memsleuth_core::record::{Record, Request};
 use memsleuth_core::report::{render_function, Report};
@@ -70,8 +70,16 @@ fn map_ring(fd: RawFd) -> std::io::Result<()> {
         }
         std::slice::from_raw_parts(at as *const Word, len / 8)
     };
-    let ring = Ring::new(words).ok_or_else(|| std::io::Error::other("the ring's size is not a power of two"))?;
-    RING.set(ring).map_err(|_| std::io::Error::other("the ring is already mapped"))
+    set_ring(Ring::new(words).ok_or_else(|| std::io::Error::other("the ring's size is not a power of two"))?);
+    Ok(())
+}
+
+/// Faults every page of the ring into this process now: a forked child shares the pages but not
+/// their mappings, and faulting them in while the program runs would move its RSS.
+fn prefault() {
+    if let Some(ring) = ring() {
+        ring.touch_pages();
+    }
 }
 
 /// Makes the ring in a new memfd; returns the descriptor (close-on-exec: it is passed on
@@ -95,7 +103,7 @@ pub fn attach_ring(fd: RawFd) -> std::io::Result<()> {
     map_ring(fd)
 }
 
-/// Starts a sink thread in this process.
+/// Starts a sink thread in this process (in a forked child, again: threads do not survive fork).
 pub fn start_thread(pymalloc: bool) -> std::io::Result<()> {
     BOOKS.lock().ledger.pymalloc = pymalloc;
     KEEPS_BOOKS.store(true, Ordering::Relaxed);
@@ -110,6 +118,7 @@ pub fn start_thread(pymalloc: bool) -> std::io::Result<()> {
 
 /// The program's side of a sink process: where to ring and where answers come.
 pub fn connect(doorbell: RawFd, reply: RawFd, sink_pid: i32, sink_is_parent: bool) {
+    prefault();
     DOORBELL.store(doorbell, Ordering::Relaxed);
     REPLY.store(reply, Ordering::Relaxed);
     SINK_PID.store(sink_pid, Ordering::Relaxed);
@@ -132,7 +141,7 @@ pub fn forked_child() {
 /// Applies everything in the ring to the books here (a sink thread, or a request in its
 /// process); returns whether the ring was caught up.
 fn drain_here() -> bool {
-    let Some(ring) = RING.get() else { return true };
+    let Some(ring) = ring() else { return true };
     let mut books = BOOKS.lock();
     let mut buf = Vec::new();
     loop {
@@ -256,7 +265,7 @@ pub fn serve(doorbell: RawFd, reply: RawFd, program: i32, pymalloc: bool) -> End
     // SAFETY: `reply` is the write end of the reply pipe, handed to the sink for good.
     let mut replies = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(reply) });
     let mut ending = Ending { exit_record: None, waited: None, rss_peak: 0, cut_short: false };
-    let Some(ring) = RING.get() else { return ending };
+    let Some(ring) = ring() else { return ending };
     let mut buf = Vec::new();
     let mut ended = false;
     loop {
@@ -294,24 +303,30 @@ pub fn serve(doorbell: RawFd, reply: RawFd, program: i32, pymalloc: bool) -> End
 /// The program this process is the parent of (0 if none).
 static PROGRAM: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn forward(signal: libc::c_int) {
+extern "C" fn forward(signal: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
     let program = PROGRAM.load(Ordering::Relaxed);
-    if program > 0 {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let from_the_kernel = !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL;
+    if program > 0 && !from_the_kernel {
         // SAFETY: kill is async-signal-safe.
         unsafe { libc::kill(program, signal) };
     }
 }
 
-/// Under `memsleuth run` the program is this process's child: a signal meant to end the
-/// command goes on to it, and Ctrl-C, which the terminal sends the program too, is left to it.
+/// Under `memsleuth run` the program is this process's child: a signal sent to the command goes
+/// on to it. One the terminal sends (Ctrl-C, a hangup) reaches the program by itself, being
+/// sent to the whole foreground group, and is not sent twice.
 fn forward_signals(program: i32) {
     PROGRAM.store(program, Ordering::Relaxed);
-    // SAFETY: `forward` only loads an atomic and calls kill, both async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
-        for signal in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
-            libc::signal(signal, forward as *const () as libc::sighandler_t);
+    for signal in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: an all-zero sigaction is valid to fill in; `forward` only loads an atomic,
+        // reads its siginfo and calls kill, all async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = forward as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
         }
     }
 }

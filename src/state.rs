@@ -9,8 +9,8 @@ use memsleuth_core::readings::{Residency, Schedule, BIG_BLOCK};
 use memsleuth_core::record::{Reading, Record};
 use memsleuth_core::ring::Ring;
 use std::cell::{Cell, RefCell, UnsafeCell};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// A test-and-set lock for state the hooks touch, where a parking mutex's compare-and-swap on
 /// release is measurable: this one releases with a plain store. Waiters spin briefly, then yield
@@ -88,8 +88,21 @@ impl<T> Drop for SpinGuard<'_, T> {
 /// cleared in a forked child (it is not profiled) and if the sink is lost.
 pub static ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// The ring this process's threads append to.
-pub static RING: OnceLock<Ring<'static>> = OnceLock::new();
+/// The ring this process's threads append to (null until made). A forked child profiled on
+/// its own gets a new one; the old one is left in place, never freed, since nothing frees it.
+static RING: AtomicPtr<Ring<'static>> = AtomicPtr::new(std::ptr::null_mut());
+
+/// This process's ring, if it has one.
+#[inline(always)]
+pub fn ring() -> Option<&'static Ring<'static>> {
+    // SAFETY: a non-null pointer comes from `set_ring`'s leaked box, never freed.
+    unsafe { RING.load(Ordering::Acquire).as_ref() }
+}
+
+/// Makes `ring` the one this process's threads append to.
+pub fn set_ring(ring: Ring<'static>) {
+    RING.store(Box::into_raw(Box::new(ring)), Ordering::Release);
+}
 
 /// The live big blocks and arenas; readings copy what they need out of it and measure outside
 /// the lock, which the hooks take only for big blocks.
@@ -185,7 +198,7 @@ impl Local {
 
     #[inline(always)]
     pub fn emit(&self, record: Record) {
-        if let Some(ring) = RING.get() {
+        if let Some(ring) = ring() {
             ring.push(record.encode(self.id()).as_slice(), wait_for_room);
         }
     }
@@ -540,23 +553,24 @@ impl Drop for GeneratorFrame {
     }
 }
 
-/// Profiled functions' code objects, by function number.
-static REGISTRY: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// Profiled functions' code objects and registrations, by function number.
+static REGISTRY: Mutex<Vec<(usize, Record)>> = Mutex::new(Vec::new());
 
 /// The number of the function with code object `code`, registering it (the books number
 /// functions in the same order) if it is new.
 pub fn register(code: usize, make: impl FnOnce() -> Record) -> u32 {
     let mut registry = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(i) = registry.iter().position(|&c| c == code) {
+    if let Some(i) = registry.iter().position(|(c, _)| *c == code) {
         return i as u32;
     }
-    registry.push(code);
-    emit(make());
+    let record = make();
+    emit(record.clone());
+    registry.push((code, record));
     (registry.len() - 1) as u32
 }
 
 fn code_of(func: u32) -> usize {
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).get(func as usize).copied().unwrap_or(0)
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).get(func as usize).map_or(0, |(code, _)| *code)
 }
 
 /// `enter`, by function number.
@@ -570,7 +584,16 @@ pub fn allocs_seen() -> u64 {
     LOCAL.with(|me| me.allocs.get())
 }
 
-/// Sends the readings' due flag to whoever must check the hooks.
+/// In a forked child: it records nothing unless it is given a sink of its own (`resume`).
 pub fn after_fork_in_child() {
     ENABLED.store(false, Ordering::Relaxed);
+}
+
+/// Recording starts again, into a new ring (a forked child with a sink of its own), whose
+/// sink first learns the functions registered so far, under the same numbers.
+pub fn resume() {
+    ENABLED.store(true, Ordering::Relaxed);
+    for (_, record) in REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        emit(record.clone());
+    }
 }

@@ -34,6 +34,22 @@ def start():
     global kind
     if kind is not None:
         return
+    _start()
+    # A child forked by the program is profiled on its own, into a ring and a sink of its own.
+    os.register_at_fork(after_in_child=_restart_in_child)
+
+
+def _restart_in_child():
+    global kind
+    if kind is None:
+        return
+    kind = None
+    _start()
+    _native.resume_recording()
+
+
+def _start():
+    global kind
     ring = _native.open_ring()
     if _requested() == "process":
         try:
@@ -92,11 +108,19 @@ def fork_program():
     """Under ``memsleuth run``: forks. The child returns None and runs the program, recording
     into the ring; this process becomes the sink, and returns how the program ended once it has."""
     global kind
+    if sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
+        # Called from Python with its output redirected in the process: the program must run
+        # here, and a spawned sink keeps the books.
+        return None
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
     ring = _native.open_ring()
     doorbell_r, doorbell_w = os.pipe()
     reply_r, reply_w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         for fd in (ring, doorbell_r, reply_w):

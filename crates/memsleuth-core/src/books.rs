@@ -91,6 +91,9 @@ impl Books {
             Record::Register { code, first_lineno, name, module, filename, source } => {
                 l.register_function(FuncInfo { name, module, filename, first_lineno, source, code: code as usize });
             }
+            // A function the books never heard of (a record lost to a dead producer) is skipped:
+            // the books never index past what they hold.
+            Record::Enter { func, .. } | Record::GenNew { func, .. } if func as usize >= l.funcs().len() => {}
             Record::Enter { func, reading } => {
                 let os = Self::os(l, reading);
                 l.enter(hot, func, os);
@@ -231,6 +234,17 @@ mod tests {
         books.apply(1, Record::Alloc { addr: 0x10, size: 600, raw: true });
         let carried = Books::os(&mut books.ledger, reading(1 << 20));
         assert_eq!((carried.malloc_in_use, carried.malloc_mmapped, carried.malloc_arena), (5600, 7, 8000));
+    }
+
+    #[test]
+    fn a_call_of_a_function_never_registered_is_skipped() {
+        let mut books = Books::new();
+        books.apply(1, Record::Enter { func: 0, reading: reading(1) });
+        books.apply(1, Record::GenNew { gen: 1, func: 3 });
+        books.apply(1, Record::Resume { gen: 1, reading: reading(1) });
+        books.apply(1, Record::Leave { reading: reading(1) });
+        assert_eq!(books.ledger.funcs().len(), 0);
+        assert_eq!(books.open_frames(), vec![]);
     }
 
     #[test]

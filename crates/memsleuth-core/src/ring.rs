@@ -69,6 +69,13 @@ impl<'a> Ring<'a> {
         &self.control[TAIL]
     }
 
+    /// Reads one word of every 4 KiB page of the ring, so that its pages are mapped.
+    pub fn touch_pages(&self) {
+        for word in self.control.iter().chain(self.data).step_by(512) {
+            word.load(Ordering::Relaxed);
+        }
+    }
+
     /// Words written or reserved and not yet read.
     pub fn pending_words(&self) -> u64 {
         self.head().load(Ordering::Acquire).wrapping_sub(self.tail().load(Ordering::Acquire))
