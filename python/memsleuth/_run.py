@@ -206,6 +206,10 @@ def run(options):
             program, args = _script(options["program"][0]), options["program"][1:]
         else:
             raise UsageError("nothing to run: give a SCRIPT, -m MODULE or -c CODE (see memsleuth run --help)")
+        try:
+            _sink.requested()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         for key in ("json", "output"):
             if options[key] is not None:
                 _check_writable(options[key])

@@ -23,9 +23,12 @@ def pymalloc():
     return not os.environ.get("PYTHONMALLOC", "").startswith("malloc")
 
 
-def _requested():
-    """The sink MEMSLEUTH_SINK asks for ("process" by default)."""
-    return "thread" if os.environ.get("MEMSLEUTH_SINK", "process") == "thread" else "process"
+def requested():
+    """The sink MEMSLEUTH_SINK asks for ("process" by default); ValueError if it names neither."""
+    asked = os.environ.get("MEMSLEUTH_SINK", "process")
+    if asked not in ("process", "thread"):
+        raise ValueError(f"MEMSLEUTH_SINK must be 'process' or 'thread', not {asked!r}")
+    return asked
 
 
 def start():
@@ -51,7 +54,7 @@ def _restart_in_child():
 def _start():
     global kind
     ring = _native.open_ring()
-    if _requested() == "process":
+    if requested() == "process":
         try:
             _spawn(ring)
             kind = "process"
@@ -108,9 +111,9 @@ def fork_program():
     """Under ``memsleuth run``: forks. The child returns None and runs the program, recording
     into the ring; this process becomes the sink, and returns how the program ended once it has."""
     global kind
-    if sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
-        # Called from Python with its output redirected in the process: the program must run
-        # here, and a spawned sink keeps the books.
+    if requested() == "thread" or sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
+        # Asked to keep the books in a thread, or called from Python with its output redirected
+        # in the process: the program must run here (a spawned sink, or a thread, keeps them).
         return None
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
