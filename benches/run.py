@@ -7,7 +7,8 @@ Every workload runs in two shapes: the hot loop inside the profiled function ("i
 profiled function whose hot loop sits in an unprofiled callee ("callee"); "outside" runs the loop
 with memsleuth tracking but no profiled function on the stack. Each cell is the median over
 --runs alternating rounds of the tool's wall time divided by plain Python's median at the same
-size, and the tool's peak RSS divided by plain's. memory_profiler runs a scaled-down size (it is
+size, and the tool's peak RSS divided by plain's; memsleuth's cells add its sink process's CPU
+time and peak RSS (the books are kept there, outside the measured program). memory_profiler runs a scaled-down size (it is
 hundreds of times slower) against a plain baseline at that size. Machines are noisy: read the
 ratios, not the seconds.
 
@@ -17,6 +18,7 @@ has Scalene installed (it samples memory, whole program). --tools picks a subset
 """
 
 import argparse
+import ctypes
 import os
 import shutil
 import statistics
@@ -104,7 +106,18 @@ def command(tool, python, peers_python, script, tmp):
     return [python, script]
 
 
+def become_subreaper():
+    """Orphans of the measured programs (memsleuth's sink processes) come back to this process,
+    which reaps them and counts their CPU time and peak RSS apart from the program's."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
 def measure(cmd):
+    """(wall time, the program's peak RSS, CPU seconds and peak RSS of what it left running: a
+    sink process)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -113,7 +126,15 @@ def measure(cmd):
     proc.stderr.close()
     if status != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {err.strip()[-500:]}")
-    return elapsed, usage.ru_maxrss * 1024
+    left_cpu, left_peak = 0.0, 0
+    while True:
+        try:
+            _, _, left = os.wait4(-1, 0)
+        except ChildProcessError:
+            break
+        left_cpu += left.ru_utime + left.ru_stime
+        left_peak = max(left_peak, left.ru_maxrss * 1024)
+    return elapsed, usage.ru_maxrss * 1024, left_cpu, left_peak
 
 
 TABLE_COST = """
@@ -193,11 +214,12 @@ def main():
     shapes = args.shapes.split(",")
     version = subprocess.check_output([args.python, "-c", "import sys; print(sys.version.split()[0])"], text=True)
     tmp = tempfile.mkdtemp(prefix="memsleuth-bench-")
+    become_subreaper()
     rows = []
     try:
         for workload in workloads:
             for shape in shapes:
-                times, rss = {}, {}
+                times, rss, sink = {}, {}, {}
                 scales = {t: SCALE.get(t, 1) for t in tools}
                 baselines = sorted(set(scales.values()))
                 for _ in range(args.runs):
@@ -207,15 +229,21 @@ def main():
                         with open(script, "w") as f:
                             f.write(program(name, workload, shape, scale))
                         cmd = command(name, args.python, args.peers_python, script, tmp)
-                        elapsed, peak = measure(cmd)
+                        elapsed, peak, sink_cpu, sink_peak = measure(cmd)
                         times.setdefault(tool, []).append(elapsed)
                         rss.setdefault(tool, []).append(peak)
+                        sink.setdefault(tool, []).append((sink_cpu, sink_peak))
                 cells = []
                 for tool in tools:
                     key, base = (tool, scales[tool]), ("plain", scales[tool])
                     slowdown = statistics.median(times[key]) / statistics.median(times[base])
                     mem = statistics.median(rss[key]) / statistics.median(rss[base])
-                    cells.append(f"{slowdown:.2f}x / {mem:.2f}x")
+                    cell = f"{slowdown:.2f}x / {mem:.2f}x"
+                    if tool == "memsleuth":
+                        cpu = statistics.median(c for c, _ in sink[key])
+                        peak = statistics.median(p for _, p in sink[key])
+                        cell += f" (sink {cpu:.2f} s, {peak / 2**20:.0f} MiB)"
+                    cells.append(cell)
                 plain_s = statistics.median(times[("plain", 1)])
                 rows.append((workload, shape, f"{plain_s:.2f} s", cells))
                 print(f"{workload:14} {shape:8} plain {plain_s:.2f} s  " + "  ".join(
@@ -223,7 +251,8 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nCPython {version.strip()}, {args.runs} alternating runs, median slowdown / median peak RSS vs plain; "
+    print(f"\nCPython {version.strip()}, {args.runs} alternating runs, median slowdown / median peak RSS of the "
+          "profiled process vs plain (memsleuth: with its sink process's CPU time and peak RSS); the sink's "
           + table_cost(args.python))
     print("| workload | shape | plain | " + " | ".join(tools) + " |")
     print("|---|---|---|" + "---|" * len(tools))
