@@ -421,6 +421,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve_sink, m)?)?;
     m.add_function(wrap_pyfunction!(record_exit, m)?)?;
     m.add_function(wrap_pyfunction!(resume_recording, m)?)?;
+    m.add("THREAD_SINK_HEADING", memsleuth_core::report::THREAD_SINK_HEADING)?;
     m.add_function(wrap_pyfunction!(report_all_text, m)?)?;
     m.add_function(wrap_pyfunction!(open_frames, m)?)?;
     m.add_class::<GenFrame>()?;

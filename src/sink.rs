@@ -166,6 +166,9 @@ pub fn respond(books: &Books, request: &Request) -> String {
         Request::Json { python_version, argv, selection, rss_peak } => {
             let mut report = Report::from_ledger(&books.ledger, python_version, argv.clone(), *rss_peak);
             report.selection = selection.clone();
+            let in_thread = SINK_THREAD.load(Ordering::Relaxed);
+            report.sink = Some(if in_thread { "thread" } else { "process" }.into());
+            report.sink_rss_peak_bytes = (!in_thread).then(crate::rss::peak);
             report.to_json()
         }
         Request::Text { precision, code, min_bytes } => Report::from_ledger(&books.ledger, "", None, 0)

@@ -118,6 +118,8 @@ _IMPLICIT_CLASSMETHODS = ("__init_subclass__", "__class_getitem__")
 
 #: Per thread, the tables waiting while one is written (None when none is being written).
 _printing = threading.local()
+#: Whether a table said that the books are kept in a thread of the program (said once).
+_told_where_books_are = False
 
 
 def _print_report(code, precision, stream):
@@ -140,7 +142,12 @@ def _print_report(code, precision, stream):
                 if out is None:
                     # No stdout (pythonw, `>&-`): print() writes nothing there either.
                     continue
-                out.write(_native.report_text(precision, code))
+                text = _native.report_text(precision, code)
+                global _told_where_books_are
+                if _sink.kind == "thread" and not _told_where_books_are:
+                    text = _native.THREAD_SINK_HEADING + text
+                    _told_where_books_are = True
+                out.write(text)
                 out.flush()
         finally:
             _printing.pending = None

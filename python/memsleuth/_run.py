@@ -351,7 +351,8 @@ def _write_reports(options, selection):
         # Without a stdout (closed, or set to None by the program) print() prints nothing, and
         # neither does memsleuth.
         if not options["quiet"] and (options["output"] is not None or sys.stdout is not None):
-            parts = [f"memsleuth: {selection}\n\n"] if selection else []
+            parts = [_native.THREAD_SINK_HEADING] if _sink.kind == "thread" else []
+            parts += [f"memsleuth: {selection}\n\n"] if selection else []
             for code, own_precision in _profile.precisions.items():
                 digits = options["precision"] if own_precision is None else own_precision
                 parts.append(_native.report_text(digits, code, options["min_bytes"]))

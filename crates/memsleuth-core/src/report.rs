@@ -156,6 +156,10 @@ pub struct Report {
     pub functions: Vec<FunctionReport>,
     pub process: ProcessStats,
     pub rss_peak_bytes: u64,
+    /// Where the books were kept: "process" (a sink process) or "thread" (in the program).
+    pub sink: Option<String>,
+    /// The sink process's own peak RSS, apart from the program's.
+    pub sink_rss_peak_bytes: Option<u64>,
 }
 
 impl Report {
@@ -169,6 +173,8 @@ impl Report {
             functions,
             process: ledger.process,
             rss_peak_bytes,
+            sink: None,
+            sink_rss_peak_bytes: None,
         }
     }
 
@@ -246,6 +252,8 @@ impl Report {
                 ..ProcessStats::default()
             },
             rss_peak_bytes: num("rss_peak_bytes"),
+            sink: doc.get("sink").and_then(Value::as_str).map(str::to_string),
+            sink_rss_peak_bytes: p.and_then(|p| p.get("sink_rss_peak_bytes")).and_then(Value::as_f64).map(|n| n as u64),
         })
     }
 
@@ -267,6 +275,9 @@ impl Report {
         }
         if let Some(selection) = &self.selection {
             w.field_str("selection", selection);
+        }
+        if let Some(sink) = &self.sink {
+            w.field_str("sink", sink);
         }
         w.key("functions");
         w.begin_array();
@@ -317,6 +328,9 @@ impl Report {
         w.field_u64("tracked_peak_bytes", p.tracked_peak_bytes);
         w.field_u64("rss_peak_bytes", self.rss_peak_bytes);
         w.field_u64("untracked_frees", p.untracked_frees);
+        if let Some(peak) = self.sink_rss_peak_bytes {
+            w.field_u64("sink_rss_peak_bytes", peak);
+        }
         w.end_object();
         w.end_object();
         w.finish()
@@ -506,8 +520,18 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
 pub const TEARDOWN_ROW: &str = "(return: the frame's locals released)";
 
 /// Every function's table, in the order they were first profiled.
+/// The first line of a report whose books were kept in the program.
+pub const THREAD_SINK_HEADING: &str =
+    "memsleuth: the figures were kept in a thread of the program, not a sink process: its RSS includes memsleuth's tables\n";
+
 pub fn render_text(report: &Report, precision: usize, min_bytes: u64) -> String {
-    let heading = report.selection.as_ref().map_or(String::new(), |s| format!("memsleuth: {s}\n\n"));
+    let mut heading = String::new();
+    if report.sink.as_deref() == Some("thread") {
+        heading.push_str(THREAD_SINK_HEADING);
+    }
+    if let Some(selection) = &report.selection {
+        heading += &format!("memsleuth: {selection}\n\n");
+    }
     heading + &report.functions.iter().map(|f| render_function(f, precision, min_bytes)).collect::<String>()
 }
 
