@@ -6,7 +6,7 @@
 use crate::rss;
 use memsleuth_core::causes::OsReading;
 use memsleuth_core::readings::{Residency, Schedule, BIG_BLOCK};
-use memsleuth_core::record::{Reading, Record};
+use memsleuth_core::record::{alloc_words, free_words, Reading, Record};
 use memsleuth_core::ring::Ring;
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -107,8 +107,52 @@ pub fn set_ring(ring: Ring<'static>) {
 /// The live big blocks and arenas; readings copy what they need out of it and measure outside
 /// the lock, which the hooks take only for big blocks.
 pub static RESIDENCY: SpinLock<Residency> = SpinLock::new(Residency::new());
-/// How many blocks RESIDENCY holds: a free looks there only when some are live.
-static BIG_LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// A filter over the addresses of live big blocks, read by every free without a lock: a bit
+/// per hash of the address, set while a big block there may be live. A free looks among the big
+/// blocks only where its bit is set (wrongly, for one free in hundreds while a hundred big blocks
+/// are live). Bits of freed blocks stay set until enough have gone, then the filter is rebuilt
+/// from the blocks still live, word by word, so a live block's bit is never seen cleared.
+static BIG_FILTER: [AtomicU64; FILTER_WORDS] = [const { AtomicU64::new(0) }; FILTER_WORDS];
+const FILTER_WORDS: usize = 1024;
+/// Big blocks freed since the filter was last rebuilt.
+static STALE_BITS: AtomicUsize = AtomicUsize::new(0);
+
+#[inline(always)]
+fn filter_bit(addr: usize) -> (usize, u64) {
+    let hash = (addr as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48;
+    ((hash as usize / 64) % FILTER_WORDS, 1 << (hash % 64))
+}
+
+fn big_block_allocated(addr: usize, size: u64) {
+    let mut residency = RESIDENCY.lock();
+    residency.allocated(addr, size);
+    let (word, bit) = filter_bit(addr);
+    BIG_FILTER[word].fetch_or(bit, Ordering::Release);
+}
+
+/// Whether the free of `addr` was a big block's.
+#[inline(always)]
+fn big_block_freed(addr: usize) -> bool {
+    let (word, bit) = filter_bit(addr);
+    if BIG_FILTER[word].load(Ordering::Acquire) & bit == 0 {
+        return false;
+    }
+    let mut residency = RESIDENCY.lock();
+    let freed = residency.freed(addr);
+    if freed && STALE_BITS.fetch_add(1, Ordering::Relaxed) >= FILTER_WORDS {
+        STALE_BITS.store(0, Ordering::Relaxed);
+        let mut rebuilt = [0u64; FILTER_WORDS];
+        for addr in residency.big_blocks() {
+            let (word, bit) = filter_bit(addr);
+            rebuilt[word] |= bit;
+        }
+        for (word, bits) in BIG_FILTER.iter().zip(rebuilt) {
+            word.store(bits, Ordering::Release);
+        }
+    }
+    freed
+}
 
 static NEXT_THREAD: AtomicU32 = AtomicU32::new(1);
 static NEXT_GENERATOR: AtomicU64 = AtomicU64::new(1);
@@ -215,11 +259,11 @@ impl Local {
         self.allocs.set(self.allocs.get() + 1);
         self.latest.set(addr);
         if size >= BIG_BLOCK {
-            let mut residency = RESIDENCY.lock();
-            residency.allocated(addr, size);
-            BIG_LIVE.store(residency.len(), Ordering::Relaxed);
+            big_block_allocated(addr, size);
         }
-        self.emit(Record::Alloc { addr: addr as u64, size, raw });
+        if let Some(ring) = ring() {
+            ring.push(&alloc_words(self.id(), addr as u64, size, raw), wait_for_room);
+        }
     }
 
     /// A free, announced before the block is released, so that a concurrent allocation of the
@@ -230,19 +274,17 @@ impl Local {
             return;
         }
         self.note_free(addr);
-        self.emit(Record::Free { addr: addr as u64, raw });
+        if let Some(ring) = ring() {
+            ring.push(&free_words(self.id(), addr as u64, raw), wait_for_room);
+        }
     }
 
     #[inline(always)]
     fn note_free(&self, addr: usize) {
         let mut schedule = self.schedule.get();
         schedule.freed();
-        if BIG_LIVE.load(Ordering::Relaxed) != 0 {
-            let mut residency = RESIDENCY.lock();
-            if residency.freed(addr) {
-                schedule.big_event();
-            }
-            BIG_LIVE.store(residency.len(), Ordering::Relaxed);
+        if big_block_freed(addr) {
+            schedule.big_event();
         }
         self.schedule.set(schedule);
     }
@@ -266,9 +308,7 @@ impl Local {
             self.latest.set(new);
         }
         if size >= BIG_BLOCK && new != 0 {
-            let mut residency = RESIDENCY.lock();
-            residency.allocated(new, size);
-            BIG_LIVE.store(residency.len(), Ordering::Relaxed);
+            big_block_allocated(new, size);
         }
         self.emit(Record::ReallocEnd { old: old as u64, new: new as u64, size, raw });
     }
@@ -302,11 +342,7 @@ pub fn arena(addr: usize, size: u64, mapped: bool) {
     if !ENABLED.load(Ordering::Relaxed) {
         return;
     }
-    {
-        let mut residency = RESIDENCY.lock();
-        residency.arena(addr, size, mapped);
-        BIG_LIVE.store(residency.len(), Ordering::Relaxed);
-    }
+    RESIDENCY.lock().arena(addr, size, mapped);
     LOCAL.with(|me| {
         let mut schedule = me.schedule.get();
         schedule.big_event();

@@ -83,6 +83,8 @@ pub struct BigBlock {
     /// Its bytes not resident when last measured; None until a reading measures it. Wholly
     /// resident blocks stay so (memory is not paged back out here) and are not measured again.
     pub unresident: Option<u64>,
+    /// pymalloc's arena (it goes by the arena hook, never by a free).
+    pub arena: bool,
 }
 
 /// The live big blocks and arenas, and what the last readings found.
@@ -132,20 +134,25 @@ impl Residency {
 
     pub fn allocated(&mut self, addr: usize, size: u64) {
         self.events += 1;
-        self.blocks.insert(addr, BigBlock { size, unresident: None });
+        self.blocks.insert(addr, BigBlock { size, unresident: None, arena: false });
     }
 
     /// A free at `addr`; returns whether it was a big block's.
     pub fn freed(&mut self, addr: usize) -> bool {
-        let big = self.blocks.remove(&addr).is_some();
+        let big = self.blocks.get(&addr).is_some_and(|b| !b.arena) && self.blocks.remove(&addr).is_some();
         self.events += u64::from(big);
         big
+    }
+
+    /// The addresses of the live big blocks (arenas apart).
+    pub fn big_blocks(&self) -> impl Iterator<Item = usize> + '_ {
+        self.blocks.iter().filter(|(_, b)| !b.arena).map(|(a, _)| *a)
     }
 
     pub fn arena(&mut self, addr: usize, size: u64, mapped: bool) {
         if mapped {
             self.arena_bytes += size;
-            self.blocks.insert(addr, BigBlock { size, unresident: None });
+            self.blocks.insert(addr, BigBlock { size, unresident: None, arena: true });
         } else {
             self.arena_bytes -= size.min(self.arena_bytes);
             self.blocks.remove(&addr);
@@ -256,6 +263,9 @@ mod tests {
         assert!(!r.must_ask_glibc(10 << 20, 1000));
         assert!(r.freed(0x1000));
         assert!(r.must_ask_glibc(10 << 20, 1000), "and went");
+        r.arena(0x8000, 1 << 20, true);
+        assert!(!r.freed(0x8000), "an arena goes by the arena hook, not by a free");
+        assert_eq!(r.big_blocks().count(), 0);
         assert_eq!(r.glibc_footprint(), (BIG_BLOCK, 9000));
     }
 

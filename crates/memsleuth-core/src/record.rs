@@ -179,6 +179,18 @@ pub fn header_words(header: u64) -> usize {
     (header >> 16 & 0xffff) as usize
 }
 
+/// An `Alloc` record's words, built in place for the allocation hook (the same as `encode`).
+#[inline(always)]
+pub fn alloc_words(thread: u32, addr: u64, size: u64, raw: bool) -> [u64; 3] {
+    [header(kind::ALLOC, if raw { RAW } else { 0 }, 3, thread), addr, size]
+}
+
+/// A `Free` record's words, built in place for the free hook (the same as `encode`).
+#[inline(always)]
+pub fn free_words(thread: u32, addr: u64, raw: bool) -> [u64; 2] {
+    [header(kind::FREE, if raw { RAW } else { 0 }, 2, thread), addr]
+}
+
 impl Record {
     /// The record's words, sent by `thread`. Strings that would make the record longer than
     /// MAX_WORDS are cut (only a registered function's source could be that long).
@@ -538,6 +550,16 @@ mod tests {
             assert_ne!(words.as_slice()[0], 0, "{record:?}: a header is never zero");
             assert_eq!(header_words(words.as_slice()[0]), words.as_slice().len());
             assert_eq!(Record::decode(words.as_slice()), Some((thread, record.clone())), "{record:?}");
+        }
+    }
+
+    #[test]
+    fn the_hooks_words_built_in_place_are_the_encoded_records() {
+        for raw in [false, true] {
+            let alloc = Record::Alloc { addr: 0x7f12_3456_7890, size: 1 << 35, raw };
+            assert_eq!(alloc_words(9, 0x7f12_3456_7890, 1 << 35, raw), alloc.encode(9).as_slice());
+            let free = Record::Free { addr: 0x10, raw };
+            assert_eq!(free_words(u32::MAX, 0x10, raw), free.encode(u32::MAX).as_slice());
         }
     }
 
