@@ -69,6 +69,10 @@ pub enum Command {
         /// Print no text report
         #[arg(short = 'q', long)]
         quiet: bool,
+        /// Also profile the children the program forks (os.fork, multiprocessing's fork): each
+        /// is reported by pid, and a summary adds up every process's figures
+        #[arg(long)]
+        follow_fork: bool,
         #[command(flatten)]
         text: TextOptions,
         /// The script to run, then its arguments (with -m or -c: only the arguments); everything

@@ -367,13 +367,16 @@ fn reading_counts() -> (u64, u64) {
 fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyAny>> {
     let options = PyDict::new(py);
     let command = match cli::parse(argv) {
-        Ok(cli::Cli { command: cli::Command::Run { module, code, functions, json, output, quiet, text, program } }) => {
+        Ok(cli::Cli {
+            command: cli::Command::Run { module, code, functions, json, output, quiet, follow_fork, text, program },
+        }) => {
             options.set_item("module", module)?;
             options.set_item("code", code)?;
             options.set_item("functions", functions)?;
             options.set_item("json", json)?;
             options.set_item("output", output)?;
             options.set_item("quiet", quiet)?;
+            options.set_item("follow_fork", follow_fork)?;
             options.set_item("program", program)?;
             options.set_item("precision", text.precision)?;
             options.set_item("min_bytes", text.min_bytes.unwrap_or(0))?;

@@ -240,8 +240,13 @@ impl Local {
         }
     }
 
+    /// Sends `record`, if this process records (a child forked without a sink of its own does
+    /// not: the ring it inherited is its parent's).
     #[inline(always)]
     pub fn emit(&self, record: Record) {
+        if !ENABLED.load(Ordering::Relaxed) {
+            return;
+        }
         if let Some(ring) = ring() {
             ring.push(record.encode(self.id()).as_slice(), wait_for_room);
         }
@@ -332,9 +337,7 @@ pub fn guarded<R>(f: impl FnOnce(&Local) -> R) -> Option<R> {
 /// Sends `record` from the calling thread, if this process records.
 #[inline]
 pub fn emit(record: Record) {
-    if ENABLED.load(Ordering::Relaxed) {
-        LOCAL.with(|me| me.emit(record));
-    }
+    LOCAL.with(|me| me.emit(record));
 }
 
 /// pymalloc mapped or unmapped an arena: residency and the schedule learn of it at once.

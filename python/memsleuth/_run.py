@@ -1,14 +1,16 @@
 """``memsleuth run`` and ``memsleuth report``."""
 
 import ast
-import json
 import atexit
 import builtins
 import functools
 import importlib.util
+import json
 import linecache
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import traceback
 import types
@@ -226,10 +228,13 @@ def run(options):
     selection, whole_program, patcher = _selection(program, tree, options["functions"])
     code = compile(tree, program.filename, "exec")
 
+    children = tempfile.mkdtemp(prefix="memsleuth-children-") if options["follow_fork"] else None
     # From here this process keeps the books, and a child runs the program.
     ending = _sink.fork_program()
     if ending is not None:
-        return _report_ending(ending, options, selection, [program.argv0, *args])
+        return _report_ending(ending, options, selection, [program.argv0, *args], children)
+    if children is not None:
+        _sink.follow_forks(children)
 
     _profile.deferred = True
     _profile.default_precision = precision
@@ -279,30 +284,73 @@ def run(options):
     return status
 
 
-def _report_ending(ending, options, selection, argv):
+def _report_ending(ending, options, selection, argv, children):
     """In the sink, once the program has ended: its exit status as memsleuth's. A program that
     ended normally wrote its reports; for one that did not (killed, crashed, os._exit), the sink
-    writes them, marked incomplete."""
+    writes them, marked incomplete. The reports of followed children (in ``children``, a
+    directory, or None) are added to both."""
+    written = True
     if ending["exit_record"] is not None:
         if ending["signal"] is not None:
-            return 128 + ending["signal"]
-        return ending["exit_status"] if ending["exit_status"] is not None else ending["exit_record"]
-    how, status = _sink.ending_words(ending)
-    heading = _sink.death_heading(how)
-    written = True
-    if options["json"] is not None:
+            status = 128 + ending["signal"]
+        else:
+            status = ending["exit_status"] if ending["exit_status"] is not None else ending["exit_record"]
+    else:
+        how, status = _sink.ending_words(ending)
         version = ".".join(str(part) for part in sys.version_info[:3])
         doc = json.loads(_native.report_json(version, argv, selection))
-        doc["rss_peak_bytes"] = ending["rss_peak"]
+        doc["process"]["rss_peak_bytes"] = ending["rss_peak"]
         doc["incomplete"] = {"ended": how, "running": [
             {"function": name, "filename": filename, "lineno": lineno}
             for name, filename, lineno in _native.open_frames()]}
-        written &= _write(options["json"], json.dumps(doc, indent=2) + "\n")
-    if not options["quiet"]:
-        parts = [heading, f"memsleuth: {selection}\n\n" if selection else "\n"]
-        parts.append(_native.report_all_text(options["precision"], options["min_bytes"]))
-        written &= _write(options["output"], "".join(parts))
+        if options["json"] is not None:
+            written &= _write(options["json"], json.dumps(doc, indent=2) + "\n")
+        if children is not None:
+            with open(os.path.join(children, f"{ending['pid']}.json"), "w") as f:
+                json.dump(doc, f)
+        if not options["quiet"]:
+            parts = [_sink.death_heading(how), f"memsleuth: {selection}\n\n" if selection else "\n"]
+            parts.append(_native.report_all_text(options["precision"], options["min_bytes"]))
+            written &= _write(options["output"], "".join(parts))
+    if children is not None:
+        try:
+            written &= _add_children(options, children, ending["pid"])
+        finally:
+            shutil.rmtree(children, ignore_errors=True)
     return status if written else status or 1
+
+
+def _add_children(options, children, main_pid):
+    """Adds each followed child's report, and a summary over every process, to the run's reports
+    (JSON: `children` and `summary`; text: after the program's tables)."""
+    reports = _sink.collect_children(children, main_pid)
+    if not reports:
+        return True
+    try:
+        with open(os.path.join(children, f"{main_pid}.json")) as f:
+            main = json.load(f)
+    except (OSError, ValueError):
+        main = None
+    summary = _sink.summary([r for r in [main, *reports.values()] if r is not None])
+    written = True
+    if options["json"] is not None:
+        try:
+            with open(options["json"]) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            doc = None
+        if doc is not None:
+            doc["children"] = [dict(report, pid=pid) for pid, report in reports.items()]
+            doc["summary"] = summary
+            written &= _write(options["json"], json.dumps(doc, indent=2) + "\n")
+    if not options["quiet"]:
+        precision, min_bytes = options["precision"], options["min_bytes"]
+        parts = [f"memsleuth: child process {pid}\n\n" + _native.render_saved(json.dumps(report), precision, min_bytes)
+                 for pid, report in reports.items() if report["functions"]]
+        parts.append(f"memsleuth: summary over {summary['processes']} processes\n\n"
+                     + _native.render_saved(json.dumps(summary), precision, min_bytes))
+        written &= _write(options["output"], "".join(parts), append=True)
+    return written
 
 
 def _finish_program():
@@ -345,9 +393,14 @@ def _write_reports(options, selection):
     token = _native.begin_quiet()
     written = True
     try:
-        if options["json"] is not None:
+        if options["json"] is not None or _sink.children_dir is not None:
             version = ".".join(str(part) for part in sys.version_info[:3])
-            written &= _write(options["json"], _native.report_json(version, _profile.program_argv, selection))
+            report = _native.report_json(version, _profile.program_argv, selection)
+            if options["json"] is not None:
+                written &= _write(options["json"], report)
+            if _sink.children_dir is not None:
+                # Where the run's sink adds it up with the followed children's.
+                written &= _write(os.path.join(_sink.children_dir, f"{os.getpid()}.json"), report)
         # Without a stdout (closed, or set to None by the program) print() prints nothing, and
         # neither does memsleuth.
         if not options["quiet"] and (options["output"] is not None or sys.stdout is not None):
@@ -362,14 +415,17 @@ def _write_reports(options, selection):
     return written
 
 
-def _write(path, text):
-    """Writes ``text`` to ``path``, or to sys.stdout when ``path`` is None; False if it could not."""
+def _write(path, text, append=False):
+    """Writes ``text`` to ``path`` (after what it holds, if ``append``), or to sys.stdout when
+    ``path`` is None; False if it could not."""
     try:
         if path is None:
+            if sys.stdout is None:
+                return True
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
-            with open(path, "w") as f:
+            with open(path, "a" if append else "w") as f:
                 f.write(text)
     except (OSError, ValueError) as exc:  # ValueError: the program closed sys.stdout
         sys.stderr.write(f"memsleuth: error: cannot write the report: {getattr(exc, 'strerror', None) or exc}\n")

@@ -1,17 +1,20 @@
 """Starting the sink that keeps memsleuth's books outside the profiled process (docs/design.md,
 "The books live in the sink"), and the reports it writes when the program could not."""
 
+import json
 import os
 import signal
 import sys
+import time
 
 from . import _native
 
 #: What keeps the books in this process's run: "process", "thread", or None before the start.
 kind = None
 
-#: Ends of the spawned sink's descriptors in its process.
-_SPAWNED_FDS = (250, 251, 252)
+#: Under ``memsleuth run --follow-fork``: the directory where every profiled process leaves its
+#: JSON report (None otherwise).
+children_dir = None
 
 _SPAWNED_MAIN = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -51,12 +54,12 @@ def _restart_in_child():
     _native.resume_recording()
 
 
-def _start():
+def _start(report=None):
     global kind
     ring = _native.open_ring()
     if requested() == "process":
         try:
-            _spawn(ring)
+            _spawn(ring, report)
             kind = "process"
             return
         except OSError as exc:
@@ -68,7 +71,7 @@ def _start():
     kind = "thread"
 
 
-def _spawn(ring):
+def _spawn(ring, report):
     doorbell_r, doorbell_w = os.pipe()
     reply_r, reply_w = os.pipe()
     ours = (ring, doorbell_r, reply_w)
@@ -78,7 +81,7 @@ def _spawn(ring):
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
         actions += [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(ours, targets)]
         argv = [sys.executable, "-I", "-S", "-c", _SPAWNED_MAIN, package_parent,
-                *map(str, targets), "1" if pymalloc() else "0"]
+                *map(str, targets), "1" if pymalloc() else "0", *([report] if report else [])]
         pid = os.posix_spawn(sys.executable, argv, os.environ, file_actions=actions)
     except BaseException:
         for fd in (doorbell_w, reply_r):
@@ -96,15 +99,105 @@ def spawned_main(args):
     writes on stderr what it had run."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
-    ring, doorbell, reply, use_pymalloc = (int(a) for a in args)
+    ring, doorbell, reply, use_pymalloc = (int(a) for a in args[:4])
     keep = {ring, doorbell, reply}
     os.closerange(3, min(keep))
     os.closerange(max(keep) + 1, 1 << 20)
     _native.attach_ring(ring)
     ending = _native.serve_sink(doorbell, reply, 0, bool(use_pymalloc))
-    if ending["exit_record"] is None:
+    if len(args) > 4:
+        _leave_report(args[4])
+    elif ending["exit_record"] is None:
         sys.stderr.write(death_heading("ended without finishing (killed by a signal, crashed, or os._exit)"))
         sys.stderr.write(_native.report_all_text(1, 0))
+
+
+def _leave_report(path):
+    """A followed child's sink: its JSON report goes where the run's sink collects it."""
+    version = ".".join(str(part) for part in sys.version_info[:3])
+    doc = json.loads(_native.report_json(version, None, None))
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f)
+    os.replace(path + ".tmp", path)
+    try:
+        os.remove(path[:-len(".json")] + ".pending")
+    except OSError:
+        pass
+
+
+def follow_forks(directory):
+    """In the program under ``run --follow-fork``: each child it forks is profiled into a ring
+    and a sink of its own, which leaves the child's JSON report in ``directory``."""
+    global children_dir
+    children_dir = directory
+    os.register_at_fork(after_in_child=_profile_forked_child)
+
+
+def _profile_forked_child():
+    global kind
+    base = os.path.join(children_dir, str(os.getpid()))
+    # Made before the sink starts, so that the run waits for the child's report.
+    open(base + ".pending", "w").close()
+    kind = None
+    _start(report=base + ".json")
+    _native.resume_recording()
+
+
+def collect_children(directory, main_pid, timeout=30.0):
+    """The followed children's reports, {pid: report}, once none is pending (or ``timeout``
+    seconds have passed)."""
+    deadline = time.monotonic() + timeout
+    while any(name.endswith(".pending") for name in os.listdir(directory)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    reports = {}
+    for name in sorted(os.listdir(directory)):
+        pid, _, ext = name.partition(".")
+        if ext == "json" and pid.isdigit() and int(pid) != main_pid:
+            with open(os.path.join(directory, name)) as f:
+                reports[int(pid)] = json.load(f)
+    return reports
+
+
+#: Figures that add up across processes (RSS changes too: each process's adds to the machine's).
+_ADDED = ("hits", "allocated_bytes", "allocations", "freed_bytes", "frees", "net_bytes", "retained_bytes",
+          "rss_delta_bytes", "gc_collections", "gc_freed_bytes", "arenas_mapped", "arenas_unmapped")
+
+
+def _merged_figures(entries):
+    merged = {key: sum(e.get(key, 0) for e in entries) for key in _ADDED}
+    merged["peak_bytes"] = max(e["peak_bytes"] for e in entries)
+    merged["rss_after_bytes"] = None
+    merged["causes"] = {name: sum(e["causes"][name] for e in entries) for name in entries[0]["causes"]}
+    merged["note"] = None
+    return merged
+
+
+def summary(reports):
+    """One report whose functions add up the figures of the same function in every process."""
+    by_function = {}
+    for report in reports:
+        for f in report["functions"]:
+            by_function.setdefault((f["filename"], f["name"], f["first_lineno"]), []).append(f)
+    functions = []
+    for copies in by_function.values():
+        merged = {key: copies[0][key] for key in ("name", "module", "filename", "first_lineno")}
+        merged["last_lineno"] = max(f["last_lineno"] for f in copies)
+        merged["calls"] = sum(f["calls"] for f in copies)
+        merged["rss_at_entry_bytes"] = None
+        merged["totals"] = _merged_figures([f["totals"] for f in copies])
+        lines = {}
+        for f in copies:
+            for line in f["lines"]:
+                lines.setdefault(line["lineno"], []).append(line)
+        merged["lines"] = [dict(_merged_figures(same), lineno=lineno, source=same[0]["source"])
+                           for lineno, same in sorted(lines.items())]
+        teardowns = [f["teardown"] for f in copies if f["teardown"]]
+        merged["teardown"] = _merged_figures(teardowns) if teardowns else None
+        functions.append(merged)
+    process = {key: sum(r["process"].get(key, 0) for r in reports)
+               for key in ("allocated_bytes", "freed_bytes", "live_bytes", "untracked_frees")}
+    return {"schema": "memsleuth.report/1", "python_version": reports[0]["python_version"], "argv": None,
+            "processes": len(reports), "functions": functions, "process": process}
 
 
 def fork_program():
@@ -134,7 +227,9 @@ def fork_program():
         return None
     for fd in (ring, doorbell_w, reply_r):
         os.close(fd)
-    return _native.serve_sink(doorbell_r, reply_w, pid, pymalloc())
+    ending = _native.serve_sink(doorbell_r, reply_w, pid, pymalloc())
+    ending["pid"] = pid
+    return ending
 
 
 def death_heading(how):

@@ -1,0 +1,56 @@
+"""Children under `memsleuth run` (docs/design.md, "The books live in the sink"): with
+--follow-fork each forked child is profiled by a sink of its own and reported by pid, and a
+summary adds every process's figures up; without it a child is not profiled and is unharmed."""
+
+import json
+import os
+import sys
+from pathlib import Path
+import subprocess
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILDREN = ROOT / "fixtures" / "children"
+BIN = os.path.join(os.path.dirname(sys.executable), "memsleuth")
+
+
+def _run(tmp_path, *options):
+    report = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MEMSLEUTH_SINK")}
+    proc = subprocess.run([BIN, "run", *options, "--json", report, "forks.py"], cwd=CHILDREN, capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("built [3000000, 4000000]\n")
+    return proc, json.loads(report.read_text())
+
+
+def _function(report, name):
+    return next(f for f in report["functions"] if f["name"] == name)
+
+
+def test_followed_children_are_reported_by_pid_and_added_up(tmp_path):
+    proc, doc = _run(tmp_path, "--follow-fork")
+    profiled = [child for child in doc["children"] if child["functions"]]
+    # os.fork's child built 2 MB; the pool's workers built 3 and 4 MB (one or both of them).
+    builds = sorted(f["totals"]["allocated_bytes"] // 1_000_000 for child in profiled
+                    for f in child["functions"] if f["name"] == "build" for _ in range(1))
+    assert sum(_function(child, "build")["calls"] for child in profiled) == 3
+    assert sum(builds) == 2 + 3 + 4
+    assert all(child["pid"] != os.getpid() for child in doc["children"])
+    summary = doc["summary"]
+    assert summary["processes"] == 1 + len(doc["children"])
+    build = _function(summary, "build")
+    assert build["calls"] == 4
+    kept = next(line for line in build["lines"] if line["source"].startswith("kept = "))
+    assert kept["hits"] == 4 and kept["allocated_bytes"] >= 10_000_000
+    assert _function(summary, "main")["calls"] == 1
+    for child in profiled:
+        assert f"memsleuth: child process {child['pid']}\n" in proc.stdout
+    assert f"memsleuth: summary over {summary['processes']} processes\n" in proc.stdout
+
+
+def test_without_follow_fork_children_are_not_profiled(tmp_path):
+    proc, doc = _run(tmp_path)
+    assert "children" not in doc and "summary" not in doc
+    build = _function(doc, "build")
+    assert build["calls"] == 1, "only the parent's own call"
+    assert "child process" not in proc.stdout
