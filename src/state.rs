@@ -6,7 +6,7 @@
 use crate::rss;
 use memsleuth_core::causes::OsReading;
 use memsleuth_core::readings::{Residency, Schedule, BIG_BLOCK};
-use memsleuth_core::record::{alloc_words, free_words, Reading, Record};
+use memsleuth_core::record::{alloc_words, free_words, line_words, Reading, Record};
 use memsleuth_core::ring::Ring;
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -451,7 +451,12 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> bool {
         // `change_line`): both take what `due_reading` gives.
         let reading = due_reading(me, &mut due);
         me.top_lineno.set(lineno);
-        me.emit(Record::Line { code: code as u64, lineno, reading });
+        match (reading, ring()) {
+            (None, Some(ring)) => {
+                ring.push(&line_words(me.id(), code as u64, lineno), wait_for_room);
+            }
+            (reading, _) => me.emit(Record::Line { code: code as u64, lineno, reading }),
+        }
         due
     })
 }

@@ -191,6 +191,12 @@ pub fn free_words(thread: u32, addr: u64, raw: bool) -> [u64; 2] {
     [header(kind::FREE, if raw { RAW } else { 0 }, 2, thread), addr]
 }
 
+/// A `Line` record's words without a reading, built in place for the line event.
+#[inline(always)]
+pub fn line_words(thread: u32, code: u64, lineno: u32) -> [u64; 3] {
+    [header(kind::LINE, 0, 3, thread), code, u64::from(lineno)]
+}
+
 impl Record {
     /// The record's words, sent by `thread`. Strings that would make the record longer than
     /// MAX_WORDS are cut (only a registered function's source could be that long).
@@ -561,6 +567,8 @@ mod tests {
             let free = Record::Free { addr: 0x10, raw };
             assert_eq!(free_words(u32::MAX, 0x10, raw), free.encode(u32::MAX).as_slice());
         }
+        let line = Record::Line { code: 0x7f00_0000_0040, lineno: 1 << 20, reading: None };
+        assert_eq!(line_words(3, 0x7f00_0000_0040, 1 << 20), line.encode(3).as_slice());
     }
 
     #[test]
