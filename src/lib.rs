@@ -273,6 +273,19 @@ fn report_json(python_version: &str, argv: Option<Vec<String>>, selection: Optio
     report.to_json()
 }
 
+/// The JSON report of the functions whose code objects are in `codes` only, with `process` as in
+/// the full report: the pytest plugin reads one test's figures after each test, and rendering
+/// every function profiled so far there would cost the session time quadratic in its tests.
+#[pyfunction]
+#[pyo3(signature = (python_version, codes, selection=None))]
+fn report_json_of(python_version: &str, codes: Vec<Bound<'_, PyAny>>, selection: Option<String>) -> String {
+    let wanted: Vec<usize> = codes.iter().map(|code| code.as_ptr() as usize).collect();
+    let mut report = build_report(python_version, None);
+    report.functions.retain(|f| wanted.contains(&f.code));
+    report.selection = selection;
+    report.to_json()
+}
+
 /// The text report (docs/design.md, Reports) of the function with code object `code`.
 #[pyfunction]
 #[pyo3(signature = (precision, code, min_bytes=0))]
@@ -355,6 +368,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(begin_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(end_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(report_json, m)?)?;
+    m.add_function(wrap_pyfunction!(report_json_of, m)?)?;
     m.add_function(wrap_pyfunction!(report_text, m)?)?;
     m.add_function(wrap_pyfunction!(render_saved, m)?)?;
     m.add_function(wrap_pyfunction!(parse_cli, m)?)?;
