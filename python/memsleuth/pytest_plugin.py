@@ -416,7 +416,12 @@ class Measurement:
             failures.append(f"memsleuth: the test's tracked memory peaked at {exact(self.totals['peak_bytes'])}, "
                             f"over its limit_memory of {exact(limits.memory)}")
         if limits.leaks is not None:
-            for line in self._leaking_lines(limits):
+            try:
+                leaking = list(self._leaking_lines(limits))
+            except Exception as error:
+                name = getattr(limits.leaks_filter, "__qualname__", repr(limits.leaks_filter))
+                return failures + [f"memsleuth: limit_leaks's filter_fn {name} raised {type(error).__name__}: {error}"]
+            for line in leaking:
                 failures.append(
                     f"memsleuth: line {line['lineno']} of {self.function['name']} left {exact(line['retained_bytes'])} "
                     f"allocated after the test, at or over its limit_leaks of {exact(limits.leaks)} per line "
@@ -452,7 +457,7 @@ class Measurement:
             out.append("Lines of profiled functions it called (this test's share):")
             callees = sorted(self.callee_lines, key=lambda c: (c[2]["allocated_bytes"], c[2]["retained_bytes"]),
                              reverse=True)
-            for name, filename, line in callees[:TOP_LINES]:
+            for name, filename, line in [c for c in callees if c[2]["allocated_bytes"]][:TOP_LINES]:
                 out.append(f"  {name} ({filename}) line {line['lineno']}: allocated {human(line['allocated_bytes'])}, "
                            f"retained {human(line['retained_bytes'])}  {line['source'].strip()}")
         out.append(f"RSS {_signed(self.totals['rss_delta_bytes'])}; causes: {self._causes() or 'none'}")
