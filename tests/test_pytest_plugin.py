@@ -251,6 +251,51 @@ def test_a_test_that_fails_on_its_own_keeps_its_failure(pytester):
     assert "limit_memory of" not in result.stdout.str()
 
 
+def test_a_test_that_cannot_be_measured_does_not_pass_its_limits(pytester):
+    pytester.makepyfile("""
+        import functools
+        import pytest
+
+        class Decorated:
+            # A decorator that is no function: pytest collects what it wraps, and calls it.
+            def __init__(self, function):
+                functools.update_wrapper(self, function)
+
+            def __call__(self, *args, **kwargs):
+                return self.__wrapped__(*args, **kwargs)
+
+        @pytest.mark.limit_memory("1 GB")
+        @Decorated
+        def test_limited():
+            pass
+
+        @Decorated
+        def test_free():
+            pass
+    """)
+    result = run(pytester, *NO_MEMRAY, "--memsleuth", "-rA")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "memsleuth: *::test_limited is a Decorated, not a Python function or method: its memory limits cannot be checked",
+    ])
+
+
+def test_a_test_profiled_by_its_author_is_measured_per_call(pytester):
+    pytester.makepyfile("""
+        import pytest
+        from memsleuth import profile
+
+        @pytest.mark.parametrize("megabytes", [8, 1])
+        @pytest.mark.limit_memory("4 MB")
+        @profile
+        def test_profiled(megabytes):
+            data = bytearray(megabytes * 1024 * 1024)
+    """)
+    result = run(pytester, *NO_MEMRAY, "-rA")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*peaked at 8,*B (8.0 MiB), over its limit_memory of*", "PASSED *test_profiled[[]1[]]"])
+
+
 # ----- the failure report -----
 
 def test_the_failure_names_the_lines_and_the_profiled_callees(pytester):

@@ -203,6 +203,9 @@ class MemsleuthPlugin:
         self.summaries = []
         #: The latest measurement per test, until its report is made.
         self.measured = {}
+        #: Tests that are not a Python function or method (what they are instead), until their
+        #: report is made: their limits cannot be checked, which must not pass for a success.
+        self.unmeasured = {}
         #: Every copy measured: the ledger keys functions by code object address, which a copy
         #: freed could hand to the next.
         self.copies = []
@@ -231,6 +234,7 @@ class MemsleuthPlugin:
         original = pyfuncitem.obj
         measured = _measured_copy(original)
         if measured is None:
+            self.unmeasured[pyfuncitem.nodeid] = type(original).__name__
             return (yield)
         callable_copy, code = measured
         self.copies.append(code)
@@ -264,9 +268,18 @@ class MemsleuthPlugin:
         if call.when != "call":
             return report
         measurement = self.measured.pop(item.nodeid, None)
-        if measurement is None or report.outcome != "passed":
+        unmeasured = self.unmeasured.pop(item.nodeid, None)
+        limits = self.limits.get(item.nodeid, Limits())
+        if report.outcome != "passed":
             return report
-        failures = measurement.failures(self.limits.get(item.nodeid, Limits()))
+        if unmeasured is not None and limits != Limits():
+            report.outcome = "failed"
+            report.longrepr = (f"memsleuth: {item.nodeid} is a {unmeasured}, not a Python function or method: "
+                               "its memory limits cannot be checked")
+            return report
+        if measurement is None:
+            return report
+        failures = measurement.failures(limits)
         if failures:
             report.outcome = "failed"
             report.longrepr = "\n".join(failures)
@@ -339,6 +352,10 @@ def _measured_copy(obj):
     if isinstance(obj, types.MethodType):
         inner = _measured_copy(obj.__func__)
         return inner and (types.MethodType(inner[0], obj.__self__), inner[1])
+    if obj in _profile._profiled:
+        # A test the user profiles too: its copy is measured instead, and its table shows in the
+        # failure section rather than after the call.
+        obj = obj.__wrapped__
     if not isinstance(obj, types.FunctionType):
         return None
     wrapped = getattr(obj, "__wrapped__", None)
