@@ -374,6 +374,27 @@ def test_limit_leaks_is_per_line_as_in_pytest_memray(pytester):
     result.stdout.fnmatch_lines(["FAILED *test_one_line_over*"])
 
 
+def test_a_leak_report_lists_the_lines_that_retained_the_most_first(pytester):
+    pytester.makepyfile("""
+        import pytest
+
+        kept = []
+
+        @pytest.mark.limit_leaks("1 MB")
+        def test_leaks():
+            kept.append(bytearray(2 * 1024 * 1024))
+            scratch = bytearray(8 * 1024 * 1024)
+            del scratch
+    """)
+    result = run(pytester, *NO_MEMRAY)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "Lines of test_leaks (*), exact tracked figures:",
+        "  line    7  peak    2.0 MiB  allocated    2.0 MiB  retained    2.0 MiB  kept.append(*)",
+        "  line    8  peak    8.0 MiB  allocated    8.0 MiB  retained        0 B  scratch = *",
+    ])
+
+
 def test_a_filter_function_that_raises_fails_the_test(pytester):
     pytester.makepyfile("""
         import pytest

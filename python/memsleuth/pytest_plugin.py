@@ -283,7 +283,8 @@ class MemsleuthPlugin:
         if failures:
             report.outcome = "failed"
             report.longrepr = "\n".join(failures)
-            report.sections.append(("memsleuth", measurement.section()))
+            leaked = any("limit_leaks" in failure for failure in failures)
+            report.sections.append(("memsleuth", measurement.section(leaked)))
         return report
 
     # ----- the summary -----
@@ -462,18 +463,19 @@ class Measurement:
         causes = sorted(self.totals["causes"].items(), key=lambda cause: abs(cause[1]), reverse=True)
         return ", ".join(f"{name} {_signed(size)}" for name, size in causes if size)
 
-    def section(self):
-        """The failure section: the lines that allocated or retained the most, then the table."""
+    def section(self, leaked):
+        """The failure section: the lines that allocated or, when the test ``leaked``, retained
+        the most, then the table."""
         from . import _native
 
         out = [f"Lines of {self.function['name']} ({self.function['filename']}), exact tracked figures:"]
-        lines = sorted(self.function["lines"], key=lambda line: (line["peak_bytes"], line["retained_bytes"]),
-                       reverse=True)
+        first, second = ("retained_bytes", "peak_bytes") if leaked else ("peak_bytes", "retained_bytes")
+        lines = sorted(self.function["lines"], key=lambda line: (line[first], line[second]), reverse=True)
         out += [f"  {_line_text(line)}" for line in lines[:TOP_LINES] if line["allocated_bytes"]]
         if self.callee_lines:
             out.append("Lines of profiled functions it called (this test's share):")
-            callees = sorted(self.callee_lines, key=lambda c: (c[2]["allocated_bytes"], c[2]["retained_bytes"]),
-                             reverse=True)
+            first, second = ("retained_bytes", "allocated_bytes") if leaked else ("allocated_bytes", "retained_bytes")
+            callees = sorted(self.callee_lines, key=lambda c: (c[2][first], c[2][second]), reverse=True)
             for name, filename, line in [c for c in callees if c[2]["allocated_bytes"]][:TOP_LINES]:
                 out.append(f"  {name} ({filename}) line {line['lineno']}: allocated {human(line['allocated_bytes'])}, "
                            f"retained {human(line['retained_bytes'])}  {line['source'].strip()}")
