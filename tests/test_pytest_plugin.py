@@ -563,6 +563,24 @@ def test_xdist_workers_measure_their_own_tests(pytester):
     assert len(list((pytester.path / "out").iterdir())) == 4
 
 
+@needs_xdist
+def test_a_bad_marker_under_xdist_errors_its_test(pytester):
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.limit_memory("12 XB")
+        def test_bad():
+            pass
+
+        def test_good():
+            pass
+    """)
+    result = run(pytester, *NO_MEMRAY, "-n", "2")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*memsleuth: limit_memory on *::test_bad: '12 XB' is not a size*"])
+    assert "INTERNALERROR" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+
+
 # ----- beside pytest-memray -----
 
 needs_memray = pytest.mark.skipif(importlib.util.find_spec("pytest_memray") is None,

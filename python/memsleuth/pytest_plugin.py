@@ -199,6 +199,8 @@ class MemsleuthPlugin:
             else:
                 self.markers = tuple(m for m in MARKERS if m not in MEMRAY_MARKERS)
         self.limits = {}
+        #: In an xdist worker, the usage error of each test whose markers are malformed.
+        self.bad_markers = {}
         #: Per measured test, what the summary lists (nodeid, peak, top lines).
         self.summaries = []
         #: The latest measurement per test, until its report is made.
@@ -214,7 +216,19 @@ class MemsleuthPlugin:
 
     def pytest_collection_modifyitems(self, items):
         for item in items:
-            self.limits[item.nodeid] = limits_of(item, self.markers)
+            try:
+                self.limits[item.nodeid] = limits_of(item, self.markers)
+            except pytest.UsageError as error:
+                # An xdist worker cannot stop the session (its controller takes the error for
+                # a crash): the test errors with the message instead.
+                if not hasattr(self.config, "workerinput"):
+                    raise
+                self.limits[item.nodeid] = Limits()
+                self.bad_markers[item.nodeid] = str(error)
+
+    def pytest_runtest_setup(self, item):
+        if item.nodeid in self.bad_markers:
+            pytest.fail(self.bad_markers[item.nodeid], pytrace=False)
 
     def _wanted(self, item):
         limits = self.limits.get(item.nodeid)
