@@ -265,6 +265,8 @@ class MemsleuthPlugin:
         from . import _profile
 
         report = _profile.report_of([code], selection=f"pytest test {item.nodeid}")
+        if not report["functions"]:
+            return  # the copy never ran (a wrapper around it failed first): nothing was measured
         function = report["functions"][0]
         after = _profile.report_of(callees)["functions"] if callees else []
         measurement = Measurement(item.nodeid, code, function, _callee_shares(before, after))
