@@ -274,14 +274,16 @@ fn report_json(python_version: &str, argv: Option<Vec<String>>, selection: Optio
 }
 
 /// The JSON report of the functions whose code objects are in `codes` only, with `process` as in
-/// the full report: the pytest plugin reads one test's figures after each test, and rendering
+/// the full report: the pytest plugin reads one test's figures after each test, and building
 /// every function profiled so far there would cost the session time quadratic in its tests.
 #[pyfunction]
 #[pyo3(signature = (python_version, codes, selection=None))]
 fn report_json_of(python_version: &str, codes: Vec<Bound<'_, PyAny>>, selection: Option<String>) -> String {
     let wanted: Vec<usize> = codes.iter().map(|code| code.as_ptr() as usize).collect();
-    let mut report = build_report(python_version, None);
-    report.functions.retain(|f| wanted.contains(&f.code));
+    hooks::verify();
+    let peak = rss::peak();
+    let ledger = state::LEDGER.lock();
+    let mut report = Report::from_ledger_where(&ledger, python_version, None, peak, |f| wanted.contains(&f.code));
     report.selection = selection;
     report.to_json()
 }
