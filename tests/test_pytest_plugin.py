@@ -9,6 +9,7 @@ that rely on the markers alone block it (``-p no:memray``), as a suite that swit
 import glob
 import importlib.util
 import json
+import re
 import xml.etree.ElementTree as ElementTree
 
 import pytest
@@ -465,6 +466,30 @@ def test_the_summary_lists_the_largest_peaks(pytester):
         "test_the_summary_lists_the_largest_peaks.py::test_medium: peak 5.0 MiB, *",
     ])
     assert "::test_small:" not in result.stdout.str()
+
+
+def test_the_failure_lists_five_lines_and_the_summary_three(pytester):
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.limit_memory("1 MB")
+        def test_seven_lines():
+            kilobytes_100 = bytearray(100 * 1024)
+            kilobytes_700 = bytearray(700 * 1024)
+            kilobytes_200 = bytearray(200 * 1024)
+            kilobytes_600 = bytearray(600 * 1024)
+            kilobytes_300 = bytearray(300 * 1024)
+            kilobytes_500 = bytearray(500 * 1024)
+            kilobytes_400 = bytearray(400 * 1024)
+    """)
+    result = run(pytester, *NO_MEMRAY, "--memsleuth")
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    failure, summary = output.split("tests by tracked peak")
+    listed = lambda text: [int(name) for name in re.findall(r"kilobytes_(\d+) = ", text.split("Line #")[0])]
+    # A line's peak is measured from the line's start: each peaks at what it allocates.
+    assert listed(failure) == [700, 600, 500, 400, 300]
+    assert listed(summary) == [700, 600, 500]
 
 
 def test_the_summary_lists_five_by_default_and_only_with_the_option(pytester):

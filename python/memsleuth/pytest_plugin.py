@@ -26,8 +26,8 @@ import pytest
 #: The markers, with pytest-memray's names and meaning for the first two.
 MARKERS = {
     "limit_memory": "limit_memory(limit): fail the test if its tracked peak (the high-water mark "
-    "of live tracked bytes above their value when the test function started) exceeds limit, "
-    "e.g. '24 MB'. memsleuth measures it exactly with --memsleuth; pytest-memray with --memray.",
+    "of the bytes its thread allocated and had not freed, from the test function's start) "
+    "exceeds limit, e.g. '24 MB'.",
     "limit_leaks": "limit_leaks(location_limit, filter_fn=None): fail the test if a line of it "
     "allocated location_limit or more that was still live when the test function returned.",
     "limit_rss": "limit_rss(limit): fail the test if RSS rose by more than limit across the test "
@@ -40,8 +40,10 @@ MEMRAY_MARKERS = ("limit_memory", "limit_leaks")
 UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4, "PB": 1024**5}
 UNITS.update({unit[0] + "IB": factor for unit, factor in UNITS.items() if unit != "B"})
 SIZE = re.compile(r"\s*\+?(?P<quantity>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[KMGTP]I?B|B)\s*", re.IGNORECASE)
-#: How many lines of a test the summary and a failure report list.
+#: How many lines of a test, and of the profiled functions it called, a failure report lists.
 TOP_LINES = 5
+#: How many lines of each test the --memsleuth summary lists.
+SUMMARY_LINES = 3
 
 
 def parse_size(text):
@@ -440,7 +442,7 @@ class Measurement:
             "rss_delta_bytes": self.totals["rss_delta_bytes"],
             "lines": [{field: line[field] for field in ("lineno", "source", "peak_bytes", "allocated_bytes",
                                                          "retained_bytes")}
-                      for line in lines[:3] if line["allocated_bytes"]],
+                      for line in [line for line in lines if line["allocated_bytes"]][:SUMMARY_LINES]],
         }
 
     def failures(self, limits):
@@ -487,7 +489,7 @@ class Measurement:
         out = [f"Lines of {self.function['name']} ({self.function['filename']}), exact tracked figures:"]
         first, second = ("retained_bytes", "peak_bytes") if leaked else ("peak_bytes", "retained_bytes")
         lines = sorted(self.function["lines"], key=lambda line: (line[first], line[second]), reverse=True)
-        out += [f"  {_line_text(line)}" for line in lines[:TOP_LINES] if line["allocated_bytes"]]
+        out += [f"  {_line_text(line)}" for line in [line for line in lines if line["allocated_bytes"]][:TOP_LINES]]
         if self.callee_lines:
             out.append("Lines of profiled functions it called (this test's share):")
             first, second = ("retained_bytes", "allocated_bytes") if leaked else ("allocated_bytes", "retained_bytes")
