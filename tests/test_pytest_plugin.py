@@ -336,6 +336,39 @@ def test_the_failure_names_the_lines_and_the_profiled_callees(pytester):
     assert "return large" not in result.stdout.str().split("Line #")[0]
 
 
+def test_functions_named_on_the_command_line_show_by_function(pytester):
+    pytester.makepyfile(
+        lib_under_test="""
+            CACHE = []
+
+            def load(count):
+                rows = list(range(count))
+                CACHE.append(rows)
+                return len(rows)
+        """,
+        test_lib="""
+            import pytest
+            from lib_under_test import load
+
+            @pytest.mark.limit_leaks("100 KB")
+            def test_load():
+                assert load(100_000) == 100_000
+        """)
+    # -s: the warning is written as the module is imported, during collection, which pytest
+    # captures otherwise.
+    result = run(pytester, *NO_MEMRAY, "-s", "--memsleuth-function", "lib_under_test:load",
+                 "--memsleuth-function", "lib_under_test:missing")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "Lines of profiled functions it called (this test's share):",
+        "  load (*lib_under_test.py) line 4: allocated 3.8 MiB, retained 3.8 MiB  rows = list(range(count))",
+    ])
+    assert "memsleuth: warning: no function missing in module lib_under_test" in result.stderr.str()
+    result = run(pytester, *NO_MEMRAY, "--memsleuth-function", "lib_under_test.load")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: memsleuth: --memsleuth-function lib_under_test.load: expected MODULE:QUALNAME" in result.stderr.str()
+
+
 def test_limit_leaks_is_per_line_as_in_pytest_memray(pytester):
     pytester.makepyfile("""
         import os

@@ -160,6 +160,9 @@ def pytest_addoption(parser):
                     help="how many tests --memsleuth lists (default 5)")
     group.addoption("--memsleuth-json", metavar="DIR", default=None,
                     help="measure every test and write each one's JSON report (memsleuth.report/1) into DIR")
+    group.addoption("--memsleuth-function", metavar="MODULE:QUALNAME", action="append", default=[],
+                    help="profile this function (as @profile does) wherever it is imported from, so that "
+                         "the tests' reports show its lines; repeatable")
 
 
 @pytest.hookimpl(trylast=True)
@@ -190,6 +193,10 @@ class MemsleuthPlugin:
             # xdist hands the workers the options as they are now: the workers write here too.
             config.option.memsleuth_json = str(self.json_dir)
         self.everywhere = bool(config.getoption("memsleuth") or self.json_dir)
+        self.patcher = None
+        functions = config.getoption("memsleuth_function")
+        if functions:
+            self.patcher = _patch_functions(functions)
         self.markers = tuple(MARKERS)
         memray = config.pluginmanager.get_plugin("memray_manager")
         if memray is not None:
@@ -308,6 +315,8 @@ class MemsleuthPlugin:
     # ----- the summary -----
 
     def pytest_sessionfinish(self, session):
+        if self.patcher is not None:
+            self.patcher.report_missing()
         workeroutput = getattr(session.config, "workeroutput", None)
         if workeroutput is not None:
             workeroutput["memsleuth_summaries"] = json.dumps(self.summaries)
@@ -333,6 +342,21 @@ class MemsleuthPlugin:
                 terminalreporter.write_line(f"    {_line_text(line)}")
         if self.json_dir is not None:
             terminalreporter.write_line(f"memsleuth: one JSON report per test in {self.json_dir}")
+
+
+def _patch_functions(functions):
+    """Profiles each ``module:qualname`` as its module loads (at once if it is loaded already)."""
+    from . import _select
+
+    targets = {}
+    for function in functions:
+        module, sep, qualname = function.partition(":")
+        if not (module and sep and qualname):
+            raise pytest.UsageError(f"memsleuth: --memsleuth-function {function}: expected MODULE:QUALNAME")
+        targets.setdefault(module, []).append(qualname)
+    patcher = _select.PatchOnImport(targets)
+    patcher.install()
+    return patcher
 
 
 def _signed(size):
