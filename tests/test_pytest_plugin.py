@@ -361,7 +361,8 @@ def test_functions_named_on_the_command_line_show_by_function(pytester):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "Lines of profiled functions it called (this test's share):",
-        "  load (*lib_under_test.py) line 4: allocated 3.8 MiB, retained 3.8 MiB  rows = list(range(count))",
+        # The list's size differs between versions (3.4 MiB on 3.10, 3.8 MiB on 3.12).
+        "  load (*lib_under_test.py) line 4: allocated 3.? MiB, retained 3.? MiB  rows = list(range(count))",
     ])
     assert "memsleuth: warning: no function missing in module lib_under_test" in result.stderr.str()
     result = run(pytester, *NO_MEMRAY, "--memsleuth-function", "lib_under_test.load")
