@@ -250,7 +250,18 @@ fn ask(request: Request) -> PyResult<String> {
 #[pyo3(signature = (python_version, argv=None, selection=None))]
 fn report_json(python_version: String, argv: Option<Vec<String>>, selection: Option<String>) -> PyResult<String> {
     hooks::verify();
-    ask(Request::Json { python_version, argv, selection, rss_peak: rss::peak() })
+    ask(Request::Json { python_version, argv, selection, rss_peak: rss::peak(), codes: None })
+}
+
+/// The JSON report of the functions whose code objects are in `codes` only, with `process` as in
+/// the full report: the pytest plugin reads one test's figures after each test, and building
+/// every function profiled so far there would cost the session time quadratic in its tests.
+#[pyfunction]
+#[pyo3(signature = (python_version, codes, selection=None))]
+fn report_json_of(python_version: String, codes: Vec<Bound<'_, PyAny>>, selection: Option<String>) -> PyResult<String> {
+    let codes = Some(codes.iter().map(|code| code.as_ptr() as u64).collect());
+    hooks::verify();
+    ask(Request::Json { python_version, argv: None, selection, rss_peak: rss::peak(), codes })
 }
 
 /// The text report (docs/design.md, Reports) of the function with code object `code`.
@@ -412,6 +423,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(begin_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(end_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(report_json, m)?)?;
+    m.add_function(wrap_pyfunction!(report_json_of, m)?)?;
     m.add_function(wrap_pyfunction!(report_text, m)?)?;
     m.add_function(wrap_pyfunction!(render_saved, m)?)?;
     m.add_function(wrap_pyfunction!(parse_cli, m)?)?;

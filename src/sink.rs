@@ -163,8 +163,10 @@ fn apply(books: &mut Books, words: &[u64], mut answer: impl FnMut(u64, String)) 
 /// The answer to a request, from the books as they are.
 pub fn respond(books: &Books, request: &Request) -> String {
     match request {
-        Request::Json { python_version, argv, selection, rss_peak } => {
-            let mut report = Report::from_ledger(&books.ledger, python_version, argv.clone(), *rss_peak);
+        Request::Json { python_version, argv, selection, rss_peak, codes } => {
+            let wanted = |f: &memsleuth_core::ledger::FuncInfo| codes.as_ref().is_none_or(|c| c.contains(&(f.code as u64)));
+            let mut report =
+                Report::from_ledger_where(&books.ledger, python_version, argv.clone(), *rss_peak, wanted);
             report.selection = selection.clone();
             let in_thread = SINK_THREAD.load(Ordering::Relaxed);
             report.sink = Some(if in_thread { "thread" } else { "process" }.into());

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# test_pytest_plugin.py runs pytest sessions of its own with pytester.
+pytest_plugins = ("pytester",)
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 

@@ -1097,8 +1097,9 @@ def test_function_in_a_module_loaded_by_pytest_assertion_rewriting(tmp_path):
     )
     # Loaded after the target by the same loader (pytest's), and left alone.
     (tmp_path / "test_zother.py").write_text("def test_alloc():\n    assert '@py_builtins' in globals()\n")
-    result = run("-f", "test_target:test_alloc", "-m", "pytest", "-p", "no:cacheprovider", "test_target.py",
-                 "test_zother.py", tmp_path=tmp_path, cwd=tmp_path)
+    # pytest-asyncio (installed for the pytest plugin's tests) warns on stderr about its settings.
+    result = run("-f", "test_target:test_alloc", "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio",
+                 "test_target.py", "test_zother.py", tmp_path=tmp_path, cwd=tmp_path)
     assert result.returncode == 0, result
     assert "2 passed" in result.stdout, result
     assert "warning" not in result.stderr, result

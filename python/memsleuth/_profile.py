@@ -198,14 +198,15 @@ def profile(func=None, *, precision=None, stream=None, backend=None):
         _native.end_quiet(token)
 
 
-def _wrap(func, precision, stream):
+def _wrap(func, precision, stream, print_tables=True):
     fid = _register(func)
     code = func.__code__
-    precisions.setdefault(code, precision)
+    if print_tables:
+        precisions.setdefault(code, precision)
     _watch(code)
 
     def report(outermost):
-        if outermost:
+        if outermost and print_tables:
             _print_report(code, default_precision if precision is None else precision, stream)
 
     # The driver's own objects (its frame record, the coroutine that drives each run, an async
@@ -282,6 +283,27 @@ def _wrap(func, precision, stream):
 
     _profiled.add(wrapper)
     return wrapper
+
+
+def profile_silently(func):
+    """Profiles ``func`` as ``profile`` does, but prints no table after its calls and leaves it
+    out of ``memsleuth run``'s tables at exit: the pytest plugin reads its figures itself."""
+    _start()
+    token = _native.begin_quiet()
+    try:
+        return _wrap(func, None, None, print_tables=False)
+    finally:
+        _native.end_quiet(token)
+
+
+def report_of(codes, selection=None):
+    """The JSON report (a dict) of the profiled functions whose code objects are in ``codes``."""
+    version = ".".join(str(part) for part in sys.version_info[:3])
+    token = _native.begin_quiet()
+    try:
+        return json.loads(_native.report_json_of(version, list(codes), selection))
+    finally:
+        _native.end_quiet(token)
 
 
 def _set_name(profiled, owner, name):

@@ -53,8 +53,15 @@ pub struct Reading {
 /// What the sink is asked for: the answer goes back on the request's reply channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// The JSON report of everything so far; `rss_peak` is the process's RSS high-water mark.
-    Json { python_version: String, argv: Option<Vec<String>>, selection: Option<String>, rss_peak: u64 },
+    /// The JSON report of everything so far, or of the functions with these code objects only;
+    /// `rss_peak` is the process's RSS high-water mark.
+    Json {
+        python_version: String,
+        argv: Option<Vec<String>>,
+        selection: Option<String>,
+        rss_peak: u64,
+        codes: Option<Vec<u64>>,
+    },
     /// The text table of the function with this code object.
     Text { precision: u32, code: u64, min_bytes: u64 },
     /// Live tracked blocks and the books' own bytes.
@@ -368,9 +375,18 @@ fn reading_flags(reading: Option<&Reading>) -> u8 {
 
 fn encode_request(w: &mut Words, request: &Request) {
     match request {
-        Request::Json { python_version, argv, selection, rss_peak } => {
+        Request::Json { python_version, argv, selection, rss_peak, codes } => {
             w.push(0);
             w.push(*rss_peak);
+            match codes {
+                Some(codes) => {
+                    w.push(codes.len() as u64 + 1);
+                    for code in codes {
+                        w.push(*code);
+                    }
+                }
+                None => w.push(0),
+            }
             w.push_str(python_version);
             match argv {
                 Some(args) => {
@@ -404,6 +420,10 @@ fn decode_request(r: &mut Reader<'_>) -> Option<Request> {
     Some(match r.word()? {
         0 => {
             let rss_peak = r.word()?;
+            let codes = match r.word()? {
+                0 => None,
+                n => Some((1..n).map(|_| r.word()).collect::<Option<Vec<_>>>()?),
+            };
             let python_version = r.string()?;
             let argv = match r.word()? {
                 0 => None,
@@ -413,7 +433,7 @@ fn decode_request(r: &mut Reader<'_>) -> Option<Request> {
                 0 => None,
                 _ => Some(r.string()?),
             };
-            Request::Json { python_version, argv, selection, rss_peak }
+            Request::Json { python_version, argv, selection, rss_peak, codes }
         }
         1 => Request::Text { precision: r.word()? as u32, code: r.word()?, min_bytes: r.word()? },
         2 => Request::Overhead,
@@ -526,6 +546,7 @@ mod tests {
                     argv: Some(vec!["prog.py".into(), "".into()]),
                     selection: None,
                     rss_peak: 1 << 33,
+                    codes: Some(vec![1, 2, u64::MAX]),
                 },
             },
             Record::Request {
@@ -535,11 +556,18 @@ mod tests {
                     argv: Some(vec![]),
                     selection: Some("x".into()),
                     rss_peak: 0,
+                    codes: Some(vec![]),
                 },
             },
             Record::Request {
                 token: 5,
-                request: Request::Json { python_version: String::new(), argv: None, selection: None, rss_peak: 1 },
+                request: Request::Json {
+                    python_version: String::new(),
+                    argv: None,
+                    selection: None,
+                    rss_peak: 1,
+                    codes: None,
+                },
             },
             Record::Request { token: 6, request: Request::Text { precision: 20, code: 1234, min_bytes: 64 } },
             Record::Request { token: 7, request: Request::Overhead },

@@ -3,7 +3,7 @@
 
 use crate::causes::{note, Causes, NoteFacts};
 use crate::json::{self, JsonWriter, Value};
-use crate::ledger::{Ledger, LineStats, ProcessStats};
+use crate::ledger::{FuncInfo, Ledger, LineStats, ProcessStats};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Figures {
@@ -165,7 +165,22 @@ pub struct Report {
 impl Report {
     /// Gathers every function that was called at least once.
     pub fn from_ledger(ledger: &Ledger, python_version: &str, argv: Option<Vec<String>>, rss_peak_bytes: u64) -> Self {
-        let functions = (0..ledger.funcs().len() as u32).filter_map(|i| function_report(ledger, i)).collect();
+        Self::from_ledger_where(ledger, python_version, argv, rss_peak_bytes, |_| true)
+    }
+
+    /// Gathers the functions called at least once that `wanted` keeps; only those are built, so
+    /// a report of a few functions costs the same however many the ledger holds.
+    pub fn from_ledger_where(
+        ledger: &Ledger,
+        python_version: &str,
+        argv: Option<Vec<String>>,
+        rss_peak_bytes: u64,
+        wanted: impl Fn(&FuncInfo) -> bool,
+    ) -> Self {
+        let functions = (0..ledger.funcs().len() as u32)
+            .filter(|&i| wanted(&ledger.funcs()[i as usize].info))
+            .filter_map(|i| function_report(ledger, i))
+            .collect();
         Report {
             python_version: python_version.to_string(),
             argv,
@@ -538,6 +553,35 @@ pub fn render_text(report: &Report, precision: usize, min_bytes: u64) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::Hot;
+
+    #[test]
+    fn from_ledger_where_builds_only_the_functions_kept() {
+        let mut l = Ledger::new();
+        let ids: Vec<u32> = [("f", 0x100), ("g", 0x200), ("h", 0x300)]
+            .iter()
+            .map(|&(name, code)| {
+                l.register_function(FuncInfo {
+                    name: name.to_string(),
+                    module: "mod".to_string(),
+                    filename: "mod.py".to_string(),
+                    first_lineno: 1,
+                    source: vec!["def f():".to_string(), "    pass".to_string()],
+                    code,
+                })
+            })
+            .collect();
+        let mut h = Hot::ZERO;
+        for &id in &ids[..2] {
+            l.enter(&mut h, id, 0);
+            l.leave(&mut h, 0);
+        }
+        let names = |r: Report| r.functions.iter().map(|f| f.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(Report::from_ledger(&l, "3.x", None, 0)), ["f", "g"]);
+        // h is kept but was never called: a report holds called functions only.
+        assert_eq!(names(Report::from_ledger_where(&l, "3.x", None, 0, |f| f.code != 0x100)), ["g"]);
+        assert_eq!(names(Report::from_ledger_where(&l, "3.x", None, 0, |_| false)), Vec::<String>::new());
+    }
 
     #[test]
     fn sizes() {
