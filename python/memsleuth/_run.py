@@ -228,6 +228,7 @@ def run(options):
     selection, whole_program, patcher = _selection(program, tree, options["functions"])
     code = compile(tree, program.filename, "exec")
 
+    _sink.run_mode = True
     children = tempfile.mkdtemp(prefix="memsleuth-children-") if options["follow_fork"] else None
     # From here this process keeps the books, and a child runs the program.
     ending = _sink.fork_program()

@@ -15,6 +15,8 @@ kind = None
 #: Under ``memsleuth run --follow-fork``: the directory where every profiled process leaves its
 #: JSON report (None otherwise).
 children_dir = None
+#: Set under ``memsleuth run``, where a forked child is profiled only with --follow-fork.
+run_mode = False
 
 _SPAWNED_MAIN = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -41,8 +43,9 @@ def start():
     if kind is not None:
         return
     _start()
-    # A child forked by the program is profiled on its own, into a ring and a sink of its own.
-    os.register_at_fork(after_in_child=_restart_in_child)
+    if not run_mode:
+        # A child forked by the program is profiled on its own, into a ring and a sink of its own.
+        os.register_at_fork(after_in_child=_restart_in_child)
 
 
 def _restart_in_child():
