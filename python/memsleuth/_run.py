@@ -12,7 +12,7 @@ import threading
 import traceback
 import types
 
-from . import _native, _profile, _select
+from . import _native, _profile, _select, compat
 
 
 class UsageError(Exception):
@@ -33,14 +33,6 @@ def _check_writable(path):
             pass
     except OSError as exc:
         raise UsageError(f"cannot write to {path}: {exc.strerror or exc}") from None
-
-
-def _memory_profiler_stand_in():
-    """A ``memory_profiler`` module whose ``profile`` is memsleuth's, for unmodified scripts."""
-    module = types.ModuleType("memory_profiler")
-    module.__doc__ = "memsleuth's stand-in for memory_profiler: profile() is memsleuth.profile."
-    module.profile = _profile.profile
-    return module
 
 
 class _SpawnPreparer:
@@ -225,9 +217,11 @@ def run(options):
     _profile.default_precision = precision
     _profile.program_argv = [program.argv0, *args]
     _profile._start()
-    builtins.profile = _profile.profile
+    # As under `python -m memory_profiler`: the builtin is a LineProfiler (`with profile:`,
+    # profile.enable_by_count()), and `import memory_profiler` gets memory_profiler's API.
+    builtins.profile = compat._RunProfiler()
     setattr(builtins, _select.INJECTED, _profile.profile)
-    sys.modules["memory_profiler"] = _memory_profiler_stand_in()
+    sys.modules["memory_profiler"] = compat
     if _SpawnPreparer.module in sys.modules:
         _prepare_started_processes(sys.modules[_SpawnPreparer.module])
     else:
