@@ -54,6 +54,18 @@ def _rss_mib(pid):
         return None
 
 
+def _rss_peak_mib():
+    """This process's peak RSS so far (VmHWM) in MiB, None where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / _MIB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _children(pid):
     """Every descendant of ``pid`` (from /proc/PID/task/TID/children)."""
     found, pending = [], [pid]
@@ -201,9 +213,12 @@ def _sample_process(proc, interval, timeout, timestamps, include_children, multi
 
 def _sample_call(f, args, kw, interval, timestamps, include_children, multiprocess):
     """Runs ``f(*args, **kw)`` while a thread samples this process: one sample before the call,
-    one every ``interval`` during it and one after. What the sampler allocates is memsleuth's
-    own, so no profiled line is charged with it."""
+    one every ``interval`` during it and one after. A peak between two samples (an allocation
+    made and freed within the call) would be missed, so when the call raised the process's peak
+    RSS, that peak is a sample too, just before the last. What the sampler allocates is
+    memsleuth's own, so no profiled line is charged with it."""
     sampler = _Sampler(os.getpid(), timestamps, include_children, multiprocess)
+    peak_before = _rss_peak_mib()
     samples = [sampler.sample()]
     done = threading.Event()
 
@@ -223,6 +238,11 @@ def _sample_call(f, args, kw, interval, timestamps, include_children, multiproce
     finally:
         done.set()
         thread.join()
+    peak_after = _rss_peak_mib()
+    if peak_before is not None and peak_after is not None and peak_after > peak_before:
+        peak = peak_after + (sampler.total() - _rss_mib(os.getpid()) if include_children else 0.0)
+        value = (peak, time.time()) if timestamps else peak
+        samples.append([value] if multiprocess else value)
     samples.append(sampler.sample())
     return samples, returned
 
