@@ -128,6 +128,7 @@ EXTRA = {
     "streamed": memory_usage(-1, stream=stream),
     "stream_text": stream.getvalue(),
     "args": memory_usage((lambda *a, **k: (a, k), (1, 2), {"a": 1}), retval=True)[1],
+    "two": memory_usage((lambda *a, **k: (a, k), (3,)), retval=True)[1],
 }
 for bad in ("nope", (1, 2), -5.5):
     try:
@@ -145,6 +146,7 @@ for bad in ("nope", (1, 2), -5.5):
     assert isinstance(e["command"], float)
     assert e["streamed"] is None and e["stream_text"].startswith("MEM "), e
     assert e["args"] == [[1, 2], {"a": 1}]
+    assert e["two"] == [[3], {}]  # (f, args): no keywords
     assert len(e["errors"]) == 3 and all(err.startswith("memory_usage: ") for err in e["errors"]), e
 
 

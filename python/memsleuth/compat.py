@@ -170,7 +170,7 @@ def memory_usage(proc=-1, interval=.1, timeout=None, timestamps=False, include_c
         if not 1 <= len(proc) <= 3 or not callable(proc[0]):
             raise ValueError("memory_usage: proc must be -1, a pid, a Popen, a command list, a callable "
                              "or an (f, args, kw) tuple")
-        f, args, kw = (*proc, (), {})[:3]
+        f, args, kw = tuple(proc) + ((), {})[len(proc) - 1:]
         samples, returned = _sample_call(f, args, kw, interval, timestamps, include_children, multiprocess)
     else:
         samples = _sample_process(proc, interval, timeout, timestamps, include_children, multiprocess)
