@@ -299,6 +299,12 @@ fn overhead() -> (usize, usize) {
     (ledger.table.len(), ledger.footprint())
 }
 
+/// The bytes of tracked blocks live now, process-wide (the timeline's samples).
+#[pyfunction]
+fn tracked_live_bytes() -> u64 {
+    state::LEDGER.lock().process.live_bytes
+}
+
 /// (readings taken, readings that asked glibc for its heap figures) so far: mallinfo2 walks
 /// every free chunk of glibc's heap, so the second must stay far below the first.
 #[pyfunction]
@@ -313,13 +319,16 @@ fn reading_counts() -> (u64, u64) {
 fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyAny>> {
     let options = PyDict::new(py);
     let command = match cli::parse(argv) {
-        Ok(cli::Cli { command: cli::Command::Run { module, code, functions, json, output, quiet, text, program } }) => {
+        Ok(cli::Cli {
+            command: cli::Command::Run { module, code, functions, json, output, quiet, interval, text, program },
+        }) => {
             options.set_item("module", module)?;
             options.set_item("code", code)?;
             options.set_item("functions", functions)?;
             options.set_item("json", json)?;
             options.set_item("output", output)?;
             options.set_item("quiet", quiet)?;
+            options.set_item("interval", interval)?;
             options.set_item("program", program)?;
             options.set_item("precision", text.precision)?;
             options.set_item("min_bytes", text.min_bytes.unwrap_or(0))?;
@@ -360,6 +369,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_cli, m)?)?;
     m.add_function(wrap_pyfunction!(overhead, m)?)?;
     m.add_function(wrap_pyfunction!(reading_counts, m)?)?;
+    m.add_function(wrap_pyfunction!(tracked_live_bytes, m)?)?;
     m.add_class::<GenFrame>()?;
     m.add_function(wrap_pyfunction!(gen_resume, m)?)?;
     m.add_function(wrap_pyfunction!(gen_suspend, m)?)?;

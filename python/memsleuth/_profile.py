@@ -10,7 +10,7 @@ import threading
 import types
 import weakref
 
-from . import _native, _nested
+from . import _native, _nested, _timeline
 
 _started = False
 _start_lock = threading.Lock()
@@ -97,6 +97,10 @@ def _absolute(filename):
 
 #: code object -> function id: a nested function is registered each time its def runs.
 _registered = {}
+#: code object -> the qualified name it was registered under.
+qualnames = {}
+#: The run's timeline (``memsleuth run``), sampled as outermost profiled calls end.
+timeline = None
 
 
 def _register(func):
@@ -111,6 +115,7 @@ def _register(func):
             code.co_firstlineno,
             _source_lines(func),
         )
+        qualnames[code] = func.__qualname__
     return fid
 
 
@@ -247,6 +252,8 @@ def _wrap(func, settings, like):
     _watch(code)
 
     def report(outermost):
+        if outermost and timeline is not None:
+            timeline.sample(_timeline.MIN_GAP)
         if outermost and settings.print_each_call:
             precision = settings.precision
             _print_report(code, default_precision if precision is None else precision, settings.stream)
@@ -346,6 +353,7 @@ def profile_module_code(code, filename, source, namespace, at_exit=True):
         lines = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
         fid = _native.register(code, "<module>", namespace.get("__name__", ""), _absolute(filename), 1,
                                lines.splitlines())
+        qualnames[code] = "<module>"
         _watch(code)
         if at_exit:
             precisions.setdefault(code, None)

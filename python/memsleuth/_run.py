@@ -5,6 +5,7 @@ import atexit
 import builtins
 import functools
 import importlib.util
+import json
 import linecache
 import os
 import sys
@@ -12,7 +13,7 @@ import threading
 import traceback
 import types
 
-from . import _native, _profile, _select, compat
+from . import _native, _profile, _select, _timeline, compat
 
 
 class UsageError(Exception):
@@ -234,6 +235,10 @@ def run(options):
     sys.argv = [program.argv0, *args]
     sys.path[0] = program.path0
 
+    timeline = _profile.timeline = _timeline.Timeline(_profile.qualnames)
+    timeline.sample()
+    if options["interval"] is not None:
+        timeline.sample_every(options["interval"])
     # Only the process that started the run reports: a child it forks that ends normally comes
     # back here too.
     starter = os.getpid()
@@ -256,7 +261,7 @@ def run(options):
         reporter = os.getpid() == starter
         if reporter and patcher is not None:
             patcher.report_missing()
-        written = _write_reports(options, selection) if reporter else True
+        written = _write_reports(options, selection, timeline.finish()) if reporter else True
     return status if written or status else 1
 
 
@@ -295,14 +300,16 @@ def _print_program_traceback(exc):
     sys.stderr.write("".join(report.format()))
 
 
-def _write_reports(options, selection):
+def _write_reports(options, selection, timeline):
     """Prints and writes the reports; False if one could not be written."""
     token = _native.begin_quiet()
     written = True
     try:
         if options["json"] is not None:
             version = ".".join(str(part) for part in sys.version_info[:3])
-            written &= _write(options["json"], _native.report_json(version, _profile.program_argv, selection))
+            report = json.loads(_native.report_json(version, _profile.program_argv, selection))
+            report["timeline"] = timeline
+            written &= _write(options["json"], json.dumps(report))
         # Without a stdout (closed, or set to None by the program) print() prints nothing, and
         # neither does memsleuth.
         if not options["quiet"] and (options["output"] is not None or sys.stdout is not None):
