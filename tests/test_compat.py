@@ -295,6 +295,12 @@ def test_builtin_profile_is_a_line_profiler_under_run(tmp_path):
         def streamed():
             return [2] * 100000
 
+        def positional():
+            return [3] * 100000
+
+        positional = profile(positional, 4)  # LineProfiler.__call__(func, precision)
+        positional()
+
         with profile:
             plain()
         profile.enable_by_count()
@@ -309,6 +315,8 @@ def test_builtin_profile_is_a_line_profiler_under_run(tmp_path):
     assert "streamed tables 2" in result.stdout  # one after each call, to its stream
     found = tables(result.stdout)
     assert "plain" in found and "streamed" not in found, result.stdout  # its table went to its stream
+    row = [line for line in found["positional"].splitlines() if "return [3] * 100000" in line][0]
+    assert len(row.split()[1].split(".")[1]) == 4, row
 
 
 def test_nested_function_under_run_as_memory_profilers_test_nested(tmp_path):
@@ -336,3 +344,23 @@ def test_nested_function_under_run_as_memory_profilers_test_nested(tmp_path):
     row = [l for l in inner[0]["lines"] if l["source"] == "b = [2] * (2 * 10 ** 6)"][0]
     assert row["allocated_bytes"] >= 16 * 10 ** 6
     assert set(tables(result.stdout)) == {"test_1", "test_1.<locals>.test_2"}
+
+
+def test_profiling_a_nested_function_is_not_charged_to_its_def_line(run_source):
+    # The def line makes one function object, as the lambda line does; profiling it (the wrapper,
+    # its registration) is memsleuth's own.
+    run = run_source("""
+from memsleuth import profile
+
+@profile
+def outer():
+    x = 3
+    def inner():
+        return x
+    holder = (lambda: x)
+    return inner, holder
+
+outer()
+""")
+    made = run.line("outer", "def inner():")
+    assert made["allocated_bytes"] == run.line("outer", "holder = (lambda: x)")["allocated_bytes"] > 0, made

@@ -17,6 +17,8 @@ import inspect
 import sys
 import types
 
+from . import _native
+
 #: The builtin name the added decorators call.
 DECORATOR = "__memsleuth_nested__"
 
@@ -30,8 +32,14 @@ for _name in __future__.all_feature_names:
 
 
 def _profile_nested(func):
-    profiler = _profilers.get(getattr(func, "__code__", None))
-    return func if profiler is None else profiler(func)
+    # Called as the program runs a def: what profiling it allocates is memsleuth's, not the
+    # def line's.
+    token = _native.begin_quiet()
+    try:
+        profiler = _profilers.get(getattr(func, "__code__", None))
+        return func if profiler is None else profiler(func)
+    finally:
+        _native.end_quiet(token)
 
 
 class _AddDecorator(ast.NodeTransformer):

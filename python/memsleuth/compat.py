@@ -194,7 +194,7 @@ def _sample_process(proc, interval, timeout, timestamps, include_children, multi
     else:
         raise ValueError(f"memory_usage: proc must be -1, a pid, a Popen, a command list, a callable "
                          f"or an (f, args, kw) tuple, got {proc!r}")
-    if _rss_mib(pid) is None:
+    if _rss_mib(pid) is None and popen is None:
         raise ValueError(f"memory_usage: no process {pid}")
     sampler = _Sampler(pid, timestamps, include_children, multiprocess)
     count = max(1, round(timeout / interval)) if timeout is not None else (None if popen else 1)
@@ -358,12 +358,13 @@ class LineProfiler:
 
 
 class _RunProfiler(LineProfiler):
-    """The builtin ``profile`` under ``memsleuth run``: memory_profiler's LineProfiler there,
-    and memsleuth's decorator (tables at exit unless a stream is given)."""
+    """The builtin ``profile`` under ``memsleuth run``: memory_profiler's LineProfiler there
+    (``profile(func, precision)``, as its ``__call__``), and memsleuth's decorator (tables at exit
+    unless a stream is given)."""
 
-    def __call__(self, func=None, stream=None, precision=None, backend=None):
+    def __call__(self, func=None, precision=None, stream=None, backend=None):
         if func is None:
-            return lambda f: self(f, stream, precision, backend)
+            return lambda f: self(f, precision, stream, backend)
         profiled = self._profiled(func, precision, stream, backend)
         if all(func is not f for f, _ in self.functions):
             self.functions.append((func, profiled))
