@@ -364,3 +364,23 @@ outer()
 """)
     made = run.line("outer", "def inner():")
     assert made["allocated_bytes"] == run.line("outer", "holder = (lambda: x)")["allocated_bytes"] > 0, made
+
+
+def test_memory_usage_streams_mprof_lines(run_source):
+    run = run_source("""
+import io, subprocess, sys
+from memsleuth.compat import memory_usage
+
+own = io.StringIO()
+memory_usage(-1, interval=0.01, timeout=0.03, stream=own, multiprocess=True)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+watched = io.StringIO()
+memory_usage(child, interval=0.01, stream=watched)
+call = io.StringIO()
+memory_usage((sum, ([1, 2],)), stream=call)
+EXTRA = {"own": own.getvalue(), "watched": watched.getvalue(), "call": call.getvalue()}
+""")
+    for key, minimum in (("own", 3), ("watched", 2), ("call", 2)):
+        lines = run.extra[key].splitlines()
+        assert len(lines) >= minimum and all(line.startswith("MEM ") and len(line.split()) == 3 for line in lines), \
+            (key, lines)

@@ -114,13 +114,17 @@ class _Sampler:
             return [value, *(_rss_mib(child) or 0.0 for child in _children(self.pid))]
         return value
 
-    def write(self, stream, sample):
-        """mprof's file format: ``MEM <MiB> <time>`` and ``CHLD <pid> <MiB> <time>``."""
-        mem, at = sample if isinstance(sample, tuple) else (sample, time.time())
-        stream.write(f"MEM {mem:.6f} {at:.4f}\n")
+    def write(self, stream):
+        """One sample in mprof's file format: ``MEM <MiB> <time>``, and with multiprocess a
+        ``CHLD <pid> <MiB> <time>`` line per child; False once the process is gone."""
+        mem = self.total()
+        if mem is None:
+            return False
+        stream.write(f"MEM {mem:.6f} {time.time():.4f}\n")
         if self.multiprocess:
             for child in _children(self.pid):
                 stream.write(f"CHLD {child} {_rss_mib(child) or 0.0:.6f} {time.time():.4f}\n")
+        return True
 
 
 def _peak(value):
@@ -171,21 +175,23 @@ def memory_usage(proc=-1, interval=.1, timeout=None, timestamps=False, include_c
             raise ValueError("memory_usage: proc must be -1, a pid, a Popen, a command list, a callable "
                              "or an (f, args, kw) tuple")
         f, args, kw = tuple(proc) + ((), {})[len(proc) - 1:]
-        samples, returned = _sample_call(f, args, kw, interval, timestamps, include_children, multiprocess)
+        # As memory_profiler's, a call's samples are the process's total: no per-child lists.
+        samples, returned = _sample_call(f, args, kw, interval, timestamps, include_children)
+        if stream is not None:
+            for mem, at in samples:
+                stream.write(f"MEM {mem:.6f} {at:.4f}\n")
     else:
-        samples = _sample_process(proc, interval, timeout, timestamps, include_children, multiprocess)
+        samples = _sample_process(proc, interval, timeout, timestamps, include_children, multiprocess, stream)
         returned = None
     if stream is not None:
-        sampler = _Sampler(os.getpid(), True, include_children, multiprocess)
-        for sample in samples:
-            sampler.write(stream, sample[0] if isinstance(sample, list) else sample)
         stream.flush()
         return None
     result = max(_peak(s) for s in samples) if max_usage else samples
     return (result, returned) if retval else result
 
 
-def _sample_process(proc, interval, timeout, timestamps, include_children, multiprocess):
+def _sample_process(proc, interval, timeout, timestamps, include_children, multiprocess, stream):
+    """The samples of a process, or none when each is written to ``stream`` as it is taken."""
     popen = proc if isinstance(proc, subprocess.Popen) else None
     if popen is not None:
         pid = popen.pid
@@ -199,25 +205,31 @@ def _sample_process(proc, interval, timeout, timestamps, include_children, multi
     sampler = _Sampler(pid, timestamps, include_children, multiprocess)
     count = max(1, round(timeout / interval)) if timeout is not None else (None if popen else 1)
     samples = []
-    while count is None or len(samples) < count:
-        sample = sampler.sample()
-        if sample is None:
-            break
-        samples.append(sample)
+    taken = 0
+    while count is None or taken < count:
+        if stream is not None:
+            if not sampler.write(stream):
+                break
+        else:
+            sample = sampler.sample()
+            if sample is None:
+                break
+            samples.append(sample)
+        taken += 1
         if popen is not None and popen.poll() is not None:
             break
-        if count is None or len(samples) < count:
+        if count is None or taken < count:
             time.sleep(interval)
     return samples
 
 
-def _sample_call(f, args, kw, interval, timestamps, include_children, multiprocess):
+def _sample_call(f, args, kw, interval, timestamps, include_children):
     """Runs ``f(*args, **kw)`` while a thread samples this process: one sample before the call,
     one every ``interval`` during it and one after. A peak between two samples (an allocation
     made and freed within the call) would be missed, so when the call raised the process's peak
     RSS, that peak is a sample too, just before the last. What the sampler allocates is
     memsleuth's own, so no profiled line is charged with it."""
-    sampler = _Sampler(os.getpid(), timestamps, include_children, multiprocess)
+    sampler = _Sampler(os.getpid(), timestamps, include_children, multiprocess=False)
     peak_before = _rss_peak_mib()
     samples = [sampler.sample()]
     done = threading.Event()
@@ -241,8 +253,7 @@ def _sample_call(f, args, kw, interval, timestamps, include_children, multiproce
     peak_after = _rss_peak_mib()
     if peak_before is not None and peak_after is not None and peak_after > peak_before:
         peak = peak_after + (sampler.total() - _rss_mib(os.getpid()) if include_children else 0.0)
-        value = (peak, time.time()) if timestamps else peak
-        samples.append([value] if multiprocess else value)
+        samples.append((peak, time.time()) if timestamps else peak)
     samples.append(sampler.sample())
     return samples, returned
 
