@@ -90,3 +90,23 @@ def test_bad_interval_is_a_usage_error(tmp_path, value):
     assert proc.returncode == 2, proc
     assert proc.stderr.startswith("error: ") and f"'{value}'" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_a_program_closing_every_descriptor_keeps_its_timeline(tmp_path):
+    proc, out = run(tmp_path, """
+        import os, time
+        kept = []
+
+        @profile
+        def grow():
+            kept.append(b"x" * 2 ** 20)
+
+        grow()
+        time.sleep(0.01)
+        os.closerange(3, 4096)
+        grow()
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr
+    samples = json.loads(out.read_text())["timeline"]["samples"]
+    assert len(samples) == 4 and all(s["rss_bytes"] > 0 for s in samples), samples

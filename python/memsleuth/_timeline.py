@@ -25,6 +25,16 @@ MIN_GAP = 0.001
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _rss_bytes():
+    """RSS now, from /proc/self/statm, opened anew each time: a descriptor kept open could be
+    closed by the program (a daemon closing every descriptor) or, once closed, name its file."""
+    fd = os.open("/proc/self/statm", os.O_RDONLY)
+    try:
+        return int(os.read(fd, 128).split()[1]) * _PAGE
+    finally:
+        os.close(fd)
+
+
 class Downsampled:
     """A list of at most ``limit`` items, spread over everything offered: when full, every
     other item goes and the stride of the items kept doubles. The first item always stays."""
@@ -67,7 +77,6 @@ class Timeline:
         self.lock = threading.Lock()
         self.stop_sampling = threading.Event()
         self.sampler = None
-        self.statm = os.open("/proc/self/statm", os.O_RDONLY)
 
     def _active(self):
         frame = sys._current_frames().get(self.main_thread)
@@ -88,7 +97,7 @@ class Timeline:
         try:
             with self.lock:
                 self.last = now
-                rss = int(os.pread(self.statm, 64, 0).split()[1]) * _PAGE
+                rss = _rss_bytes()
                 function, lineno = self._active()
                 sample = {"time": round(now - self.start, 6), "rss_bytes": rss,
                           "tracked_bytes": _native.tracked_live_bytes(), "function": function, "lineno": lineno}
@@ -110,6 +119,5 @@ class Timeline:
         if self.sampler is not None:
             self.sampler.join()
         self.sample(last=True)
-        os.close(self.statm)
         return {"max_samples": self.samples.limit, "samples_offered": self.samples.offered,
                 "samples": self.samples.items}
