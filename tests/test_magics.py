@@ -109,3 +109,24 @@ def test_magics_in_a_jupyter_kernel(tmp_path):
     fields = row.split()
     assert fields[5] == "1", row  # one occurrence
     assert float(fields[6]) >= 30 and fields[7] == "MiB", row  # Allocated: a million ints and their list
+
+
+def test_load_ext_memory_profiler_under_run(tmp_path):
+    _needs("IPython")
+    program = tmp_path / "shell.py"
+    program.write_text(textwrap.dedent("""
+        from IPython.core.interactiveshell import InteractiveShell
+        from IPython.utils.capture import capture_output
+
+        shell = InteractiveShell.instance()
+        with capture_output() as captured:
+            shell.run_cell("%load_ext memory_profiler")
+            result = shell.run_cell("%memit data = [0] * 10 ** 6")
+        print("MEMIT", captured.stdout.strip(), result.success)
+    """))
+    binary = os.path.join(os.path.dirname(sys.executable), "memsleuth")
+    proc = subprocess.run([binary, "run", "-q", str(program)], capture_output=True, text=True, cwd=str(tmp_path),
+                          timeout=300, env={**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")})
+    assert proc.returncode == 0, proc.stderr
+    line = [l for l in proc.stdout.splitlines() if l.startswith("MEMIT")][0]
+    assert "peak memory: " in line and "tracked peak: " in line and line.endswith("True"), line
