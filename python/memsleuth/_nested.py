@@ -87,15 +87,21 @@ def _find_code(code, name, firstlineno):
     return None
 
 
-def _requalified(code, old_prefix, new_prefix):
-    """``code`` and the code objects inside it with their qualified names (3.11+) moved from
-    under ``old_prefix`` to ``new_prefix``."""
-    consts = tuple(_requalified(c, old_prefix, new_prefix) if isinstance(c, types.CodeType) else c
+def _requalified(code, old, new):
+    """``code`` with the qualified names inside it moved from under ``old`` (the name it was
+    compiled under) to ``new``: each code object's own (3.11+) and, before 3.11, the string
+    constants ``MAKE_FUNCTION`` takes a nested function's name from (``old.<locals>...``)."""
+    nested_prefix = old + ".<locals>."
+
+    def moved(name):
+        return new + name[len(old):] if name == old or name.startswith(nested_prefix) else name
+
+    consts = tuple(_requalified(c, old, new) if isinstance(c, types.CodeType)
+                   else moved(c) if isinstance(c, str) else c
                    for c in code.co_consts)
     changes = {"co_consts": consts}
-    qualname = getattr(code, "co_qualname", None)
-    if qualname is not None and qualname.startswith(old_prefix):
-        changes["co_qualname"] = new_prefix + qualname[len(old_prefix):]
+    if hasattr(code, "co_qualname"):
+        changes["co_qualname"] = moved(code.co_qualname)
     return code.replace(**changes)
 
 
@@ -144,8 +150,8 @@ def with_nested_profiled(func, profile_nested):
             code.co_argcount != original.co_argcount or code.co_varnames[:code.co_argcount] != \
             original.co_varnames[:original.co_argcount]:
         return func
-    if hasattr(code, "co_qualname"):
-        code = _requalified(code, code.co_qualname, original.co_qualname)
+    code = _requalified(code, f"{enclosing.name}.<locals>.{node.name}",
+                        getattr(original, "co_qualname", func.__qualname__))
     cells = dict(zip(original.co_freevars, func.__closure__ or ()))
     copy = types.FunctionType(code, func.__globals__, func.__name__, func.__defaults__,
                               tuple(cells[v] for v in code.co_freevars) or None)
@@ -157,4 +163,8 @@ def with_nested_profiled(func, profile_nested):
     for nested in _nested_codes(code):
         _profilers[nested] = profile_nested
     setattr(builtins, DECORATOR, _profile_nested)
+    # Before 3.11 a call allocates its frame object before the callee runs (and so before its
+    # quiet section), unless the code object keeps a spare from an earlier call: this call,
+    # made while profiling is quiet, leaves that spare.
+    _profile_nested(None)
     return copy
