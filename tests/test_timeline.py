@@ -46,9 +46,10 @@ def test_samples_as_profiled_calls_end(tmp_path):
         def grow():
             kept.append(b"x" * (5 * 2 ** 20))
 
+        # Call-end samples are at least a millisecond apart: the sleeps keep these apart.
         for _ in range(4):
-            grow()
             time.sleep(0.01)
+            grow()
     """)
     assert proc.returncode == 0, proc.stderr
     timeline = json.loads(out.read_text())["timeline"]
@@ -101,6 +102,7 @@ def test_a_program_closing_every_descriptor_keeps_its_timeline(tmp_path):
         def grow():
             kept.append(b"x" * 2 ** 20)
 
+        time.sleep(0.01)
         grow()
         time.sleep(0.01)
         os.closerange(3, 4096)

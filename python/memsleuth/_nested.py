@@ -105,11 +105,11 @@ def _requalified(code, old, new):
     return code.replace(**changes)
 
 
-def _nested_codes(code):
+def nested_codes(code):
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             yield const
-            yield from _nested_codes(const)
+            yield from nested_codes(const)
 
 
 def with_nested_profiled(func, profile_nested):
@@ -117,7 +117,7 @@ def with_nested_profiled(func, profile_nested):
     they are defined."""
     original = func.__code__
     # Lambdas and comprehensions (<lambda>, <listcomp>...) are not functions of their own here.
-    if not any(not c.co_name.startswith("<") for c in _nested_codes(original)):
+    if not any(not c.co_name.startswith("<") for c in nested_codes(original)):
         return func
     node = _parse_function(func)
     if node is None:
@@ -160,7 +160,7 @@ def with_nested_profiled(func, profile_nested):
     copy.__module__ = func.__module__
     copy.__annotations__ = func.__annotations__
     copy.__dict__.update(func.__dict__)
-    for nested in _nested_codes(code):
+    for nested in nested_codes(code):
         _profilers[nested] = profile_nested
     setattr(builtins, DECORATOR, _profile_nested)
     # Before 3.11 a call allocates its frame object before the callee runs (and so before its

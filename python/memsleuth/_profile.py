@@ -96,7 +96,7 @@ def _absolute(filename):
 
 
 #: code object -> function id: a nested function is registered each time its def runs.
-_registered = {}
+registered = {}
 #: code object -> the qualified name it was registered under.
 qualnames = {}
 #: The run's timeline (``memsleuth run``), sampled as outermost profiled calls end.
@@ -105,9 +105,9 @@ timeline = None
 
 def _register(func):
     code = func.__code__
-    fid = _registered.get(code)
+    fid = registered.get(code)
     if fid is None:
-        fid = _registered[code] = _native.register(
+        fid = registered[code] = _native.register(
             code,
             func.__qualname__,
             getattr(func, "__module__", None) or "",

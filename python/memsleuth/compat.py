@@ -18,6 +18,7 @@ import threading
 import time
 
 from . import _native, _profile
+from ._nested import nested_codes
 
 #: The memory_profiler release whose API this module provides.
 __version__ = "0.61.0"
@@ -148,10 +149,12 @@ def memory_usage(proc=-1, interval=.1, timeout=None, timestamps=False, include_c
     started here), a callable or an ``(f, args, kw)`` tuple (``f`` runs once in this thread while
     another thread samples; its exceptions propagate). For a process, one sample, or samples for
     ``timeout`` seconds; for a Popen or a command, until it ends or ``timeout``. Returns the
-    list of samples (``(MiB, time)`` pairs with ``timestamps``), their maximum with
+    list of samples (``(MiB, time)`` pairs with ``timestamps``; for a process with
+    ``multiprocess``, lists of its own sample then each child's MiB), their maximum with
     ``max_usage``, ``(samples, f's value)`` with ``retval``, or None when ``stream`` takes the
-    samples as mprof's ``MEM`` lines. ``backend`` and ``max_iterations`` are accepted (memsleuth
-    calls ``f`` once and reads RSS).
+    samples as mprof's ``MEM`` (and ``CHLD``) lines. ``include_children`` adds the children's RSS
+    to each sample. ``backend`` and ``max_iterations`` are accepted (memsleuth calls ``f`` once
+    and reads RSS).
     """
     _profile.check_backend(backend, "memory_usage")
     _check_number("interval", interval, positive=True)
@@ -405,12 +408,10 @@ def show_results(prof, stream=None, precision=1):
 
 def _with_nested(codes):
     """``codes`` in order, each followed by the profiled code objects defined inside it."""
-    from ._nested import _nested_codes
-
     seen = []
     for code in codes:
-        for c in (code, *_nested_codes(code)):
-            if c not in seen and c in _profile._registered:
+        for c in (code, *nested_codes(code)):
+            if c not in seen and c in _profile.registered:
                 seen.append(c)
     return seen
 
