@@ -73,6 +73,10 @@ pub enum Command {
         /// is reported by pid, and a summary adds up every process's figures
         #[arg(long)]
         follow_fork: bool,
+        /// Also sample RSS and tracked bytes every SECONDS for the JSON report's timeline (as
+        /// mprof does), besides the samples taken as profiled calls end
+        #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+        interval: Option<f64>,
         #[command(flatten)]
         text: TextOptions,
         /// The script to run, then its arguments (with -m or -c: only the arguments); everything
@@ -88,6 +92,14 @@ pub enum Command {
         #[command(flatten)]
         text: TextOptions,
     },
+}
+
+/// A sampling interval: a positive number of seconds, at least a millisecond.
+fn parse_interval(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.001 => Ok(seconds),
+        _ => Err(format!("'{text}' is not an interval in seconds of at least 0.001")),
+    }
 }
 
 /// Parses memsleuth's command line. As with python, everything after the script, `-m MODULE` or

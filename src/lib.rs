@@ -282,9 +282,15 @@ fn render_saved(text: &str, precision: usize, min_bytes: u64) -> PyResult<String
 /// The books' size: live tracked blocks and the bytes the sink's tables occupy.
 #[pyfunction]
 fn overhead() -> PyResult<(u64, u64)> {
-    let answer = ask(Request::Overhead)?;
+    let [blocks, bytes, _] = counters()?;
+    Ok((blocks, bytes))
+}
+
+/// The sink's counters: live tracked blocks, the books' bytes, live tracked bytes.
+fn counters() -> PyResult<[u64; 3]> {
+    let answer = ask(Request::Counters)?;
     let mut numbers = answer.split(' ').map(|n| n.parse().unwrap_or(0));
-    Ok((numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)))
+    Ok(std::array::from_fn(|_| numbers.next().unwrap_or(0)))
 }
 
 /// Makes the ring this process records into; returns its memfd, for a sink process to map.
@@ -306,19 +312,26 @@ fn attach_ring(fd: i32) -> PyResult<()> {
 }
 
 /// In the program: the sink process `sink_pid` keeps the books; `doorbell` wakes it, answers
-/// come on `reply`.
+/// come in the directory `replies`.
 #[pyfunction]
-fn connect_sink(doorbell: i32, reply: i32, sink_pid: i32, sink_is_parent: bool) {
-    sink::connect(doorbell, reply, sink_pid, sink_is_parent);
+fn connect_sink(doorbell: i32, replies: std::path::PathBuf, sink_pid: i32, sink_is_parent: bool) {
+    sink::connect(doorbell, replies, sink_pid, sink_is_parent);
 }
 
-/// In the sink process: keeps the books until the program ends (GIL released). Returns a dict:
+/// In the sink process: keeps the books until the program `program` ends (this process's child,
+/// or its parent if `program_is_parent`), answering in `replies` (GIL released). Returns a dict:
 /// `exit_record` (the status the program ended with normally, or None), `exit_status` and
-/// `signal` (from waitpid, where `program` is this process's child), `rss_peak` and
-/// `cut_short`.
+/// `signal` (from waitpid, for a child), `rss_peak` and `cut_short`.
 #[pyfunction]
-fn serve_sink(py: Python<'_>, doorbell: i32, reply: i32, program: i32, pymalloc: bool) -> PyResult<Bound<'_, PyDict>> {
-    let ending = py.detach(|| sink::serve(doorbell, reply, program, pymalloc));
+fn serve_sink(
+    py: Python<'_>,
+    doorbell: i32,
+    replies: std::path::PathBuf,
+    program: i32,
+    program_is_parent: bool,
+    pymalloc: bool,
+) -> PyResult<Bound<'_, PyDict>> {
+    let ending = py.detach(|| sink::serve(doorbell, &replies, program, program_is_parent, pymalloc));
     let out = PyDict::new(py);
     out.set_item("exit_record", ending.exit_record)?;
     out.set_item("exit_status", ending.waited.and_then(|w| w.0))?;
@@ -364,6 +377,12 @@ fn open_frames() -> Vec<(String, String, u32)> {
         .collect()
 }
 
+/// The bytes of tracked blocks live now, process-wide (the timeline's samples).
+#[pyfunction]
+fn tracked_live_bytes() -> PyResult<u64> {
+    Ok(counters()?[2])
+}
+
 /// (readings taken, readings that asked glibc for its heap figures) so far: mallinfo2 walks
 /// every free chunk of glibc's heap, so the second must stay far below the first.
 #[pyfunction]
@@ -379,7 +398,18 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
     let options = PyDict::new(py);
     let command = match cli::parse(argv) {
         Ok(cli::Cli {
-            command: cli::Command::Run { module, code, functions, json, output, quiet, follow_fork, text, program },
+            command: cli::Command::Run {
+                module,
+                code,
+                functions,
+                json,
+                output,
+                quiet,
+                follow_fork,
+                interval,
+                text,
+                program,
+            },
         }) => {
             options.set_item("module", module)?;
             options.set_item("code", code)?;
@@ -388,6 +418,7 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
             options.set_item("output", output)?;
             options.set_item("quiet", quiet)?;
             options.set_item("follow_fork", follow_fork)?;
+            options.set_item("interval", interval)?;
             options.set_item("program", program)?;
             options.set_item("precision", text.precision)?;
             options.set_item("min_bytes", text.min_bytes.unwrap_or(0))?;
@@ -439,6 +470,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("THREAD_SINK_HEADING", memsleuth_core::report::THREAD_SINK_HEADING)?;
     m.add_function(wrap_pyfunction!(report_all_text, m)?)?;
     m.add_function(wrap_pyfunction!(open_frames, m)?)?;
+    m.add_function(wrap_pyfunction!(tracked_live_bytes, m)?)?;
     m.add_class::<GenFrame>()?;
     m.add_function(wrap_pyfunction!(gen_resume, m)?)?;
     m.add_function(wrap_pyfunction!(gen_suspend, m)?)?;

@@ -11,15 +11,18 @@
 //! - `MEMSLEUTH_SINK=thread`, or where no process can be started: a thread of the program.
 //!
 //! The program asks for reports with a request record; the sink answers once it has applied
-//! everything sent before it, on the reply pipe (a thread sink drains the ring itself instead).
+//! everything sent before it, in a file of the reply directory named by the request's token, and
+//! says so in the ring's `answered` word (a thread sink drains the ring itself instead). Nothing
+//! but the doorbell, which only hastens the sink, rests on a descriptor the program could close:
+//! programs that daemonize close every descriptor they did not open.
 
 use crate::state::{ring, set_ring, SpinLock};
 use memsleuth_core::books::Books;
 use memsleuth_core::record::{Record, Request};
 use memsleuth_core::report::{render_function, Report};
 use memsleuth_core::ring::{Drained, Ring, CONTROL_WORDS};
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::atomic::AtomicU64 as Word;
 use std::sync::Mutex;
@@ -34,10 +37,11 @@ pub const RING_WORDS: usize = 1 << 19;
 /// Whether this process keeps the books (it is the sink process, or runs a sink thread).
 static KEEPS_BOOKS: AtomicBool = AtomicBool::new(false);
 static SINK_THREAD: AtomicBool = AtomicBool::new(false);
-/// The program's ends of the pipes to a sink process, and its pid (0 if none).
+/// The program's end of the doorbell pipe to a sink process, and the sink's pid (0 if none).
 static DOORBELL: AtomicI32 = AtomicI32::new(-1);
-static REPLY: AtomicI32 = AtomicI32::new(-1);
 static SINK_PID: AtomicI32 = AtomicI32::new(0);
+/// Where a sink process leaves its answers (None without one).
+static REPLIES: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// Whether the sink process is this process's parent (under `memsleuth run`).
 static SINK_IS_PARENT: AtomicBool = AtomicBool::new(false);
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
@@ -117,25 +121,23 @@ pub fn start_thread(pymalloc: bool) -> std::io::Result<()> {
 }
 
 /// The program's side of a sink process: where to ring and where answers come.
-pub fn connect(doorbell: RawFd, reply: RawFd, sink_pid: i32, sink_is_parent: bool) {
+pub fn connect(doorbell: RawFd, replies: PathBuf, sink_pid: i32, sink_is_parent: bool) {
     prefault();
     DOORBELL.store(doorbell, Ordering::Relaxed);
-    REPLY.store(reply, Ordering::Relaxed);
+    *REPLIES.lock().unwrap_or_else(|e| e.into_inner()) = Some(replies);
     SINK_PID.store(sink_pid, Ordering::Relaxed);
     SINK_IS_PARENT.store(sink_is_parent, Ordering::Relaxed);
 }
 
-/// In a child forked from the program: it is not profiled, and must not hold the pipes open
-/// (the sink would wait for it to end).
+/// In a child forked from the program: it is not profiled, and lets go of the doorbell.
 pub fn forked_child() {
-    for fd in [&DOORBELL, &REPLY] {
-        let fd = fd.swap(-1, Ordering::Relaxed);
-        if fd >= 0 {
-            // SAFETY: closes a descriptor this module owns (async-signal-safe, as required
-            // after fork).
-            unsafe { libc::close(fd) };
-        }
+    let fd = DOORBELL.swap(-1, Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: closes a descriptor this module owns (async-signal-safe, as required after
+        // fork).
+        unsafe { libc::close(fd) };
     }
+    SINK_PID.store(0, Ordering::Relaxed);
 }
 
 /// Applies everything in the ring to the books here (a sink thread, or a request in its
@@ -179,7 +181,10 @@ pub fn respond(books: &Books, request: &Request) -> String {
             .filter(|f| f.code as u64 == *code)
             .map(|f| render_function(f, *precision as usize, *min_bytes))
             .collect(),
-        Request::Overhead => format!("{} {}", books.ledger.table.len(), books.ledger.footprint()),
+        Request::Counters => {
+            let ledger = &books.ledger;
+            format!("{} {} {}", ledger.table.len(), ledger.footprint(), ledger.process.live_bytes)
+        }
         Request::Flush => String::new(),
     }
 }
@@ -191,19 +196,24 @@ pub fn make_room() -> bool {
         return true;
     }
     ring_doorbell();
+    let alive = sink_alive();
+    if alive {
+        std::thread::sleep(std::time::Duration::from_micros(20));
+    }
+    alive
+}
+
+/// Whether the sink process is still there.
+fn sink_alive() -> bool {
     let pid = SINK_PID.load(Ordering::Relaxed);
-    let alive = if SINK_IS_PARENT.load(Ordering::Relaxed) {
+    if SINK_IS_PARENT.load(Ordering::Relaxed) {
         // SAFETY: getppid has no preconditions.
         unsafe { libc::getppid() == pid }
     } else {
         let mut status = 0;
         // SAFETY: polls our own child without blocking.
         pid > 0 && unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0
-    };
-    if alive {
-        std::thread::sleep(std::time::Duration::from_micros(20));
     }
-    alive
 }
 
 fn ring_doorbell() {
@@ -221,28 +231,33 @@ pub fn request(request: Request) -> Option<String> {
         drain_here();
         return Some(respond(&BOOKS.lock(), &request));
     }
-    let reply = REPLY.load(Ordering::Relaxed);
-    if reply < 0 || !crate::state::ENABLED.load(Ordering::Relaxed) {
-        return None;
+    let replies = REPLIES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (Some(replies), Some(ring)) = (replies, ring()) else { return Some(respond(&Books::new(), &request)) };
+    if !crate::state::ENABLED.load(Ordering::Relaxed) {
+        // A process that records nothing (a child forked under `memsleuth run` without
+        // --follow-fork) has empty books.
+        return Some(respond(&Books::new(), &request));
     }
     let _asking = ASKING.lock().unwrap_or_else(|e| e.into_inner());
     let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
     crate::state::emit(Record::Request { token, request });
     ring_doorbell();
-    // SAFETY: `reply` is the read end of the reply pipe, owned by this module; ManuallyDrop
-    // keeps the File from closing it.
-    let mut pipe = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(reply) });
-    loop {
-        let mut head = [0u8; 16];
-        pipe.read_exact(&mut head).ok()?;
-        let answered = u64::from_le_bytes(head[..8].try_into().ok()?);
-        let len = u64::from_le_bytes(head[8..].try_into().ok()?) as usize;
-        let mut body = vec![0u8; len];
-        pipe.read_exact(&mut body).ok()?;
-        if answered == token {
-            return String::from_utf8(body).ok();
+    let mut waits = 0u32;
+    while ring.answered().load(Ordering::Acquire) < token {
+        waits += 1;
+        if waits < 200 {
+            std::hint::spin_loop();
+            continue;
         }
+        if waits.is_multiple_of(200) && !sink_alive() {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
     }
+    let path = replies.join(token.to_string());
+    let answer = std::fs::read_to_string(&path).ok();
+    let _ = std::fs::remove_file(&path);
+    answer
 }
 
 /// How the program ended, as the sink saw it.
@@ -258,17 +273,15 @@ pub struct Ending {
     pub cut_short: bool,
 }
 
-/// Runs the sink until the program ends: drains the ring into the books, answers requests on
-/// `reply`, and watches `doorbell` for wake-ups and its end. `program` is the program's pid
-/// where this process is its parent (0 otherwise).
-pub fn serve(doorbell: RawFd, reply: RawFd, program: i32, pymalloc: bool) -> Ending {
-    if program > 0 {
+/// Runs the sink until the program ends: drains the ring into the books, answers requests in
+/// `replies`, and watches `doorbell` for wake-ups. `program` is the program's pid: this
+/// process's child (under `memsleuth run`), or, if `program_is_parent`, its parent.
+pub fn serve(doorbell: RawFd, replies: &Path, program: i32, program_is_parent: bool, pymalloc: bool) -> Ending {
+    if !program_is_parent {
         forward_signals(program);
     }
     BOOKS.lock().ledger.pymalloc = pymalloc;
     KEEPS_BOOKS.store(true, Ordering::Relaxed);
-    // SAFETY: `reply` is the write end of the reply pipe, handed to the sink for good.
-    let mut replies = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(reply) });
     let mut ending = Ending { exit_record: None, waited: None, rss_peak: 0, cut_short: false };
     let Some(ring) = ring() else { return ending };
     let mut buf = Vec::new();
@@ -278,12 +291,12 @@ pub fn serve(doorbell: RawFd, reply: RawFd, program: i32, pymalloc: bool) -> End
             let mut books = BOOKS.lock();
             ring.drain(1 << 16, &mut buf, |words| {
                 apply(&mut books, words, |token, text| {
-                    let mut message = Vec::with_capacity(16 + text.len());
-                    message.extend(token.to_le_bytes());
-                    message.extend((text.len() as u64).to_le_bytes());
-                    message.extend(text.as_bytes());
+                    let (partial, path) = (replies.join(format!("{token}.partial")), replies.join(token.to_string()));
                     // A program that is gone reads no answer: nothing to do about it.
-                    let _ = replies.write_all(&message);
+                    if std::fs::write(&partial, text).is_ok() {
+                        let _ = std::fs::rename(&partial, &path);
+                    }
+                    ring.answered().store(token, Ordering::Release);
                 })
             })
         };
@@ -299,7 +312,7 @@ pub fn serve(doorbell: RawFd, reply: RawFd, program: i32, pymalloc: bool) -> End
             }
             Drained::Caught(_) => {}
         }
-        ended = wait_for_records(doorbell, program, &mut ending);
+        ended = wait_for_records(doorbell, program, program_is_parent, &mut ending);
     }
     ending.exit_record = BOOKS.lock().exit_status;
     ending
@@ -336,31 +349,37 @@ fn forward_signals(program: i32) {
     }
 }
 
-/// Waits up to a few milliseconds for a wake-up; returns whether the program has ended.
-fn wait_for_records(doorbell: RawFd, program: i32, ending: &mut Ending) -> bool {
+/// Waits up to a few milliseconds for a wake-up; returns whether the program has ended. The
+/// doorbell reads end-of-file once the program closed it (at its end, or earlier: a daemon
+/// closes every descriptor), so the program's end is told by its pid.
+fn wait_for_records(doorbell: RawFd, program: i32, program_is_parent: bool, ending: &mut Ending) -> bool {
     let mut poll = libc::pollfd { fd: doorbell, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     let ready = unsafe { libc::poll(&mut poll, 1, 2) };
-    let mut hung_up = false;
     if ready > 0 {
         let mut wakeups = [0u8; 256];
         // SAFETY: reads into a valid buffer from the doorbell's read end.
         let n = unsafe { libc::read(doorbell, wakeups.as_mut_ptr().cast(), wakeups.len()) };
-        hung_up = n == 0;
-    }
-    if program > 0 {
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: polls our own child without blocking.
-        if unsafe { libc::wait4(program, &mut status, libc::WNOHANG, &mut usage) } == program {
-            let exited = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-            let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
-            ending.waited = Some((exited, signal));
-            ending.rss_peak = usage.ru_maxrss as u64 * 1024;
-            return true;
+        if n == 0 {
+            // Closed for good: poll on without it, at the same pace.
+            // SAFETY: sleeping has no preconditions.
+            unsafe { libc::usleep(2000) };
         }
+    }
+    if program_is_parent {
+        // SAFETY: getppid has no preconditions.
+        return unsafe { libc::getppid() } != program;
+    }
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: polls our own child without blocking.
+    if unsafe { libc::wait4(program, &mut status, libc::WNOHANG, &mut usage) } != program {
         return false;
     }
-    hung_up
+    let exited = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
+    ending.waited = Some((exited, signal));
+    ending.rss_peak = usage.ru_maxrss as u64 * 1024;
+    true
 }

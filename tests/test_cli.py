@@ -1154,15 +1154,16 @@ def test_function_without_source_shows_its_figures(tmp_path):
     assert _shape(saved.stdout) == _shape(result.stdout)
 
 
-@pytest.mark.parametrize("fixture", ["mp_spawn.py", "mp_forkserver.py"])
+@pytest.mark.parametrize("fixture", ["mp_spawn.py", "mp_forkserver.py", "mp_spawn_line_profiler.py"])
 def test_children_started_by_multiprocessing_run_the_bare_decorator(tmp_path, fixture):
     # Issue 12, item 7: each spawned child runs the main module again, and its bare @profile was a
     # NameError there. Children are not profiled: only the parent's call is in the report.
-    # The forkserver (review) imports the main module before it forks the workers.
+    # The forkserver (review) imports the main module before it forks the workers. In the children
+    # the builtin profile is a LineProfiler too, and memory_profiler's API is there.
     result = run(fixture, tmp_path=tmp_path)
     assert result.returncode == 0, result
     assert "NameError" not in result.stderr, result
-    if fixture == "mp_spawn.py":
+    if fixture in ("mp_spawn.py", "mp_spawn_line_profiler.py"):
         assert result.stdout.startswith("[1, 4, 9]\n16\n"), result
         assert [(f["name"], f["calls"]) for f in result.report["functions"]] == [("square", 1)]
     else:

@@ -12,4 +12,11 @@ from CPython's allocator hooks beside the RSS readings.
 
 from ._profile import last_report, profile
 
-__all__ = ["profile", "last_report"]
+__all__ = ["profile", "last_report", "load_ipython_extension"]
+
+
+def load_ipython_extension(ipython):
+    """``%load_ext memsleuth``: registers ``%memit``, ``%%memit`` and ``%mprun``."""
+    from ._magics import register
+
+    register(ipython)

@@ -11,7 +11,7 @@ import threading
 import types
 import weakref
 
-from . import _native, _sink
+from . import _native, _nested, _sink, _timeline
 
 _started = False
 _start_lock = threading.Lock()
@@ -25,8 +25,9 @@ deferred = False
 default_precision = 1
 #: The profiled program's argv under ``memsleuth run`` (None in decorator mode).
 program_argv = None
-#: Each profiled code object, in the order first profiled, with its decorator's precision
-#: (None: the default).
+#: Each profiled code object whose table ``memsleuth run`` prints at exit, in the order first
+#: profiled, with its decorator's precision (None: the default). Functions given a stream of their
+#: own, or profiled by a LineProfiler the program made, print their tables themselves.
 precisions = {}
 
 
@@ -98,16 +99,28 @@ def _absolute(filename):
     return filename if filename.startswith("<") else os.path.abspath(filename)
 
 
+#: code object -> function id: a nested function is registered each time its def runs.
+registered = {}
+#: code object -> the qualified name it was registered under.
+qualnames = {}
+#: The run's timeline (``memsleuth run``), sampled as outermost profiled calls end.
+timeline = None
+
+
 def _register(func):
     code = func.__code__
-    return _native.register(
-        code,
-        func.__qualname__,
-        getattr(func, "__module__", None) or "",
-        _absolute(code.co_filename),
-        code.co_firstlineno,
-        _source_lines(func),
-    )
+    fid = registered.get(code)
+    if fid is None:
+        fid = registered[code] = _native.register(
+            code,
+            func.__qualname__,
+            getattr(func, "__module__", None) or "",
+            _absolute(code.co_filename),
+            code.co_firstlineno,
+            _source_lines(func),
+        )
+        qualnames[code] = func.__qualname__
+    return fid
 
 
 #: The objects profile() returned: profiling one again returns it as it is. (Not an attribute:
@@ -123,8 +136,7 @@ _told_where_books_are = False
 
 
 def _print_report(code, precision, stream):
-    if deferred:
-        return
+    """Writes the table of ``code`` to ``stream`` (sys.stdout when None)."""
     token = _native.begin_quiet()
     try:
         pending = getattr(_printing, "pending", None)
@@ -170,49 +182,97 @@ def _check_precision(precision):
         raise ValueError(f"memsleuth.profile: precision must be between 0 and {MAX_PRECISION}, got {precision}")
 
 
-def profile(func=None, *, precision=None, stream=None, backend=None):
+#: memory_profiler's backends: accepted everywhere it accepts them, and ignored, because memsleuth's
+#: figures are its own (RSS from /proc and the exact tracked columns).
+BACKENDS = ("psutil", "psutil_pss", "psutil_uss", "posix", "tracemalloc")
+
+
+def check_backend(backend, who):
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"{who}: unknown backend {backend!r} (memory_profiler's are {', '.join(BACKENDS)})")
+
+
+def profile(func=None, stream=None, precision=None, backend=None):
     """Profiles ``func`` line by line; usable bare or as ``@profile(precision=4, stream=f)``.
 
-    ``backend`` is accepted for memory_profiler compatibility and ignored. Applied to a function
-    that is already profiled, it returns it as it is; applied to a property, staticmethod or
-    classmethod, it profiles the functions inside.
+    The arguments are memory_profiler's, in its order. ``backend`` is accepted and ignored.
+    Applied to a function that is already profiled, it returns it as it is; applied to a
+    property, staticmethod or classmethod, it profiles the functions inside. Functions defined
+    inside ``func`` are profiled too, each with a table of its own.
     """
-    _check_precision(precision)
+    return profile_with(func, decorator_settings(precision, stream), backend)
+
+
+def decorator_settings(precision, stream):
+    """``@profile``'s: a table after each outermost call, or under ``memsleuth run`` at exit,
+    unless the function has a stream of its own."""
+    return Settings(precision, stream, print_each_call=not deferred or stream is not None, at_exit=stream is None)
+
+
+class Settings:
+    """How a profiled function reports: ``precision`` (None: the run's default), the ``stream``
+    its table goes to after each outermost call when ``print_each_call`` (None: sys.stdout), and
+    whether ``memsleuth run`` prints it at exit (``at_exit``)."""
+
+    def __init__(self, precision=None, stream=None, print_each_call=True, at_exit=True):
+        _check_precision(precision)
+        self.precision = precision
+        self.stream = stream
+        self.print_each_call = print_each_call
+        self.at_exit = at_exit
+
+
+def profile_with(func, settings, backend=None, on_profiled=None, nested=True):
+    """``profile`` with explicit settings; ``on_profiled(code)`` is told of every code object
+    profiled on the way (nested functions included, as they are defined). ``nested`` False: the
+    functions inside ``func`` are profiled already (it is one of them)."""
+    check_backend(backend, "memsleuth.profile")
+    again = functools.partial(profile_with, settings=settings, on_profiled=on_profiled, nested=nested)
     if func is None:
-        return lambda f: profile(f, precision=precision, stream=stream, backend=backend)
+        return again
     if func in _profiled:
         return func
     if isinstance(func, (staticmethod, classmethod)):
-        return type(func)(profile(func.__func__, precision=precision, stream=stream))
+        return type(func)(again(func.__func__))
     if isinstance(func, property):
         accessors = (func.fget, func.fset, func.fdel)
-        return type(func)(*(None if f is None else profile(f, precision=precision, stream=stream)
-                            for f in accessors), func.__doc__)
+        return type(func)(*(None if f is None else again(f) for f in accessors), func.__doc__)
     if not hasattr(func, "__code__"):
         raise TypeError(f"memsleuth.profile expects a function, got {type(func).__name__}")
     _start()
     token = _native.begin_quiet()
     try:
-        return _wrap(func, precision, stream)
+        inner = func
+        if nested:
+            inner = _nested.with_nested_profiled(
+                func, functools.partial(profile_with, settings=settings, on_profiled=on_profiled, nested=False))
+        if on_profiled is not None:
+            on_profiled(inner.__code__)
+        return _wrap(inner, settings, like=func)
     finally:
         _native.end_quiet(token)
 
 
-def _wrap(func, precision, stream, print_tables=True):
+def _wrap(func, settings, like):
+    """The profiled stand-in for ``func``, carrying the attributes of ``like`` (the function as
+    the program wrote it; ``func`` differs from it when its nested functions are profiled)."""
     fid = _register(func)
     code = func.__code__
-    if print_tables:
-        precisions.setdefault(code, precision)
+    if settings.at_exit:
+        precisions.setdefault(code, settings.precision)
     _watch(code)
 
     def report(outermost):
-        if outermost and print_tables:
-            _print_report(code, default_precision if precision is None else precision, stream)
+        if outermost and timeline is not None:
+            timeline.sample(_timeline.MIN_GAP)
+        if outermost and settings.print_each_call:
+            precision = settings.precision
+            _print_report(code, default_precision if precision is None else precision, settings.stream)
 
     # The driver's own objects (its frame record, the coroutine that drives each run, an async
     # generator's step objects) are made quietly: they are the profiler's, not the caller's line's.
     if inspect.iscoroutinefunction(func):
-        @functools.wraps(func)
+        @functools.wraps(like)
         async def coroutine_wrapper(*args, **kwargs):
             inner = func(*args, **kwargs)
             quiet = _native.begin_quiet()
@@ -228,7 +288,7 @@ def _wrap(func, precision, stream, print_tables=True):
 
         wrapper = coroutine_wrapper
     elif inspect.isgeneratorfunction(func):
-        @functools.wraps(func)
+        @functools.wraps(like)
         def generator_wrapper(*args, **kwargs):
             inner = func(*args, **kwargs)
             quiet = _native.begin_quiet()
@@ -244,7 +304,7 @@ def _wrap(func, precision, stream, print_tables=True):
 
         wrapper = generator_wrapper
     elif inspect.isasyncgenfunction(func):
-        @functools.wraps(func)
+        @functools.wraps(like)
         async def async_generator_wrapper(*args, **kwargs):
             inner = func(*args, **kwargs)
             quiet = _native.begin_quiet()
@@ -279,7 +339,7 @@ def _wrap(func, precision, stream, print_tables=True):
 
         wrapper = async_generator_wrapper
     else:
-        wrapper = functools.update_wrapper(_native.profiled(fid, func, lambda: report(True)), func)
+        wrapper = functools.update_wrapper(_native.profiled(fid, func, lambda: report(True)), like)
 
     _profiled.add(wrapper)
     return wrapper
@@ -291,7 +351,7 @@ def profile_silently(func):
     _start()
     token = _native.begin_quiet()
     try:
-        return _wrap(func, None, None, print_tables=False)
+        return _wrap(func, Settings(print_each_call=False, at_exit=False), like=func)
     finally:
         _native.end_quiet(token)
 
@@ -316,16 +376,19 @@ def _set_name(profiled, owner, name):
 _native.Profiled.__set_name__ = _set_name
 
 
-def profile_module_code(code, filename, source, namespace):
-    """Runs a module's top-level code in ``namespace``, profiled as a function named <module>."""
+def profile_module_code(code, filename, source, namespace, at_exit=True):
+    """Runs a module's top-level code in ``namespace``, profiled as a function named <module>
+    (printed by ``memsleuth run`` at exit when ``at_exit``)."""
     _start()
     token = _native.begin_quiet()
     try:
         lines = source.decode("utf-8", "replace") if isinstance(source, bytes) else source
         fid = _native.register(code, "<module>", namespace.get("__name__", ""), _absolute(filename), 1,
                                lines.splitlines())
+        qualnames[code] = "<module>"
         _watch(code)
-        precisions.setdefault(code, None)
+        if at_exit:
+            precisions.setdefault(code, None)
     finally:
         _native.end_quiet(token)
     _native.enter(fid)

@@ -15,7 +15,7 @@ import threading
 import traceback
 import types
 
-from . import _native, _profile, _select, _sink
+from . import _native, _profile, _select, _sink, _timeline, compat
 
 
 class UsageError(Exception):
@@ -36,14 +36,6 @@ def _check_writable(path):
             pass
     except OSError as exc:
         raise UsageError(f"cannot write to {path}: {exc.strerror or exc}") from None
-
-
-def _memory_profiler_stand_in():
-    """A ``memory_profiler`` module whose ``profile`` is memsleuth's, for unmodified scripts."""
-    module = types.ModuleType("memory_profiler")
-    module.__doc__ = "memsleuth's stand-in for memory_profiler: profile() is memsleuth.profile."
-    module.profile = _profile.profile
-    return module
 
 
 class _SpawnPreparer:
@@ -241,9 +233,11 @@ def run(options):
     _profile.default_precision = precision
     _profile.program_argv = [program.argv0, *args]
     _profile._start()
-    builtins.profile = _profile.profile
+    # As under `python -m memory_profiler`: the builtin is a LineProfiler (`with profile:`,
+    # profile.enable_by_count()), and `import memory_profiler` gets memory_profiler's API.
+    builtins.profile = compat._RunProfiler()
     setattr(builtins, _select.INJECTED, _profile.profile)
-    sys.modules["memory_profiler"] = _memory_profiler_stand_in()
+    sys.modules["memory_profiler"] = compat
     if _SpawnPreparer.module in sys.modules:
         _prepare_started_processes(sys.modules[_SpawnPreparer.module])
     else:
@@ -256,6 +250,10 @@ def run(options):
     sys.argv = [program.argv0, *args]
     sys.path[0] = program.path0
 
+    timeline = _profile.timeline = _timeline.Timeline(_profile.qualnames)
+    timeline.sample()
+    if options["interval"] is not None:
+        timeline.sample_every(options["interval"])
     # Only the process that started the run reports: a child it forks that ends normally comes
     # back here too.
     starter = os.getpid()
@@ -278,7 +276,7 @@ def run(options):
         reporter = os.getpid() == starter
         if reporter and patcher is not None:
             patcher.report_missing()
-        written = _write_reports(options, selection) if reporter else True
+        written = _write_reports(options, selection, timeline.finish()) if reporter else True
     status = status if written or status else 1
     if reporter:
         _native.record_exit(status)
@@ -389,14 +387,16 @@ def _print_program_traceback(exc):
     sys.stderr.write("".join(report.format()))
 
 
-def _write_reports(options, selection):
+def _write_reports(options, selection, timeline):
     """Prints and writes the reports; False if one could not be written."""
     token = _native.begin_quiet()
     written = True
     try:
         if options["json"] is not None or _sink.children_dir is not None:
             version = ".".join(str(part) for part in sys.version_info[:3])
-            report = _native.report_json(version, _profile.program_argv, selection)
+            report = json.loads(_native.report_json(version, _profile.program_argv, selection))
+            report["timeline"] = timeline
+            report = json.dumps(report)
             if options["json"] is not None:
                 written &= _write(options["json"], report)
             if _sink.children_dir is not None:

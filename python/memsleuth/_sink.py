@@ -3,8 +3,10 @@
 
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 from . import _native
@@ -76,25 +78,24 @@ def _start(report=None):
 
 def _spawn(ring, report):
     doorbell_r, doorbell_w = os.pipe()
-    reply_r, reply_w = os.pipe()
-    ours = (ring, doorbell_r, reply_w)
+    replies = tempfile.mkdtemp(prefix="memsleuth-replies-")
+    ours = (ring, doorbell_r)
     try:
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        targets = [fd for fd in range(250, 260) if fd not in ours][:3]
+        targets = [fd for fd in range(250, 260) if fd not in ours][:2]
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
         actions += [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(ours, targets)]
-        argv = [sys.executable, "-I", "-S", "-c", _SPAWNED_MAIN, package_parent,
-                *map(str, targets), "1" if pymalloc() else "0", *([report] if report else [])]
+        argv = [sys.executable, "-I", "-S", "-c", _SPAWNED_MAIN, package_parent, *map(str, targets), replies,
+                str(os.getpid()), "1" if pymalloc() else "0", *([report] if report else [])]
         pid = os.posix_spawn(sys.executable, argv, os.environ, file_actions=actions)
     except BaseException:
-        for fd in (doorbell_w, reply_r):
-            os.close(fd)
+        os.close(doorbell_w)
+        os.rmdir(replies)
         raise
     finally:
-        for fd in (doorbell_r, reply_w):
-            os.close(fd)
+        os.close(doorbell_r)
     os.set_blocking(doorbell_w, False)
-    _native.connect_sink(doorbell_w, reply_r, pid, False)
+    _native.connect_sink(doorbell_w, replies, pid, False)
 
 
 def spawned_main(args):
@@ -102,14 +103,17 @@ def spawned_main(args):
     writes on stderr what it had run."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
-    ring, doorbell, reply, use_pymalloc = (int(a) for a in args[:4])
-    keep = {ring, doorbell, reply}
-    os.closerange(3, min(keep))
-    os.closerange(max(keep) + 1, 1 << 20)
+    ring, doorbell = int(args[0]), int(args[1])
+    replies, program, use_pymalloc = args[2], int(args[3]), args[4] == "1"
+    os.closerange(3, min(ring, doorbell))
+    os.closerange(max(ring, doorbell) + 1, 1 << 20)
     _native.attach_ring(ring)
-    ending = _native.serve_sink(doorbell, reply, 0, bool(use_pymalloc))
-    if len(args) > 4:
-        _leave_report(args[4])
+    try:
+        ending = _native.serve_sink(doorbell, replies, program, True, use_pymalloc)
+    finally:
+        shutil.rmtree(replies, ignore_errors=True)
+    if len(args) > 5:
+        _leave_report(args[5])
     elif ending["exit_record"] is None:
         sys.stderr.write(death_heading("ended without finishing (killed by a signal, crashed, or os._exit)"))
         sys.stderr.write(_native.report_all_text(1, 0))
@@ -219,18 +223,21 @@ def fork_program():
                 pass
     ring = _native.open_ring()
     doorbell_r, doorbell_w = os.pipe()
-    reply_r, reply_w = os.pipe()
+    replies = tempfile.mkdtemp(prefix="memsleuth-replies-")
     pid = os.fork()
     if pid == 0:
-        for fd in (ring, doorbell_r, reply_w):
+        for fd in (ring, doorbell_r):
             os.close(fd)
         os.set_blocking(doorbell_w, False)
-        _native.connect_sink(doorbell_w, reply_r, os.getppid(), True)
+        _native.connect_sink(doorbell_w, replies, os.getppid(), True)
         kind = "process"
         return None
-    for fd in (ring, doorbell_w, reply_r):
+    for fd in (ring, doorbell_w):
         os.close(fd)
-    ending = _native.serve_sink(doorbell_r, reply_w, pid, pymalloc())
+    try:
+        ending = _native.serve_sink(doorbell_r, replies, pid, False, pymalloc())
+    finally:
+        shutil.rmtree(replies, ignore_errors=True)
     ending["pid"] = pid
     return ending
 

@@ -64,8 +64,8 @@ pub enum Request {
     },
     /// The text table of the function with this code object.
     Text { precision: u32, code: u64, min_bytes: u64 },
-    /// Live tracked blocks and the books' own bytes.
-    Overhead,
+    /// Live tracked blocks, the books' own bytes and the live tracked bytes.
+    Counters,
     /// Nothing: answered once everything before it was applied.
     Flush,
 }
@@ -411,7 +411,7 @@ fn encode_request(w: &mut Words, request: &Request) {
             w.push(*code);
             w.push(*min_bytes);
         }
-        Request::Overhead => w.push(2),
+        Request::Counters => w.push(2),
         Request::Flush => w.push(3),
     }
 }
@@ -436,7 +436,7 @@ fn decode_request(r: &mut Reader<'_>) -> Option<Request> {
             Request::Json { python_version, argv, selection, rss_peak, codes }
         }
         1 => Request::Text { precision: r.word()? as u32, code: r.word()?, min_bytes: r.word()? },
-        2 => Request::Overhead,
+        2 => Request::Counters,
         3 => Request::Flush,
         _ => return None,
     })
@@ -570,7 +570,7 @@ mod tests {
                 },
             },
             Record::Request { token: 6, request: Request::Text { precision: 20, code: 1234, min_bytes: 64 } },
-            Record::Request { token: 7, request: Request::Overhead },
+            Record::Request { token: 7, request: Request::Counters },
             Record::Request { token: 8, request: Request::Flush },
             Record::Exit { status: -3 },
         ]

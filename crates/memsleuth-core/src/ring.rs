@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const CONTROL_WORDS: usize = 16;
 const HEAD: usize = 0;
 const TAIL: usize = 8;
+/// The token of the latest request the consumer answered (written by the consumer only).
+const ANSWERED: usize = 12;
 
 /// The padding header's kind: the rest of the data words are unused; its length is in the
 /// header's top 32 bits.
@@ -74,6 +76,11 @@ impl<'a> Ring<'a> {
         for word in self.control.iter().chain(self.data).step_by(512) {
             word.load(Ordering::Relaxed);
         }
+    }
+
+    /// The token of the latest request answered, for the program waiting on it.
+    pub fn answered(&self) -> &AtomicU64 {
+        &self.control[ANSWERED]
     }
 
     /// Words written or reserved and not yet read.

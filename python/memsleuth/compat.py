@@ -1,0 +1,461 @@
+"""memory_profiler's public API over memsleuth, so its users switch without editing anything.
+
+``memsleuth run`` installs this module as ``memory_profiler`` (``import memory_profiler`` gets
+it) and puts a :class:`LineProfiler` in builtins as ``profile``. Outside ``memsleuth run``,
+``from memsleuth.compat import profile, memory_usage, ...`` gives the same names.
+
+The tables are memsleuth's (memory_profiler's RSS columns, then the exact ones, then the notes);
+each function's table covers all its calls so far. ``backend`` arguments are accepted and
+checked, and memsleuth's own figures are kept.
+"""
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+from . import _native, _profile
+from ._nested import nested_codes
+
+#: The memory_profiler release whose API this module provides.
+__version__ = "0.61.0"
+
+_MIB = float(2 ** 20)
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def choose_backend(new_backend=None):
+    """The backend memory_profiler would use: ``new_backend`` if given, else ``'psutil'``.
+    memsleuth reads RSS from /proc whatever it says."""
+    _profile.check_backend(new_backend, "choose_backend")
+    return new_backend or "psutil"
+
+
+def profile(func=None, stream=None, precision=None, backend="psutil"):
+    """memory_profiler's decorator: ``@profile``, ``@profile(stream=f, precision=4)``, or
+    ``profile(func, f, 4)``. The table is written to ``stream`` (sys.stdout when None) after
+    each outermost call; under ``memsleuth run``, a function given no stream is printed at exit
+    with the others instead. ``precision`` None: 1, or ``memsleuth run --precision``."""
+    return _profile.profile(func, stream, precision, backend)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory_usage
+
+
+def _rss_mib(pid):
+    """The resident set of ``pid`` in MiB, None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE / _MIB
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _rss_peak_mib():
+    """This process's peak RSS so far (VmHWM) in MiB, None where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / _MIB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _children(pid):
+    """Every descendant of ``pid`` (from /proc/PID/task/TID/children)."""
+    found, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += kids
+            pending += kids
+    return found
+
+
+class _Sampler:
+    """Reads one process's memory as memory_profiler's options ask."""
+
+    def __init__(self, pid, timestamps, include_children, multiprocess):
+        self.pid = pid
+        self.timestamps = timestamps
+        self.include_children = include_children
+        self.multiprocess = multiprocess
+
+    def total(self):
+        mem = _rss_mib(self.pid)
+        if mem is None:
+            return None
+        if self.include_children:
+            mem += sum(_rss_mib(child) or 0.0 for child in _children(self.pid))
+        return mem
+
+    def sample(self):
+        """One sample: MiB, ``(MiB, time)`` with timestamps, a list with each child's MiB after
+        it with multiprocess; None once the process is gone."""
+        mem = self.total()
+        if mem is None:
+            return None
+        value = (mem, time.time()) if self.timestamps else mem
+        if self.multiprocess:
+            return [value, *(_rss_mib(child) or 0.0 for child in _children(self.pid))]
+        return value
+
+    def write(self, stream):
+        """One sample in mprof's file format: ``MEM <MiB> <time>``, and with multiprocess a
+        ``CHLD <pid> <MiB> <time>`` line per child; False once the process is gone."""
+        mem = self.total()
+        if mem is None:
+            return False
+        stream.write(f"MEM {mem:.6f} {time.time():.4f}\n")
+        if self.multiprocess:
+            for child in _children(self.pid):
+                stream.write(f"CHLD {child} {_rss_mib(child) or 0.0:.6f} {time.time():.4f}\n")
+        return True
+
+
+def _peak(value):
+    if isinstance(value, list):
+        value = value[0]
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _check_number(name, value, positive):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+        raise ValueError(f"memory_usage: {name} must be a {'positive' if positive else 'non-negative'} number, "
+                         f"got {value!r}")
+
+
+def memory_usage(proc=-1, interval=.1, timeout=None, timestamps=False, include_children=False,
+                 multiprocess=False, max_usage=False, retval=False, stream=None, backend=None,
+                 max_iterations=None):
+    """The memory (RSS, MiB) of a process or a call, sampled every ``interval`` seconds.
+
+    ``proc``: -1 (this process), a pid, a ``subprocess.Popen``, a command (a list of strings,
+    started here), a callable or an ``(f, args, kw)`` tuple (``f`` runs once in this thread while
+    another thread samples; its exceptions propagate). For a process, one sample, or samples for
+    ``timeout`` seconds; for a Popen or a command, until it ends or ``timeout``. Returns the
+    list of samples (``(MiB, time)`` pairs with ``timestamps``; for a process with
+    ``multiprocess``, lists of its own sample then each child's MiB), their maximum with
+    ``max_usage``, ``(samples, f's value)`` with ``retval``, or None when ``stream`` takes the
+    samples as mprof's ``MEM`` (and ``CHLD``) lines. ``include_children`` adds the children's RSS
+    to each sample. ``backend`` and ``max_iterations`` are accepted (memsleuth calls ``f`` once
+    and reads RSS).
+    """
+    _profile.check_backend(backend, "memory_usage")
+    _check_number("interval", interval, positive=True)
+    if timeout is not None:
+        _check_number("timeout", timeout, positive=False)
+    if stream is not None:
+        timestamps = True
+    if callable(proc):
+        proc = (proc, (), {})
+    if isinstance(proc, (list, tuple)) and proc and all(isinstance(p, str) for p in proc):
+        process = subprocess.Popen(list(proc))
+        try:
+            return memory_usage(process, interval, timeout, timestamps, include_children, multiprocess,
+                                max_usage, retval, stream, backend, max_iterations)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    if isinstance(proc, (list, tuple)):
+        if not 1 <= len(proc) <= 3 or not callable(proc[0]):
+            raise ValueError("memory_usage: proc must be -1, a pid, a Popen, a command list, a callable "
+                             "or an (f, args, kw) tuple")
+        f, args, kw = tuple(proc) + ((), {})[len(proc) - 1:]
+        # As memory_profiler's, a call's samples are the process's total: no per-child lists.
+        samples, returned = _sample_call(f, args, kw, interval, timestamps, include_children)
+        if stream is not None:
+            for mem, at in samples:
+                stream.write(f"MEM {mem:.6f} {at:.4f}\n")
+    else:
+        samples = _sample_process(proc, interval, timeout, timestamps, include_children, multiprocess, stream)
+        returned = None
+    if stream is not None:
+        stream.flush()
+        return None
+    result = max(_peak(s) for s in samples) if max_usage else samples
+    return (result, returned) if retval else result
+
+
+def _sample_process(proc, interval, timeout, timestamps, include_children, multiprocess, stream):
+    """The samples of a process, or none when each is written to ``stream`` as it is taken."""
+    popen = proc if isinstance(proc, subprocess.Popen) else None
+    if popen is not None:
+        pid = popen.pid
+    elif isinstance(proc, (int, str)) and not isinstance(proc, bool) and str(proc).lstrip("-").isdigit():
+        pid = os.getpid() if int(proc) == -1 else int(proc)
+    else:
+        raise ValueError(f"memory_usage: proc must be -1, a pid, a Popen, a command list, a callable "
+                         f"or an (f, args, kw) tuple, got {proc!r}")
+    if _rss_mib(pid) is None and popen is None:
+        raise ValueError(f"memory_usage: no process {pid}")
+    sampler = _Sampler(pid, timestamps, include_children, multiprocess)
+    count = max(1, round(timeout / interval)) if timeout is not None else (None if popen else 1)
+    samples = []
+    taken = 0
+    while count is None or taken < count:
+        if stream is not None:
+            if not sampler.write(stream):
+                break
+        else:
+            sample = sampler.sample()
+            if sample is None:
+                break
+            samples.append(sample)
+        taken += 1
+        if popen is not None and popen.poll() is not None:
+            break
+        if count is None or taken < count:
+            time.sleep(interval)
+    return samples
+
+
+def _sample_call(f, args, kw, interval, timestamps, include_children):
+    """Runs ``f(*args, **kw)`` while a thread samples this process: one sample before the call,
+    one every ``interval`` during it and one after. A peak between two samples (an allocation
+    made and freed within the call) would be missed, so when the call raised the process's peak
+    RSS, that peak is a sample too, just before the last. What the sampler allocates is
+    memsleuth's own, so no profiled line is charged with it."""
+    sampler = _Sampler(os.getpid(), timestamps, include_children, multiprocess=False)
+    peak_before = _rss_peak_mib()
+    samples = [sampler.sample()]
+    done = threading.Event()
+
+    def sample_until_done():
+        token = _native.begin_quiet() if _profile._started else None
+        try:
+            while not done.wait(interval):
+                samples.append(sampler.sample())
+        finally:
+            if token is not None:
+                _native.end_quiet(token)
+
+    thread = threading.Thread(target=sample_until_done, name="memsleuth memory_usage", daemon=True)
+    thread.start()
+    try:
+        returned = f(*args, **kw)
+    finally:
+        done.set()
+        thread.join()
+    peak_after = _rss_peak_mib()
+    if peak_before is not None and peak_after is not None and peak_after > peak_before:
+        peak = peak_after + (sampler.total() - _rss_mib(os.getpid()) if include_children else 0.0)
+        samples.append((peak, time.time()) if timestamps else peak)
+    samples.append(sampler.sample())
+    return samples, returned
+
+
+# ---------------------------------------------------------------------------------------------
+# LineProfiler and show_results
+
+
+class LineProfiler:
+    """memory_profiler's LineProfiler: ``prof(func)`` (or ``add_function`` then
+    ``wrap_function``) returns the function profiled by memsleuth, and ``show_results(prof)``
+    prints the tables of what it profiled. Profiled functions are measured whenever they run, so
+    ``enable``/``disable`` (and their counted forms, and ``with prof:``) only decide whether the
+    functions given to ``add_function`` are reachable profiled under their names: while enabled,
+    each is replaced by its profiled form in its module (and in ``runctx``'s namespaces)."""
+
+    def __init__(self, **kw):
+        self.backend = choose_backend(kw.get("backend"))
+        self.include_children = kw.get("include_children", False)
+        self.max_mem = kw.get("max_mem")
+        self.enable_count = 0
+        #: Code objects profiled through this profiler, in order, nested functions' included.
+        self.codes = []
+        self.functions = []
+        self._swapped = []
+
+    def _settings(self, precision=None, stream=None):
+        return _profile.Settings(precision, stream, print_each_call=stream is not None, at_exit=False)
+
+    def _note(self, code):
+        if code not in self.codes:
+            self.codes.append(code)
+
+    def _profiled(self, func, precision=None, stream=None, backend=None):
+        return _profile.profile_with(func, self._settings(precision, stream), backend, self._note)
+
+    def __call__(self, func=None, precision=1):
+        if func is None:
+            return lambda f: self(f, precision)
+        self.add_function(func)
+        return self.wrap_function(func)
+
+    def add_function(self, func):
+        """Profiles ``func`` from now on when it is called through ``wrap_function``'s result,
+        or by its name while the profiler is enabled."""
+        if not hasattr(func, "__code__"):
+            raise TypeError(f"LineProfiler.add_function expects a function, got {type(func).__name__}")
+        if all(func is not f for f, _ in self.functions):
+            self.functions.append((func, self._profiled(func)))
+
+    def wrap_function(self, func):
+        for original, profiled in self.functions:
+            if original is func:
+                return profiled
+        return self._profiled(func)
+
+    def runctx(self, cmd, globals, locals):
+        """Runs ``cmd`` with the profiler enabled; the added functions are profiled when called
+        by their names in ``globals`` and ``locals`` too."""
+        swapped = self._swap_in(namespaces=(globals, locals))
+        self.enable_by_count()
+        try:
+            exec(cmd, globals, locals)
+        finally:
+            self.disable_by_count()
+            self._swap_back(swapped)
+        return self
+
+    def _swap_in(self, namespaces=()):
+        """Puts each added function's profiled form where its name leads to it: its module's
+        globals, and the given namespaces. Returns what to put back."""
+        swapped = []
+        for original, profiled in self.functions:
+            places = [getattr(original, "__globals__", None), *namespaces]
+            for namespace in places:
+                if namespace is None:
+                    continue
+                for name, value in list(namespace.items()):
+                    if value is original:
+                        namespace[name] = profiled
+                        swapped.append((namespace, name, original))
+        return swapped
+
+    @staticmethod
+    def _swap_back(swapped):
+        for namespace, name, original in reversed(swapped):
+            namespace[name] = original
+
+    def enable_by_count(self):
+        if self.enable_count == 0:
+            self.enable()
+        self.enable_count += 1
+
+    def disable_by_count(self):
+        if self.enable_count > 0:
+            self.enable_count -= 1
+            if self.enable_count == 0:
+                self.disable()
+
+    def enable(self):
+        self._swapped += self._swap_in()
+
+    def disable(self):
+        self._swap_back(self._swapped)
+        self._swapped = []
+
+    def __enter__(self):
+        self.enable_by_count()
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        self.disable_by_count()
+
+
+class _RunProfiler(LineProfiler):
+    """The builtin ``profile`` under ``memsleuth run``: memory_profiler's LineProfiler there
+    (``profile(func, precision)``, as its ``__call__``), and memsleuth's decorator (tables at exit
+    unless a stream is given)."""
+
+    def __call__(self, func=None, precision=None, stream=None, backend=None):
+        if func is None:
+            return lambda f: self(f, precision, stream, backend)
+        profiled = self._profiled(func, precision, stream, backend)
+        if all(func is not f for f, _ in self.functions):
+            self.functions.append((func, profiled))
+        return profiled
+
+    def _settings(self, precision=None, stream=None):
+        return _profile.decorator_settings(precision, stream)
+
+
+def show_results(prof, stream=None, precision=1):
+    """Writes memsleuth's table of each function ``prof`` profiled that has run (nested
+    functions after the function they are defined in) to ``stream`` (sys.stdout when None)."""
+    _profile._check_precision(precision)
+    out = sys.stdout if stream is None else stream
+    if out is None:
+        return
+    codes = list(prof.codes) if isinstance(prof, LineProfiler) else []
+    token = _native.begin_quiet() if _profile._started else None
+    try:
+        text = "".join(_native.report_text(precision, code) for code in _with_nested(codes))
+    finally:
+        if token is not None:
+            _native.end_quiet(token)
+    out.write(text)
+    out.flush()
+
+
+def _with_nested(codes):
+    """``codes`` in order, each followed by the profiled code objects defined inside it."""
+    seen = []
+    for code in codes:
+        for c in (code, *nested_codes(code)):
+            if c not in seen and c in _profile.registered:
+                seen.append(c)
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------
+# LogFile
+
+
+_ROW = re.compile(r"^\s*\d+\s+-?[\d.]+ MiB\s+(-?[\d.]+) MiB")
+
+
+class LogFile:
+    """A stream for ``profile(stream=...)`` that logs each line it is given to the ``logging``
+    logger ``name``; with ``reportIncrementFlag``, only the table headers and the rows whose
+    Increment is positive."""
+
+    def __init__(self, name=None, reportIncrementFlag=False):
+        self.logger = logging.getLogger(name)
+        self.reportIncrementFlag = reportIncrementFlag
+
+    def write(self, msg, level=logging.INFO):
+        for line in msg.splitlines():
+            if self.reportIncrementFlag and not self._reported(line):
+                continue
+            self.logger.log(level, line)
+
+    @staticmethod
+    def _reported(line):
+        row = _ROW.match(line)
+        if row is not None:
+            return float(row.group(1)) > 0
+        return "Filename:" in line or "Line Contents" in line
+
+    def flush(self):
+        for handler in self.logger.handlers:
+            handler.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# IPython
+
+
+def load_ipython_extension(ipython):
+    """``%load_ext memory_profiler`` under the stand-in (and ``%load_ext memsleuth``)."""
+    from ._magics import register
+
+    register(ipython)
