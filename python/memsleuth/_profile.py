@@ -99,7 +99,8 @@ def _absolute(filename):
     return filename if filename.startswith("<") else os.path.abspath(filename)
 
 
-#: code object -> function id: a nested function is registered each time its def runs.
+#: id(code object) -> (the code object, its function id): a nested function is registered each
+#: time its def runs.
 registered = {}
 #: code object -> the qualified name it was registered under.
 qualnames = {}
@@ -109,9 +110,12 @@ timeline = None
 
 def _register(func):
     code = func.__code__
-    fid = registered.get(code)
+    # By identity: code objects compare equal by value, and the pytest plugin profiles equal
+    # copies of a test function to tell its calls apart. The entry keeps the code alive, so its
+    # id is never reused.
+    _, fid = registered.get(id(code), (None, None))
     if fid is None:
-        fid = registered[code] = _native.register(
+        fid = _native.register(
             code,
             func.__qualname__,
             getattr(func, "__module__", None) or "",
@@ -119,6 +123,7 @@ def _register(func):
             code.co_firstlineno,
             _source_lines(func),
         )
+        registered[id(code)] = (code, fid)
         qualnames[code] = func.__qualname__
     return fid
 

@@ -409,9 +409,10 @@ def show_results(prof, stream=None, precision=1):
 def _with_nested(codes):
     """``codes`` in order, each followed by the profiled code objects defined inside it."""
     seen = []
+    registered = {code for code, _ in _profile.registered.values()}
     for code in codes:
         for c in (code, *nested_codes(code)):
-            if c not in seen and c in _profile.registered:
+            if c not in seen and c in registered:
                 seen.append(c)
     return seen
 
