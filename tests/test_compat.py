@@ -84,13 +84,22 @@ def test_memory_usage_sees_a_100_mib_allocation(run_source):
     run = run_source("""
 from memsleuth.compat import memory_usage
 
+import time
+
 def allocate():
     data = b"x" * (100 * 2 ** 20)
     return len(data)
 
+def hold():
+    # Held for several sampling intervals: the samples of a second call see it whatever the
+    # machine's load (a new peak is no longer there to be added, as for the first call).
+    data = b"x" * (100 * 2 ** 20)
+    time.sleep(0.5)
+    return len(data)
+
 baseline = memory_usage()[0]
 peak, returned = memory_usage((allocate, (), {}), max_usage=True, retval=True)
-samples = memory_usage(allocate)
+samples = memory_usage(hold)
 EXTRA = {"baseline": baseline, "peak": peak, "returned": returned, "samples": samples,
          "type": type(peak).__name__}
 """)
