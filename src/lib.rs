@@ -341,6 +341,12 @@ fn serve_sink(
     Ok(out)
 }
 
+/// Whether this thread is inside a profiled call.
+#[pyfunction]
+fn inside_profiled_call() -> bool {
+    state::top_code() != 0
+}
+
 /// A forked child with a sink of its own records again (its hooks stayed installed).
 #[pyfunction]
 fn resume_recording() {
@@ -467,6 +473,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve_sink, m)?)?;
     m.add_function(wrap_pyfunction!(record_exit, m)?)?;
     m.add_function(wrap_pyfunction!(resume_recording, m)?)?;
+    m.add_function(wrap_pyfunction!(inside_profiled_call, m)?)?;
     m.add("THREAD_SINK_HEADING", memsleuth_core::report::THREAD_SINK_HEADING)?;
     m.add_function(wrap_pyfunction!(report_all_text, m)?)?;
     m.add_function(wrap_pyfunction!(open_frames, m)?)?;

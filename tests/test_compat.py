@@ -285,6 +285,25 @@ EXTRA = {"size": size, "first": first, "qualname": inner.__qualname__, "tb": tb}
     assert set(tables(run.stdout)) >= {"outer", "outer.<locals>.inner"}
 
 
+def test_a_nested_helper_called_in_a_loop_prints_its_table_once_after_the_enclosing_one(run_source):
+    run = run_source("""
+from memsleuth import profile
+
+@profile
+def outer():
+    def helper(i):
+        return [i] * 100
+    return sum(len(helper(i)) for i in range(50))
+
+total = outer()
+EXTRA = {"total": total}
+""")
+    assert run.extra["total"] == 5000
+    assert run.stdout.count("Filename: ") == 2, run.stdout
+    assert list(tables(run.stdout)) == ["outer", "outer.<locals>.helper"]
+    assert run.function("outer.<locals>.helper")["calls"] == 50
+
+
 # --------------------------------------------------------------------------------------------
 # Under memsleuth run: the stand-in and the builtin profile
 

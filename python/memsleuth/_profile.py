@@ -216,15 +216,18 @@ def decorator_settings(precision, stream):
 
 class Settings:
     """How a profiled function reports: ``precision`` (None: the run's default), the ``stream``
-    its table goes to after each outermost call when ``print_each_call`` (None: sys.stdout), and
-    whether ``memsleuth run`` prints it at exit (``at_exit``)."""
+    its table goes to after each outermost call when ``print_each_call`` (None: sys.stdout),
+    whether ``memsleuth run`` prints it at exit (``at_exit``), and whether a call inside another
+    profiled call leaves its table to that call's end (``defer``: nested functions, whose tables
+    follow the enclosing function's)."""
 
-    def __init__(self, precision=None, stream=None, print_each_call=True, at_exit=True):
+    def __init__(self, precision=None, stream=None, print_each_call=True, at_exit=True, defer=False):
         _check_precision(precision)
         self.precision = precision
         self.stream = stream
         self.print_each_call = print_each_call
         self.at_exit = at_exit
+        self.defer = defer
 
 
 def profile_with(func, settings, backend=None, on_profiled=None, nested=True):
@@ -248,19 +251,33 @@ def profile_with(func, settings, backend=None, on_profiled=None, nested=True):
     token = _native.begin_quiet()
     try:
         inner = func
+        # A nested function called inside a profiled call prints no table of its own (a helper
+        # called in a loop would print one per call): its table follows the enclosing one's.
+        nested_codes = []
+
+        def nested_profiled(code):
+            nested_codes.append(code)
+            if on_profiled is not None:
+                on_profiled(code)
+
         if nested:
+            deferring = Settings(settings.precision, settings.stream, print_each_call=settings.print_each_call,
+                                 at_exit=settings.at_exit, defer=True)
             inner = _nested.with_nested_profiled(
-                func, functools.partial(profile_with, settings=settings, on_profiled=on_profiled, nested=False))
+                func, functools.partial(profile_with, settings=deferring, on_profiled=nested_profiled,
+                                        nested=False))
         if on_profiled is not None:
             on_profiled(inner.__code__)
-        return _wrap(inner, settings, like=func)
+        return _wrap(inner, settings, like=func, nested_codes=nested_codes)
     finally:
         _native.end_quiet(token)
 
 
-def _wrap(func, settings, like):
+def _wrap(func, settings, like, nested_codes=()):
     """The profiled stand-in for ``func``, carrying the attributes of ``like`` (the function as
-    the program wrote it; ``func`` differs from it when its nested functions are profiled)."""
+    the program wrote it; ``func`` differs from it when its nested functions are profiled).
+    ``nested_codes`` (filled as nested functions are defined) have their tables printed after
+    ``func``'s."""
     fid = _register(func)
     code = func.__code__
     if settings.at_exit:
@@ -270,9 +287,10 @@ def _wrap(func, settings, like):
     def report(outermost):
         if outermost and timeline is not None:
             timeline.sample(_timeline.MIN_GAP)
-        if outermost and settings.print_each_call:
-            precision = settings.precision
-            _print_report(code, default_precision if precision is None else precision, settings.stream)
+        if outermost and settings.print_each_call and not (settings.defer and _native.inside_profiled_call()):
+            precision = default_precision if settings.precision is None else settings.precision
+            for printed in (code, *dict.fromkeys(nested_codes)):
+                _print_report(printed, precision, settings.stream)
 
     # The driver's own objects (its frame record, the coroutine that drives each run, an async
     # generator's step objects) are made quietly: they are the profiler's, not the caller's line's.
