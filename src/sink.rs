@@ -6,8 +6,7 @@
 //!   program, the parent is the sink. It learns how the program ended from waitpid, so a program
 //!   killed by any signal, or ended by `os._exit`, still gets its report.
 //! - `@profile` under plain python: a sink process is spawned at the first profiled call; it
-//!   learns of the program's end when the doorbell pipe, whose write end only the program holds,
-//!   reads end-of-file.
+//!   learns of the program's end when its parent, the program, is gone.
 //! - `MEMSLEUTH_SINK=thread`, or where no process can be started: a thread of the program.
 //!
 //! The program asks for reports with a request record; the sink answers once it has applied
@@ -185,7 +184,6 @@ pub fn respond(books: &Books, request: &Request) -> String {
             let ledger = &books.ledger;
             format!("{} {} {}", ledger.table.len(), ledger.footprint(), ledger.process.live_bytes)
         }
-        Request::Flush => String::new(),
     }
 }
 

@@ -49,6 +49,7 @@ def test_a_run_that_dies_still_gets_its_report(tmp_path, how):
     assert "running work at " in proc.stdout and "dies.py:" in proc.stdout
     doc = json.loads(report.read_text())
     assert doc["incomplete"]["ended"].startswith(ended)
+    assert doc["incomplete"]["records_lost"] is False, "the program died between records"
     [running] = doc["incomplete"]["running"]
     work = next(f for f in doc["functions"] if f["name"] == "work")
     assert running["function"] == "work"

@@ -301,7 +301,10 @@ def _report_ending(ending, options, selection, argv, children):
         doc["process"]["rss_peak_bytes"] = ending["rss_peak"]
         doc["incomplete"] = {"ended": how, "running": [
             {"function": name, "filename": filename, "lineno": lineno}
-            for name, filename, lineno in _native.open_frames()]}
+            for name, filename, lineno in _native.open_frames()],
+            # A record the program was writing as it died (or the ring overwritten): the
+            # figures stop short of it.
+            "records_lost": ending["cut_short"]}
         if options["json"] is not None:
             written &= _write(options["json"], json.dumps(doc, indent=2) + "\n")
         if children is not None:

@@ -66,8 +66,6 @@ pub enum Request {
     Text { precision: u32, code: u64, min_bytes: u64 },
     /// Live tracked blocks, the books' own bytes and the live tracked bytes.
     Counters,
-    /// Nothing: answered once everything before it was applied.
-    Flush,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -412,7 +410,6 @@ fn encode_request(w: &mut Words, request: &Request) {
             w.push(*min_bytes);
         }
         Request::Counters => w.push(2),
-        Request::Flush => w.push(3),
     }
 }
 
@@ -437,7 +434,6 @@ fn decode_request(r: &mut Reader<'_>) -> Option<Request> {
         }
         1 => Request::Text { precision: r.word()? as u32, code: r.word()?, min_bytes: r.word()? },
         2 => Request::Counters,
-        3 => Request::Flush,
         _ => return None,
     })
 }
@@ -571,7 +567,6 @@ mod tests {
             },
             Record::Request { token: 6, request: Request::Text { precision: 20, code: 1234, min_bytes: 64 } },
             Record::Request { token: 7, request: Request::Counters },
-            Record::Request { token: 8, request: Request::Flush },
             Record::Exit { status: -3 },
         ]
     }
