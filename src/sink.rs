@@ -38,6 +38,9 @@ static KEEPS_BOOKS: AtomicBool = AtomicBool::new(false);
 static SINK_THREAD: AtomicBool = AtomicBool::new(false);
 /// The program's end of the doorbell pipe to a sink process, and the sink's pid (0 if none).
 static DOORBELL: AtomicI32 = AtomicI32::new(-1);
+/// The doorbell pipe's inode: a program may close the descriptor and get its number back for a
+/// file of its own, which must never be written to.
+static DOORBELL_INODE: AtomicU64 = AtomicU64::new(0);
 static SINK_PID: AtomicI32 = AtomicI32::new(0);
 /// Where a sink process leaves its answers (None without one).
 static REPLIES: Mutex<Option<PathBuf>> = Mutex::new(None);
@@ -122,6 +125,7 @@ pub fn start_thread(pymalloc: bool) -> std::io::Result<()> {
 /// The program's side of a sink process: where to ring and where answers come.
 pub fn connect(doorbell: RawFd, replies: PathBuf, sink_pid: i32, sink_is_parent: bool) {
     prefault();
+    DOORBELL_INODE.store(pipe_inode(doorbell).unwrap_or(0), Ordering::Relaxed);
     DOORBELL.store(doorbell, Ordering::Relaxed);
     *REPLIES.lock().unwrap_or_else(|e| e.into_inner()) = Some(replies);
     SINK_PID.store(sink_pid, Ordering::Relaxed);
@@ -216,11 +220,21 @@ fn sink_alive() -> bool {
 
 fn ring_doorbell() {
     let fd = DOORBELL.load(Ordering::Relaxed);
-    if fd >= 0 {
-        // SAFETY: writes one byte from a valid buffer; a full pipe only means the sink has
-        // wake-ups pending (the descriptor is non-blocking).
+    let ours = DOORBELL_INODE.load(Ordering::Relaxed);
+    if fd >= 0 && ours != 0 && pipe_inode(fd) == Some(ours) {
+        // SAFETY: writes one byte from a valid buffer to our own pipe (checked just above); a
+        // full pipe only means the sink has wake-ups pending (the descriptor is non-blocking).
         unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
     }
+}
+
+/// The inode of the pipe open as `fd`, if `fd` is an open pipe.
+fn pipe_inode(fd: RawFd) -> Option<u64> {
+    // SAFETY: an all-zero stat is valid to fill in; fstat only writes it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat.
+    let found = unsafe { libc::fstat(fd, &mut st) } == 0;
+    (found && st.st_mode & libc::S_IFMT == libc::S_IFIFO).then_some(st.st_ino)
 }
 
 /// Asks the sink; None if it is gone.

@@ -65,3 +65,28 @@ def test_an_unknown_sink_is_refused_before_the_program_runs(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr == ("memsleuth: error: MEMSLEUTH_SINK must be 'process' or 'thread', not 'elsewhere'\n")
+
+
+def test_a_program_reusing_the_doorbells_descriptor_keeps_its_file_intact(tmp_path):
+    """A daemon closes every descriptor and opens its own files, which get the numbers back: the
+    doorbell to the sink (a pipe) must never be rung into one of them."""
+    program = tmp_path / "daemon.py"
+    program.write_text(
+        "import os, sys\n"
+        "from memsleuth import profile\n"
+        "@profile\n"
+        "def work():\n"
+        "    return [0] * 1000\n"
+        "work()\n"
+        "os.closerange(3, 4096)\n"
+        "files = [open(os.path.join(sys.argv[1], f'{i}.txt'), 'w') for i in range(16)]\n"
+        "work()\n"
+        "for f in files:\n"
+        "    f.write('mine')\n"
+        "    f.close()\n"
+    )
+    proc = subprocess.run([sys.executable, str(program), str(tmp_path)], capture_output=True, text=True,
+                          env=_env(None), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("Filename: ") == 2, "both calls' tables were printed"
+    assert [(tmp_path / f"{i}.txt").read_bytes() for i in range(16)] == [b"mine"] * 16
