@@ -1,7 +1,7 @@
 //! PyMem_SetAllocator hooks for the RAW, MEM and OBJ domains. Each wraps the allocator found at
-//! install time, forwards the call, and records the block in the ledger. They are never removed
-//! by memsleuth: raw-domain calls read the allocator table without a lock, so another thread may
-//! be inside a hook at any moment. Another tool may remove them (tracemalloc.stop() restores the
+//! install time, forwards the call, and records the block in the ring (docs/design.md, The hot
+//! path). They are never removed by memsleuth: raw-domain calls read the allocator table without
+//! a lock, so another thread may be inside a hook at any moment. Another tool may remove them (tracemalloc.stop() restores the
 //! allocator tracemalloc saved, which is not ours): `verify` finds that out at each reading and
 //! installs them again over what is there now.
 
@@ -233,7 +233,7 @@ static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Checks that every domain's allocator still leads to our hooks, and installs them again where
 /// another tool removed them, saying once on stderr that what ran in between was not seen. Called
-/// with the GIL held, outside the ledger lock, at readings: cheap while our hooks are on top.
+/// with the GIL held, outside any lock a hook takes, at readings: cheap while our hooks are on top.
 pub fn verify() {
     if !INSTALL.is_completed() || !ENABLED.load(Ordering::Relaxed) {
         return;

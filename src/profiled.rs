@@ -54,7 +54,7 @@ extern "C" {
 /// The type object, made once when the module loads.
 static TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(null_mut());
 
-/// A profiled call: the ledger's call opens around the function's own, and the table is printed
+/// A profiled call: the books' call opens around the function's own, and the table is printed
 /// after an outermost call whatever it returned or raised. Nothing here can unwind: a thread that
 /// CPython ends with `pthread_exit` at shutdown passes through this frame untouched.
 ///

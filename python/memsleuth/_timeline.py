@@ -3,10 +3,10 @@ profiled function and line running on the main thread), in the JSON report as ``
 
 Samples are taken from Python: when the run starts and ends, as an outermost profiled call ends
 (at most one a millisecond), and, with ``memsleuth run --interval SECONDS``, by a daemon thread
-every SECONDS. The readings the extension takes at line boundaries are not sampled: that would
-need the ledger to record them. The list is bounded: once it holds ``MAX_SAMPLES``, every other
-sample is dropped and from then on only every other one is kept (then every fourth...), so a
-long run keeps samples spread over all of it.
+every SECONDS. The readings the extension takes at line boundaries are not sampled: the sink
+keeps them only as each line needs them. The list is bounded: once it holds ``MAX_SAMPLES``,
+every other sample is dropped and from then on only every other one is kept (then every
+fourth...), so a long run keeps samples spread over all of it.
 """
 
 import os
