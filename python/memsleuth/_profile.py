@@ -289,8 +289,15 @@ def _wrap(func, settings, like, nested_codes=()):
             timeline.sample(_timeline.MIN_GAP)
         if outermost and settings.print_each_call and not (settings.defer and _native.inside_profiled_call()):
             precision = default_precision if settings.precision is None else settings.precision
-            for printed in (code, *dict.fromkeys(nested_codes)):
-                _print_report(printed, precision, settings.stream)
+            _print_report(code, precision, settings.stream)
+            if nested_codes:
+                # Quiet: what listing them allocates is memsleuth's, not the calling line's.
+                token = _native.begin_quiet()
+                try:
+                    for printed in dict.fromkeys(nested_codes):
+                        _print_report(printed, precision, settings.stream)
+                finally:
+                    _native.end_quiet(token)
 
     # The driver's own objects (its frame record, the coroutine that drives each run, an async
     # generator's step objects) are made quietly: they are the profiler's, not the caller's line's.
