@@ -178,12 +178,15 @@ pub fn respond(books: &Books, request: &Request) -> String {
             report.sink_rss_peak_bytes = (!in_thread).then(crate::rss::peak);
             report.to_json()
         }
-        Request::Text { precision, code, min_bytes } => Report::from_ledger(&books.ledger, "", None, 0)
-            .functions
-            .iter()
-            .filter(|f| f.code as u64 == *code)
-            .map(|f| render_function(f, *precision as usize, *min_bytes))
-            .collect(),
+        // Only the function asked for is gathered: every outermost call of every profiled
+        // function asks for its table.
+        Request::Text { precision, code, min_bytes } => {
+            Report::from_ledger_where(&books.ledger, "", None, 0, |f| f.code as u64 == *code)
+                .functions
+                .iter()
+                .map(|f| render_function(f, *precision as usize, *min_bytes))
+                .collect()
+        }
         Request::Counters => {
             let ledger = &books.ledger;
             format!("{} {} {}", ledger.table.len(), ledger.footprint(), ledger.process.live_bytes)
