@@ -18,14 +18,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Once;
 
-/// The allocator a domain had before us; our hooks receive its address as their context.
-#[repr(C)]
-struct Original {
-    /// First, so that a context is also the address of the allocator it wraps.
-    allocator: UnsafeCell<PyMemAllocatorEx>,
-    /// The raw domain's (its blocks always come from glibc).
-    raw: bool,
-}
+/// The allocator a domain had before us, wrapped by the hooks of one slot.
+struct Original(UnsafeCell<PyMemAllocatorEx>);
 
 // SAFETY: each is written once, in `install_domain`, before the hooks that read it are published
 // with PyMem_SetAllocator, and only read afterwards.
@@ -33,12 +27,6 @@ unsafe impl Sync for Original {}
 
 const NULL_ALLOCATOR: PyMemAllocatorEx =
     PyMemAllocatorEx { ctx: std::ptr::null_mut(), malloc: None, calloc: None, realloc: None, free: None };
-
-impl Original {
-    const fn new(raw: bool) -> Self {
-        Original { allocator: UnsafeCell::new(NULL_ALLOCATOR), raw }
-    }
-}
 
 /// How many times the hooks of one domain can be installed: once at start, then once each time
 /// another tool removes them. A slot is never reused, since a thread may still be inside a hook
@@ -54,86 +42,128 @@ struct Domain {
     wrapper: [AtomicUsize; 2],
 }
 
-const fn domain(domain: PyMemAllocatorDomain, slots: [Original; INSTALLS]) -> Domain {
-    Domain { domain, slots, used: AtomicUsize::new(0), wrapper: [AtomicUsize::new(0), AtomicUsize::new(0)] }
+const fn domain(domain: PyMemAllocatorDomain) -> Domain {
+    Domain {
+        domain,
+        slots: [const { Original(UnsafeCell::new(NULL_ALLOCATOR)) }; INSTALLS],
+        used: AtomicUsize::new(0),
+        wrapper: [AtomicUsize::new(0), AtomicUsize::new(0)],
+    }
 }
 
+/// Index of the raw domain in `DOMAINS` (its blocks always come from glibc).
+const RAW: usize = 0;
 static DOMAINS: [Domain; 3] = [
-    domain(PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, [const { Original::new(true) }; INSTALLS]),
-    domain(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, [const { Original::new(false) }; INSTALLS]),
-    domain(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, [const { Original::new(false) }; INSTALLS]),
+    domain(PyMemAllocatorDomain::PYMEM_DOMAIN_RAW),
+    domain(PyMemAllocatorDomain::PYMEM_DOMAIN_MEM),
+    domain(PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ),
 ];
 static INSTALL: Once = Once::new();
 
-/// Whether a hook's context is the raw domain's.
+/// The allocator wrapped by the hooks of slot `S` of domain `D`. Each slot has its own hook
+/// functions, which find what they wrap here and never through their `ctx` argument: another
+/// thread's raw-domain call may read a domain's table half-written while PyMem_SetAllocator
+/// replaces it, and a torn `ctx` would be followed into nowhere.
 #[inline(always)]
-fn is_raw(ctx: *mut c_void) -> bool {
-    // SAFETY: every hook is installed with ctx pointing at one of the static `Original`s above.
-    unsafe { (*(ctx as *const Original)).raw }
+fn original<const D: usize, const S: usize>() -> &'static PyMemAllocatorEx {
+    // SAFETY: the slot is written once in `install_domain` before these hooks are published,
+    // and never written again.
+    unsafe { &*DOMAINS[D].slots[S].0.get() }
 }
 
-#[inline(always)]
-fn original(ctx: *mut c_void) -> &'static PyMemAllocatorEx {
-    // SAFETY: every hook is installed with ctx pointing at one of the static `Original`s above,
-    // fully written before installation and never written again; the allocator is its first
-    // field (repr(C)).
-    unsafe { &*(ctx as *const PyMemAllocatorEx) }
-}
-
-extern "C" fn hook_malloc(ctx: *mut c_void, size: usize) -> *mut c_void {
-    let orig = original(ctx);
+extern "C" fn hook_malloc<const D: usize, const S: usize>(_ctx: *mut c_void, size: usize) -> *mut c_void {
+    let orig = original::<D, S>();
     let Some(malloc) = orig.malloc else { return std::ptr::null_mut() };
     guarded(|me| {
         let ptr = malloc(orig.ctx, size);
         if !ptr.is_null() {
-            me.allocated(ptr as usize, size as u64, is_raw(ctx));
+            me.allocated(ptr as usize, size as u64, D == RAW);
         }
         ptr
     })
     .unwrap_or_else(|| malloc(orig.ctx, size))
 }
 
-extern "C" fn hook_calloc(ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
-    let orig = original(ctx);
+extern "C" fn hook_calloc<const D: usize, const S: usize>(_ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
+    let orig = original::<D, S>();
     let Some(calloc) = orig.calloc else { return std::ptr::null_mut() };
     guarded(|me| {
         let ptr = calloc(orig.ctx, nelem, elsize);
         if !ptr.is_null() {
             let size = nelem.saturating_mul(elsize) as u64;
-            me.allocated(ptr as usize, size, is_raw(ctx));
+            me.allocated(ptr as usize, size, D == RAW);
         }
         ptr
     })
     .unwrap_or_else(|| calloc(orig.ctx, nelem, elsize))
 }
 
-extern "C" fn hook_realloc(ctx: *mut c_void, ptr: *mut c_void, new_size: usize) -> *mut c_void {
-    let orig = original(ctx);
+extern "C" fn hook_realloc<const D: usize, const S: usize>(
+    _ctx: *mut c_void,
+    ptr: *mut c_void,
+    new_size: usize,
+) -> *mut c_void {
+    let orig = original::<D, S>();
     let Some(realloc) = orig.realloc else { return std::ptr::null_mut() };
-    let raw = is_raw(ctx);
     guarded(|me| {
         // The old block is forgotten before realloc may release it, as for a free.
-        me.realloc_begins(ptr as usize, raw);
+        me.realloc_begins(ptr as usize, D == RAW);
         let new = realloc(orig.ctx, ptr, new_size);
-        me.realloc_ended(ptr as usize, new as usize, new_size as u64, raw);
+        me.realloc_ended(ptr as usize, new as usize, new_size as u64, D == RAW);
         new
     })
     .unwrap_or_else(|| realloc(orig.ctx, ptr, new_size))
 }
 
-extern "C" fn hook_free(ctx: *mut c_void, ptr: *mut c_void) {
-    let orig = original(ctx);
+extern "C" fn hook_free<const D: usize, const S: usize>(_ctx: *mut c_void, ptr: *mut c_void) {
+    let orig = original::<D, S>();
     let Some(free) = orig.free else { return };
     guarded(|me| {
         if !ptr.is_null() {
             // Forget the block before releasing it, so a concurrent allocation of the same
             // address can never be removed by this free.
-            me.freed(ptr as usize, is_raw(ctx));
+            me.freed(ptr as usize, D == RAW);
         }
         free(orig.ctx, ptr)
     })
     .unwrap_or_else(|| free(orig.ctx, ptr))
 }
+
+/// The hooks of slot `S` of domain `D`, with that slot's address as their context: they do not
+/// read it, `verify` tells our hooks from another tool's by it.
+const fn hooks<const D: usize, const S: usize>() -> PyMemAllocatorEx {
+    PyMemAllocatorEx {
+        ctx: &DOMAINS[D].slots[S] as *const Original as *mut c_void,
+        malloc: Some(hook_malloc::<D, S>),
+        calloc: Some(hook_calloc::<D, S>),
+        realloc: Some(hook_realloc::<D, S>),
+        free: Some(hook_free::<D, S>),
+    }
+}
+
+macro_rules! slots_of {
+    ($d:literal) => {
+        [
+            hooks::<$d, 0>(),
+            hooks::<$d, 1>(),
+            hooks::<$d, 2>(),
+            hooks::<$d, 3>(),
+            hooks::<$d, 4>(),
+            hooks::<$d, 5>(),
+            hooks::<$d, 6>(),
+            hooks::<$d, 7>(),
+        ]
+    };
+}
+
+/// Every slot's hooks, by domain and slot.
+struct HookTable([[PyMemAllocatorEx; INSTALLS]; 3]);
+
+// SAFETY: the table is immutable; its `ctx` pointers point at statics and are never dereferenced
+// through it.
+unsafe impl Sync for HookTable {}
+
+static HOOKS: HookTable = HookTable([slots_of!(0), slots_of!(1), slots_of!(2)]);
 
 /// pymalloc's arena allocator before us.
 struct OriginalArenas(UnsafeCell<PyObjectArenaAllocator>);
@@ -182,21 +212,16 @@ fn install_arenas() {
 
 /// Installs our hooks on `d` over the allocator it has now, in its next unused slot. Returns
 /// false if every slot is used.
-fn install_domain(d: &'static Domain) -> bool {
+fn install_domain(index: usize) -> bool {
+    let d = &DOMAINS[index];
     let n = d.used.load(Ordering::Relaxed);
-    let Some(slot) = d.slots.get(n) else { return false };
+    let (Some(slot), Some(hooks)) = (d.slots.get(n), HOOKS.0[index].get(n)) else { return false };
     d.used.store(n + 1, Ordering::Relaxed);
+    let mut hooks = *hooks;
     // SAFETY: called with the GIL held; `slot` has never been referenced by an installed hook,
-    // so writing it cannot race with a reader.
+    // so writing it cannot race with a reader; its hooks are published only after.
     unsafe {
-        PyMem_GetAllocator(d.domain, slot.allocator.get());
-        let mut hooks = PyMemAllocatorEx {
-            ctx: slot as *const Original as *mut c_void,
-            malloc: Some(hook_malloc),
-            calloc: Some(hook_calloc),
-            realloc: Some(hook_realloc),
-            free: Some(hook_free),
-        };
+        PyMem_GetAllocator(d.domain, slot.0.get());
         PyMem_SetAllocator(d.domain, &mut hooks);
     }
     true
@@ -238,7 +263,7 @@ pub fn verify() {
     if !INSTALL.is_completed() || !ENABLED.load(Ordering::Relaxed) {
         return;
     }
-    for d in &DOMAINS {
+    for (index, d) in DOMAINS.iter().enumerate() {
         let mut current = NULL_ALLOCATOR;
         // SAFETY: GIL held; copies the domain's allocator into `current`.
         unsafe { PyMem_GetAllocator(d.domain, &mut current) };
@@ -254,7 +279,7 @@ pub fn verify() {
             }
             continue;
         }
-        let reinstalled = install_domain(d);
+        let reinstalled = install_domain(index);
         if !WARNED.swap(true, Ordering::Relaxed) {
             // Never eprintln!: a failed write to stderr (a closed pipe, a full disk) panics, and a
             // panic aborts the process.
@@ -305,8 +330,8 @@ pub fn install() {
     INSTALL.call_once(|| {
         // SAFETY: the handlers are plain functions that stay valid for the life of the process.
         unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork_in_child)) };
-        for d in &DOMAINS {
-            install_domain(d);
+        for index in 0..DOMAINS.len() {
+            install_domain(index);
         }
         install_arenas();
         ENABLED.store(true, Ordering::Release);

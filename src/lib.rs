@@ -279,6 +279,14 @@ fn render_saved(text: &str, precision: usize, min_bytes: u64) -> PyResult<String
     Ok(render_text(&report, precision, min_bytes))
 }
 
+/// The summary (JSON) over the saved JSON reports of several processes: the figures of the same
+/// function added up; a ValueError says which text is not a report.
+#[pyfunction]
+fn summarize_saved(texts: Vec<String>) -> PyResult<String> {
+    let reports = texts.iter().map(|t| Report::from_json(t)).collect::<Result<Vec<_>, _>>();
+    Ok(Report::summary(&reports.map_err(pyo3::exceptions::PyValueError::new_err)?).to_json())
+}
+
 /// The books' size: live tracked blocks and the bytes the sink's tables occupy.
 #[pyfunction]
 fn overhead() -> PyResult<(u64, u64)> {
@@ -463,6 +471,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(report_json_of, m)?)?;
     m.add_function(wrap_pyfunction!(report_text, m)?)?;
     m.add_function(wrap_pyfunction!(render_saved, m)?)?;
+    m.add_function(wrap_pyfunction!(summarize_saved, m)?)?;
     m.add_function(wrap_pyfunction!(parse_cli, m)?)?;
     m.add_function(wrap_pyfunction!(overhead, m)?)?;
     m.add_function(wrap_pyfunction!(reading_counts, m)?)?;

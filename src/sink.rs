@@ -175,7 +175,7 @@ pub fn respond(books: &Books, request: &Request) -> String {
             report.selection = selection.clone();
             let in_thread = SINK_THREAD.load(Ordering::Relaxed);
             report.sink = Some(if in_thread { "thread" } else { "process" }.into());
-            report.sink_rss_peak_bytes = (!in_thread).then(crate::rss::peak);
+            report.process.sink_rss_peak_bytes = (!in_thread).then(crate::rss::peak);
             report.to_json()
         }
         // Only the function asked for is gathered: every outermost call of every profiled

@@ -165,46 +165,9 @@ def collect_children(directory, main_pid, timeout=30.0):
     return reports
 
 
-#: Figures that add up across processes (RSS changes too: each process's adds to the machine's).
-_ADDED = ("hits", "allocated_bytes", "allocations", "freed_bytes", "frees", "net_bytes", "retained_bytes",
-          "rss_delta_bytes", "gc_collections", "gc_freed_bytes", "arenas_mapped", "arenas_unmapped")
-
-
-def _merged_figures(entries):
-    merged = {key: sum(e.get(key, 0) for e in entries) for key in _ADDED}
-    merged["peak_bytes"] = max(e["peak_bytes"] for e in entries)
-    merged["rss_after_bytes"] = None
-    merged["causes"] = {name: sum(e["causes"][name] for e in entries) for name in entries[0]["causes"]}
-    merged["note"] = None
-    return merged
-
-
 def summary(reports):
     """One report whose functions add up the figures of the same function in every process."""
-    by_function = {}
-    for report in reports:
-        for f in report["functions"]:
-            by_function.setdefault((f["filename"], f["name"], f["first_lineno"]), []).append(f)
-    functions = []
-    for copies in by_function.values():
-        merged = {key: copies[0][key] for key in ("name", "module", "filename", "first_lineno")}
-        merged["last_lineno"] = max(f["last_lineno"] for f in copies)
-        merged["calls"] = sum(f["calls"] for f in copies)
-        merged["rss_at_entry_bytes"] = None
-        merged["totals"] = _merged_figures([f["totals"] for f in copies])
-        lines = {}
-        for f in copies:
-            for line in f["lines"]:
-                lines.setdefault(line["lineno"], []).append(line)
-        merged["lines"] = [dict(_merged_figures(same), lineno=lineno, source=same[0]["source"])
-                           for lineno, same in sorted(lines.items())]
-        teardowns = [f["teardown"] for f in copies if f["teardown"]]
-        merged["teardown"] = _merged_figures(teardowns) if teardowns else None
-        functions.append(merged)
-    process = {key: sum(r["process"].get(key, 0) for r in reports)
-               for key in ("allocated_bytes", "freed_bytes", "live_bytes", "untracked_frees")}
-    return {"schema": "memsleuth.report/1", "python_version": reports[0]["python_version"], "argv": None,
-            "processes": len(reports), "functions": functions, "process": process}
+    return json.loads(_native.summarize_saved([json.dumps(r) for r in reports]))
 
 
 def fork_program():

@@ -284,57 +284,70 @@ fn empty_slots(n: usize) -> Vec<Slot> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::collections::HashMap;
 
     fn block(size: u64) -> Block {
         Block { size, birth: size as u32 }
     }
 
-    /// A deterministic xorshift so the test needs no crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
+    /// One step of churn: insert at an address of a kind (dense pymalloc-like runs, 1 MiB-aligned
+    /// mmaps, scattered heap addresses), or remove the live block at an index (modulo).
+    #[derive(Clone, Debug)]
+    enum Step {
+        Insert { kind: u8, bits: usize },
+        Remove(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            2 => (0u8..7, any::<usize>()).prop_map(|(kind, bits)| Step::Insert { kind, bits }),
+            1 => any::<usize>().prop_map(Step::Remove),
+        ]
+    }
+
+    fn address(kind: u8, bits: usize) -> usize {
+        match kind {
+            0 => (bits & 0xfff) << 20,
+            1 | 2 => 0x7f00_0000_0000 + ((bits & 0xffff) << 4),
+            _ => 0x5500_0000_0000 + ((bits & 0xff_ffff) << 4),
         }
     }
 
-    #[test]
-    fn agrees_with_a_hashmap_under_random_churn() {
-        let mut rng = Rng(0x1234_5678_9abc_def1);
-        let mut table = BlockTable::new();
-        let mut model: HashMap<usize, Block> = HashMap::new();
-        let mut live: Vec<usize> = Vec::new();
-        for step in 0..400_000u64 {
-            let r = rng.next();
-            if !r.is_multiple_of(3) || live.is_empty() {
-                // Mix dense pymalloc-like runs, 1 MiB-aligned mmaps and scattered addresses.
-                let addr = match r % 7 {
-                    0 => ((r >> 8) as usize & 0xfff) << 20,
-                    1 | 2 => 0x7f00_0000_0000 + (((r >> 8) as usize & 0xffff) << 4),
-                    _ => 0x5500_0000_0000 + (((r >> 8) as usize & 0xff_ffff) << 4),
-                };
-                if addr == 0 {
-                    continue;
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn agrees_with_a_hashmap_under_random_churn(steps in prop::collection::vec(step(), 1..20_000)) {
+            let mut table = BlockTable::new();
+            let mut model: HashMap<usize, Block> = HashMap::new();
+            let mut live: Vec<usize> = Vec::new();
+            for (i, s) in steps.into_iter().enumerate() {
+                match s {
+                    Step::Insert { kind, bits } => {
+                        let addr = address(kind, bits);
+                        if addr == 0 {
+                            continue;
+                        }
+                        let b = block(i as u64);
+                        let old = table.insert(addr, b);
+                        prop_assert_eq!(old, model.insert(addr, b));
+                        if old.is_none() {
+                            live.push(addr);
+                        }
+                    }
+                    Step::Remove(k) if !live.is_empty() => {
+                        let addr = live.swap_remove(k % live.len());
+                        prop_assert_eq!(table.remove(addr), model.remove(&addr));
+                        prop_assert_eq!(table.remove(addr), None);
+                    }
+                    Step::Remove(_) => {}
                 }
-                let b = block(step);
-                let old = table.insert(addr, b);
-                assert_eq!(old, model.insert(addr, b));
-                if old.is_none() {
-                    live.push(addr);
-                }
-            } else {
-                let k = (r >> 16) as usize % live.len();
-                let addr = live.swap_remove(k);
-                assert_eq!(table.remove(addr), model.remove(&addr));
-                assert_eq!(table.remove(addr), None);
+                prop_assert_eq!(table.len(), model.len());
             }
-            assert_eq!(table.len(), model.len());
-        }
-        for (addr, b) in &model {
-            assert_eq!(table.get(*addr), Some(*b));
+            for (addr, b) in &model {
+                prop_assert_eq!(table.get(*addr), Some(*b));
+            }
         }
     }
 
@@ -365,38 +378,41 @@ mod tests {
         assert!(t.is_empty());
     }
 
-    /// Insertions and removals inside a run that wraps past the last slot move the right
-    /// entries, whichever side of the wrap they sit on.
-    #[test]
-    fn runs_wrapping_past_the_end_shift_both_ways() {
-        let span = MIN_SLOTS << 4;
-        let last = span - 16;
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        for round in 0..200u64 {
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Insertions and removals inside a run that wraps past the last slot move the right
+        /// entries, whichever side of the wrap they sit on.
+        #[test]
+        fn runs_wrapping_past_the_end_shift_both_ways(
+            homes in prop::collection::vec(0usize..8, 24),
+            removal_order in prop::collection::vec(any::<usize>(), 24),
+        ) {
+            let span = MIN_SLOTS << 4;
+            let last = span - 16;
             let mut t = BlockTable::new();
             let mut model: HashMap<usize, Block> = HashMap::new();
             // Homes in the last four slots and the first four, several aliases each.
-            let mut addrs: Vec<usize> = (0..24)
-                .map(|k| {
-                    let home = (rng.next() % 8) as usize;
+            let mut addrs: Vec<usize> = homes
+                .iter()
+                .enumerate()
+                .map(|(k, &home)| {
                     let offset = if home < 4 { last - home * 16 } else { (home - 4) * 16 };
                     (k + 1) * span + offset
                 })
                 .collect();
-            addrs.sort_unstable();
-            addrs.dedup();
             for (n, &addr) in addrs.iter().enumerate() {
-                let b = block(round * 100 + n as u64);
-                assert_eq!(t.insert(addr, b), model.insert(addr, b));
+                let b = block(n as u64);
+                prop_assert_eq!(t.insert(addr, b), model.insert(addr, b));
             }
-            while !addrs.is_empty() {
-                let addr = addrs.swap_remove((rng.next() % addrs.len() as u64) as usize);
-                assert_eq!(t.remove(addr), model.remove(&addr));
+            for pick in removal_order {
+                let addr = addrs.swap_remove(pick % addrs.len());
+                prop_assert_eq!(t.remove(addr), model.remove(&addr));
                 for (a, b) in &model {
-                    assert_eq!(t.get(*a), Some(*b), "round {round}, {a:#x}");
+                    prop_assert_eq!(t.get(*a), Some(*b), "{:#x}", a);
                 }
             }
-            assert!(t.is_empty());
+            prop_assert!(t.is_empty());
         }
     }
 

@@ -1,6 +1,8 @@
 //! Why RSS moved (docs/design.md, Causes): each line's RSS change split into causes from exact
 //! counters and from readings taken at the same moments as RSS, and a sentence for surprises.
 
+use serde::{Deserialize, Serialize};
+
 use crate::report::human_bytes;
 
 /// What the platform tells at a reading: RSS split by kind, glibc's view of its heap, the
@@ -58,60 +60,35 @@ pub struct Sample {
     pub own_net: i64,
 }
 
-/// The causes of a line's RSS change, in bytes; they sum to it exactly.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Causes {
-    pub python: i64,
-    pub gc: i64,
-    pub other_threads: i64,
-    pub native: i64,
-    pub allocator: i64,
-    pub lazy: i64,
-    pub files: i64,
-    pub profiler: i64,
-    pub unexplained: i64,
+/// Declares `Causes` from one list of names: the struct (whose field order is the JSON's) and
+/// the sums over every cause.
+macro_rules! causes {
+    ($($name:ident),+ $(,)?) => {
+        /// The causes of a line's RSS change, in bytes; they sum to it exactly.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct Causes {
+            $(pub $name: i64,)+
+        }
+
+        impl Causes {
+            pub fn sum(&self) -> i64 {
+                0 $(+ self.$name)+
+            }
+
+            pub fn add(&mut self, other: &Causes) {
+                $(self.$name += other.$name;)+
+            }
+        }
+    };
 }
+
+causes!(python, gc, other_threads, native, allocator, lazy, files, profiler, unexplained);
 
 fn delta(start: u64, end: u64) -> i64 {
     end as i64 - start as i64
 }
 
 impl Causes {
-    pub const NAMES: [&'static str; 9] =
-        ["python", "gc", "other_threads", "native", "allocator", "lazy", "files", "profiler", "unexplained"];
-
-    pub fn values(&self) -> [i64; 9] {
-        [
-            self.python,
-            self.gc,
-            self.other_threads,
-            self.native,
-            self.allocator,
-            self.lazy,
-            self.files,
-            self.profiler,
-            self.unexplained,
-        ]
-    }
-
-    pub fn from_values(v: [i64; 9]) -> Self {
-        Causes {
-            python: v[0],
-            gc: v[1],
-            other_threads: v[2],
-            native: v[3],
-            allocator: v[4],
-            lazy: v[5],
-            files: v[6],
-            profiler: v[7],
-            unexplained: v[8],
-        }
-    }
-
-    pub fn sum(&self) -> i64 {
-        self.values().iter().sum()
-    }
-
     /// The decomposition of one execution: `net` and `gc_freed` are its exact tracked figures,
     /// `start` and `end` the samples of its thread its RSS change was measured between.
     ///
@@ -151,14 +128,6 @@ impl Causes {
         self.python += net + gc_freed as i64;
         self.gc -= gc_freed as i64;
         self.allocator -= net;
-    }
-
-    pub fn add(&mut self, other: &Causes) {
-        let mut v = self.values();
-        for (a, b) in v.iter_mut().zip(other.values()) {
-            *a += b;
-        }
-        *self = Causes::from_values(v);
     }
 }
 

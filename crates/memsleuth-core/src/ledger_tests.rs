@@ -1281,7 +1281,7 @@ fn report_gathers_called_functions_and_their_lines() {
     assert_eq!(fr.lines[1].figures.causes.sum(), 0);
     assert_eq!(fr.lines[1].figures.note, None);
     assert_eq!((fr.totals.net_bytes, fr.totals.retained_bytes, fr.totals.rss_delta_bytes), (8, 8, 1 << 20));
-    assert_eq!(r.process, l.process);
+    assert_eq!(r.process, ProcessReport::new(&l.process, 3 << 20));
 
     let json = r.to_json();
     assert!(json.contains(r#""net_bytes":-92"#), "{json}");

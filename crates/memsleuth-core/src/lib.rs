@@ -6,7 +6,6 @@
 pub mod blocks;
 pub mod books;
 pub mod causes;
-pub mod json;
 pub mod ledger;
 pub mod readings;
 pub mod record;

@@ -1,11 +1,17 @@
 //! Reports: the figures of docs/design.md (Figures) gathered from the ledger, rendered as memory_profiler's
 //! table with the exact columns beside it (section 6) or as JSON (section 5).
 
+use serde::{Deserialize, Serialize};
+
 use crate::causes::{note, Causes, NoteFacts};
-use crate::json::{self, JsonWriter, Value};
 use crate::ledger::{FuncInfo, Ledger, LineStats, ProcessStats};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The schema every JSON report names in its `schema` field.
+pub const SCHEMA: &str = "memsleuth.report/1";
+
+/// One line's figures (docs/design.md, Figures), or a function's totals: the one definition of
+/// them, whose field order is the JSON's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Figures {
     pub hits: u64,
     pub allocated_bytes: u64,
@@ -19,44 +25,16 @@ pub struct Figures {
     pub rss_delta_bytes: i64,
     pub gc_collections: u64,
     pub gc_freed_bytes: u64,
+    /// Reports written before the arena counts existed have none.
+    #[serde(default)]
     pub arenas_mapped: u64,
+    #[serde(default)]
     pub arenas_unmapped: u64,
     pub causes: Causes,
     pub note: Option<String>,
 }
 
 impl Figures {
-    fn from_json(v: &Value) -> Result<Self, String> {
-        let int = |key: &str| -> Result<f64, String> {
-            v.get(key).and_then(Value::as_f64).ok_or_else(|| format!("a line lacks the number '{key}'"))
-        };
-        Ok(Figures {
-            hits: int("hits")? as u64,
-            allocated_bytes: int("allocated_bytes")? as u64,
-            allocations: int("allocations")? as u64,
-            freed_bytes: int("freed_bytes")? as u64,
-            frees: int("frees")? as u64,
-            net_bytes: int("net_bytes")? as i64,
-            peak_bytes: int("peak_bytes")? as i64,
-            retained_bytes: int("retained_bytes")? as u64,
-            rss_after_bytes: v.get("rss_after_bytes").and_then(Value::as_f64).map(|r| r as u64),
-            rss_delta_bytes: int("rss_delta_bytes")? as i64,
-            gc_collections: int("gc_collections")? as u64,
-            gc_freed_bytes: int("gc_freed_bytes")? as u64,
-            arenas_mapped: v.get("arenas_mapped").and_then(Value::as_f64).unwrap_or(0.0) as u64,
-            arenas_unmapped: v.get("arenas_unmapped").and_then(Value::as_f64).unwrap_or(0.0) as u64,
-            causes: {
-                let c = v.get("causes").ok_or("a line lacks causes")?;
-                let mut values = [0i64; 9];
-                for (value, name) in values.iter_mut().zip(Causes::NAMES) {
-                    *value = c.get(name).and_then(Value::as_f64).ok_or_else(|| format!("causes lack '{name}'"))? as i64;
-                }
-                Causes::from_values(values)
-            },
-            note: v.get("note").and_then(Value::as_str).map(str::to_string),
-        })
-    }
-
     fn from_stats(s: &LineStats, teardown: bool) -> Self {
         Figures {
             hits: s.hits,
@@ -89,77 +67,138 @@ impl Figures {
         }
     }
 
-    fn write_json(&self, w: &mut JsonWriter) {
-        w.field_u64("hits", self.hits);
-        w.field_u64("allocated_bytes", self.allocated_bytes);
-        w.field_u64("allocations", self.allocations);
-        w.field_u64("freed_bytes", self.freed_bytes);
-        w.field_u64("frees", self.frees);
-        w.field_i64("net_bytes", self.net_bytes);
-        w.field_i64("peak_bytes", self.peak_bytes);
-        w.field_u64("retained_bytes", self.retained_bytes);
-        match self.rss_after_bytes {
-            Some(v) => w.field_u64("rss_after_bytes", v),
-            None => w.field_null("rss_after_bytes"),
-        }
-        w.field_i64("rss_delta_bytes", self.rss_delta_bytes);
-        w.field_u64("gc_collections", self.gc_collections);
-        w.field_u64("gc_freed_bytes", self.gc_freed_bytes);
-        w.field_u64("arenas_mapped", self.arenas_mapped);
-        w.field_u64("arenas_unmapped", self.arenas_unmapped);
-        w.key("causes");
-        w.begin_object();
-        for (name, value) in Causes::NAMES.iter().zip(self.causes.values()) {
-            w.field_i64(name, value);
-        }
-        w.end_object();
-        match &self.note {
-            Some(note) => w.field_str("note", note),
-            None => w.field_null("note"),
-        }
+    /// Adds another process's figures for the same line: counts and byte sums add up, RSS
+    /// changes too (each process's adds to the machine's); the peak is the larger, and the RSS
+    /// after a line and the note belong to no single process any more.
+    fn add_process(&mut self, other: &Figures) {
+        self.hits += other.hits;
+        self.allocated_bytes += other.allocated_bytes;
+        self.allocations += other.allocations;
+        self.freed_bytes += other.freed_bytes;
+        self.frees += other.frees;
+        self.net_bytes += other.net_bytes;
+        self.peak_bytes = self.peak_bytes.max(other.peak_bytes);
+        self.retained_bytes += other.retained_bytes;
+        self.rss_after_bytes = None;
+        self.rss_delta_bytes += other.rss_delta_bytes;
+        self.gc_collections += other.gc_collections;
+        self.gc_freed_bytes += other.gc_freed_bytes;
+        self.arenas_mapped += other.arenas_mapped;
+        self.arenas_unmapped += other.arenas_unmapped;
+        self.causes.add(&other.causes);
+        self.forget_process();
+    }
+
+    /// Drops what belongs to one process only: the RSS after the line, and the note.
+    fn forget_process(&mut self) {
+        self.rss_after_bytes = None;
+        self.note = None;
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LineReport {
     pub lineno: u32,
+    /// The line's text; the JSON's is without its indentation.
+    #[serde(serialize_with = "trimmed")]
     pub source: String,
+    #[serde(flatten)]
     pub figures: Figures,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FunctionReport {
-    /// Identity of the function's code object.
+    /// Identity of the function's code object; not in the JSON.
+    #[serde(skip)]
     pub code: usize,
     pub name: String,
     pub module: String,
     pub filename: String,
     pub first_lineno: u32,
+    /// The function's last source line (reports written before it existed have none).
+    #[serde(default)]
+    pub last_lineno: u32,
+    #[serde(default)]
     pub calls: u64,
+    #[serde(rename = "rss_at_entry_bytes", default)]
     pub rss_at_entry: Option<u64>,
     pub totals: Figures,
     /// Lines that ran, in source order.
+    #[serde(default)]
     pub lines: Vec<LineReport>,
     /// The frame's teardown after each return (its locals released), when a return was seen;
     /// reports written before it existed have none.
+    #[serde(default)]
     pub teardown: Option<Figures>,
-    /// The whole source of the function, from `first_lineno`.
+    /// The whole source of the function, from `first_lineno`; a saved report's is read back
+    /// from the file, or rebuilt from its lines.
+    #[serde(skip)]
     pub source: Vec<String>,
 }
 
-#[derive(Clone, Debug)]
+/// The whole program's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessReport {
+    pub allocated_bytes: u64,
+    pub freed_bytes: u64,
+    pub live_bytes: u64,
+    /// The peaks belong to one process: a summary over several has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracked_peak_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_peak_bytes: Option<u64>,
+    pub untracked_frees: u64,
+    /// The sink process's own peak RSS, apart from the program's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sink_rss_peak_bytes: Option<u64>,
+}
+
+impl ProcessReport {
+    pub fn new(stats: &ProcessStats, rss_peak_bytes: u64) -> Self {
+        ProcessReport {
+            allocated_bytes: stats.allocated_bytes,
+            freed_bytes: stats.freed_bytes,
+            live_bytes: stats.live_bytes,
+            tracked_peak_bytes: Some(stats.tracked_peak_bytes),
+            rss_peak_bytes: Some(rss_peak_bytes),
+            untracked_frees: stats.untracked_frees,
+            sink_rss_peak_bytes: None,
+        }
+    }
+}
+
+/// A report (docs/design.md, Reports); its JSON is this struct's fields after `schema`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
+    #[serde(default)]
     pub python_version: String,
+    #[serde(default)]
     pub argv: Option<Vec<String>>,
     /// What was profiled and why, when the command line chose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<String>,
-    pub functions: Vec<FunctionReport>,
-    pub process: ProcessStats,
-    pub rss_peak_bytes: u64,
     /// Where the books were kept: "process" (a sink process) or "thread" (in the program).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<String>,
-    /// The sink process's own peak RSS, apart from the program's.
-    pub sink_rss_peak_bytes: Option<u64>,
+    /// How many processes a summary adds up (`memsleuth run --follow-fork`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    pub functions: Vec<FunctionReport>,
+    #[serde(default)]
+    pub process: ProcessReport,
+}
+
+fn trimmed<S: serde::Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(text.trim())
+}
+
+/// What `to_json` writes: the schema, then the report.
+#[derive(Serialize)]
+struct Document<'a> {
+    schema: &'static str,
+    #[serde(flatten)]
+    report: &'a Report,
 }
 
 impl Report {
@@ -185,170 +224,106 @@ impl Report {
             python_version: python_version.to_string(),
             argv,
             selection: None,
-            functions,
-            process: ledger.process,
-            rss_peak_bytes,
             sink: None,
-            sink_rss_peak_bytes: None,
+            processes: None,
+            functions,
+            process: ProcessReport::new(&ledger.process, rss_peak_bytes),
         }
     }
 
     /// Reads back a report written by `to_json`; the error explains why the text is not one.
     /// Source lines come from the profiled file when it is still there, else from the report.
     pub fn from_json(text: &str) -> Result<Report, String> {
-        let doc = json::parse(text).map_err(|e| format!("not JSON ({e})"))?;
-        match doc.get("schema").and_then(Value::as_str) {
-            Some("memsleuth.report/1") => {}
-            Some(other) => return Err(format!("unsupported report schema '{other}'")),
-            None => return Err("not a memsleuth report (no \"schema\" field)".into()),
+        let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
+        match doc.get("schema").map(|s| s.as_str()) {
+            Some(Some(SCHEMA)) => {}
+            Some(Some(other)) => return Err(format!("unsupported report schema '{other}'")),
+            _ => return Err("not a memsleuth report (no \"schema\" field)".into()),
         }
-        let text_field = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
-        let mut functions = Vec::new();
-        for f in doc.get("functions").and_then(Value::as_array).ok_or("the report has no function list")? {
-            let first_lineno =
-                f.get("first_lineno").and_then(Value::as_f64).ok_or("a function lacks first_lineno")? as u32;
-            let mut lines = Vec::new();
-            for l in f.get("lines").and_then(Value::as_array).unwrap_or_default() {
-                let lineno = l.get("lineno").and_then(Value::as_f64).ok_or("a line lacks lineno")? as u32;
-                lines.push(LineReport { lineno, source: text_field(l, "source"), figures: Figures::from_json(l)? });
-            }
-            let filename = text_field(f, "filename");
-            let last_ran = lines.iter().map(|l| l.lineno).max().unwrap_or(first_lineno);
-            let last = f.get("last_lineno").and_then(Value::as_f64).map_or(last_ran, |n| (n as u32).max(last_ran));
-            let source = std::fs::read_to_string(&filename)
+        let mut report: Report = serde_json::from_value(doc).map_err(|e| format!("not a memsleuth report ({e})"))?;
+        for f in &mut report.functions {
+            f.lines.sort_by_key(|l| l.lineno);
+            let last_ran = f.lines.last().map_or(f.first_lineno, |l| l.lineno);
+            f.last_lineno = f.last_lineno.max(last_ran).max(f.first_lineno);
+            let wanted = (f.last_lineno - f.first_lineno + 1) as usize;
+            f.source = std::fs::read_to_string(&f.filename)
                 .ok()
                 .map(|file| {
-                    file.lines()
-                        .skip(first_lineno as usize - 1)
-                        .take((last - first_lineno + 1) as usize)
-                        .map(str::to_string)
-                        .collect()
+                    file.lines().skip((f.first_lineno as usize).saturating_sub(1)).take(wanted).map(str::to_string).collect()
                 })
                 .unwrap_or_else(|| {
-                    (first_lineno..=last)
+                    (f.first_lineno..=f.last_lineno)
                         .map(|n| {
-                            lines.iter().find(|l| l.lineno == n).map_or(String::new(), |l| format!("    {}", l.source))
+                            f.lines.iter().find(|l| l.lineno == n).map_or(String::new(), |l| format!("    {}", l.source))
                         })
                         .collect()
                 });
-            functions.push(FunctionReport {
-                code: 0,
-                name: text_field(f, "name"),
-                module: text_field(f, "module"),
-                filename,
-                first_lineno,
-                calls: f.get("calls").and_then(Value::as_f64).unwrap_or(0.0) as u64,
-                rss_at_entry: f.get("rss_at_entry_bytes").and_then(Value::as_f64).map(|r| r as u64),
-                totals: Figures::from_json(f.get("totals").ok_or("a function lacks totals")?)?,
-                teardown: match f.get("teardown") {
-                    Some(t) if !matches!(t, Value::Null) => Some(Figures::from_json(t)?),
-                    _ => None,
-                },
-                lines,
-                source,
-            });
         }
-        let p = doc.get("process");
-        let num = |key: &str| p.and_then(|p| p.get(key)).and_then(Value::as_f64).unwrap_or(0.0) as u64;
-        Ok(Report {
-            python_version: text_field(&doc, "python_version"),
-            argv: doc
-                .get("argv")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()),
-            selection: doc.get("selection").and_then(Value::as_str).map(str::to_string),
-            functions,
-            process: ProcessStats {
-                allocated_bytes: num("allocated_bytes"),
-                freed_bytes: num("freed_bytes"),
-                live_bytes: num("live_bytes"),
-                tracked_peak_bytes: num("tracked_peak_bytes"),
-                untracked_frees: num("untracked_frees"),
-                ..ProcessStats::default()
-            },
-            rss_peak_bytes: num("rss_peak_bytes"),
-            sink: doc.get("sink").and_then(Value::as_str).map(str::to_string),
-            sink_rss_peak_bytes: p.and_then(|p| p.get("sink_rss_peak_bytes")).and_then(Value::as_f64).map(|n| n as u64),
-        })
+        Ok(report)
     }
 
     pub fn to_json(&self) -> String {
-        let mut w = JsonWriter::new();
-        w.begin_object();
-        w.field_str("schema", "memsleuth.report/1");
-        w.field_str("python_version", &self.python_version);
-        w.key("argv");
-        match &self.argv {
-            Some(argv) => {
-                w.begin_array();
-                for a in argv {
-                    w.item_str(a);
+        // Serialising plain structs of numbers and strings into a String cannot fail.
+        serde_json::to_string(&Document { schema: SCHEMA, report: self }).unwrap_or_default()
+    }
+
+    /// One report whose functions add up the figures of the same function (by file, name and
+    /// first line) in every process's report.
+    pub fn summary(reports: &[Report]) -> Report {
+        let mut functions: Vec<FunctionReport> = Vec::new();
+        for f in reports.iter().flat_map(|r| &r.functions) {
+            let same = |g: &&mut FunctionReport| {
+                (g.filename.as_str(), g.name.as_str(), g.first_lineno) == (f.filename.as_str(), f.name.as_str(), f.first_lineno)
+            };
+            let Some(merged) = functions.iter_mut().find(same) else {
+                let mut first = f.clone();
+                first.rss_at_entry = None;
+                first.totals.forget_process();
+                first.lines.iter_mut().for_each(|l| l.figures.forget_process());
+                first.teardown.iter_mut().for_each(Figures::forget_process);
+                functions.push(first);
+                continue;
+            };
+            merged.last_lineno = merged.last_lineno.max(f.last_lineno);
+            merged.calls += f.calls;
+            merged.totals.add_process(&f.totals);
+            for line in &f.lines {
+                match merged.lines.iter_mut().find(|l| l.lineno == line.lineno) {
+                    Some(l) => l.figures.add_process(&line.figures),
+                    None => {
+                        let mut first = line.clone();
+                        first.figures.forget_process();
+                        merged.lines.push(first);
+                    }
                 }
-                w.end_array();
             }
-            None => w.null(),
-        }
-        if let Some(selection) = &self.selection {
-            w.field_str("selection", selection);
-        }
-        if let Some(sink) = &self.sink {
-            w.field_str("sink", sink);
-        }
-        w.key("functions");
-        w.begin_array();
-        for f in &self.functions {
-            w.begin_object();
-            w.field_str("name", &f.name);
-            w.field_str("module", &f.module);
-            w.field_str("filename", &f.filename);
-            w.field_u64("first_lineno", f.first_lineno as u64);
-            w.field_u64("last_lineno", (f.first_lineno as u64 + f.source.len() as u64).saturating_sub(1));
-            w.field_u64("calls", f.calls);
-            match f.rss_at_entry {
-                Some(rss) => w.field_u64("rss_at_entry_bytes", rss),
-                None => w.field_null("rss_at_entry_bytes"),
-            }
-            w.key("totals");
-            w.begin_object();
-            f.totals.write_json(&mut w);
-            w.end_object();
-            w.key("lines");
-            w.begin_array();
-            for l in &f.lines {
-                w.begin_object();
-                w.field_u64("lineno", l.lineno as u64);
-                w.field_str("source", l.source.trim());
-                l.figures.write_json(&mut w);
-                w.end_object();
-            }
-            w.end_array();
-            w.key("teardown");
-            match &f.teardown {
-                Some(t) => {
-                    w.begin_object();
-                    t.write_json(&mut w);
-                    w.end_object();
+            merged.lines.sort_by_key(|l| l.lineno);
+            match (&mut merged.teardown, &f.teardown) {
+                (Some(t), Some(u)) => t.add_process(u),
+                (None, Some(u)) => {
+                    let mut first = u.clone();
+                    first.forget_process();
+                    merged.teardown = Some(first);
                 }
-                None => w.null(),
+                _ => {}
             }
-            w.end_object();
         }
-        w.end_array();
-        w.key("process");
-        w.begin_object();
-        let p = &self.process;
-        w.field_u64("allocated_bytes", p.allocated_bytes);
-        w.field_u64("freed_bytes", p.freed_bytes);
-        w.field_u64("live_bytes", p.live_bytes);
-        w.field_u64("tracked_peak_bytes", p.tracked_peak_bytes);
-        w.field_u64("rss_peak_bytes", self.rss_peak_bytes);
-        w.field_u64("untracked_frees", p.untracked_frees);
-        if let Some(peak) = self.sink_rss_peak_bytes {
-            w.field_u64("sink_rss_peak_bytes", peak);
+        let mut process = ProcessReport::default();
+        for p in reports.iter().map(|r| &r.process) {
+            process.allocated_bytes += p.allocated_bytes;
+            process.freed_bytes += p.freed_bytes;
+            process.live_bytes += p.live_bytes;
+            process.untracked_frees += p.untracked_frees;
         }
-        w.end_object();
-        w.end_object();
-        w.finish()
+        Report {
+            python_version: reports.first().map_or(String::new(), |r| r.python_version.clone()),
+            argv: None,
+            selection: None,
+            sink: None,
+            processes: Some(reports.len() as u64),
+            functions,
+            process,
+        }
     }
 }
 
@@ -367,6 +342,7 @@ fn function_report(ledger: &Ledger, func: u32) -> Option<FunctionReport> {
         module: f.info.module.clone(),
         filename: f.info.filename.clone(),
         first_lineno: f.info.first_lineno,
+        last_lineno: (f.info.first_lineno + f.info.source.len() as u32).saturating_sub(1),
         calls: f.calls,
         rss_at_entry: f.rss_at_entry,
         totals: Figures::from_stats(totals, false),
@@ -631,6 +607,7 @@ mod tests {
             module: "m".into(),
             filename: "<string>".into(),
             first_lineno: 2,
+            last_lineno: (2 + source.len() as u32).saturating_sub(1),
             calls: 1,
             rss_at_entry: Some(19 << 20),
             totals: figures.clone(),
@@ -690,6 +667,68 @@ mod tests {
         let text = render_function(&function(&["@profile", "def f():", "", "    a = [1] * 100000"], &[5]), 1, 0);
         let sources: Vec<String> = rows(&text).into_iter().map(|r| r.2).collect();
         assert_eq!(sources, ["@profile", "def f():", "", "a = [1] * 100000"], "{text}");
+    }
+
+    fn report(functions: Vec<FunctionReport>) -> Report {
+        Report {
+            python_version: "3.x".into(),
+            argv: Some(vec!["prog.py".into()]),
+            selection: None,
+            sink: Some("process".into()),
+            processes: None,
+            functions,
+            process: ProcessReport { rss_peak_bytes: Some(1 << 30), ..ProcessReport::default() },
+        }
+    }
+
+    #[test]
+    fn json_round_trips_byte_counts_past_two_to_the_53() {
+        let mut f = function(&["def f():", "    a = [1] * 100000"], &[3]);
+        f.lines[0].figures.allocated_bytes = (1 << 53) + 1;
+        f.lines[0].figures.net_bytes = -(1 << 60) - 1;
+        f.lines[0].figures.causes.unexplained = i64::MIN + 7;
+        f.lines[0].figures.note = Some("a \"quoted\" note\n<tab>\t".into());
+        let mut r = report(vec![f]);
+        r.process.allocated_bytes = u64::MAX;
+        let json = r.to_json();
+        assert!(json.starts_with(r#"{"schema":"memsleuth.report/1","python_version":"3.x""#), "{json}");
+        let back = Report::from_json(&json).unwrap();
+        assert_eq!(back.functions[0].lines[0].figures, r.functions[0].lines[0].figures);
+        assert_eq!(back.process, r.process);
+        assert_eq!(back.to_json(), json);
+    }
+
+    #[test]
+    fn from_json_names_what_is_wrong() {
+        let err = |text: &str| Report::from_json(text).unwrap_err();
+        assert!(err("[1, 2]").contains("no \"schema\""));
+        assert!(err(r#"{"schema": "memray.report/9"}"#).contains("'memray.report/9'"));
+        assert!(err(r#"{"schema": "memsleuth.report/1", "functions": [{}]}"#).contains("missing field"));
+        assert!(err("{").starts_with("not JSON"));
+    }
+
+    #[test]
+    fn summary_adds_up_the_same_function_across_processes() {
+        let mut parent = function(&["def f():", "    a = 1", "    b = 2"], &[3]);
+        parent.lines[0].figures.note = Some("only the parent's".into());
+        let mut child = function(&["def f():", "    a = 1", "    b = 2"], &[3, 4]);
+        child.lines[0].figures.peak_bytes = 5;
+        child.lines[0].figures.causes.python = 100;
+        let mut other = function(&["def g():"], &[2]);
+        other.name = "g".into();
+        let s = Report::summary(&[report(vec![parent.clone()]), report(vec![child.clone(), other])]);
+        assert_eq!(s.processes, Some(2));
+        assert_eq!(s.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["f", "g"]);
+        let f = &s.functions[0];
+        assert_eq!(f.calls, 2);
+        assert_eq!(f.lines.iter().map(|l| l.lineno).collect::<Vec<_>>(), [3, 4]);
+        let line = &f.lines[0].figures;
+        assert_eq!(line.allocated_bytes, 2 * parent.lines[0].figures.allocated_bytes);
+        assert_eq!(line.peak_bytes, parent.lines[0].figures.peak_bytes.max(5));
+        assert_eq!(line.causes.python, 100);
+        assert_eq!((line.rss_after_bytes, &line.note), (None, &None));
+        assert_eq!(f.lines[1].figures.rss_after_bytes, None, "a line only one process ran");
+        assert_eq!(s.process.rss_peak_bytes, None, "peaks belong to one process");
     }
 
     #[test]
