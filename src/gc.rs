@@ -5,7 +5,6 @@
 
 use crate::cfunction::FastFunction;
 use crate::state;
-use crate::tracing::GC_HEAD;
 use pyo3_ffi::{
     PyDictObject, PyDict_CheckExact, PyDict_Next, PyObject, PyUnicode_Check, PyUnicode_CompareWithASCIIString,
     Py_ssize_t,
@@ -55,5 +54,5 @@ unsafe fn dict_blocks(dict: *mut PyObject) -> [usize; 2] {
     // SAFETY: per the contract, `dict` begins with a PyDictObject, whose layout pyo3-ffi gives
     // for the interpreter this extension is built for.
     let keys = unsafe { (*(dict as *mut PyDictObject)).ma_keys };
-    [dict as usize - GC_HEAD, keys as usize]
+    [crate::compat::gc_block(dict as usize), keys as usize]
 }

@@ -2,6 +2,7 @@
 
 mod cfunction;
 mod cli;
+mod compat;
 mod gc;
 mod hooks;
 mod profiled;
@@ -35,15 +36,17 @@ fn install(
     current_trace: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     tracing::FRAME_OBJECTS_ARE_OURS.store(python_minor == 11, Ordering::Relaxed);
+    compat::glibc_serves_above(py)?;
+    compat::measure_gc_head(py)?;
     if python_minor >= 12 {
-        tracing::verify_int_layout(py)?;
+        compat::verify_int_layout(py)?;
     }
     if let Some(frame) = frame {
         tracing::USES_TRACE.store(true, Ordering::Relaxed);
-        tracing::calibrate(frame, python_minor)?;
-        tracing::calibrate_trace_slots(py, current_trace.unwrap_or(&py.None().into_bound(py)))?;
+        compat::calibrate(frame, python_minor)?;
+        compat::calibrate_trace_slots(py, current_trace.unwrap_or(&py.None().into_bound(py)))?;
         tracing::keep_getprofile(py)?;
-        tracing::calibrate_profile_slot(py)?;
+        compat::calibrate_profile_slot(py)?;
         tracing::set_driver_code(&driver_code);
     }
     hooks::install();
@@ -301,16 +304,47 @@ fn counters() -> PyResult<[u64; 3]> {
     Ok(std::array::from_fn(|_| numbers.next().unwrap_or(0)))
 }
 
+/// What the build and version of this interpreter keep memsleuth from profiling it, or None:
+/// `version` is (major, minor), `gil_disabled` whether it is a free-threaded build.
+#[pyfunction]
+fn unsupported(version: (u32, u32), gil_disabled: bool) -> Option<String> {
+    compat::unsupported(version, gil_disabled)
+}
+
+/// The allocator behind the MEM and OBJ domains, as PYTHONMALLOC names it.
+#[pyfunction]
+fn allocator(py: Python<'_>) -> PyResult<&'static str> {
+    compat::allocator(py)
+}
+
+/// The size of this interpreter's pymalloc arenas.
+#[pyfunction]
+fn pymalloc_arena_size(py: Python<'_>) -> u64 {
+    compat::pymalloc_arena_size(py.version_info().minor as u32)
+}
+
+/// MEM and OBJ requests above this many bytes are served by glibc.
+#[pyfunction]
+fn glibc_serves_above(py: Python<'_>) -> PyResult<u64> {
+    compat::glibc_serves_above(py)
+}
+
 /// Makes the ring this process records into; returns its memfd, for a sink process to map.
 #[pyfunction]
 fn open_ring() -> PyResult<i32> {
     sink::open_ring().map_err(|e| PyOSError::new_err(format!("memsleuth: cannot make the ring: {e}")))
 }
 
+/// The program's allocators, for the books: the sink runs the program's interpreter, so the
+/// arena size is its own.
+fn allocators(py: Python<'_>, glibc_serves_above: u64) -> sink::Allocators {
+    sink::Allocators { glibc_serves_above, arena_size: compat::pymalloc_arena_size(py.version_info().minor as u32) }
+}
+
 /// Keeps the books in a thread of this process.
 #[pyfunction]
-fn start_sink_thread(pymalloc: bool) -> PyResult<()> {
-    sink::start_thread(pymalloc).map_err(|e| PyOSError::new_err(format!("memsleuth: cannot start the sink: {e}")))
+fn start_sink_thread(py: Python<'_>) -> PyResult<()> {
+    sink::start_thread(allocators(py, compat::glibc_serves_above(py)?)).map_err(|e| PyOSError::new_err(format!("memsleuth: cannot start the sink: {e}")))
 }
 
 /// In a sink process: maps the program's ring from its memfd.
@@ -337,9 +371,10 @@ fn serve_sink(
     replies: std::path::PathBuf,
     program: i32,
     program_is_parent: bool,
-    pymalloc: bool,
+    glibc_serves_above: u64,
 ) -> PyResult<Bound<'_, PyDict>> {
-    let ending = py.detach(|| sink::serve(doorbell, &replies, program, program_is_parent, pymalloc));
+    let allocators = allocators(py, glibc_serves_above);
+    let ending = py.detach(|| sink::serve(doorbell, &replies, program, program_is_parent, allocators));
     let out = PyDict::new(py);
     out.set_item("exit_record", ending.exit_record)?;
     out.set_item("exit_status", ending.waited.and_then(|w| w.0))?;
@@ -453,8 +488,9 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
     (command, options).into_pyobject(py).map(|t| t.into_any())
 }
 
-#[pymodule]
+#[pymodule(gil_used = true)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    compat::check_supported(m.py())?;
     SEND.get(m.py());
     THROW.get(m.py());
     m.add_function(wrap_pyfunction!(install, m)?)?;
@@ -472,6 +508,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(report_text, m)?)?;
     m.add_function(wrap_pyfunction!(render_saved, m)?)?;
     m.add_function(wrap_pyfunction!(summarize_saved, m)?)?;
+    m.add_function(wrap_pyfunction!(unsupported, m)?)?;
+    m.add_function(wrap_pyfunction!(allocator, m)?)?;
+    m.add_function(wrap_pyfunction!(pymalloc_arena_size, m)?)?;
+    m.add_function(wrap_pyfunction!(glibc_serves_above, m)?)?;
     m.add_function(wrap_pyfunction!(parse_cli, m)?)?;
     m.add_function(wrap_pyfunction!(overhead, m)?)?;
     m.add_function(wrap_pyfunction!(reading_counts, m)?)?;

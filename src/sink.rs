@@ -109,9 +109,25 @@ pub fn attach_ring(fd: RawFd) -> std::io::Result<()> {
     map_ring(fd)
 }
 
+/// What the books must know of the program's allocators (docs/design.md, CPython internals
+/// used): MEM and OBJ requests above `glibc_serves_above` bytes are glibc's, and blocks of
+/// `arena_size` through the arena hook are pymalloc's arenas.
+#[derive(Clone, Copy)]
+pub struct Allocators {
+    pub glibc_serves_above: u64,
+    pub arena_size: u64,
+}
+
+impl Allocators {
+    fn apply(self, ledger: &mut memsleuth_core::ledger::Ledger) {
+        ledger.glibc_serves_above = self.glibc_serves_above;
+        ledger.arena_size = self.arena_size;
+    }
+}
+
 /// Starts a sink thread in this process (in a forked child, again: threads do not survive fork).
-pub fn start_thread(pymalloc: bool) -> std::io::Result<()> {
-    BOOKS.lock().ledger.pymalloc = pymalloc;
+pub fn start_thread(allocators: Allocators) -> std::io::Result<()> {
+    allocators.apply(&mut BOOKS.lock().ledger);
     KEEPS_BOOKS.store(true, Ordering::Relaxed);
     SINK_THREAD.store(true, Ordering::Relaxed);
     std::thread::Builder::new().name("memsleuth-sink".into()).spawn(|| loop {
@@ -291,11 +307,11 @@ pub struct Ending {
 /// Runs the sink until the program ends: drains the ring into the books, answers requests in
 /// `replies`, and watches `doorbell` for wake-ups. `program` is the program's pid: this
 /// process's child (under `memsleuth run`), or, if `program_is_parent`, its parent.
-pub fn serve(doorbell: RawFd, replies: &Path, program: i32, program_is_parent: bool, pymalloc: bool) -> Ending {
+pub fn serve(doorbell: RawFd, replies: &Path, program: i32, program_is_parent: bool, allocators: Allocators) -> Ending {
     if !program_is_parent {
         forward_signals(program);
     }
-    BOOKS.lock().ledger.pymalloc = pymalloc;
+    allocators.apply(&mut BOOKS.lock().ledger);
     KEEPS_BOOKS.store(true, Ordering::Relaxed);
     let mut ending = Ending { exit_record: None, waited: None, rss_peak: 0, cut_short: false };
     let Some(ring) = ring() else { return ending };

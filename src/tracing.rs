@@ -7,6 +7,7 @@
 //! each event passes through a quiet section for what that tool allocates.
 
 use crate::cfunction::FastFunction;
+use crate::compat::{self, current_profile, current_trace};
 use crate::hooks;
 use crate::state::{self, latest_alloc, top_code};
 use pyo3::prelude::*;
@@ -25,168 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 /// those objects are the profiler's, not the program's.
 pub static FRAME_OBJECTS_ARE_OURS: AtomicBool = AtomicBool::new(false);
 
-/// Size of PyGC_Head, which precedes a GC-tracked object inside its allocated block.
-pub const GC_HEAD: usize = 16;
-
 /// Whether line events come from the C trace function (before 3.12).
 pub static USES_TRACE: AtomicBool = AtomicBool::new(false);
-
-/// Offset of `f_trace_lines` in PyFrameObject, once verified on a live frame; 0 when unknown.
-static TRACE_LINES_OFFSET: AtomicUsize = AtomicUsize::new(0);
-
-/// Where `f_trace_lines` lies in the frame struct of 3.9, 3.10 and 3.11 (private layouts, so
-/// `calibrate` checks the guess on a real frame before it is ever written).
-fn trace_lines_offset_guess(python_minor: u32) -> Option<usize> {
-    match python_minor {
-        9 => Some(88),
-        10 => Some(84),
-        11 => Some(44),
-        _ => None,
-    }
-}
-
-/// Whether code objects have the private layout of 3.11 read below, verified by `calibrate`.
-static CODE_LAYOUT_311: AtomicBool = AtomicBool::new(false);
-
-/// Where 3.11's code object keeps `_co_linearray`: the line of each instruction, made the first
-/// time the code is traced, so the tracer's (the CALL event hands it to the profiler).
-const LINE_ARRAY_OFFSET_311: usize = 160;
-/// Where it keeps `co_flags`.
-const FLAGS_OFFSET_311: usize = 48;
-/// The object fields `calibrate` checks the layout by.
-const CHECKED_CODE_FIELDS_311: [(usize, &str); 4] =
-    [(112, "co_filename"), (120, "co_name"), (128, "co_qualname"), (136, "co_linetable")];
-/// CO_GENERATOR, CO_COROUTINE, CO_ITERABLE_COROUTINE and CO_ASYNC_GENERATOR.
-const GENERATOR_FLAGS: i32 = 0x20 | 0x80 | 0x100 | 0x200;
-
-/// A field of a 3.11 code object, read as `T`.
-///
-/// # Safety
-/// `code` must be a live code object of 3.11, and `offset` one of the offsets above, with `T`
-/// that field's type.
-unsafe fn code_field<T: Copy>(code: usize, offset: usize) -> T {
-    // SAFETY: per the contract, the field lies inside the object (before its variable-size
-    // bytecode).
-    unsafe { *((code + offset) as *const T) }
-}
-
-/// Calibrates the C trace function on `frame`: the `f_trace_lines` offset (verified by toggling
-/// the attribute through Python and watching the byte, enabling per-frame line switching only
-/// if both values read back), and on 3.11 the code object's layout (verified by finding its
-/// fields where that layout puts them).
-pub fn calibrate(frame: &Bound<'_, PyAny>, python_minor: u32) -> PyResult<()> {
-    if python_minor == 11 {
-        let code = frame.getattr("f_code")?;
-        let address = code.as_ptr() as usize;
-        // SAFETY: a live 3.11 code object (python_minor says so), held by `code`; the reads
-        // only fetch values to compare.
-        let mut layout_holds =
-            unsafe { code_field::<i32>(address, FLAGS_OFFSET_311) } == code.getattr("co_flags")?.extract::<i32>()?;
-        for (offset, name) in CHECKED_CODE_FIELDS_311 {
-            // SAFETY: as above.
-            layout_holds &= unsafe { code_field::<usize>(address, offset) } == code.getattr(name)?.as_ptr() as usize;
-        }
-        CODE_LAYOUT_311.store(layout_holds, Ordering::Relaxed);
-    }
-    calibrate_trace_lines(frame, python_minor)
-}
-
-fn calibrate_trace_lines(frame: &Bound<'_, PyAny>, python_minor: u32) -> PyResult<()> {
-    let Some(offset) = trace_lines_offset_guess(python_minor) else { return Ok(()) };
-    let byte = || {
-        // SAFETY: `offset` lies inside the frame object on these versions (a char field after
-        // the object header and a few pointers), and the object is alive while we hold `frame`.
-        unsafe { *(frame.as_ptr() as *const u8).add(offset) }
-    };
-    let original = frame.getattr("f_trace_lines")?;
-    frame.setattr("f_trace_lines", false)?;
-    let off = byte();
-    frame.setattr("f_trace_lines", true)?;
-    let on = byte();
-    frame.setattr("f_trace_lines", original)?;
-    if off == 0 && on == 1 {
-        TRACE_LINES_OFFSET.store(offset, Ordering::Relaxed);
-    }
-    Ok(())
-}
-
-/// Where PyThreadState keeps `c_tracefunc` and `c_traceobj`, in words from its start, once
-/// `calibrate_trace_slots` has found them (private fields of 3.9-3.11); 0 while unknown.
-static TRACE_FUNC_WORD: AtomicUsize = AtomicUsize::new(0);
-static TRACE_OBJ_WORD: AtomicUsize = AtomicUsize::new(0);
-/// How far into PyThreadState the search goes: every version's struct is larger, and the fields
-/// lie within the first 14 words on 3.9-3.11.
-const THREAD_STATE_WORDS: usize = 16;
-
-/// Finds the thread state's trace function and object by installing `trace` with a sentinel
-/// object and looking for both values, which must each appear exactly once among words that
-/// changed. `current` is what `sys.gettrace()` returned, held by the caller, so that the trace
-/// function in place (a coverage tool's, a debugger's) is put back as it was.
-pub fn calibrate_trace_slots(py: Python<'_>, current: &Bound<'_, PyAny>) -> PyResult<()> {
-    let sentinel = pyo3::types::PyTuple::empty(py);
-    // SAFETY: GIL held; `trace` has the Py_tracefunc signature, and PyEval_SetTrace takes its own
-    // reference to the object it installs.
-    let (before, after) = unsafe { thread_state_change(|| pyo3_ffi::PyEval_SetTrace(Some(trace), sentinel.as_ptr())) };
-    let func_word = only_word_changed_to(&before, &after, trace as *const () as usize);
-    let obj_word = only_word_changed_to(&before, &after, sentinel.as_ptr() as usize);
-    // Put back what was there: its function is still in `before`, its object is `current`.
-    let previous_obj = if current.is_none() { std::ptr::null_mut() } else { current.as_ptr() };
-    if let (Some(func_word), Some(obj_word)) = (func_word, obj_word) {
-        TRACE_FUNC_WORD.store(func_word, Ordering::Relaxed);
-        TRACE_OBJ_WORD.store(obj_word, Ordering::Relaxed);
-    }
-    if func_word.is_some() || previous_obj.is_null() {
-        let previous = func_word.map(|i| before[i]).filter(|&f| f != 0);
-        // SAFETY: GIL held; a non-zero word in the trace function's slot is a Py_tracefunc, and
-        // `previous_obj` is alive (the caller holds `current`).
-        unsafe { pyo3_ffi::PyEval_SetTrace(previous.map(|f| std::mem::transmute(f)), previous_obj) };
-        return Ok(());
-    }
-    // The slots were not found, so the C function of the trace function in place is unknown:
-    // it goes back through sys.settrace, which calls its object (a Python trace function, or a
-    // C tracer's callable object such as coverage's).
-    py.import("sys")?.call_method1("settrace", (current,))?;
-    Ok(())
-}
-
-/// The thread state's first words before and after `install` runs.
-///
-/// # Safety
-/// GIL held; `install` changes only this thread's state.
-unsafe fn thread_state_change(install: impl FnOnce()) -> ([usize; THREAD_STATE_WORDS], [usize; THREAD_STATE_WORDS]) {
-    // SAFETY: the thread state outlives this call, and its first THREAD_STATE_WORDS words lie
-    // inside it on every supported version.
-    unsafe {
-        let tstate = pyo3_ffi::PyThreadState_Get() as *const usize;
-        let words = || std::array::from_fn::<usize, THREAD_STATE_WORDS, _>(|i| *tstate.add(i));
-        let before = words();
-        install();
-        (before, words())
-    }
-}
-
-/// The one word that changed to `value`, if exactly one did.
-fn only_word_changed_to(before: &[usize], after: &[usize], value: usize) -> Option<usize> {
-    let mut found = (0..before.len()).filter(|&i| before[i] != after[i] && after[i] == value);
-    found.next().filter(|_| found.next().is_none())
-}
-
-/// Word `word` of the calling thread's state.
-///
-/// # Safety
-/// GIL held; `word` was found inside the thread state by a calibration above.
-unsafe fn thread_state_word(word: usize) -> usize {
-    // SAFETY: per the contract.
-    unsafe { *(pyo3_ffi::PyThreadState_Get() as *const usize).add(word) }
-}
-
-/// The calling thread's trace function and object, if the slots were found.
-fn current_trace() -> Option<(usize, *mut PyObject)> {
-    let (func_word, obj_word) = (TRACE_FUNC_WORD.load(Ordering::Relaxed), TRACE_OBJ_WORD.load(Ordering::Relaxed));
-    // SAFETY: GIL held (every caller is a traced call's entry or exit); the words were found by
-    // `calibrate_trace_slots`.
-    (func_word != 0).then(|| unsafe { (thread_state_word(func_word), thread_state_word(obj_word) as *mut PyObject) })
-}
 
 /// The trace function memsleuth's took over on this thread (a coverage tool's, a debugger's),
 /// with its object, to which every event is passed on, and which is put back when the thread's
@@ -279,7 +120,7 @@ pub fn retake_thread_tracing() {
 /// while it chained to nothing have them off), so that a trace function installed now, a
 /// debugger's, can step through them as it could without memsleuth.
 fn restore_line_events_on_stack() {
-    let offset = TRACE_LINES_OFFSET.load(Ordering::Relaxed);
+    let offset = compat::trace_lines_offset();
     if offset == 0 {
         return;
     }
@@ -321,39 +162,6 @@ pub fn keep_getprofile(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
-/// Where PyThreadState keeps `c_profilefunc`, in words from its start, once
-/// `calibrate_profile_slot` has found it; 0 while unknown.
-static PROFILE_FUNC_WORD: AtomicUsize = AtomicUsize::new(0);
-
-/// Finds the thread state's profile function as `calibrate_trace_slots` finds the trace
-/// function, and puts back what was there (`sys.getprofile()` holds its object meanwhile).
-pub fn calibrate_profile_slot(py: Python<'_>) -> PyResult<()> {
-    let current = py.import("sys")?.getattr("getprofile")?.call0()?;
-    let sentinel = pyo3::types::PyTuple::empty(py);
-    // SAFETY: as in `calibrate_trace_slots`, for PyEval_SetProfile and `profile`.
-    let (before, after) = unsafe { thread_state_change(|| PyEval_SetProfile(Some(profile), sentinel.as_ptr())) };
-    let word = only_word_changed_to(&before, &after, profile as *const () as usize);
-    let previous_obj = if current.is_none() { std::ptr::null_mut() } else { current.as_ptr() };
-    if word.is_some() || previous_obj.is_null() {
-        if let Some(word) = word {
-            PROFILE_FUNC_WORD.store(word, Ordering::Relaxed);
-        }
-        let previous = word.map(|i| before[i]).filter(|&f| f != 0);
-        // SAFETY: as in `calibrate_trace_slots`.
-        unsafe { PyEval_SetProfile(previous.map(|f| std::mem::transmute(f)), previous_obj) };
-        return Ok(());
-    }
-    py.import("sys")?.call_method1("setprofile", (current,))?;
-    Ok(())
-}
-
-/// The calling thread's profile function, if its slot was found.
-fn current_profile() -> Option<usize> {
-    let word = PROFILE_FUNC_WORD.load(Ordering::Relaxed);
-    // SAFETY: GIL held; the word was found by `calibrate_profile_slot`.
-    (word != 0).then(|| unsafe { thread_state_word(word) })
-}
-
 /// Whether the calling thread has no profile function: read from the thread state where its
 /// slot is known (a C profiler installed without an object, as yappi's, shows as None in
 /// `sys.getprofile`), else from `sys.getprofile`.
@@ -383,7 +191,7 @@ fn no_profiler() -> bool {
 ///
 /// # Safety
 /// Called by the interpreter with the GIL held; `arg` is a C call's callable for C_CALL.
-unsafe extern "C" fn profile(
+pub unsafe extern "C" fn profile(
     _obj: *mut PyObject,
     _frame: *mut PyFrameObject,
     what: c_int,
@@ -397,7 +205,7 @@ unsafe extern "C" fn profile(
             // The interpreter's bound method is made just before this event and held by it
             // alone: the thread's latest allocation, made since the latest return (a bound
             // method a call returned is the program's).
-            let block = arg as usize - GC_HEAD;
+            let block = compat::gc_block(arg as usize);
             let (allocs, latest) = latest_alloc();
             if latest == block && allocs != ALLOCS_AT_RETURN.get() {
                 state::disown(block);
@@ -480,7 +288,7 @@ unsafe fn disown_stop_iteration(event: *mut PyObject) {
     }
     // SAFETY: `value` is a live exception instance.
     let [exception, args] = unsafe { exception_blocks(value) };
-    for block in [event as usize - GC_HEAD, exception, args] {
+    for block in [compat::gc_block(event as usize), exception, args] {
         state::disown(block);
     }
 }
@@ -493,7 +301,7 @@ unsafe fn disown_stop_iteration(event: *mut PyObject) {
 pub unsafe fn exception_blocks(exception: *mut PyObject) -> [usize; 2] {
     // SAFETY: per the contract, `exception` begins with this layout; the field is only read.
     let args = unsafe { (*(exception as *const PyBaseExceptionObject)).args } as usize;
-    [exception as usize - GC_HEAD, args.saturating_sub(GC_HEAD)]
+    [compat::gc_block(exception as usize), compat::gc_block(args)]
 }
 
 /// The C trace function used before 3.12.
@@ -531,19 +339,15 @@ pub unsafe extern "C" fn trace(
         // SAFETY: the interpreter passes a live frame.
         let code = unsafe { frame_code(frame) };
         if FRAME_OBJECTS_ARE_OURS.load(Ordering::Relaxed) {
-            let frame_block = frame as usize - GC_HEAD;
-            let line_array = if CODE_LAYOUT_311.load(Ordering::Relaxed) {
-                // SAFETY: `code` is live and has the verified 3.11 layout.
-                unsafe { code_field::<usize>(code, LINE_ARRAY_OFFSET_311) }
-            } else {
-                0
-            };
+            let frame_block = compat::gc_block(frame as usize);
+            // SAFETY: `code` is a live code object of 3.11.
+            let line_array = unsafe { compat::line_array_311(code) };
             state::disown(frame_block);
             state::disown(line_array);
         }
         // A frame memsleuth does not profile needs no line events, unless a chained trace
         // function wants them; a profiled frame needs them whatever the chained one decided.
-        let offset = TRACE_LINES_OFFSET.load(Ordering::Relaxed);
+        let offset = compat::trace_lines_offset();
         let profiled = top_code() == code;
         if offset != 0 && (profiled || chained.func.is_none()) {
             // SAFETY: `offset` was verified by `calibrate` to be the frame's f_trace_lines byte
@@ -563,11 +367,10 @@ pub unsafe extern "C" fn trace(
             // A generator's frame, resumed without one, gets its frame object for this event.
             // Other frames got theirs at their CALL event: they are skipped before taking the
             // lock.
-            // SAFETY: `code` is live; it has the verified layout if read.
-            let generator_like = !CODE_LAYOUT_311.load(Ordering::Relaxed)
-                || unsafe { code_field::<i32>(code, FLAGS_OFFSET_311) } & GENERATOR_FLAGS != 0;
+            // SAFETY: `code` is a live code object of 3.11.
+            let generator_like = unsafe { compat::maybe_generator_311(code) };
             if generator_like {
-                let frame_block = frame as usize - GC_HEAD;
+                let frame_block = compat::gc_block(frame as usize);
                 state::disown(frame_block);
             }
         }
@@ -578,43 +381,6 @@ pub unsafe extern "C" fn trace(
         }
     }
     0
-}
-
-/// Whether ints have the layout of 3.12 and 3.13 (after the object header, a tag word holding
-/// the digit count and sign, then 30-bit digits), verified by `verify_int_layout`. The LINE
-/// callback then reads the line number from its int directly: PyLong_AsLong took a tenth of
-/// memsleuth's instructions per line event.
-static INTS_READABLE: AtomicBool = AtomicBool::new(false);
-
-/// The value of `int`, an exact int, if it is non-negative and one digit long (under 2**30).
-///
-/// # Safety
-/// `int` must be a live int object, and `INTS_READABLE` set.
-#[inline(always)]
-unsafe fn one_digit_value(int: *mut PyObject) -> Option<u32> {
-    // SAFETY: per the contract, the object has the verified layout: a tag word at 16 and at least
-    // one 32-bit digit at 24 (even zero has room for one).
-    let (tag, digit) =
-        unsafe { (*(int as *const u8).add(16).cast::<usize>(), *(int as *const u8).add(24).cast::<u32>()) };
-    match tag {
-        1 => Some(0),
-        8 => Some(digit),
-        _ => None,
-    }
-}
-
-/// Checks `one_digit_value` against ints made by the interpreter before the LINE callback uses it.
-pub fn verify_int_layout(py: Python<'_>) -> PyResult<()> {
-    let mut readable = true;
-    for value in [0i64, 7, 300, 65_537, (1 << 30) - 1, 1 << 30, -5, 1 << 40] {
-        let int = value.into_pyobject(py)?;
-        let expected = u32::try_from(value).ok().filter(|&v| v < 1 << 30);
-        // SAFETY: `int` is a live exact int; reading it is sound under the layout being checked,
-        // whose offsets lie inside every int object (header, tag and one digit).
-        readable &= unsafe { one_digit_value(int.as_ptr()) } == expected;
-    }
-    INTS_READABLE.store(readable, Ordering::Relaxed);
-    Ok(())
 }
 
 /// The LINE callback of sys.monitoring (3.12+): `callback(code, line_number)`.
@@ -635,8 +401,8 @@ unsafe extern "C" fn line_callback(
         // layout was verified; PyLong_AsLong accepts any object and reports a non-int with -1
         // and an exception, cleared below (the callback must not fail).
         let lineno = unsafe {
-            let direct = INTS_READABLE.load(Ordering::Relaxed) && PyLong_CheckExact(line) != 0;
-            match direct.then(|| one_digit_value(line)).flatten() {
+            let direct = compat::ints_readable() && PyLong_CheckExact(line) != 0;
+            match direct.then(|| compat::one_digit_value(line)).flatten() {
                 Some(value) => i64::from(value),
                 None => PyLong_AsLong(line) as i64,
             }

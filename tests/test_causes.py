@@ -395,3 +395,13 @@ def test_overlapping_calls_never_claim_a_rise_beyond_the_process(tmp_path):
         if figures["rss_delta_bytes"] > peak:
             assert "RSS rose by" not in note and "add up to" in note, where
     assert func["totals"]["rss_delta_bytes"] > peak, func["totals"]  # the case this test is about
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="frames live on a data stack from 3.11")
+def test_data_stack_chunks_are_not_pymalloc_arenas(run_fixture):
+    """Since 3.11 the frames' data-stack chunks come through the arena hook too: a deep recursion
+    takes a chunk and gives it back. Those are not pymalloc arenas, and no note may say so."""
+    report = run_fixture("causes/data_stack.py").report
+    line = find_line(report["functions"][0], "depth = down(600)")
+    assert (line["arenas_mapped"], line["arenas_unmapped"]) == (0, 0), line
+    assert "arena" not in (line["note"] or ""), line

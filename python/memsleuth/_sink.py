@@ -26,10 +26,6 @@ _SPAWNED_MAIN = (
 )
 
 
-def pymalloc():
-    return not os.environ.get("PYTHONMALLOC", "").startswith("malloc")
-
-
 def requested():
     """The sink MEMSLEUTH_SINK asks for ("process" by default); ValueError if it names neither."""
     asked = os.environ.get("MEMSLEUTH_SINK", "process")
@@ -72,7 +68,7 @@ def _start(report=None):
                              "keeping the figures in a thread of the program instead\n")
         finally:
             os.close(ring)
-    _native.start_sink_thread(pymalloc())
+    _native.start_sink_thread()
     kind = "thread"
 
 
@@ -86,7 +82,7 @@ def _spawn(ring, report):
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
         actions += [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(ours, targets)]
         argv = [sys.executable, "-I", "-S", "-c", _SPAWNED_MAIN, package_parent, *map(str, targets), replies,
-                str(os.getpid()), "1" if pymalloc() else "0", *([report] if report else [])]
+                str(os.getpid()), str(_native.glibc_serves_above()), *([report] if report else [])]
         pid = os.posix_spawn(sys.executable, argv, os.environ, file_actions=actions)
     except BaseException:
         os.close(doorbell_w)
@@ -104,12 +100,12 @@ def spawned_main(args):
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     ring, doorbell = int(args[0]), int(args[1])
-    replies, program, use_pymalloc = args[2], int(args[3]), args[4] == "1"
+    replies, program, glibc_serves_above = args[2], int(args[3]), int(args[4])
     os.closerange(3, min(ring, doorbell))
     os.closerange(max(ring, doorbell) + 1, 1 << 20)
     _native.attach_ring(ring)
     try:
-        ending = _native.serve_sink(doorbell, replies, program, True, use_pymalloc)
+        ending = _native.serve_sink(doorbell, replies, program, True, glibc_serves_above)
     finally:
         shutil.rmtree(replies, ignore_errors=True)
     if len(args) > 5:
@@ -198,7 +194,7 @@ def fork_program():
     for fd in (ring, doorbell_w):
         os.close(fd)
     try:
-        ending = _native.serve_sink(doorbell_r, replies, pid, False, pymalloc())
+        ending = _native.serve_sink(doorbell_r, replies, pid, False, _native.glibc_serves_above())
     finally:
         shutil.rmtree(replies, ignore_errors=True)
     ending["pid"] = pid

@@ -351,8 +351,12 @@ pub struct Ledger {
     free_calls: Vec<u32>,
     births: Vec<Birth>,
     free_births: Vec<u32>,
-    /// Whether pymalloc serves small MEM/OBJ requests (not under PYTHONMALLOC=malloc).
-    pub pymalloc: bool,
+    /// MEM and OBJ requests above this many bytes are glibc's: 512 under pymalloc, 0 under
+    /// PYTHONMALLOC=malloc (all), `u64::MAX` under mimalloc (none).
+    pub glibc_serves_above: u64,
+    /// The size of a pymalloc arena; other blocks through the arena hook (3.11+'s frame
+    /// data-stack chunks) count in the allocators' footprint but are not arenas.
+    pub arena_size: u64,
     /// glibc's heap figures when they were last asked for.
     glibc_basis: Option<GlibcBasis>,
     /// Tests switch `step_quietly` off to check it against the general path.
@@ -385,7 +389,8 @@ impl Ledger {
                 glibc_live: 0,
                 arena_bytes: 0,
             },
-            pymalloc: true,
+            glibc_serves_above: 512,
+            arena_size: 1 << 20,
             glibc_basis: None,
             acts: Vec::new(),
             free_acts: Vec::new(),
@@ -536,11 +541,11 @@ impl Ledger {
 
     // ----- allocator events -----
 
-    /// Whether glibc serves a tracked block: raw-domain blocks, and pymalloc's large requests
-    /// (pymalloc hands anything over 512 bytes to the raw allocator).
+    /// Whether glibc serves a tracked block: raw-domain blocks, and the MEM and OBJ requests
+    /// the allocator behind them hands on (pymalloc: anything over 512 bytes).
     #[inline(always)]
     fn served_by_glibc(&self, raw: bool, size: u64) -> bool {
-        raw || !self.pymalloc || size > 512
+        raw || size > self.glibc_serves_above
     }
 
     /// A tracked allocation; `raw` says it came through the raw domain.
@@ -849,13 +854,15 @@ impl Ledger {
         hot.in_gc = false;
     }
 
-    /// pymalloc mapped (`mapped`) or unmapped an arena of `size` bytes at `addr`.
+    /// The arena hook mapped (`mapped`) or unmapped `size` bytes: a pymalloc arena, or a chunk of
+    /// the frames' data stack.
     pub fn on_arena(&mut self, hot: &mut Hot, size: u64, mapped: bool) {
+        let arena = u64::from(size == self.arena_size);
         if mapped {
-            hot.arenas_mapped += 1;
+            hot.arenas_mapped += arena;
             self.process.arena_bytes += size;
         } else {
-            hot.arenas_unmapped += 1;
+            hot.arenas_unmapped += arena;
             self.process.arena_bytes -= size.min(self.process.arena_bytes);
         }
     }

@@ -1405,3 +1405,25 @@ fn glibc_figures_not_asked_for_are_carried_forward_with_the_tracked_bytes() {
     l.on_alloc(&mut h, C, 1000, false);
     assert_eq!(l.glibc_figures(900, None), (6900, 4096, 9000), "over 512 bytes, pymalloc hands it to glibc");
 }
+
+/// Only blocks of a pymalloc arena's size through the arena hook are arenas; the frames'
+/// data-stack chunks (3.11+) are held by the allocators all the same.
+#[test]
+fn data_stack_chunks_count_in_the_footprint_but_are_not_arenas() {
+    let mut l = Ledger::new();
+    l.arena_size = 1 << 20;
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 11, None);
+    l.on_arena(&mut h, 16 << 10, true);
+    l.on_arena(&mut h, 1 << 20, true);
+    assert_eq!(l.process.arena_bytes, (1 << 20) + (16 << 10));
+    l.on_line(&mut h, F, 12, None);
+    l.on_arena(&mut h, 16 << 10, false);
+    l.leave(&mut h, 0);
+    assert_eq!(l.process.arena_bytes, 1 << 20);
+    let stats = |lineno| line(&l, f, lineno);
+    assert_eq!((stats(11).arenas_mapped, stats(11).arenas_unmapped), (1, 0));
+    assert_eq!((stats(12).arenas_mapped, stats(12).arenas_unmapped), (0, 0));
+}
