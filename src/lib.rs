@@ -1,5 +1,10 @@
 //! memsleuth._native: the allocator hooks, the line tracer and the report, over memsleuth-core.
 
+// The readings of the program's own memory are glibc's (mallinfo2, 2.33+) and Linux's (statm,
+// pagemap, memfd): other platforms are refused here rather than half-measured.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+compile_error!("memsleuth supports Linux with glibc 2.33 or later only (it reads mallinfo2, /proc/self/statm and pagemap)");
+
 mod cfunction;
 mod cli;
 mod compat;

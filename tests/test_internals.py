@@ -59,3 +59,14 @@ def test_free_threaded_builds_and_untested_versions_are_refused():
     assert "3.14" in _native.unsupported((3, 14), False)
     assert "3.8" in _native.unsupported((3, 8), False)
     assert _native.unsupported(tuple(sys.version_info[:2]), False) is None
+
+
+def test_the_extension_loads_only_when_asked_to_profile():
+    """pytest loads the plugin wherever memsleuth is installed, and the command line imports the
+    package: neither may load the extension (an interpreter it refuses would fail every pytest
+    run) until something is profiled."""
+    code = ("import sys, memsleuth, memsleuth.pytest_plugin, memsleuth.__main__\n"
+            "print('memsleuth._native' in sys.modules)\n"
+            "from memsleuth import profile\n"
+            "print('memsleuth._native' in sys.modules)\n")
+    assert probe("", code) == ["False", "True"]

@@ -10,9 +10,18 @@ prints memory_profiler's table for ``my_func`` after each call, with exact alloc
 from CPython's allocator hooks beside the RSS readings.
 """
 
-from ._profile import last_report, profile
-
 __all__ = ["profile", "last_report", "load_ipython_extension"]
+
+
+def __getattr__(name):
+    # The extension loads on first use, not on import: the pytest plugin (loaded by every pytest
+    # run where memsleuth is installed) and the command line import this package first, and an
+    # interpreter memsleuth refuses must only fail where memsleuth is asked to profile.
+    if name in ("profile", "last_report"):
+        from . import _profile
+
+        return getattr(_profile, name)
+    raise AttributeError(f"module 'memsleuth' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython):

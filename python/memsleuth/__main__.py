@@ -2,10 +2,13 @@
 
 import sys
 
-from . import _native
-
 
 def main(argv=None):
+    try:
+        from . import _native
+    except ImportError as refused:  # an interpreter memsleuth does not support says why, in a line
+        sys.stderr.write(f"{refused}\n")
+        return 1
     argv = list(sys.argv if argv is None else argv)
     argv[0] = "memsleuth"
     parsed = _native.parse_cli(argv)

@@ -146,7 +146,7 @@ fn line_events_from_other_code_and_repeated_lines_are_ignored() {
     l.on_line(&mut h, UNPROFILED, 500, None);
     l.on_alloc(&mut h, A, 40, false);
     l.on_line(&mut h, UNPROFILED, 501, None);
-    // Several line events for the same line are one execution (section 1).
+    // Several line events for the same line are one execution (docs/design.md, Figures).
     l.on_line(&mut h, F, 10, None);
     l.on_line(&mut h, F, 10, None);
     assert!(asks_reading(&mut l, &mut h, F, 11));

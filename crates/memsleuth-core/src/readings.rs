@@ -25,6 +25,8 @@ pub const BIG_BLOCK: u64 = 128 * 1024;
 pub const GLIBC_DRIFT: u64 = 256 * 1024;
 /// RSS may drift from the allocators' footprint by this much before residency is read again.
 pub const RESIDENCY_DRIFT: u64 = 1 << 20;
+/// The least drift that has residency read again while some block is partly resident.
+pub const MIN_RESIDENCY_DRIFT: u64 = 64 * 1024;
 
 /// One thread's reading schedule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -187,8 +189,13 @@ impl Residency {
     pub fn to_measure(&self, rss_anon: u64) -> Measure {
         let (mmapped, arena) = self.glibc_footprint();
         let footprint = self.arena_bytes + arena + mmapped;
+        // A block found partly resident fills as it is used (pymalloc touches an arena's pools
+        // one by one) while the footprint stands still: RSS drifting by a quarter of what such
+        // blocks lacked means their figures may be stale.
+        let partly: u64 = self.blocks.values().filter_map(|b| b.unresident).filter(|&u| u > 0).sum();
+        let threshold = if partly == 0 { RESIDENCY_DRIFT } else { (partly / 4).clamp(MIN_RESIDENCY_DRIFT, RESIDENCY_DRIFT) };
         let drifted = self.basis.is_none_or(|(rss0, footprint0)| {
-            (rss_anon as i64 - rss0 as i64 - (footprint as i64 - footprint0 as i64)).unsigned_abs() >= RESIDENCY_DRIFT
+            (rss_anon as i64 - rss0 as i64 - (footprint as i64 - footprint0 as i64)).unsigned_abs() >= threshold
         });
         let blocks = self
             .blocks
@@ -289,5 +296,22 @@ mod tests {
         r.freed(0x10_0000);
         assert_eq!(r.measured(m, |_, _| 0), 0);
         assert_eq!(r.len(), 2);
+    }
+
+    /// An arena measured while pymalloc had touched a quarter of it fills as it is used: RSS
+    /// rising by far less than RESIDENCY_DRIFT, with no new block, has it measured again.
+    #[test]
+    fn a_partly_resident_arena_is_measured_again_as_it_fills() {
+        let mut r = Residency::default();
+        r.arena(0x40_0000, 1 << 20, true);
+        let m = r.to_measure(50 << 20);
+        assert_eq!(r.measured(m, |_, _| 768 << 10), 768 << 10);
+        let m = r.to_measure((50 << 20) + (128 << 10));
+        assert!(m.blocks.is_empty(), "a drift under a quarter of what it lacked");
+        let m = r.to_measure((50 << 20) + (768 << 10));
+        assert_eq!(m.blocks.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0x40_0000]);
+        assert_eq!(r.measured(m, |_, _| 0), 0);
+        // Wholly resident now: back to the wide threshold.
+        assert!(r.to_measure((51 << 20) - 1).blocks.is_empty());
     }
 }

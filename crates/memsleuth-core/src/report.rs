@@ -1,5 +1,5 @@
 //! Reports: the figures of docs/design.md (Figures) gathered from the ledger, rendered as memory_profiler's
-//! table with the exact columns beside it (section 6) or as JSON (section 5).
+//! table with the exact columns beside it or as JSON (docs/design.md, Reports).
 
 use serde::{Deserialize, Serialize};
 
