@@ -330,6 +330,7 @@ pub fn install() {
     INSTALL.call_once(|| {
         // SAFETY: the handlers are plain functions that stay valid for the life of the process.
         unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork_in_child)) };
+        crate::rss::note_preexisting();
         for index in 0..DOMAINS.len() {
             install_domain(index);
         }

@@ -6,6 +6,7 @@
 
 use crate::state::RESIDENCY;
 use memsleuth_core::causes::OsReading;
+use memsleuth_core::readings::intersect;
 use memsleuth_core::record::Reading;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
@@ -81,6 +82,17 @@ fn page() -> u64 {
 /// present, or present only as the shared zero page (mapped but not exclusively ours), which
 /// is what reading untouched memory produces.
 fn unresident(pagemap: Option<&File>, addr: usize, size: u64) -> u64 {
+    unresident_pages(pagemap, addr, size, true)
+}
+
+/// As `unresident`, for memory mapped before memsleuth started: a present page counts as
+/// resident even when shared, since in a forked child the pages inherited from the parent are
+/// shared until written, and count in its RSS all the same.
+fn unresident_preexisting(pagemap: Option<&File>, ranges: &[(usize, usize)]) -> u64 {
+    ranges.iter().map(|&(start, end)| unresident_pages(pagemap, start, (end - start) as u64, false)).sum()
+}
+
+fn unresident_pages(pagemap: Option<&File>, addr: usize, size: u64, exclusive_only: bool) -> u64 {
     let Some(pagemap) = pagemap else { return 0 };
     let page = page();
     let first = addr as u64 / page;
@@ -95,7 +107,7 @@ fn unresident(pagemap: Option<&File>, addr: usize, size: u64) -> u64 {
             let bits = u64::from_le_bytes(entry.try_into().unwrap_or_default());
             let present = bits >> 63 & 1 == 1;
             let exclusive = bits >> 56 & 1 == 1;
-            resident_pages += u64::from(present && exclusive);
+            resident_pages += u64::from(present && (exclusive || !exclusive_only));
         }
         at += count as u64;
     }
@@ -140,10 +152,24 @@ pub fn read() -> Reading {
         } else {
             (0, 0, 0)
         };
-        let measure = RESIDENCY.lock().to_measure(rss_anon);
-        let found: Vec<u64> = measure.blocks.iter().map(|(addr, b)| unresident(pagemap, *addr, b.size)).collect();
-        let mut found = found.into_iter();
-        let unresident_bytes = RESIDENCY.lock().measured(measure, |_, _| found.next().unwrap_or(0));
+        // Twice at most: blocks measured for the first time may show that RSS drifted from
+        // what the figures known before explain, and the rest must be measured again.
+        let mut unresident_bytes = None;
+        for _ in 0..2 {
+            let measure = RESIDENCY.lock().to_measure(rss_anon);
+            if measure.is_empty() && unresident_bytes.is_some() {
+                break;
+            }
+            let found: Vec<u64> = measure.blocks.iter().map(|(addr, b)| unresident(pagemap, *addr, b.size)).collect();
+            let preexisting = measure
+                .preexisting
+                .as_ref()
+                .map(|ranges| unresident_preexisting(pagemap, &intersect(ranges, &anonymous_mappings())));
+            let mut found = found.into_iter();
+            unresident_bytes =
+                Some(RESIDENCY.lock().measured(measure, |_, _| found.next().unwrap_or(0), preexisting));
+        }
+        let unresident_bytes = unresident_bytes.unwrap_or(0);
         let os = OsReading {
             rss_anon,
             rss_file: shared,
@@ -155,6 +181,34 @@ pub fn read() -> Reading {
         };
         Reading { os, malloc_asked: ask }
     })
+}
+
+/// This process's private anonymous read-write mappings, as sorted [start, end) ranges: where
+/// pymalloc's arenas, glibc's mmapped chunks and libraries' buffers live (the named ones, the
+/// heap and the stacks, are left out, as are shared mappings such as the ring).
+fn anonymous_mappings() -> Vec<(usize, usize)> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return Vec::new() };
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let (range, perms) = (fields.next()?, fields.next()?);
+            let inode = fields.nth(2)?;
+            let named = fields.next().is_some();
+            if named || inode != "0" || !perms.starts_with("rw") || !perms.ends_with('p') {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
+        })
+        .collect()
+}
+
+/// Called as the hooks are installed: the anonymous memory mapped until now is measured like
+/// a big block, so that pages of it first written later (pymalloc filling an arena it mapped
+/// before memsleuth started) are explained (docs/design.md, Causes).
+pub fn note_preexisting() {
+    let ranges = anonymous_mappings();
+    RESIDENCY.lock().set_preexisting(ranges);
 }
 
 /// Bytes memsleuth's own Rust code has allocated and not freed.

@@ -408,7 +408,7 @@ def test_data_stack_chunks_are_not_pymalloc_arenas(run_fixture):
 
 
 @pytest.mark.parametrize("key", ["seed_my_func", "seed_generators", "comprehension_100k", "comprehension_1m"])
-@pytest.mark.parametrize("how", ["decorator"])
+@pytest.mark.parametrize("how", ["decorator", "memsleuth run"])
 def test_unexplained_stays_within_the_stated_bound_on_the_seed_programs(program, key, how, tmp_path):
     """The README's accuracy goal: over a seed program's lines, what no cause explains stays
     under a tenth of the RSS movement plus 512 KiB, under plain python and `memsleuth run`."""

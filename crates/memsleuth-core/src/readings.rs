@@ -95,18 +95,33 @@ pub struct Residency {
     arena_bytes: u64,
     /// Big blocks that came or went: each may move glibc's figures without moving RSS.
     events: u64,
-    /// (anon RSS, allocator footprint) when every block's residency was last measured.
-    basis: Option<(u64, u64)>,
+    /// (anon RSS, resident footprint) when every block's residency was last measured.
+    basis: Option<(u64, i64)>,
     /// (anon RSS, memsleuth's heap, events, mmapped, arena) when glibc was last asked.
     glibc: Option<(u64, u64, u64, u64, u64)>,
+    /// Anonymous memory mapped before memsleuth started ([start, end) ranges): pymalloc's first
+    /// arenas, glibc's mmapped chunks, libraries' buffers. Its pages count in RSS as they are
+    /// first written, as a big block's do, for as long as it stays mapped.
+    preexisting: Vec<(usize, usize)>,
+    /// Its bytes not resident when last measured; None until measured.
+    preexisting_unresident: Option<u64>,
 }
 
 /// What a reading must measure: the blocks whose residency is not known to be current.
 pub struct Measure {
     pub blocks: Vec<(usize, BigBlock)>,
+    /// The memory mapped before memsleuth started, less the blocks known since, when it must be
+    /// measured too; the reader keeps the parts of it still mapped.
+    pub preexisting: Option<Vec<(usize, usize)>>,
     drifted: bool,
     rss_anon: u64,
-    footprint: u64,
+}
+
+impl Measure {
+    /// Whether there is nothing to measure.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.preexisting.is_none()
+    }
 }
 
 impl Default for Residency {
@@ -123,7 +138,15 @@ impl Residency {
             events: 0,
             basis: None,
             glibc: None,
+            preexisting: Vec::new(),
+            preexisting_unresident: None,
         }
+    }
+
+    /// The anonymous memory mapped when memsleuth started, as [start, end) ranges.
+    pub fn set_preexisting(&mut self, ranges: Vec<(usize, usize)>) {
+        self.preexisting = ranges;
+        self.preexisting_unresident = None;
     }
 
     pub fn len(&self) -> usize {
@@ -183,19 +206,38 @@ impl Residency {
         self.glibc.map_or((0, 0), |(_, _, _, mmapped, arena)| (mmapped, arena))
     }
 
-    /// What a reading of `rss_anon` must measure. While anon RSS moves with the allocators'
-    /// footprint (arenas, glibc's heap and mmapped chunks), the residency measured before is
-    /// current, and only blocks never measured need the pagemap walk, a reading's costly part.
-    pub fn to_measure(&self, rss_anon: u64) -> Measure {
+    /// The allocators' footprint (arenas, glibc's heap and mmapped chunks) less what is known
+    /// of it not to be resident: what anon RSS moves with while residency figures are current.
+    fn resident_footprint(&self) -> i64 {
         let (mmapped, arena) = self.glibc_footprint();
-        let footprint = self.arena_bytes + arena + mmapped;
+        (self.arena_bytes + arena + mmapped) as i64 - self.unresident_bytes() as i64
+    }
+
+    /// The unresident bytes of all live blocks and of the memory mapped before the start, as
+    /// last measured.
+    fn unresident_bytes(&self) -> u64 {
+        self.blocks.values().map(|b| b.unresident.unwrap_or(0)).sum::<u64>() + self.preexisting_unresident.unwrap_or(0)
+    }
+
+    /// What a reading of `rss_anon` must measure. While anon RSS moves with the resident
+    /// footprint, the residency measured before is current, and only blocks never measured need
+    /// the pagemap walk, a reading's costly part. A reader measures, then asks again: blocks
+    /// just measured may show RSS has drifted (a new arena mostly untouched while RSS rose).
+    pub fn to_measure(&self, rss_anon: u64) -> Measure {
+        let footprint = self.resident_footprint();
         // A block found partly resident fills as it is used (pymalloc touches an arena's pools
         // one by one) while the footprint stands still: RSS drifting by a quarter of what such
         // blocks lacked means their figures may be stale.
-        let partly: u64 = self.blocks.values().filter_map(|b| b.unresident).filter(|&u| u > 0).sum();
+        let partly: u64 = self
+            .blocks
+            .values()
+            .filter_map(|b| b.unresident)
+            .chain(self.preexisting_unresident)
+            .filter(|&u| u > 0)
+            .sum();
         let threshold = if partly == 0 { RESIDENCY_DRIFT } else { (partly / 4).clamp(MIN_RESIDENCY_DRIFT, RESIDENCY_DRIFT) };
         let drifted = self.basis.is_none_or(|(rss0, footprint0)| {
-            (rss_anon as i64 - rss0 as i64 - (footprint as i64 - footprint0 as i64)).unsigned_abs() >= threshold
+            (rss_anon as i64 - rss0 as i64 - (footprint - footprint0)).unsigned_abs() >= threshold
         });
         let blocks = self
             .blocks
@@ -203,12 +245,27 @@ impl Residency {
             .filter(|(_, b)| drifted && b.unresident != Some(0) || b.unresident.is_none())
             .map(|(a, b)| (*a, *b))
             .collect();
-        Measure { blocks, drifted, rss_anon, footprint }
+        let preexisting = (!self.preexisting.is_empty()
+            && (self.preexisting_unresident.is_none() || drifted && self.preexisting_unresident != Some(0)))
+        .then(|| {
+            let known: Vec<(usize, usize)> = self.blocks.iter().map(|(&a, b)| (a, a + b.size as usize)).collect();
+            subtract(&self.preexisting, &known)
+        });
+        Measure { blocks, preexisting, drifted, rss_anon }
     }
 
     /// Stores what `unresident` found for each block of `m` that is still live, and returns the
     /// unresident bytes of all live blocks.
-    pub fn measured(&mut self, m: Measure, mut unresident: impl FnMut(usize, u64) -> u64) -> u64 {
+    /// `preexisting_unresident` is what the reader found of `m.preexisting`.
+    pub fn measured(
+        &mut self,
+        m: Measure,
+        mut unresident: impl FnMut(usize, u64) -> u64,
+        preexisting_unresident: Option<u64>,
+    ) -> u64 {
+        if preexisting_unresident.is_some() {
+            self.preexisting_unresident = preexisting_unresident;
+        }
         for (addr, block) in m.blocks {
             let missing = unresident(addr, block.size);
             if let Some(live) = self.blocks.get_mut(&addr).filter(|b| b.size == block.size) {
@@ -216,10 +273,47 @@ impl Residency {
             }
         }
         if m.drifted {
-            self.basis = Some((m.rss_anon, m.footprint));
+            self.basis = Some((m.rss_anon, self.resident_footprint()));
         }
-        self.blocks.values().map(|b| b.unresident.unwrap_or(0)).sum()
+        self.unresident_bytes()
     }
+}
+
+/// Sorted, disjoint [start, end) ranges of `ranges` outside every range of `holes`.
+pub fn subtract(ranges: &[(usize, usize)], holes: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut holes: Vec<(usize, usize)> = holes.iter().copied().filter(|(a, b)| a < b).collect();
+    holes.sort_unstable();
+    let mut out = Vec::new();
+    for &(start, end) in ranges {
+        let mut at = start;
+        for &(hole_start, hole_end) in holes.iter().filter(|(a, b)| *b > start && *a < end) {
+            if hole_start > at {
+                out.push((at, hole_start));
+            }
+            at = at.max(hole_end);
+        }
+        if at < end {
+            out.push((at, end));
+        }
+    }
+    out
+}
+
+/// The parts of sorted, disjoint ranges `a` that lie inside sorted, disjoint ranges `b`.
+pub fn intersect(a: &[(usize, usize)], b: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        let (start, end) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+        if start < end {
+            out.push((start, end));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -283,19 +377,69 @@ mod tests {
         r.arena(0x40_0000, 1 << 18, true);
         let m = r.to_measure(50 << 20);
         assert_eq!(m.blocks.len(), 2, "never measured");
-        assert_eq!(r.measured(m, |_, size| size / 2), (1 << 19) + (1 << 17));
+        assert_eq!(r.measured(m, |_, size| size / 2, None), (1 << 19) + (1 << 17));
         // RSS moved with the footprint (no drift): known figures stand, a new block is measured.
         r.allocated(0x80_0000, 1 << 20);
         let m = r.to_measure(50 << 20);
         assert_eq!(m.blocks.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0x80_0000]);
-        assert_eq!(r.measured(m, |_, _| 0), (1 << 19) + (1 << 17));
+        assert_eq!(r.measured(m, |_, _| 0, None), (1 << 19) + (1 << 17));
         // Drifted: every block not known to be wholly resident is measured again.
         let m = r.to_measure((50 << 20) + RESIDENCY_DRIFT);
         assert_eq!(m.blocks.len(), 2);
         // A block freed while it was being measured is not brought back.
         r.freed(0x10_0000);
-        assert_eq!(r.measured(m, |_, _| 0), 0);
+        assert_eq!(r.measured(m, |_, _| 0, None), 0);
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn range_arithmetic() {
+        let pre = [(0x1000, 0x5000), (0x8000, 0x9000)];
+        assert_eq!(subtract(&pre, &[(0x2000, 0x3000), (0x4800, 0x8800)]), [(0x1000, 0x2000), (0x3000, 0x4800), (0x8800, 0x9000)]);
+        assert_eq!(subtract(&pre, &[]), pre);
+        assert_eq!(subtract(&pre, &[(0, 0x10000)]), []);
+        assert_eq!(intersect(&pre, &[(0x0, 0x1800), (0x4000, 0x8400)]), [(0x1000, 0x1800), (0x4000, 0x5000), (0x8000, 0x8400)]);
+        assert_eq!(intersect(&pre, &[]), []);
+    }
+
+    /// Memory mapped before memsleuth started is measured at the first reading, again only once
+    /// RSS drifts, and less any block known since (an arena mapped where it was unmapped).
+    #[test]
+    fn memory_mapped_before_the_start_is_measured_like_a_block() {
+        let mut r = Residency::default();
+        r.set_preexisting(vec![(0x100_0000, 0x120_0000)]);
+        let m = r.to_measure(50 << 20);
+        assert_eq!(m.preexisting.as_deref(), Some(&[(0x100_0000, 0x120_0000)][..]));
+        assert_eq!(r.measured(m, |_, _| 0, Some(1 << 20)), 1 << 20);
+        assert_eq!(r.to_measure((50 << 20) + (64 << 10)).preexisting, None, "no drift");
+        r.arena(0x110_0000, 1 << 20, true);
+        let m = r.to_measure((50 << 20) + (512 << 10));
+        assert_eq!(m.preexisting.as_deref(), Some(&[(0x100_0000, 0x110_0000)][..]));
+        assert_eq!(r.measured(m, |_, _| 1 << 20, Some(0)), 1 << 20);
+        assert_eq!(r.to_measure(60 << 20).preexisting, None, "wholly resident");
+    }
+
+    /// The seed's comprehension under `memsleuth run`: pymalloc maps a new arena and touches a
+    /// quarter of it, and fills an arena it mapped before memsleuth started. The new arena,
+    /// measured first, shows RSS rose more than the footprint explains: the older memory is
+    /// measured again at the same reading.
+    #[test]
+    fn a_new_block_found_mostly_untouched_shows_the_drift_it_hid() {
+        const KIB: u64 = 1024;
+        let mut r = Residency::default();
+        r.set_preexisting(vec![(0x100_0000, 0x110_0000)]);
+        let m = r.to_measure(50 << 20);
+        assert_eq!(r.measured(m, |_, _| 0, Some(860 * KIB)), 860 * KIB);
+        r.arena(0x200_0000, 1 << 20, true);
+        let rss = (50 << 20) + 1120 * KIB;
+        let first = r.to_measure(rss);
+        assert_eq!(first.blocks.len(), 1, "the new arena");
+        assert!(first.preexisting.is_none(), "the footprint rose with RSS, as far as is known");
+        r.measured(first, |_, _| 780 * KIB, None);
+        let second = r.to_measure(rss);
+        assert!(second.preexisting.is_some(), "RSS rose 876 KiB more than the resident footprint");
+        assert_eq!(r.measured(second, |_, _| 780 * KIB, Some(68 * KIB)), 848 * KIB);
+        assert!(r.to_measure(rss).is_empty());
     }
 
     /// An arena measured while pymalloc had touched a quarter of it fills as it is used: RSS
@@ -305,12 +449,12 @@ mod tests {
         let mut r = Residency::default();
         r.arena(0x40_0000, 1 << 20, true);
         let m = r.to_measure(50 << 20);
-        assert_eq!(r.measured(m, |_, _| 768 << 10), 768 << 10);
+        assert_eq!(r.measured(m, |_, _| 768 << 10, None), 768 << 10);
         let m = r.to_measure((50 << 20) + (128 << 10));
         assert!(m.blocks.is_empty(), "a drift under a quarter of what it lacked");
         let m = r.to_measure((50 << 20) + (768 << 10));
         assert_eq!(m.blocks.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0x40_0000]);
-        assert_eq!(r.measured(m, |_, _| 0), 0);
+        assert_eq!(r.measured(m, |_, _| 0, None), 0);
         // Wholly resident now: back to the wide threshold.
         assert!(r.to_measure((51 << 20) - 1).blocks.is_empty());
     }
