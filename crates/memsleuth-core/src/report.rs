@@ -2,6 +2,7 @@
 //! table with the exact columns beside it (section 6) or as JSON (section 5).
 
 use crate::causes::{note, Causes, NoteFacts};
+use crate::hints::{self, Hint};
 use crate::json::{self, JsonWriter, Value};
 use crate::ledger::{FuncInfo, Ledger, LineStats, ProcessStats};
 
@@ -23,6 +24,8 @@ pub struct Figures {
     pub arenas_unmapped: u64,
     pub causes: Causes,
     pub note: Option<String>,
+    /// Rewrites the figures and the source make clear (`hints.rs`); empty for totals.
+    pub hints: Vec<Hint>,
 }
 
 impl Figures {
@@ -54,6 +57,7 @@ impl Figures {
                 Causes::from_values(values)
             },
             note: v.get("note").and_then(Value::as_str).map(str::to_string),
+            hints: hints_from_json(v),
         })
     }
 
@@ -86,6 +90,7 @@ impl Figures {
                 causes: s.causes,
                 teardown,
             }),
+            hints: Vec::new(),
         }
     }
 
@@ -117,7 +122,38 @@ impl Figures {
             Some(note) => w.field_str("note", note),
             None => w.field_null("note"),
         }
+        write_hints(w, &self.hints);
     }
+}
+
+/// The `hints` field: a list of `{kind, message, saving_bytes}`.
+fn write_hints(w: &mut JsonWriter, hints: &[Hint]) {
+    w.key("hints");
+    w.begin_array();
+    for h in hints {
+        w.begin_object();
+        w.field_str("kind", &h.kind);
+        w.field_str("message", &h.message);
+        w.field_u64("saving_bytes", h.saving_bytes);
+        w.end_object();
+    }
+    w.end_array();
+}
+
+/// The `hints` field read back; a report written before hints existed has none.
+fn hints_from_json(v: &Value) -> Vec<Hint> {
+    v.get("hints")
+        .and_then(Value::as_array)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|h| {
+            Some(Hint {
+                kind: h.get("kind")?.as_str()?.to_string(),
+                message: h.get("message")?.as_str()?.to_string(),
+                saving_bytes: h.get("saving_bytes").and_then(Value::as_f64).unwrap_or(0.0) as u64,
+            })
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug)]
@@ -361,6 +397,14 @@ fn function_report(ledger: &Ledger, func: u32) -> Option<FunctionReport> {
     let source_of = |lineno: u32| {
         f.info.source.get((lineno - f.info.first_lineno) as usize).map_or(String::new(), |s| s.trim_end().to_string())
     };
+    // Hints are computed here, where every report is built, so the JSON, the text and the HTML
+    // carry the same ones (docs/design.md, "HTML report and hints").
+    let hinted = |lineno: u32, s: &LineStats| {
+        let source = source_of(lineno);
+        let mut figures = Figures::from_stats(s, false);
+        figures.hints = hints::line_hints(&source, &figures, f.calls);
+        LineReport { lineno, source, figures }
+    };
     Some(FunctionReport {
         code: f.info.code,
         name: f.info.name.clone(),
@@ -370,12 +414,12 @@ fn function_report(ledger: &Ledger, func: u32) -> Option<FunctionReport> {
         calls: f.calls,
         rss_at_entry: f.rss_at_entry,
         totals: Figures::from_stats(totals, false),
-        teardown: ledger.teardown_stats(func).map(|s| Figures::from_stats(s, true)),
-        lines: lines
-            .into_iter()
-            .filter(|(_, s)| s.hits > 0)
-            .map(|(lineno, s)| LineReport { lineno, source: source_of(lineno), figures: Figures::from_stats(s, false) })
-            .collect(),
+        teardown: ledger.teardown_stats(func).map(|s| {
+            let mut figures = Figures::from_stats(s, true);
+            figures.hints = hints::teardown_hints(&figures);
+            figures
+        }),
+        lines: lines.into_iter().filter(|(_, s)| s.hits > 0).map(|(lineno, s)| hinted(lineno, s)).collect(),
         source: f.info.source.iter().map(|s| s.trim_end().to_string()).collect(),
     })
 }
@@ -517,11 +561,19 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
         out.push_str(figures_row("", g, TEARDOWN_ROW).trim_end());
         out.push('\n');
     }
+    // Each row's note, then its hints (a teardown's hints show with its row, as its note does).
+    let row_notes = |label: &str, g: &Figures| {
+        g.note
+            .iter()
+            .map(|n| format!("  {label}: {n}\n"))
+            .chain(g.hints.iter().map(|h| format!("  {label}: hint ({}): {}\n", h.kind, h.message)))
+            .collect::<Vec<_>>()
+    };
     let notes: Vec<String> = f
         .lines
         .iter()
-        .filter_map(|l| l.figures.note.as_ref().map(|n| format!("  line {}: {n}\n", l.lineno)))
-        .chain(teardown.and_then(|g| g.note.as_ref()).map(|n| format!("  return: {n}\n")))
+        .flat_map(|l| row_notes(&format!("line {}", l.lineno), &l.figures))
+        .chain(teardown.map(|g| row_notes("return", g)).unwrap_or_default())
         .collect();
     if !notes.is_empty() {
         out.push_str("\nNotes\n");
@@ -624,6 +676,7 @@ mod tests {
             arenas_unmapped: 0,
             causes: Causes::default(),
             note: None,
+            hints: Vec::new(),
         };
         FunctionReport {
             code: 0,
@@ -690,6 +743,32 @@ mod tests {
         let text = render_function(&function(&["@profile", "def f():", "", "    a = [1] * 100000"], &[5]), 1, 0);
         let sources: Vec<String> = rows(&text).into_iter().map(|r| r.2).collect();
         assert_eq!(sources, ["@profile", "def f():", "", "a = [1] * 100000"], "{text}");
+    }
+
+    #[test]
+    fn hints_go_to_the_json_and_the_notes_and_come_back() {
+        let mut f = function(&["def f():", "    NN = sum([x * x for x in range(THE_LIMIT)])"], &[3]);
+        let hint = Hint { kind: "generator_expression".into(), message: "pass a \"generator\"".into(), saving_bytes: 3_984_000 };
+        f.lines[0].figures.hints = vec![hint.clone()];
+        let report = Report {
+            python_version: "3.12.1".into(),
+            argv: None,
+            selection: None,
+            functions: vec![f],
+            process: ProcessStats::default(),
+            rss_peak_bytes: 0,
+            sink: None,
+            sink_rss_peak_bytes: None,
+        };
+        let text = render_text(&report, 1, 0);
+        assert!(text.contains("\nNotes\n  line 3: hint (generator_expression): pass a \"generator\"\n"), "{text}");
+        let back = Report::from_json(&report.to_json()).unwrap();
+        assert_eq!(back.functions[0].lines[0].figures.hints, [hint]);
+        assert_eq!(back.functions[0].totals.hints, []);
+        // A report written before hints existed reads back without any.
+        let old = report.to_json().replace(r#","hints":[]"#, "");
+        assert!(!old.contains(r#""hints":[]"#));
+        assert_eq!(Report::from_json(&old).unwrap().functions[0].totals.hints, []);
     }
 
     #[test]
