@@ -748,7 +748,11 @@ mod tests {
     #[test]
     fn hints_go_to_the_json_and_the_notes_and_come_back() {
         let mut f = function(&["def f():", "    NN = sum([x * x for x in range(THE_LIMIT)])"], &[3]);
-        let hint = Hint { kind: "generator_expression".into(), message: "pass a \"generator\"".into(), saving_bytes: 3_984_000 };
+        let hint = Hint {
+            kind: "generator_expression".into(),
+            message: "pass a \"generator\"".into(),
+            saving_bytes: 3_984_000,
+        };
         f.lines[0].figures.hints = vec![hint.clone()];
         let report = Report {
             python_version: "3.12.1".into(),
