@@ -130,7 +130,7 @@ def test_each_hint_kind_triggers_on_its_line(triggered, kind, name, source):
     assert hint["saving_bytes"] >= 256 * 1024, hint
     assert _html.human_bytes(hint["saving_bytes"]) in hint["message"], hint
     # The text report lists it under Notes, with the line it belongs to.
-    assert f"  line {g['lineno']}: hint ({kind}): {hint['message']}\n" in text
+    assert f"  line {g['lineno']} hint ({kind}): {hint['message']}\n" in text
 
 
 def test_hints_only_where_a_kind_applies(triggered):
@@ -174,7 +174,7 @@ def test_report_reads_the_hints_back(triggered, tmp_path):
     for kind, name, source in TRIGGERS:
         g = line(report, name, source)
         message = [h for h in g["hints"] if h["kind"] == kind][0]["message"]
-        assert f"  line {g['lineno']}: hint ({kind}): {message}\n" in proc.stdout
+        assert f"  line {g['lineno']} hint ({kind}): {message}\n" in proc.stdout
 
 
 # --------------------------------------------------------------------------------------------

@@ -201,7 +201,8 @@ def _function_section(index, function):
         f'peak {_e(human_bytes(totals.get("peak_bytes", 0)))}, retained {_e(human_bytes(totals.get("retained_bytes", 0)))}, '
         f'RSS {_e(signed_bytes(totals.get("rss_delta_bytes", 0)))}</p>'
         f'{hint_block}'
-        f'<table class="lines"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></section>'
+        f'<div class="scroll"><table class="lines"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+        '</div></section>'
     )
 
 
@@ -351,12 +352,12 @@ _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fff}
 h1{font-size:20px;margin:0 0 8px}h2{font-size:17px;margin:18px 0 6px}h3{font-size:14px;margin:8px 0 4px}
 .meta{color:#555;margin:2px 0}
-table.summary{width:auto;border-collapse:collapse}table.summary td{padding:1px 0}table.summary th{text-align:left;padding:1px 12px 1px 0;font-weight:600}
-table.lines{border-collapse:collapse;width:100%;font-size:12.5px}
+table.summary{width:auto;border-collapse:collapse}.scroll{overflow-x:auto}table.summary td{padding:1px 0}table.summary th{text-align:left;padding:1px 12px 1px 0;font-weight:600}
+table.lines{border-collapse:collapse;font-size:12.5px}
 table.lines th{background:#eef1f5;cursor:pointer;padding:3px 5px;border-bottom:2px solid #ccd;white-space:nowrap;text-align:left}
 table.lines th.asc::after{content:" \\25B2"}table.lines th.desc::after{content:" \\25BC"}
 table.lines td{padding:2px 5px;border-bottom:1px solid #eee;vertical-align:top}
-td.num{position:relative;text-align:right;white-space:nowrap;min-width:70px}
+td.num{position:relative;text-align:right;white-space:nowrap;min-width:58px}
 td.num .val{position:relative}
 .bar{position:absolute;left:0;top:3px;height:15px;opacity:.35}
 .bar.alloc{background:#3b7dd8}.bar.freed{background:#2e9e5b}.bar.peak{background:#c0392b}.bar.retained{background:#8e44ad}
@@ -364,11 +365,11 @@ td.num .val{position:relative}
 td.src code{white-space:pre;font-size:12px}
 tr.hot{background:#fff1e0}tr.hot td.src code{font-weight:700}
 tr.teardown td{color:#555;font-style:italic}
-.cbar{display:flex;width:220px;height:12px;background:#f4f4f4;border-left:1px solid #ddd;border-right:1px solid #ddd}
+.cbar{display:flex;width:160px;height:12px;background:#f4f4f4;border-left:1px solid #ddd;border-right:1px solid #ddd}
 .cbar .neg,.cbar .pos{width:50%;display:flex}.cbar .neg{justify-content:flex-end;border-right:1px solid #888}
 .seg{display:block;height:100%}
-.note{font-size:11px;color:#555;max-width:320px}
-.hint{font-size:11.5px;background:#eefaf0;border-left:3px solid #2e9e5b;padding:2px 4px;margin:1px 0;white-space:nowrap;cursor:help}
+.note{font-size:11px;color:#555;max-width:240px}
+.hint{font-size:11.5px;background:#eefaf0;border-left:3px solid #2e9e5b;padding:2px 4px;margin:1px 0;cursor:help}.hint b{display:block}
 .hint .saving{color:#1d6b3a}.hintlist{background:#eefaf0;padding:4px 10px;margin:6px 0}
 #timeline-svg{border:1px solid #ddd;background:#fcfcfc;max-width:100%;height:auto}
 .axis{stroke:#999}.tick{font-size:10px;fill:#555}

@@ -43,13 +43,18 @@ const SET_SAFE: [&str; 6] = ["max", "min", "any", "all", "set", "frozenset"];
 /// pymalloc serves requests of up to this many bytes from its arenas; glibc serves larger ones.
 const SMALL_REQUEST: u64 = 512;
 
-/// The hints for one line of a function called `calls` times.
-pub fn line_hints(source: &str, figures: &Figures, calls: u64) -> Vec<Hint> {
+/// The hints for one line of a function called `calls` times, which returns or yields the
+/// names in `returned` (see `returned_names`).
+pub fn line_hints(source: &str, figures: &Figures, calls: u64, returned: &[String]) -> Vec<Hint> {
     let code = strip_comment(source.trim());
     let mut hints = Vec::new();
     hints.extend(generator_hint(code, figures));
     hints.extend(concatenation_hint(code, figures));
-    hints.extend(leak_hint(code, figures, calls));
+    // A line that binds what the function returns hands its bytes to the caller: they outlive
+    // the call by design.
+    if !assigned_name(code).is_some_and(|name| returned.iter().any(|r| r == name)) {
+        hints.extend(leak_hint(code, figures, calls));
+    }
     if starts_with_word(code, "del") || starts_with_word(code, "return") {
         hints.extend(fragmentation_hint(figures, &format!("`{}`", shorten(code))));
     }
@@ -59,6 +64,40 @@ pub fn line_hints(source: &str, figures: &Figures, calls: u64) -> Vec<Hint> {
 /// The hints for a function's teardown (its frame's locals released after the return).
 pub fn teardown_hints(figures: &Figures) -> Vec<Hint> {
     fragmentation_hint(figures, "the return (the frame's locals released)").into_iter().collect()
+}
+
+/// The names a function's source returns or yields as they are (`return a`, `yield a, b`).
+pub fn returned_names(source: &[String]) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in source {
+        let code = strip_comment(line.trim());
+        for word in ["return", "yield"] {
+            if starts_with_word(code, word) {
+                for part in code[word.len()..].split(',') {
+                    let part = part.trim();
+                    if !part.is_empty() && part.chars().all(is_ident) && !names.iter().any(|n| n == part) {
+                        names.push(part.to_string());
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The name a line binds (`name = ...`, `name: T = ...`, `name += ...`), if it binds one.
+fn assigned_name(code: &str) -> Option<&str> {
+    let end = code.find(|c: char| !is_ident(c)).unwrap_or(code.len());
+    let (name, rest) = (&code[..end], code[end..].trim_start());
+    if name.is_empty() {
+        return None;
+    }
+    let op_end = rest.find('=')?;
+    let op = &rest[..op_end];
+    let binds = (op.is_empty() && !rest[1..].starts_with('='))
+        || (op.len() <= 2 && op.chars().all(|c| "+-*/%&|^<>@".contains(c)) && !op.is_empty() && op != "<" && op != ">")
+        || op.starts_with(':');
+    binds.then_some(name)
 }
 
 fn starts_with_word(code: &str, word: &str) -> bool {
@@ -461,6 +500,10 @@ mod tests {
         }
     }
 
+    fn hints_of(source: &str, g: &Figures, calls: u64) -> Vec<Hint> {
+        line_hints(source, g, calls, &[])
+    }
+
     fn kinds(hints: &[Hint]) -> Vec<&str> {
         hints.iter().map(|h| h.kind.as_str()).collect()
     }
@@ -481,7 +524,7 @@ mod tests {
     #[test]
     fn a_reduced_comprehension_gets_a_generator_with_its_transient_peak() {
         let g = seed_comprehension();
-        let hints = line_hints("    NN = sum([x * x for x in range(THE_LIMIT)])", &g, 1);
+        let hints = hints_of("    NN = sum([x * x for x in range(THE_LIMIT)])", &g, 1);
         assert_eq!(kinds(&hints), [KIND_GENERATOR]);
         assert_eq!(hints[0].saving_bytes, 3_984_000 - 32);
         assert!(hints[0].message.contains("`sum(x * x for x in range(THE_LIMIT))`"), "{}", hints[0].message);
@@ -493,11 +536,11 @@ mod tests {
             "u = set({x % 7 for x in xs})",
             "v = sorted([x for x in xs], key=abs)",
         ] {
-            assert_eq!(kinds(&line_hints(source, &g, 1)), [KIND_GENERATOR], "{source}");
+            assert_eq!(kinds(&hints_of(source, &g, 1)), [KIND_GENERATOR], "{source}");
         }
         // sorted() keeps a list: the message says so.
-        assert!(line_hints("v = sorted([x for x in xs])", &g, 1)[0].message.contains("sorted() still builds"));
-        assert!(line_hints("m = max([x for x in xs], default=0)", &g, 1)[0]
+        assert!(hints_of("v = sorted([x for x in xs])", &g, 1)[0].message.contains("sorted() still builds"));
+        assert!(hints_of("m = max([x for x in xs], default=0)", &g, 1)[0]
             .message
             .contains("max((x for x in xs), ...)"));
     }
@@ -510,7 +553,7 @@ mod tests {
             peak_bytes: 4 * MIB as i64 + 3_000_000,
             ..seed_comprehension()
         };
-        let hints = line_hints("NN = sum([x * x for x in range(THE_LIMIT)])", &g, 1);
+        let hints = hints_of("NN = sum([x * x for x in range(THE_LIMIT)])", &g, 1);
         assert_eq!(hints[0].saving_bytes, 3 * MIB + 3_000_000);
         assert!(hints[0].message.contains("an execution on average"), "{}", hints[0].message);
     }
@@ -531,15 +574,15 @@ mod tests {
             "print('sum([x for x in xs])')",             // inside a string
             "l = list([x for x in xs])",                 // list(): drop the call instead
         ] {
-            assert_eq!(kinds(&line_hints(source, &g, 1)), Vec::<&str>::new(), "{source}");
+            assert_eq!(kinds(&hints_of(source, &g, 1)), Vec::<&str>::new(), "{source}");
         }
         let source = "NN = sum([x * x for x in range(THE_LIMIT)])";
         // The measured peak is small: nothing to save.
         let small = Figures { peak_bytes: 4_000, net_bytes: 32, ..seed_comprehension() };
-        assert!(line_hints(source, &small, 1).is_empty());
+        assert!(hints_of(source, &small, 1).is_empty());
         // Most of the peak was kept: not transient.
         let kept = Figures { peak_bytes: 4 * MIB as i64, net_bytes: 3 * MIB as i64, ..seed_comprehension() };
-        assert!(line_hints(source, &kept, 1).is_empty());
+        assert!(hints_of(source, &kept, 1).is_empty());
     }
 
     fn concatenation() -> Figures {
@@ -563,7 +606,7 @@ mod tests {
             ("lst = lst + [i]", "lst"),
             ("out = out + line  # grow", "out"),
         ] {
-            let hints = line_hints(source, &concatenation(), 1);
+            let hints = hints_of(source, &concatenation(), 1);
             assert_eq!(kinds(&hints), [KIND_CONCATENATION], "{source}");
             assert_eq!(hints[0].saving_bytes, 80 * MIB - 80_000);
             assert!(hints[0].message.contains(&format!("copy of {target}.")), "{}", hints[0].message);
@@ -574,18 +617,18 @@ mod tests {
     #[test]
     fn no_concatenation_hint_for_other_lines_or_small_blocks() {
         for source in ["s = t + u", "s == s + 1", "x = xs + [1]", "total = total_2 + 1", "s.x += 1" /* ok below */] {
-            let hints = line_hints(source, &concatenation(), 1);
+            let hints = hints_of(source, &concatenation(), 1);
             assert_eq!(kinds(&hints).contains(&KIND_CONCATENATION), source == "s.x += 1", "{source}");
         }
         // A loop adding ints: as much allocated, in 32-byte blocks.
         let ints = Figures { allocations: 80 * MIB / 32, ..concatenation() };
-        assert!(line_hints("total += x * x", &ints, 1).is_empty());
+        assert!(hints_of("total += x * x", &ints, 1).is_empty());
         // Run once or twice: no repeated growth.
         let once = Figures { hits: 2, ..concatenation() };
-        assert!(line_hints("s += chunk", &once, 1).is_empty());
+        assert!(hints_of("s += chunk", &once, 1).is_empty());
         // Kept most of what it allocated.
         let kept = Figures { net_bytes: 70 * MIB as i64, ..concatenation() };
-        assert!(line_hints("s += chunk", &kept, 1).is_empty());
+        assert!(hints_of("s += chunk", &kept, 1).is_empty());
     }
 
     fn retaining() -> Figures {
@@ -601,7 +644,7 @@ mod tests {
 
     #[test]
     fn retained_bytes_over_calls_are_a_leak_suspect() {
-        let hints = line_hints("_cache.append(bytearray(MIB))", &retaining(), 5);
+        let hints = hints_of("_cache.append(bytearray(MIB))", &retaining(), 5);
         assert_eq!(kinds(&hints), [KIND_LEAK]);
         assert_eq!(hints[0].saving_bytes, 5 * MIB);
         let m = &hints[0].message;
@@ -609,17 +652,33 @@ mod tests {
             m.contains("over 5 calls") && m.contains("1.0 MiB a call") && m.contains("stores into `_cache`"),
             "{m}"
         );
-        assert!(line_hints("seen[key] = bytearray(MIB)", &retaining(), 5)[0].message.contains("stores into `seen`"));
-        assert!(!line_hints("x = bytearray(MIB)", &retaining(), 5)[0].message.contains("stores into"));
+        assert!(hints_of("seen[key] = bytearray(MIB)", &retaining(), 5)[0].message.contains("stores into `seen`"));
+        assert!(!hints_of("x = bytearray(MIB)", &retaining(), 5)[0].message.contains("stores into"));
+    }
+
+    #[test]
+    fn no_leak_suspect_for_what_the_function_returns() {
+        let source: Vec<String> =
+            ["def make_lists():", "    a = [1] * (10 ** 6)", "    return a  # the caller's", "    yield b, c"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let returned = returned_names(&source);
+        assert_eq!(returned, ["a", "b", "c"]);
+        for line in ["a = [1] * (10 ** 6)", "a: list = [1]", "a += [2]", "b = bytearray(MIB)"] {
+            assert!(line_hints(line, &retaining(), 5, &returned).is_empty(), "{line}");
+        }
+        assert_eq!(kinds(&line_hints("d = bytearray(MIB)", &retaining(), 5, &returned)), [KIND_LEAK]);
+        assert_eq!(kinds(&line_hints("a == bytearray(MIB)", &retaining(), 5, &returned)), [KIND_LEAK]);
     }
 
     #[test]
     fn no_leak_suspect_under_three_calls_or_for_a_returned_value() {
-        assert!(line_hints("_cache.append(bytearray(MIB))", &retaining(), 2).is_empty());
-        assert!(line_hints("return bytearray(MIB)", &retaining(), 5).is_empty());
-        assert!(line_hints("yield bytearray(MIB)", &retaining(), 5).is_empty());
+        assert!(hints_of("_cache.append(bytearray(MIB))", &retaining(), 2).is_empty());
+        assert!(hints_of("return bytearray(MIB)", &retaining(), 5).is_empty());
+        assert!(hints_of("yield bytearray(MIB)", &retaining(), 5).is_empty());
         let freed = Figures { retained_bytes: 1000, ..retaining() };
-        assert!(line_hints("_cache.append(bytearray(MIB))", &freed, 5).is_empty());
+        assert!(hints_of("_cache.append(bytearray(MIB))", &freed, 5).is_empty());
     }
 
     fn fragmented() -> Figures {
@@ -636,7 +695,7 @@ mod tests {
 
     #[test]
     fn a_del_whose_frees_stayed_is_fragmentation() {
-        let hints = line_hints("del data", &fragmented(), 1);
+        let hints = hints_of("del data", &fragmented(), 1);
         assert_eq!(kinds(&hints), [KIND_FRAGMENTATION]);
         assert_eq!(hints[0].saving_bytes, 18 * MIB);
         assert!(
@@ -645,15 +704,15 @@ mod tests {
             hints[0].message
         );
         let large = Figures { frees: 20, ..fragmented() };
-        assert!(line_hints("return None", &large, 1)[0].message.contains("kept by glibc"));
+        assert!(hints_of("return None", &large, 1)[0].message.contains("kept by glibc"));
         assert_eq!(kinds(&teardown_hints(&fragmented())), [KIND_FRAGMENTATION]);
         // Over executions, what one kept (the next reuses it): 18 MiB over 10 runs is 1.8 MiB.
         let repeated = Figures { hits: 10, ..fragmented() };
-        let hints = line_hints("del data", &repeated, 1);
+        let hints = hints_of("del data", &repeated, 1);
         assert_eq!(hints[0].saving_bytes, 18 * MIB / 10);
         assert!(hints[0].message.contains("over 10"), "{}", hints[0].message);
         // 0.9 MiB a run: within the allocators' slack.
-        assert!(line_hints("del data", &Figures { hits: 20, ..fragmented() }, 1).is_empty());
+        assert!(hints_of("del data", &Figures { hits: 20, ..fragmented() }, 1).is_empty());
     }
 
     #[test]
@@ -661,10 +720,10 @@ mod tests {
         // Freed and returned: the allocator cause did not keep it.
         let mut returned = fragmented();
         returned.causes.allocator = 0;
-        assert!(line_hints("del data", &returned, 1).is_empty());
+        assert!(hints_of("del data", &returned, 1).is_empty());
         assert!(teardown_hints(&returned).is_empty());
         // Not a del or a return.
-        assert!(line_hints("data = None", &fragmented(), 1).is_empty());
-        assert!(line_hints("deleted = data", &fragmented(), 1).is_empty());
+        assert!(hints_of("data = None", &fragmented(), 1).is_empty());
+        assert!(hints_of("deleted = data", &fragmented(), 1).is_empty());
     }
 }

@@ -399,10 +399,11 @@ fn function_report(ledger: &Ledger, func: u32) -> Option<FunctionReport> {
     };
     // Hints are computed here, where every report is built, so the JSON, the text and the HTML
     // carry the same ones (docs/design.md, "HTML report and hints").
+    let returned = hints::returned_names(&f.info.source);
     let hinted = |lineno: u32, s: &LineStats| {
         let source = source_of(lineno);
         let mut figures = Figures::from_stats(s, false);
-        figures.hints = hints::line_hints(&source, &figures, f.calls);
+        figures.hints = hints::line_hints(&source, &figures, f.calls, &returned);
         LineReport { lineno, source, figures }
     };
     Some(FunctionReport {
@@ -561,19 +562,20 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
         out.push_str(figures_row("", g, TEARDOWN_ROW).trim_end());
         out.push('\n');
     }
-    // Each row's note, then its hints (a teardown's hints show with its row, as its note does).
-    let row_notes = |label: &str, g: &Figures| {
-        g.note
-            .iter()
-            .map(|n| format!("  {label}: {n}\n"))
-            .chain(g.hints.iter().map(|h| format!("  {label}: hint ({}): {}\n", h.kind, h.message)))
-            .collect::<Vec<_>>()
-    };
-    let notes: Vec<String> = f
+    // The rows' notes, then their hints ("line N hint (kind): ..."), so that a reader of the
+    // notes alone stops at the first hint (docs/design.md, "HTML report and hints").
+    let rows: Vec<(String, &Figures)> = f
         .lines
         .iter()
-        .flat_map(|l| row_notes(&format!("line {}", l.lineno), &l.figures))
-        .chain(teardown.map(|g| row_notes("return", g)).unwrap_or_default())
+        .map(|l| (format!("line {}", l.lineno), &l.figures))
+        .chain(teardown.map(|g| ("return".to_string(), g)))
+        .collect();
+    let notes: Vec<String> = rows
+        .iter()
+        .filter_map(|(label, g)| g.note.as_ref().map(|n| format!("  {label}: {n}\n")))
+        .chain(rows.iter().flat_map(|(label, g)| {
+            g.hints.iter().map(move |h| format!("  {label} hint ({}): {}\n", h.kind, h.message))
+        }))
         .collect();
     if !notes.is_empty() {
         out.push_str("\nNotes\n");
@@ -765,7 +767,7 @@ mod tests {
             sink_rss_peak_bytes: None,
         };
         let text = render_text(&report, 1, 0);
-        assert!(text.contains("\nNotes\n  line 3: hint (generator_expression): pass a \"generator\"\n"), "{text}");
+        assert!(text.contains("\nNotes\n  line 3 hint (generator_expression): pass a \"generator\"\n"), "{text}");
         let back = Report::from_json(&report.to_json()).unwrap();
         assert_eq!(back.functions[0].lines[0].figures.hints, [hint]);
         assert_eq!(back.functions[0].totals.hints, []);
