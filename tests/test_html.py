@@ -274,7 +274,8 @@ def test_source_text_is_escaped(source):
     assert [e[1].get("data-v") for e in page.find("td") if e[1].get("class") == "src"] == [source]
     assert len(page.find("script")) == 2  # the data and the page's own script, nothing from the source
     data = [inside for tag, attrs, inside in page.find("script") if attrs.get("id") == "timeline-data"]
-    assert json.loads(data[0])[1][5] == source
+    data = json.loads(data[0])
+    assert data["places"] == [["f<T>", 2, source]] and [s[3] for s in data["samples"]] == [-1, 0]
     assert [inside for _, attrs, inside in page.find("div") if attrs.get("class") == "note"] == [f"a note about {source}"]
     assert f"change {source}" in [attrs.get("title") for _, attrs, _ in page.find("div")]
     # The other report text too: names, module, file name, command line.
@@ -282,6 +283,21 @@ def test_source_text_is_escaped(source):
     assert "prog.py " + source in [inside for tag, _, inside in page.find("title")][0]
     # No remote reference, even with a URL in the source (it is text).
     assert remote_references(text) == []
+
+
+def test_a_large_report_stays_a_few_mib():
+    """10,000 samples (the timeline's most) and 100 functions of 20 lines each, every line with
+    figures, causes, a note and a hint."""
+    report = synthetic_report("total = sum([x * x for x in range(n)])  # " + "padding " * 8)
+    f = report["functions"][0]
+    f["lines"] = [dict(f["lines"][0], lineno=n, source=f"line_{n} = compute(line_{n - 1}) + 1") for n in range(2, 22)]
+    report["functions"] = [dict(f, name=f"function_{i}") for i in range(100)]
+    report["timeline"]["samples"] = [
+        {"time": i / 1000, "rss_bytes": (1 << 24) + i * 4096, "tracked_bytes": i * 1024,
+         "function": f"function_{i % 100}", "lineno": 2 + i % 20} for i in range(10_000)]
+    text = _html.render(report)
+    assert len(Page(text).find("polyline")) == 2
+    assert len(text.encode()) < 4 << 20, len(text.encode())
 
 
 def test_run_html_path_is_checked_before_the_program_runs(tmp_path):
@@ -436,7 +452,7 @@ def check_page_in_browser(report, page_path, tmp_path):
             cells_of[current].append([attrs["data-lineno"], [], []])
         elif tag == "td" and current is not None and cells_of[current]:
             cells_of[current][-1][1].append(attrs.get("data-v"))
-        elif tag == "span" and attrs.get("class") == "seg" and current is not None and cells_of[current]:
+        elif tag == "span" and "seg" in attrs.get("class", "").split() and current is not None and cells_of[current]:
             cells_of[current][-1][2].append((attrs["data-cause"], int(attrs["data-bytes"])))
     assert len(rows) == sum(len(v) for v in cells_of.values())
     for index, f in enumerate(report["functions"]):

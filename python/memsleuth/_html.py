@@ -86,12 +86,16 @@ def _script_json(value):
 def _bar(value, scale, css):
     """An in-cell bar, its width the value's share of the column's largest."""
     width = 0.0 if scale <= 0 else min(100.0, 100.0 * abs(value) / scale)
+    if width == 0:
+        return ""
     return f'<span class="bar {css}" style="width:{width:.1f}%"></span>'
 
 
 def _signed_bar(value, scale):
     """A bar from the cell's middle: right for a rise, left for a fall."""
     width = 0.0 if scale <= 0 else min(50.0, 50.0 * abs(value) / scale)
+    if width == 0:
+        return ""
     left = 50.0 if value >= 0 else 50.0 - width
     css = "up" if value >= 0 else "down"
     return f'<span class="sbar {css}" style="left:{left:.1f}%;width:{width:.1f}%"></span>'
@@ -101,15 +105,15 @@ def _causes_bar(causes, scale):
     """The line's RSS change as its causes stacked: falls leftwards from the middle, rises
     rightwards, each segment titled with its cause and size."""
     halves = {"neg": [], "pos": []}
-    for name, colour in CAUSES:
+    for name, _ in CAUSES:
         value = int(causes.get(name, 0))
         if value == 0:
             continue
         width = 0.0 if scale <= 0 else 100.0 * abs(value) / scale
         half = "pos" if value > 0 else "neg"
         halves[half].append(
-            f'<span class="seg" data-cause="{name}" data-bytes="{value}" title="{_e(name)} {_e(signed_bytes(value))}" '
-            f'style="width:{width:.2f}%;background:{colour}"></span>')
+            f'<span data-cause="{name}" data-bytes="{value}" title="{_e(name)} {_e(signed_bytes(value))}" '
+            f'style="width:{width:.2f}%" class="seg c-{name}"></span>')
     # The falls are drawn from the middle outwards, so the first cause sits next to it.
     return (f'<div class="cbar"><div class="neg">{"".join(reversed(halves["neg"]))}</div>'
             f'<div class="pos">{"".join(halves["pos"])}</div></div>')
@@ -153,7 +157,7 @@ def _figures_cells(g, scales, causes_scale):
     cells.append(f'<td class="num" data-v="{v}">{_e(signed_bytes(v))}</td>')
     note = g.get("note")
     note_html = f'<div class="note">{_e(note)}</div>' if note else ""
-    cells.append(f'<td class="causes" data-v="{v}" title="{_e(note or "")}">{_causes_bar(g.get("causes") or {}, causes_scale)}{note_html}</td>')
+    cells.append(f'<td class="causes" data-v="{v}">{_causes_bar(g.get("causes") or {}, causes_scale)}{note_html}</td>')
     cells.append(_hints_cell(g.get("hints") or []))
     return "".join(cells)
 
@@ -240,7 +244,7 @@ def _timeline(report):
     samples = timeline.get("samples") or []
     if not samples:
         return ('<section id="timeline"><h2>Timeline</h2><p class="meta">This report has no timeline '
-                '(it is written by <code>memsleuth run --json</code> or <code>--html</code>).</p></section>'), []
+                '(it is written by <code>memsleuth run --json</code> or <code>--html</code>).</p></section>'), {"places": [], "samples": []}
     width, height, left, right, top, bottom = 960, 300, 70, 20, 20, 40
     t_max = max(float(s["time"]) for s in samples) or 1.0
     tracked_peak = int(report.get("process", {}).get("tracked_peak_bytes", 0))
@@ -273,8 +277,14 @@ def _timeline(report):
         elif name is not None:
             spans.append([name, s, s])
         s_prev = s
+    # One span per pixel column at most: a function called thousands of times would otherwise
+    # draw thousands of rectangles on top of each other.
+    drawn_at = set()
     for name, first, last in spans:
         x0, x1 = x(first["time"]), x(last["time"])
+        if x1 - x0 < 1 and int(x0) in drawn_at:
+            continue
+        drawn_at.add(int(x0))
         parts.append(f'<rect class="span" x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 2):.1f}" height="{plot_h}">'
                      f'<title>{_e(name)}: samples from {float(first["time"]):.4f} s to {float(last["time"]):.4f} s</title></rect>')
     # Samples taken while a line that ran collections was running.
@@ -330,8 +340,21 @@ def _timeline(report):
               'naming it; the report keeps no call start and end times) <span class="key tpeak"></span>tracked peak '
               '(exact, from the process figures)</p>')
     readout = '<div id="readout" class="readout">Hover over the timeline to see what was running.</div>'
-    data = [[float(s["time"]), int(s["rss_bytes"]), int(s["tracked_bytes"]), s.get("function"), s.get("lineno"),
-             sources.get((s.get("function"), s.get("lineno")))] for s in samples]
+    # Each (function, line, source) once, the samples pointing at it by index (-1: none), so a
+    # long run's 10,000 samples do not repeat their source lines.
+    places, place_of = [], {}
+    rows = []
+    for s in samples:
+        key = (s.get("function"), s.get("lineno"))
+        if key[0] is None:
+            at = -1
+        else:
+            at = place_of.get(key)
+            if at is None:
+                at = place_of[key] = len(places)
+                places.append([key[0], key[1], sources.get(key)])
+        rows.append([round(float(s["time"]), 6), int(s["rss_bytes"]), int(s["tracked_bytes"]), at])
+    data = {"places": places, "samples": rows}
     offered = timeline.get("samples_offered", len(samples))
     kept = (f'<p class="meta">{len(samples)} samples kept of {offered} taken.</p>')
     return (f'<section id="timeline"><h2>Timeline</h2>{legend}{"".join(parts)}{readout}{kept}{peak_text}{gc_text}'
@@ -381,6 +404,9 @@ rect.span{fill:#f1c40f;opacity:.18}.gc{fill:#2e9e5b}.tpeak{stroke:#3b7dd8;stroke
 .readout{font:12px monospace;min-height:1.4em;margin:4px 0}
 """
 
+# Each cause's colour, by class.
+_CSS += "".join(f".c-{name}{{background:{colour}}}" for name, colour in CAUSES) + "\n"
+
 _JS = r"""
 (function(){
   function sortTable(table, col, dir){
@@ -421,8 +447,8 @@ _JS = r"""
   var svg = document.getElementById('timeline-svg');
   var dataNode = document.getElementById('timeline-data');
   var readout = document.getElementById('readout');
-  if (svg && dataNode && readout) {
-    var samples = JSON.parse(dataNode.textContent);
+  if (svg && dataNode && readout && dataNode.textContent.indexOf('"samples":[]') < 0) {
+    var data = JSON.parse(dataNode.textContent), samples = data.samples, places = data.places;
     var tmax = parseFloat(svg.getAttribute('data-tmax')), left = parseFloat(svg.getAttribute('data-left'));
     var plotw = parseFloat(svg.getAttribute('data-plotw')), cursor = document.getElementById('cursor');
     function human(n){
@@ -432,8 +458,8 @@ _JS = r"""
       return v.toFixed(1) + ' ' + units[u];
     }
     function show(i){
-      var s = samples[i];
-      var where = s[3] ? s[3] + ' line ' + s[4] + (s[5] ? ': ' + s[5] : '') : 'no profiled line on the main thread';
+      var s = samples[i], p = s[3] >= 0 ? places[s[3]] : null;
+      var where = p ? p[0] + ' line ' + p[1] + (p[2] ? ': ' + p[2] : '') : 'no profiled line on the main thread';
       readout.textContent = s[0].toFixed(4) + ' s  RSS ' + human(s[1]) + '  tracked ' + human(s[2]) + '  ' + where;
       readout.setAttribute('data-index', i);
       var px = left + plotw * s[0] / tmax;
