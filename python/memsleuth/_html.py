@@ -134,9 +134,8 @@ def _hints_cell(hints):
         return '<td class="hints" data-v="0"></td>'
     parts = []
     for h in hints:
-        # The message is the cell's hover text; the function's hint list above the table has it
-        # in full.
-        parts.append(f'<div class="hint" data-kind="{_e(h.get("kind", ""))}" title="{_e(h.get("message", ""))}">'
+        # The message is in the function's hint list above the table, once.
+        parts.append(f'<div class="hint" data-kind="{_e(h.get("kind", ""))}">'
                      f'<b>{_e(h.get("kind", ""))}</b> <span class="saving">saves up to '
                      f'{_e(human_bytes(h.get("saving_bytes", 0)))}</span></div>')
     total = sum(int(h.get("saving_bytes", 0)) for h in hints)
@@ -182,11 +181,11 @@ def _function_section(index, function):
         lineno = int(line["lineno"])
         css = ' class="hot"' if lineno in hot else ""
         body.append(f'<tr data-lineno="{lineno}"{css}><td class="num" data-v="{lineno}">{lineno}</td>'
-                    f'<td class="src" data-v="{_e(line.get("source", ""))}"><code>{_e(line.get("source", ""))}</code></td>'
+                    f'<td class="src"><code>{_e(line.get("source", ""))}</code></td>'
                     f'{_figures_cells(line, scales, causes_scale)}</tr>')
     if moved:
         body.append(f'<tr class="teardown" data-lineno="return"><td class="num" data-v="1e18"></td>'
-                    f'<td class="src" data-v=""><code>{_e(_TEARDOWN)}</code></td>'
+                    f'<td class="src"><code>{_e(_TEARDOWN)}</code></td>'
                     f'{_figures_cells(teardown, scales, causes_scale)}</tr>')
     head = "".join(f'<th data-key="{key}" data-col="{i}">{_e(title)}</th>' for i, (key, title) in enumerate(COLUMNS))
     totals = function.get("totals", {})
@@ -392,7 +391,7 @@ tr.teardown td{color:#555;font-style:italic}
 .cbar .neg,.cbar .pos{width:50%;display:flex}.cbar .neg{justify-content:flex-end;border-right:1px solid #888}
 .seg{display:block;height:100%}
 .note{font-size:11px;color:#555;max-width:240px}
-.hint{font-size:11.5px;background:#eefaf0;border-left:3px solid #2e9e5b;padding:2px 4px;margin:1px 0;cursor:help}.hint b{display:block}
+.hint{font-size:11.5px;background:#eefaf0;border-left:3px solid #2e9e5b;padding:2px 4px;margin:1px 0}.hint b{display:block}
 .hint .saving{color:#1d6b3a}.hintlist{background:#eefaf0;padding:4px 10px;margin:6px 0}
 #timeline-svg{border:1px solid #ddd;background:#fcfcfc;max-width:100%;height:auto}
 .axis{stroke:#999}.tick{font-size:10px;fill:#555}
@@ -414,8 +413,12 @@ _JS = r"""
     var rows = Array.prototype.slice.call(body.rows);
     var text = col === 1;
     rows.sort(function(a, b){
+      // The source sorts by its text (the teardown's row last), figures by their data-v.
+      if (text) {
+        var p = a.className === 'teardown', q = b.className === 'teardown';
+        return p !== q ? (p ? 1 : -1) : dir * a.cells[col].textContent.localeCompare(b.cells[col].textContent);
+      }
       var x = a.cells[col].getAttribute('data-v'), y = b.cells[col].getAttribute('data-v');
-      if (text) return dir * x.localeCompare(y);
       return dir * (parseFloat(x) - parseFloat(y));
     });
     rows.forEach(function(r){ body.appendChild(r); });
