@@ -90,7 +90,7 @@ pub enum Command {
         #[arg(value_name = "SCRIPT [ARGS]")]
         program: Vec<String>,
     },
-    /// Print a saved JSON report as text
+    /// Print a saved JSON report as text, or write it as an HTML page (--html, --open)
     #[command(after_help = REPORT_EXAMPLES)]
     Report {
         /// A report written by `memsleuth run --json`
