@@ -14,12 +14,15 @@ Examples:
                                              the program is the program's
   memsleuth run -c 'import x; x.main()'      run a string of code
   memsleuth run --json out.json -o out.txt app.py
+  memsleuth run --html report.html app.py    one self-contained page: tables, causes, timeline, hints
   python -m memsleuth run script.py          the same as memsleuth run";
 
 const REPORT_EXAMPLES: &str = "\
 Examples:
   memsleuth report out.json                  print a saved report as text
-  memsleuth report --min-bytes 1MiB out.json only lines that moved at least 1 MiB";
+  memsleuth report --min-bytes 1MiB out.json only lines that moved at least 1 MiB
+  memsleuth report out.json --html out.html  write the report as one offline HTML page
+  memsleuth report out.json --open           write the page to a temporary file and open it";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,6 +66,9 @@ pub enum Command {
         /// Write the JSON report (schema memsleuth.report/1) to PATH
         #[arg(long, value_name = "PATH")]
         json: Option<String>,
+        /// Write the report as one self-contained HTML page (no network needed) to PATH
+        #[arg(long, value_name = "PATH")]
+        html: Option<String>,
         /// Write the text report to PATH instead of the terminal
         #[arg(short = 'o', long, value_name = "PATH")]
         output: Option<String>,
@@ -84,11 +90,18 @@ pub enum Command {
         #[arg(value_name = "SCRIPT [ARGS]")]
         program: Vec<String>,
     },
-    /// Print a saved JSON report as text
+    /// Print a saved JSON report as text, or write it as an HTML page (--html, --open)
     #[command(after_help = REPORT_EXAMPLES)]
     Report {
         /// A report written by `memsleuth run --json`
         file: String,
+        /// Write the report as one self-contained HTML page (no network needed) to PATH instead
+        /// of printing it as text
+        #[arg(long, value_name = "PATH")]
+        html: Option<String>,
+        /// Open the HTML page in the default browser (written to --html PATH, or a temporary file)
+        #[arg(long)]
+        open: bool,
         #[command(flatten)]
         text: TextOptions,
     },

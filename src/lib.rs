@@ -457,6 +457,7 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
                 code,
                 functions,
                 json,
+                html,
                 output,
                 quiet,
                 follow_fork,
@@ -469,6 +470,7 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
             options.set_item("code", code)?;
             options.set_item("functions", functions)?;
             options.set_item("json", json)?;
+            options.set_item("html", html)?;
             options.set_item("output", output)?;
             options.set_item("quiet", quiet)?;
             options.set_item("follow_fork", follow_fork)?;
@@ -478,8 +480,10 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
             options.set_item("min_bytes", text.min_bytes.unwrap_or(0))?;
             "run"
         }
-        Ok(cli::Cli { command: cli::Command::Report { file, text } }) => {
+        Ok(cli::Cli { command: cli::Command::Report { file, html, open, text } }) => {
             options.set_item("file", file)?;
+            options.set_item("html", html)?;
+            options.set_item("open", open)?;
             options.set_item("precision", text.precision)?;
             options.set_item("min_bytes", text.min_bytes.unwrap_or(0))?;
             "report"

@@ -14,8 +14,9 @@ import tempfile
 import threading
 import traceback
 import types
+import webbrowser
 
-from . import _native, _profile, _select, _sink, _timeline, compat
+from . import _html, _native, _profile, _select, _sink, _timeline, compat
 
 
 class UsageError(Exception):
@@ -204,7 +205,7 @@ def run(options):
             _sink.requested()
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        for key in ("json", "output"):
+        for key in ("json", "html", "output"):
             if options[key] is not None:
                 _check_writable(options[key])
                 # The program may change directory: the reports go where the command line meant.
@@ -307,6 +308,8 @@ def _report_ending(ending, options, selection, argv, children):
             "records_lost": ending["cut_short"]}
         if options["json"] is not None:
             written &= _write(options["json"], json.dumps(doc, indent=2) + "\n")
+        if options["html"] is not None:
+            written &= _write(options["html"], _html.render(doc))
         if children is not None:
             with open(os.path.join(children, f"{ending['pid']}.json"), "w") as f:
                 json.dump(doc, f)
@@ -395,11 +398,13 @@ def _write_reports(options, selection, timeline):
     token = _native.begin_quiet()
     written = True
     try:
-        if options["json"] is not None or _sink.children_dir is not None:
+        if options["json"] is not None or options["html"] is not None or _sink.children_dir is not None:
             version = ".".join(str(part) for part in sys.version_info[:3])
-            report = json.loads(_native.report_json(version, _profile.program_argv, selection))
-            report["timeline"] = timeline
-            report = json.dumps(report)
+            doc = json.loads(_native.report_json(version, _profile.program_argv, selection))
+            doc["timeline"] = timeline
+            if options["html"] is not None:
+                written &= _write(options["html"], _html.render(doc))
+            report = json.dumps(doc)
             if options["json"] is not None:
                 written &= _write(options["json"], report)
             if _sink.children_dir is not None:
@@ -448,6 +453,35 @@ def report(options):
         rendered = _native.render_saved(text, options["precision"], options["min_bytes"])
     except ValueError as exc:
         return _error(f"{path} is not a memsleuth report: {exc}", 1)
-    sys.stdout.write(rendered)
-    sys.stdout.flush()
+    if options["html"] is None and not options["open"]:
+        sys.stdout.write(rendered)
+        sys.stdout.flush()
+        return 0
+    page = options["html"]
+    if page is None:
+        fd, page = tempfile.mkstemp(prefix="memsleuth-", suffix=".html")
+        os.close(fd)
+    try:
+        _check_writable(page)
+    except UsageError as exc:
+        return _error(str(exc), 1)
+    # The page is drawn from the JSON as saved: render_saved has checked it is a report.
+    if not _write(page, _html.render(json.loads(text))):
+        return 1
+    if options["open"]:
+        return _open_page(page)
+    return 0
+
+
+def _open_page(path):
+    """Opens the page in the default browser; where there is none, says so in one line."""
+    url = "file://" + os.path.abspath(path)
+    try:
+        opened = webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        sys.stderr.write(f"memsleuth: no web browser to open it with; the page is {os.path.abspath(path)}\n")
+        return 1
+    sys.stdout.write(f"memsleuth: opened {os.path.abspath(path)}\n")
     return 0

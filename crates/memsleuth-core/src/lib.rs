@@ -6,6 +6,7 @@
 pub mod blocks;
 pub mod books;
 pub mod causes;
+pub mod hints;
 pub mod ledger;
 pub mod readings;
 pub mod record;

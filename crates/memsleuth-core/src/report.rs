@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::causes::{note, Causes, NoteFacts};
+use crate::hints::{self, Hint};
 use crate::ledger::{FuncInfo, Ledger, LineStats, ProcessStats};
 
 /// The schema every JSON report names in its `schema` field.
@@ -32,6 +33,10 @@ pub struct Figures {
     pub arenas_unmapped: u64,
     pub causes: Causes,
     pub note: Option<String>,
+    /// Rewrites the figures and the source make clear (`hints.rs`); empty for totals. Reports
+    /// written before hints existed have none.
+    #[serde(default)]
+    pub hints: Vec<Hint>,
 }
 
 impl Figures {
@@ -64,6 +69,7 @@ impl Figures {
                 causes: s.causes,
                 teardown,
             }),
+            hints: Vec::new(),
         }
     }
 
@@ -89,10 +95,11 @@ impl Figures {
         self.forget_process();
     }
 
-    /// Drops what belongs to one process only: the RSS after the line, and the note.
+    /// Drops what belongs to one process only: the RSS after the line, the note and the hints.
     fn forget_process(&mut self) {
         self.rss_after_bytes = None;
         self.note = None;
+        self.hints.clear();
     }
 }
 
@@ -336,6 +343,15 @@ fn function_report(ledger: &Ledger, func: u32) -> Option<FunctionReport> {
     let source_of = |lineno: u32| {
         f.info.source.get((lineno - f.info.first_lineno) as usize).map_or(String::new(), |s| s.trim_end().to_string())
     };
+    // Hints are computed here, where every report is built, so the JSON, the text and the HTML
+    // carry the same ones (docs/design.md, "HTML report and hints").
+    let returned = hints::returned_names(&f.info.source);
+    let hinted = |lineno: u32, s: &LineStats| {
+        let source = source_of(lineno);
+        let mut figures = Figures::from_stats(s, false);
+        figures.hints = hints::line_hints(&source, &figures, f.calls, &returned);
+        LineReport { lineno, source, figures }
+    };
     Some(FunctionReport {
         code: f.info.code,
         name: f.info.name.clone(),
@@ -346,12 +362,12 @@ fn function_report(ledger: &Ledger, func: u32) -> Option<FunctionReport> {
         calls: f.calls,
         rss_at_entry: f.rss_at_entry,
         totals: Figures::from_stats(totals, false),
-        teardown: ledger.teardown_stats(func).map(|s| Figures::from_stats(s, true)),
-        lines: lines
-            .into_iter()
-            .filter(|(_, s)| s.hits > 0)
-            .map(|(lineno, s)| LineReport { lineno, source: source_of(lineno), figures: Figures::from_stats(s, false) })
-            .collect(),
+        teardown: ledger.teardown_stats(func).map(|s| {
+            let mut figures = Figures::from_stats(s, true);
+            figures.hints = hints::teardown_hints(&figures);
+            figures
+        }),
+        lines: lines.into_iter().filter(|(_, s)| s.hits > 0).map(|(lineno, s)| hinted(lineno, s)).collect(),
         source: f.info.source.iter().map(|s| s.trim_end().to_string()).collect(),
     })
 }
@@ -493,11 +509,20 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
         out.push_str(figures_row("", g, TEARDOWN_ROW).trim_end());
         out.push('\n');
     }
-    let notes: Vec<String> = f
+    // The rows' notes, then their hints ("line N hint (kind): ..."), so that a reader of the
+    // notes alone stops at the first hint (docs/design.md, "HTML report and hints").
+    let rows: Vec<(String, &Figures)> = f
         .lines
         .iter()
-        .filter_map(|l| l.figures.note.as_ref().map(|n| format!("  line {}: {n}\n", l.lineno)))
-        .chain(teardown.and_then(|g| g.note.as_ref()).map(|n| format!("  return: {n}\n")))
+        .map(|l| (format!("line {}", l.lineno), &l.figures))
+        .chain(teardown.map(|g| ("return".to_string(), g)))
+        .collect();
+    let notes: Vec<String> = rows
+        .iter()
+        .filter_map(|(label, g)| g.note.as_ref().map(|n| format!("  {label}: {n}\n")))
+        .chain(rows.iter().flat_map(|(label, g)| {
+            g.hints.iter().map(move |h| format!("  {label} hint ({}): {}\n", h.kind, h.message))
+        }))
         .collect();
     if !notes.is_empty() {
         out.push_str("\nNotes\n");
@@ -600,6 +625,7 @@ mod tests {
             arenas_unmapped: 0,
             causes: Causes::default(),
             note: None,
+            hints: Vec::new(),
         };
         FunctionReport {
             code: 0,
@@ -729,6 +755,27 @@ mod tests {
         assert_eq!((line.rss_after_bytes, &line.note), (None, &None));
         assert_eq!(f.lines[1].figures.rss_after_bytes, None, "a line only one process ran");
         assert_eq!(s.process.rss_peak_bytes, None, "peaks belong to one process");
+    }
+
+    #[test]
+    fn hints_go_to_the_json_and_the_notes_and_come_back() {
+        let mut f = function(&["def f():", "    NN = sum([x * x for x in range(THE_LIMIT)])"], &[3]);
+        let hint = Hint {
+            kind: "generator_expression".into(),
+            message: "pass a \"generator\"".into(),
+            saving_bytes: 3_984_000,
+        };
+        f.lines[0].figures.hints = vec![hint.clone()];
+        let report = report(vec![f]);
+        let text = render_text(&report, 1, 0);
+        assert!(text.contains("\nNotes\n  line 3 hint (generator_expression): pass a \"generator\"\n"), "{text}");
+        let back = Report::from_json(&report.to_json()).unwrap();
+        assert_eq!(back.functions[0].lines[0].figures.hints, [hint]);
+        assert_eq!(back.functions[0].totals.hints, []);
+        // A report written before hints existed reads back without any.
+        let old = report.to_json().replace(r#","hints":[]"#, "");
+        assert!(!old.contains(r#""hints":[]"#));
+        assert_eq!(Report::from_json(&old).unwrap().functions[0].totals.hints, []);
     }
 
     #[test]
