@@ -112,3 +112,36 @@ def test_a_program_closing_every_descriptor_keeps_its_timeline(tmp_path):
     assert proc.stderr == "", proc.stderr
     samples = json.loads(out.read_text())["timeline"]["samples"]
     assert len(samples) == 4 and all(s["rss_bytes"] > 0 for s in samples), samples
+
+
+def test_follow_fork_samples_add_up_the_childrens_rss(tmp_path):
+    """mprof's --include-children: under --follow-fork each sample holds the RSS of the
+    program's descendants, here a child holding 64 MiB while the parent waits for samples."""
+    proc, out = run(tmp_path, """
+        import os, time
+        from memsleuth import _profile
+
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            block = bytearray(64 << 20)
+            os.write(write_end, b"x")
+            time.sleep(2)
+            os._exit(0)
+        os.read(read_end, 1)
+        start = _profile.timeline.samples.offered
+        while _profile.timeline.samples.offered < start + 3:
+            time.sleep(0.001)
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    """, "--follow-fork", "--interval", "0.005")
+    assert proc.returncode == 0, proc.stderr
+    samples = json.loads(out.read_text())["timeline"]["samples"]
+    assert max(s["children_rss_bytes"] for s in samples) >= 64 << 20, samples
+    assert samples[-1]["children_rss_bytes"] == 0, "the child is gone by the end"
+
+
+def test_without_follow_fork_samples_have_no_children_total(tmp_path):
+    proc, out = run(tmp_path, "pass\n", "--interval", "0.005")
+    assert proc.returncode == 0, proc.stderr
+    assert all("children_rss_bytes" not in s for s in json.loads(out.read_text())["timeline"]["samples"])

@@ -251,7 +251,7 @@ def run(options):
     sys.argv = [program.argv0, *args]
     sys.path[0] = program.path0
 
-    timeline = _profile.timeline = _timeline.Timeline(_profile.qualnames)
+    timeline = _profile.timeline = _timeline.Timeline(_profile.qualnames, children=children is not None)
     timeline.sample()
     if options["interval"] is not None:
         timeline.sample_every(options["interval"])

@@ -6,7 +6,9 @@ Samples are taken from Python: when the run starts and ends, as an outermost pro
 every SECONDS. The readings the extension takes at line boundaries are not sampled: the sink
 keeps them only as each line needs them. The list is bounded: once it holds ``MAX_SAMPLES``,
 every other sample is dropped and from then on only every other one is kept (then every
-fourth...), so a long run keeps samples spread over all of it.
+fourth...), so a long run keeps samples spread over all of it. Under ``--follow-fork`` each
+sample also holds ``children_rss_bytes``, the RSS of every process descending from this one (mprof's
+``--include-children``).
 """
 
 import os
@@ -33,6 +35,35 @@ def _rss_bytes():
         return int(os.read(fd, 128).split()[1]) * _PAGE
     finally:
         os.close(fd)
+
+
+def _children_rss_bytes():
+    """The RSS of every living descendant of this process, found through each thread's
+    /proc/.../task/*/children list; a process that ends while it is read counts nothing."""
+    total, pending, seen = 0, [os.getpid()], set()
+    while pending:
+        pid = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    children = [int(child) for child in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            for child in children:
+                if child in seen:
+                    continue
+                seen.add(child)
+                pending.append(child)
+                try:
+                    with open(f"/proc/{child}/statm") as f:
+                        total += int(f.read().split()[1]) * _PAGE
+                except (OSError, ValueError, IndexError):
+                    pass
+    return total
 
 
 class Downsampled:
@@ -66,10 +97,12 @@ class Downsampled:
 
 
 class Timeline:
-    """``qualnames``: the profiled code objects, each with its function's qualified name."""
+    """``qualnames``: the profiled code objects, each with its function's qualified name;
+    ``children``: whether samples also add up the RSS of this process's descendants."""
 
-    def __init__(self, qualnames, limit=None):
+    def __init__(self, qualnames, limit=None, children=False):
         self.qualnames = qualnames
+        self.children = children
         self.samples = Downsampled(MAX_SAMPLES if limit is None else limit)
         self.start = time.monotonic()
         self.last = None
@@ -101,6 +134,8 @@ class Timeline:
                 function, lineno = self._active()
                 sample = {"time": round(now - self.start, 6), "rss_bytes": rss,
                           "tracked_bytes": _native.tracked_live_bytes(), "function": function, "lineno": lineno}
+                if self.children:
+                    sample["children_rss_bytes"] = _children_rss_bytes()
                 (self.samples.close if last else self.samples.offer)(sample)
         finally:
             _native.end_quiet(token)
