@@ -3,7 +3,7 @@
 
 use crate::causes::{note, Causes, NoteFacts};
 use crate::json::{self, JsonWriter, Value};
-use crate::ledger::{FuncInfo, Ledger, LineStats, ProcessStats};
+use crate::ledger::{FuncId, FuncInfo, Ledger, LineStats, ProcessStats};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Figures {
@@ -179,7 +179,7 @@ impl Report {
     ) -> Self {
         let functions = (0..ledger.funcs().len() as u32)
             .filter(|&i| wanted(&ledger.funcs()[i as usize].info))
-            .filter_map(|i| function_report(ledger, i))
+            .filter_map(|i| function_report(ledger, FuncId(i)))
             .collect();
         Report {
             python_version: python_version.to_string(),
@@ -352,8 +352,8 @@ impl Report {
     }
 }
 
-fn function_report(ledger: &Ledger, func: u32) -> Option<FunctionReport> {
-    let f = &ledger.funcs()[func as usize];
+fn function_report(ledger: &Ledger, func: FuncId) -> Option<FunctionReport> {
+    let f = &ledger.funcs()[func.index()];
     if f.calls == 0 {
         return None;
     }
@@ -558,7 +558,7 @@ mod tests {
     #[test]
     fn from_ledger_where_builds_only_the_functions_kept() {
         let mut l = Ledger::new();
-        let ids: Vec<u32> = [("f", 0x100), ("g", 0x200), ("h", 0x300)]
+        let ids: Vec<FuncId> = [("f", 0x100), ("g", 0x200), ("h", 0x300)]
             .iter()
             .map(|&(name, code)| {
                 l.register_function(FuncInfo {

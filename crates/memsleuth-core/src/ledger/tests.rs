@@ -24,7 +24,7 @@ const E: usize = 0x7f00_0000_1040;
 const P: usize = 0x7f00_0000_2000;
 const NEVER_TRACKED: usize = 0x5500_0000_0000;
 
-fn register(l: &mut Ledger, name: &str, code: usize, first_lineno: u32) -> u32 {
+fn register(l: &mut Ledger, name: &str, code: usize, first_lineno: u32) -> FuncId {
     l.register_function(FuncInfo {
         name: name.to_string(),
         module: "mod".to_string(),
@@ -36,7 +36,7 @@ fn register(l: &mut Ledger, name: &str, code: usize, first_lineno: u32) -> u32 {
 }
 
 /// The stats of one line; panics if the line never ran.
-fn line(l: &Ledger, func: u32, lineno: u32) -> LineStats {
+fn line(l: &Ledger, func: FuncId, lineno: u32) -> LineStats {
     let (lines, _) = l.function_stats(func);
     lines
         .into_iter()
@@ -45,11 +45,11 @@ fn line(l: &Ledger, func: u32, lineno: u32) -> LineStats {
         .unwrap_or_else(|| panic!("line {lineno} never ran"))
 }
 
-fn totals(l: &Ledger, func: u32) -> LineStats {
+fn totals(l: &Ledger, func: FuncId) -> LineStats {
     l.function_stats(func).1.clone()
 }
 
-fn linenos(l: &Ledger, func: u32) -> Vec<u32> {
+fn linenos(l: &Ledger, func: FuncId) -> Vec<u32> {
     l.function_stats(func).0.into_iter().map(|(n, _)| n).collect()
 }
 
@@ -117,7 +117,7 @@ fn per_line_allocated_freed_net_counts() {
         fig(&totals(&l, f)),
         Fig { hits: 1, alloc: 136, allocs: 3, freed: 128, frees: 2, net: 8, peak: 128, retained: 8 }
     );
-    assert_eq!(l.funcs()[f as usize].calls, 1);
+    assert_eq!(l.funcs()[f.index()].calls, 1);
 }
 
 /// Whether a line event asks for a reading, which it does only when it starts a new execution.
@@ -169,7 +169,7 @@ fn register_function_is_idempotent_per_code_object() {
     assert_ne!(f, g);
     assert_eq!(register(&mut l, "f again", F, 10), f);
     assert_eq!(l.funcs().len(), 2);
-    assert_eq!(l.funcs()[f as usize].info.name, "f");
+    assert_eq!(l.funcs()[f.index()].info.name, "f");
 }
 
 // ----- peak -----
@@ -327,7 +327,7 @@ fn recursion_charges_each_event_once_per_line_and_counts_every_hit() {
     l.on_line(&mut h, F, 3, Some(OsReading::from(1700_u64))); // f(2), line 3
     assert_eq!(l.leave(&mut h, 1700), Some((f, true)), "the outermost call returns");
 
-    assert_eq!(l.funcs()[f as usize].calls, 3);
+    assert_eq!(l.funcs()[f.index()].calls, 3);
     // Line 2 was active in three frames at once; every byte counts once. Of its 31 bytes, C and
     // D were freed before the outermost call returned; A and B were not.
     let s2 = line(&l, f, 2);
@@ -912,9 +912,9 @@ fn a_thread_ledger_is_reused_once_its_thread_leaves_its_last_profiled_frame() {
         l.enter(&mut t, f, 1000);
         l.on_line(&mut t, F, 10, None);
         l.on_alloc(&mut t, A + 16 * i, 10, false);
-        assert_eq!(t.thread, 1);
+        assert_eq!(t.thread, Some(ThreadId(0)));
         assert_eq!(l.leave(&mut t, 1000), Some((f, true)));
-        assert_eq!(t.thread, 0);
+        assert_eq!(t.thread, None);
         // The thread's caller drops the result before the thread ends.
         l.on_free(&mut t, A + 16 * i, false);
         sizes.push(footprint(&l));
@@ -927,9 +927,9 @@ fn a_thread_ledger_is_reused_once_its_thread_leaves_its_last_profiled_frame() {
     let (mut t1, mut t2) = (Hot::ZERO, Hot::ZERO);
     l.enter(&mut t1, f, 0);
     l.enter(&mut t2, f, 0);
-    assert_eq!((t1.thread, t2.thread), (1, 2));
+    assert_eq!((t1.thread, t2.thread), (Some(ThreadId(0)), Some(ThreadId(1))));
     l.suspend(&mut t2, 0);
-    assert_eq!(t2.thread, 0);
+    assert_eq!(t2.thread, None);
     l.leave(&mut t1, 0);
 }
 
@@ -950,7 +950,7 @@ fn the_same_line_on_two_threads_is_measured_on_each() {
     assert_eq!(l.leave(&mut t1, 0), Some((f, true)));
     assert_eq!(l.leave(&mut t2, 0), Some((f, true)));
 
-    assert_eq!(l.funcs()[f as usize].calls, 2);
+    assert_eq!(l.funcs()[f.index()].calls, 2);
     assert_eq!(
         fig(&line(&l, f, 10)),
         Fig { hits: 2, alloc: 30, allocs: 2, freed: 0, frees: 0, net: 30, peak: 20, retained: 30 }
@@ -1002,7 +1002,7 @@ fn generator_suspended_time_belongs_to_the_caller_and_resume_reopens_the_line() 
     l.on_line(&mut h, MAIN, 4, None);
     l.leave(&mut h, 0);
 
-    assert_eq!(l.funcs()[gen as usize].calls, 1, "resumes are not calls");
+    assert_eq!(l.funcs()[gen.index()].calls, 1, "resumes are not calls");
     // Line 20: executed, suspended, re-opened by the resume (one execution: a resume fires no
     // line event); B is not its.
     assert_eq!(
@@ -1142,7 +1142,7 @@ fn rss_deltas_telescope_over_a_call_and_rss_after_is_the_last_execution() {
     assert_eq!(s10.rss_delta + s11.rss_delta + s12.rss_delta, 1800 - 1000);
     let t = totals(&l, f);
     assert_eq!((t.rss_delta, t.rss_after), (800, Some(1800)));
-    assert_eq!(l.funcs()[f as usize].rss_at_entry, Some(1000));
+    assert_eq!(l.funcs()[f.index()].rss_at_entry, Some(1000));
 }
 
 #[test]
@@ -1167,7 +1167,7 @@ fn rss_deltas_telescope_around_a_nested_call() {
     assert_eq!((line(&l, f, 10).rss_delta, line(&l, f, 11).rss_delta), (400, 0));
     assert_eq!(line(&l, f, 10).rss_after, Some(1400));
     assert_eq!(totals(&l, f).rss_delta, 1400 - 1000);
-    assert_eq!(l.funcs()[g as usize].rss_at_entry, Some(1200));
+    assert_eq!(l.funcs()[g.index()].rss_at_entry, Some(1200));
 }
 
 #[test]
@@ -1213,7 +1213,7 @@ fn process_stats_track_live_peak_allocated_and_freed() {
     assert!(l.table.is_empty());
     // No thread ledger was ever needed.
     assert_eq!(l.leave(&mut h, 0), None);
-    assert_eq!(h.thread, 0);
+    assert_eq!(h.thread, None);
 }
 
 // ----- report -----
