@@ -11,6 +11,7 @@
 //! calls are counted and recycled once nothing refers to them.
 
 use super::execs::NodeId;
+use super::registry::LineId;
 use super::{Hot, Ledger};
 
 /// Where live blocks were born; what the block table stores for each.
@@ -79,6 +80,9 @@ pub(super) struct Activation {
 pub(super) struct Birth {
     node: NodeId,
     act: ActId,
+    /// The node's line (its innermost), if it is an interned node: what was live at the
+    /// tracked peak is counted by it (`peak`).
+    line: Option<LineId>,
     /// Live blocks with this birth, plus 1 while its node holds it (`Node::birth`).
     refs: u32,
 }
@@ -97,8 +101,21 @@ impl Ledger {
     /// node carrying it), and the birth loses the block's reference.
     #[inline(always)]
     pub(super) fn freed_with_birth(&mut self, birth: BirthId, size: u64) {
-        let Birth { node, act, .. } = self.births[birth.index()];
+        let Birth { node, act, line, .. } = self.births[birth.index()];
+        if let Some(line) = line {
+            self.live_by_line.free(line, size);
+        }
         self.charge_freed_before_return(node, act, size);
+        self.release_birth(birth);
+    }
+
+    /// A counted block of `size` bytes born as `birth` leaves the figures without being freed
+    /// by the program (the profiler's, or freed behind the hooks' back): its birth loses the
+    /// block's reference, and its line the bytes live.
+    pub(super) fn forget_block(&mut self, birth: BirthId, size: u64) {
+        if let Some(line) = self.births.get(birth.index()).and_then(|b| b.line) {
+            self.live_by_line.free(line, size);
+        }
         self.release_birth(birth);
     }
 
@@ -127,14 +144,19 @@ impl Ledger {
         self.births.get(birth.index()).is_some_and(|b| b.node == node && b.act == act)
     }
 
-    /// The birth for a block allocated now, with a reference added for the block.
+    /// The birth for a block of `size` bytes allocated now, with a reference added for the
+    /// block, and its bytes live on the birth's line.
     #[inline(always)]
-    pub(super) fn birth_of_new_block(&mut self, hot: &mut Hot) -> BirthId {
+    pub(super) fn birth_of_new_block(&mut self, hot: &mut Hot, size: u64) -> BirthId {
         if !self.is_birth_of(hot.birth, hot.owner, hot.act) {
             hot.birth = self.birth_for(hot.owner, hot.act);
         }
         if hot.birth.is_counted() {
-            self.births[hot.birth.index()].refs += 1;
+            let b = &mut self.births[hot.birth.index()];
+            b.refs += 1;
+            if let Some(line) = b.line {
+                self.live_by_line.alloc(line, size);
+            }
         }
         hot.birth
     }
@@ -146,7 +168,7 @@ impl Ledger {
     fn birth_for(&mut self, owner: NodeId, act: ActId) -> BirthId {
         if self.births.is_empty() {
             for node in [NodeId::OUTSIDE, NodeId::PROFILER] {
-                self.births.push(Birth { node, act: ActId::NONE, refs: 0 });
+                self.births.push(Birth { node, act: ActId::NONE, line: None, refs: 0 });
             }
         }
         if !owner.is_real() && act == ActId::NONE {
@@ -159,7 +181,7 @@ impl Ledger {
                 return last;
             }
         }
-        let made = Birth { node: owner, act, refs: 0 };
+        let made = Birth { node: owner, act, line: node.map(|n| self.nodes[n].line), refs: 0 };
         let id = match self.free_births.pop() {
             Some(id) => {
                 self.births[id.index()] = made;

@@ -34,6 +34,7 @@
 mod births;
 mod execs;
 mod frames;
+mod peak;
 mod registry;
 mod threads;
 
@@ -43,12 +44,13 @@ mod tests;
 pub use births::{ActId, BirthId, CallId};
 pub use execs::NodeId;
 pub use frames::SavedFrame;
-pub use registry::{Func, FuncId, FuncInfo, LineId, LinePlace, LineStats};
+pub use registry::{Func, FuncId, FuncInfo, LineId, LineStats};
 pub use threads::ThreadId;
 
 use crate::blocks::{Block, BlockTable};
 use births::{Activation, Birth, Call};
 use execs::{Node, NodeKey};
+use peak::LiveByLine;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use threads::{GlibcBasis, ThreadLedger};
@@ -193,6 +195,8 @@ pub struct Ledger {
     free_calls: Vec<CallId>,
     births: Vec<Birth>,
     free_births: Vec<BirthId>,
+    /// Live bytes by line, now and at the tracked peak.
+    live_by_line: LiveByLine,
     /// Whether pymalloc serves small MEM/OBJ requests (not under PYTHONMALLOC=malloc).
     pub pymalloc: bool,
     /// glibc's heap figures when they were last asked for.
@@ -235,6 +239,7 @@ impl Ledger {
             free_calls: Vec::new(),
             births: Vec::new(),
             free_births: Vec::new(),
+            live_by_line: LiveByLine::new(),
             #[cfg(test)]
             quiet_steps: true,
         }
@@ -248,6 +253,7 @@ impl Ledger {
             + self.node_index.capacity() * (std::mem::size_of::<NodeKey>() + 4)
             + self.acts.capacity() * std::mem::size_of::<Activation>()
             + self.calls.capacity() * std::mem::size_of::<Call>()
+            + self.live_by_line.footprint()
             + self
                 .threads
                 .iter()
@@ -293,13 +299,15 @@ impl Ledger {
         if p.live_bytes > p.tracked_peak_bytes {
             p.tracked_peak_bytes = p.live_bytes;
         }
-        let birth = self.birth_of_new_block(hot);
+        let birth = self.birth_of_new_block(hot, size);
         if let Some(lost) = self.table.insert(addr, Block { size, birth: birth.0 }) {
             // The block at this address was freed behind the hooks' back: drop it silently.
             let lost_birth = BirthId(lost.birth);
             if lost_birth != BirthId::PROFILER {
-                self.process.live_bytes -= lost.size.min(self.process.live_bytes);
-                self.release_birth(lost_birth);
+                let p = &mut self.process;
+                self.live_by_line.before_fall(p.live_bytes, p.tracked_peak_bytes);
+                p.live_bytes -= lost.size.min(p.live_bytes);
+                self.forget_block(lost_birth, lost.size);
             }
         }
     }
@@ -323,8 +331,10 @@ impl Ledger {
         if self.served_by_glibc(raw, block.size) {
             self.process.glibc_live -= block.size.min(self.process.glibc_live);
         }
-        self.process.freed_bytes += block.size;
-        self.process.live_bytes -= block.size.min(self.process.live_bytes);
+        let p = &mut self.process;
+        self.live_by_line.before_fall(p.live_bytes, p.tracked_peak_bytes);
+        p.freed_bytes += block.size;
+        p.live_bytes -= block.size.min(p.live_bytes);
         if birth.is_counted() {
             self.freed_with_birth(birth, block.size);
         }
@@ -379,7 +389,7 @@ impl Ledger {
             return;
         }
         self.table.set_birth(addr, BirthId::PROFILER.0);
-        self.release_birth(birth);
+        self.forget_block(birth, block.size);
         let size = block.size;
         // If this block set the high-water marks, they fall back to the value after removing it
         // (exact unless the previous mark lay within `size` of it).
@@ -394,6 +404,8 @@ impl Ledger {
         }
         let p = &mut self.process;
         let peak_was_this = p.tracked_peak_bytes == p.live_bytes;
+        // No fall from a peak to freeze (`peak`): either live bytes stand below the peak, or
+        // the peak was this block's and falls with them (the state stays the peak's).
         p.allocated_bytes -= size;
         p.live_bytes -= size.min(p.live_bytes);
         if peak_was_this {

@@ -85,12 +85,12 @@ pub struct Func {
     pub rss_at_entry: Option<u64>,
 }
 
-/// Where a line id belongs: its function and line number, the def line (`first_lineno`) for
-/// the function's totals and teardown.
-#[derive(Copy, Clone, PartialEq, Eq, Debug)]
-pub struct LinePlace {
-    pub func: FuncId,
-    pub lineno: u32,
+impl Func {
+    /// The function's lines that ran, (line number, line id), in line order.
+    pub(super) fn lines(&self) -> impl Iterator<Item = (u32, LineId)> + '_ {
+        let first = self.info.first_lineno;
+        self.line_ids.iter().enumerate().filter_map(move |(off, id)| id.map(|id| (first + off as u32, id)))
+    }
 }
 
 impl Ledger {
@@ -123,6 +123,7 @@ impl Ledger {
 
     fn new_line(&mut self) -> LineId {
         self.lines.push(LineStats::default());
+        self.live_by_line.add_line();
         LineId((self.lines.len() - 1) as u32)
     }
 
@@ -144,12 +145,7 @@ impl Ledger {
     /// Stats of each line that ran, by line number, and the function's totals.
     pub fn function_stats(&self, func: FuncId) -> (Vec<(u32, &LineStats)>, &LineStats) {
         let f = self.func(func);
-        let lines = f
-            .line_ids
-            .iter()
-            .enumerate()
-            .filter_map(|(off, id)| id.map(|id| (f.info.first_lineno + off as u32, &self.lines[id.index()])))
-            .collect();
+        let lines = f.lines().map(|(lineno, id)| (lineno, &self.lines[id.index()])).collect();
         (lines, &self.lines[f.total_line.index()])
     }
 
@@ -158,23 +154,5 @@ impl Ledger {
     pub fn teardown_stats(&self, func: FuncId) -> Option<&LineStats> {
         let stats = &self.lines[self.func(func).teardown_line.index()];
         (stats.hits > 0).then_some(stats)
-    }
-
-    /// Where each line id belongs, indexed by line id.
-    pub(super) fn line_places(&self) -> Vec<LinePlace> {
-        let mut places = vec![LinePlace { func: FuncId(0), lineno: 0 }; self.lines.len()];
-        for (i, f) in self.funcs.iter().enumerate() {
-            let func = FuncId(i as u32);
-            let first = f.info.first_lineno;
-            for line in [f.total_line, f.teardown_line] {
-                places[line.index()] = LinePlace { func, lineno: first };
-            }
-            for (off, id) in f.line_ids.iter().enumerate() {
-                if let Some(id) = id {
-                    places[id.index()] = LinePlace { func, lineno: first + off as u32 };
-                }
-            }
-        }
-        places
     }
 }

@@ -1405,3 +1405,136 @@ fn glibc_figures_not_asked_for_are_carried_forward_with_the_tracked_bytes() {
     l.on_alloc(&mut h, C, 1000, false);
     assert_eq!(l.glibc_figures(900, None), (6900, 4096, 9000), "over 512 bytes, pymalloc hands it to glibc");
 }
+
+// ----- what was live at the tracked peak -----
+
+#[test]
+fn live_at_the_peak_is_by_line_as_it_stood_when_live_bytes_were_highest() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 11, None);
+    l.on_alloc(&mut h, A, 100, false);
+    l.on_line(&mut h, F, 12, None);
+    l.on_alloc(&mut h, B, 1000, false);
+    l.on_alloc(&mut h, C, 50, false);
+    // At the peak, not left yet: the state now is the peak's.
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1150, vec![(11, 100), (12, 1050)]));
+    l.on_free(&mut h, B, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1150, vec![(11, 100), (12, 1050)]));
+    // Below the peak, whatever moves leaves it as it was.
+    l.on_line(&mut h, F, 13, None);
+    l.on_alloc(&mut h, D, 500, false);
+    l.on_free(&mut h, C, false);
+    l.on_alloc(&mut h, E, 500, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1150, vec![(11, 100), (12, 1050)]));
+    // Back at exactly the peak with other blocks: the first state at that peak stays.
+    l.on_alloc(&mut h, P, 50, false);
+    assert_eq!(l.process.live_bytes, 1150);
+    l.on_free(&mut h, P, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1150, vec![(11, 100), (12, 1050)]));
+    // A higher peak replaces it, left by a free made after the call returned.
+    l.on_alloc(&mut h, P, 300, false);
+    l.leave(&mut h, 0);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1400, vec![(11, 100), (13, 1300)]));
+    l.on_free(&mut h, D, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1400, vec![(11, 100), (13, 1300)]));
+    // Blocks born outside every profiled line count in the peak but on no line.
+    l.on_alloc(&mut h, NEVER_TRACKED, 5000, false);
+    l.on_free(&mut h, NEVER_TRACKED, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (5900, vec![(11, 100), (13, 800)]));
+    assert_eq!(l.process.tracked_peak_bytes, 5900);
+}
+
+#[test]
+fn live_at_the_peak_leaves_out_the_profilers_blocks_and_counts_the_call_before_its_first_line() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+    l.enter(&mut h, f, 0);
+    l.on_alloc(&mut h, A, 64, false); // argument binding, before the first line
+    l.on_line(&mut h, F, 11, None);
+    l.on_alloc(&mut h, B, 1000, false);
+    l.on_alloc(&mut h, C, 32, false);
+    l.mark_profiler(&mut h, C); // the profiler's: out of the peak with it
+    let work = l.begin_profiler_work(&mut h);
+    l.on_alloc(&mut h, D, 4000, false);
+    l.end_profiler_work(&mut h, work);
+    l.on_free(&mut h, B, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1064, vec![(10, 64), (11, 1000)]));
+    l.leave(&mut h, 0);
+}
+
+/// Against a model that recounts every live block by line at each new maximum of the live bytes:
+/// pseudo-random allocations, frees and reallocs on lines that change, in and out of calls.
+#[test]
+fn live_at_the_peak_agrees_with_a_recount_at_each_new_maximum() {
+    for seed in [3u64, 17, 2024, 65_537] {
+        let mut state = seed;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut l = Ledger::new();
+        let f = register(&mut l, "f", F, 10);
+        let mut h = Hot::ZERO;
+        // Live blocks: address -> (line number it was born on, None outside the call; size).
+        let mut model: std::collections::BTreeMap<usize, (Option<u32>, u64)> = Default::default();
+        let mut running: Option<u32> = None;
+        let (mut best, mut best_by_line) = (0u64, std::collections::BTreeMap::new());
+        let mut fresh = A;
+        for _ in 0..6000 {
+            match next(12) {
+                0 if running.is_none() => {
+                    l.enter(&mut h, f, 0);
+                    running = Some(10);
+                }
+                1 if running.is_some() => {
+                    l.leave(&mut h, 0);
+                    running = None;
+                }
+                2 | 3 if running.is_some() => {
+                    let lineno = 11 + next(4) as u32;
+                    l.on_line(&mut h, F, lineno, None);
+                    running = Some(lineno);
+                }
+                4..=7 => {
+                    fresh += 16;
+                    let size = 1 + next(3000);
+                    l.on_alloc(&mut h, fresh, size, false);
+                    model.insert(fresh, (running, size));
+                }
+                8 | 9 if !model.is_empty() => {
+                    let addr = *model.keys().nth(next(model.len() as u64) as usize).unwrap();
+                    l.on_free(&mut h, addr, false);
+                    model.remove(&addr);
+                }
+                10 if !model.is_empty() => {
+                    let old = *model.keys().nth(next(model.len() as u64) as usize).unwrap();
+                    fresh += 16;
+                    let size = 1 + next(6000);
+                    l.on_realloc(&mut h, old, fresh, size, false);
+                    model.remove(&old);
+                    model.insert(fresh, (running, size));
+                }
+                _ => {}
+            }
+            let live: u64 = model.values().map(|(_, size)| size).sum();
+            assert_eq!(live, l.process.live_bytes);
+            if live > best {
+                best = live;
+                best_by_line.clear();
+                for (line, size) in model.values() {
+                    if let Some(line) = line {
+                        *best_by_line.entry(*line).or_insert(0u64) += size;
+                    }
+                }
+            }
+            let expected: Vec<(u32, u64)> = best_by_line.iter().map(|(&n, &b)| (n, b)).collect();
+            assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (best, expected), "seed {seed}");
+        }
+    }
+}
