@@ -160,6 +160,93 @@ pub struct Report {
     pub sink: Option<String>,
     /// The sink process's own peak RSS, apart from the program's.
     pub sink_rss_peak_bytes: Option<u64>,
+    /// What was live at the tracked peak, by line of the report's functions, most first.
+    pub peak_live_by_line: Vec<PeakLine>,
+}
+
+/// A line's bytes live at the tracked peak (docs/design.md, "Live at the tracked peak").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeakLine {
+    pub function: String,
+    pub filename: String,
+    pub lineno: u32,
+    pub source: String,
+    pub bytes: u64,
+}
+
+impl PeakLine {
+    /// The lines of `funcs` with bytes live at the tracked peak, most first.
+    fn of_ledger(ledger: &Ledger, funcs: &[FuncId]) -> Vec<PeakLine> {
+        let mut lines: Vec<PeakLine> = funcs
+            .iter()
+            .flat_map(|&func| {
+                let info = &ledger.funcs()[func.index()].info;
+                ledger.live_at_peak(func).into_iter().map(move |(lineno, bytes)| PeakLine {
+                    function: info.name.clone(),
+                    filename: info.filename.clone(),
+                    lineno,
+                    source: info.source.get((lineno - info.first_lineno) as usize).map_or(String::new(), |s| s.trim().to_string()),
+                    bytes,
+                })
+            })
+            .collect();
+        lines.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.filename.cmp(&b.filename)).then(a.lineno.cmp(&b.lineno)));
+        lines
+    }
+
+    fn write_json(lines: &[PeakLine], w: &mut JsonWriter) {
+        w.key("peak_live_by_line");
+        w.begin_array();
+        for l in lines {
+            w.begin_object();
+            w.field_str("function", &l.function);
+            w.field_str("filename", &l.filename);
+            w.field_u64("lineno", l.lineno as u64);
+            w.field_str("source", &l.source);
+            w.field_u64("bytes", l.bytes);
+            w.end_object();
+        }
+        w.end_array();
+    }
+
+    fn from_json(process: Option<&Value>) -> Vec<PeakLine> {
+        let lines = process.and_then(|p| p.get("peak_live_by_line")).and_then(Value::as_array).unwrap_or_default();
+        let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+        let num = |v: &Value, key: &str| v.get(key).and_then(Value::as_f64);
+        lines
+            .iter()
+            .filter_map(|l| {
+                Some(PeakLine {
+                    function: text(l, "function"),
+                    filename: text(l, "filename"),
+                    lineno: num(l, "lineno")? as u32,
+                    source: text(l, "source"),
+                    bytes: num(l, "bytes")? as u64,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The "Live at the tracked peak" section of a report (docs/design.md, "Live at the tracked
+/// peak"): the bytes each profiled line's blocks held when the tracked live bytes were highest,
+/// and the rest, born outside every profiled line. Empty before any tracked block.
+pub fn render_live_at_peak(report: &Report) -> String {
+    let peak = report.process.tracked_peak_bytes;
+    if peak == 0 {
+        return String::new();
+    }
+    let mut out = format!(
+        "Live at the tracked peak ({}, the most tracked bytes live at once), by line:\n",
+        human_bytes(peak as i64)
+    );
+    for l in &report.peak_live_by_line {
+        let file = std::path::Path::new(&l.filename).file_name().map_or(l.filename.clone(), |f| f.to_string_lossy().into_owned());
+        out += &format!("  {:>10}  {} ({file}) line {}  {}\n", human_bytes(l.bytes as i64), l.function, l.lineno, l.source);
+    }
+    let on_lines: u64 = report.peak_live_by_line.iter().map(|l| l.bytes).sum();
+    out += &format!("  {:>10}  outside the profiled lines\n", human_bytes(peak.saturating_sub(on_lines) as i64));
+    out
 }
 
 impl Report {
@@ -177,10 +264,9 @@ impl Report {
         rss_peak_bytes: u64,
         wanted: impl Fn(&FuncInfo) -> bool,
     ) -> Self {
-        let functions = (0..ledger.funcs().len() as u32)
-            .filter(|&i| wanted(&ledger.funcs()[i as usize].info))
-            .filter_map(|i| function_report(ledger, FuncId(i)))
-            .collect();
+        let kept: Vec<FuncId> =
+            (0..ledger.funcs().len() as u32).map(FuncId).filter(|&i| wanted(&ledger.funcs()[i.index()].info)).collect();
+        let functions = kept.iter().filter_map(|&i| function_report(ledger, i)).collect();
         Report {
             python_version: python_version.to_string(),
             argv,
@@ -190,6 +276,7 @@ impl Report {
             rss_peak_bytes,
             sink: None,
             sink_rss_peak_bytes: None,
+            peak_live_by_line: PeakLine::of_ledger(ledger, &kept),
         }
     }
 
@@ -269,6 +356,7 @@ impl Report {
             rss_peak_bytes: num("rss_peak_bytes"),
             sink: doc.get("sink").and_then(Value::as_str).map(str::to_string),
             sink_rss_peak_bytes: p.and_then(|p| p.get("sink_rss_peak_bytes")).and_then(Value::as_f64).map(|n| n as u64),
+            peak_live_by_line: PeakLine::from_json(p),
         })
     }
 
@@ -346,6 +434,7 @@ impl Report {
         if let Some(peak) = self.sink_rss_peak_bytes {
             w.field_u64("sink_rss_peak_bytes", peak);
         }
+        PeakLine::write_json(&self.peak_live_by_line, &mut w);
         w.end_object();
         w.end_object();
         w.finish()
@@ -581,6 +670,62 @@ mod tests {
         // h is kept but was never called: a report holds called functions only.
         assert_eq!(names(Report::from_ledger_where(&l, "3.x", None, 0, |f| f.code != 0x100)), ["g"]);
         assert_eq!(names(Report::from_ledger_where(&l, "3.x", None, 0, |_| false)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn live_at_the_peak_goes_by_line_into_the_json_and_back_and_into_its_section() {
+        let mut l = Ledger::new();
+        let source = |name: &str| vec![format!("def {name}():"), "    a = make()".to_string(), "    b = make()".to_string()];
+        let info = |name: &str, code| FuncInfo {
+            name: name.to_string(),
+            module: "mod".to_string(),
+            filename: "/src/mod.py".to_string(),
+            first_lineno: 1,
+            source: source(name),
+            code,
+        };
+        let (f, g) = (l.register_function(info("f", 0x100)), l.register_function(info("g", 0x200)));
+        let mut h = Hot::ZERO;
+        l.enter(&mut h, f, 0);
+        l.on_line(&mut h, 0x100, 2, None);
+        l.on_alloc(&mut h, 0x1000, 300, false);
+        l.on_line(&mut h, 0x100, 3, None);
+        l.on_alloc(&mut h, 0x2000, 5000, false);
+        l.enter(&mut h, g, 0);
+        l.on_line(&mut h, 0x200, 2, None);
+        l.on_alloc(&mut h, 0x3000, 700, false);
+        l.leave(&mut h, 0);
+        l.on_free(&mut h, 0x2000, false);
+        l.leave(&mut h, 0);
+        l.on_alloc(&mut h, 0x4000, 40, false); // outside every profiled line, after the peak
+        let report = Report::from_ledger(&l, "3.x", None, 0);
+        let at = |function: &str, lineno, source: &str, bytes| PeakLine {
+            function: function.to_string(),
+            filename: "/src/mod.py".to_string(),
+            lineno,
+            source: source.to_string(),
+            bytes,
+        };
+        // g's block was born under f's line 3 too: each block counts on its innermost line.
+        let expected = vec![at("f", 3, "b = make()", 5000), at("g", 2, "a = make()", 700), at("f", 2, "a = make()", 300)];
+        assert_eq!(report.peak_live_by_line, expected);
+        assert_eq!(Report::from_json(&report.to_json()).unwrap().peak_live_by_line, expected);
+        let only_g = Report::from_ledger_where(&l, "3.x", None, 0, |f| f.code == 0x200);
+        assert_eq!(only_g.peak_live_by_line, expected[1..2]);
+        let text = render_live_at_peak(&report);
+        assert!(text.starts_with("Live at the tracked peak (5.9 KiB, "), "{text}");
+        let rows: Vec<&str> = text.lines().skip(1).map(str::trim).collect();
+        assert_eq!(
+            rows,
+            [
+                "4.9 KiB  f (mod.py) line 3  b = make()",
+                "700 B  g (mod.py) line 2  a = make()",
+                "300 B  f (mod.py) line 2  a = make()",
+                "0 B  outside the profiled lines"
+            ],
+            "{text}"
+        );
+        assert_eq!(render_live_at_peak(&Report::from_ledger(&Ledger::new(), "3.x", None, 0)), "");
     }
 
     #[test]
