@@ -14,7 +14,7 @@ use crate::causes::OsReading;
 const RECENT_LINES: usize = 8;
 
 /// An empty entry of `Frame::recent` (line number 0 is no line).
-const NO_RECENT: (u32, LineId, NodeId) = (0, LineId(0), NodeId::OUTSIDE);
+const NO_RECENT: (u32, LineId, NodeId) = (0, LineId::EMPTY_SLOT, NodeId::OUTSIDE);
 
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Frame {

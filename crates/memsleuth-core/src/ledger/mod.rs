@@ -405,11 +405,12 @@ impl Ledger {
         let p = &mut self.process;
         let peak_was_this = p.tracked_peak_bytes == p.live_bytes;
         // No fall from a peak to freeze (`peak`): either live bytes stand below the peak, or
-        // the peak was this block's and falls with them (the state stays the peak's).
+        // the peak was this block's and falls with them (the state stays the peak's), though
+        // never below the last maximum frozen, which the program's blocks did reach.
         p.allocated_bytes -= size;
         p.live_bytes -= size.min(p.live_bytes);
         if peak_was_this {
-            p.tracked_peak_bytes = p.live_bytes;
+            p.tracked_peak_bytes = p.live_bytes.max(self.live_by_line.frozen_peak());
         }
     }
 

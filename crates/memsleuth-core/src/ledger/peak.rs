@@ -45,10 +45,17 @@ impl LiveByLine {
         self.lines.push(LineLive { generation: self.generation, ..LineLive::default() });
     }
 
+    /// `line`'s entry, its bytes at the last freeze saved aside if this is its first change
+    /// since. Every allocation and free of a profiled line's block comes here, so the bounds
+    /// check a plain index makes is left out.
     #[inline(always)]
     fn touch(&mut self, line: LineId) -> &mut LineLive {
         let generation = self.generation;
-        let l = &mut self.lines[line.index()];
+        debug_assert!(line.index() < self.lines.len());
+        // SAFETY: a line id is made only by `Ledger::new_line` (its field is private to
+        // registry.rs), which calls `add_line` for each, or is `LineId::EMPTY_SLOT`, the first
+        // one made; this table never shrinks, so every id indexes an entry.
+        let l = unsafe { self.lines.get_unchecked_mut(line.index()) };
         if l.generation != generation {
             l.at_peak = l.now;
             l.generation = generation;
@@ -82,6 +89,11 @@ impl LiveByLine {
     fn freeze(&mut self, peak: u64) {
         self.generation += 1;
         self.frozen_peak = peak;
+    }
+
+    /// The tracked live bytes at the last freeze (0: none).
+    pub(super) fn frozen_peak(&self) -> u64 {
+        self.frozen_peak
     }
 
     /// The tracked live bytes at the peak these figures are of, given the live bytes and the

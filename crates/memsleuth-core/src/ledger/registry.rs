@@ -22,9 +22,14 @@ impl FuncId {
 /// A line with figures: a source line of a function, or one of its pseudo-lines (totals,
 /// teardown).
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
-pub struct LineId(pub(crate) u32);
+pub struct LineId(u32);
 
 impl LineId {
+    /// What fills the empty slots of a frame's recent lines, never read (line number 0 marks
+    /// them empty): the first line id made, at the first function's registration, before which
+    /// no frame exists.
+    pub(super) const EMPTY_SLOT: LineId = LineId(0);
+
     #[inline(always)]
     pub(crate) fn index(self) -> usize {
         self.0 as usize

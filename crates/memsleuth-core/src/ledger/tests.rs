@@ -1466,6 +1466,26 @@ fn live_at_the_peak_leaves_out_the_profilers_blocks_and_counts_the_call_before_i
     l.leave(&mut h, 0);
 }
 
+#[test]
+fn a_profiler_block_that_set_the_peak_takes_it_back_no_lower_than_an_earlier_peak() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 11, None);
+    l.on_alloc(&mut h, A, 100, false);
+    l.on_free(&mut h, A, false);
+    l.on_line(&mut h, F, 12, None);
+    l.on_alloc(&mut h, B, 80, false);
+    l.on_alloc(&mut h, P, 30, false);
+    assert_eq!(l.process.tracked_peak_bytes, 110);
+    l.mark_profiler(&mut h, P);
+    // 100 bytes were live once, the program's own.
+    assert_eq!(l.process.tracked_peak_bytes, 100);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (100, vec![(11, 100)]));
+    l.leave(&mut h, 0);
+}
+
 /// Against a model that recounts every live block by line at each new maximum of the live bytes:
 /// pseudo-random allocations, frees and reallocs on lines that change, in and out of calls.
 #[test]
