@@ -1,12 +1,13 @@
 //! The per-line ledger: which lines are active on each thread, what each allocation and free
 //! means for them, and the figures of docs/design.md (Figures).
 //!
-//! The allocation hook must stay tiny, so it never touches per-line state. Each thread keeps
-//! cumulative counters (`Hot`: bytes and counts allocated and freed, and the high-water mark of
-//! its net since the innermost measured execution began). An execution snapshots them when it
-//! opens and charges the difference to its line when it closes, which makes figures inclusive
-//! of callees for free. Peaks fold outwards: when an execution closes, its high-water mark
-//! becomes a candidate for the enclosing one.
+//! An allocation or free must stay cheap, so it never touches a line's figures (only, through
+//! the birth it looks up anyway, the live bytes its line keeps for the tracked peak: `peak`).
+//! Each thread keeps cumulative counters (`Hot`: bytes and counts allocated and freed, and the
+//! high-water mark of its net since the innermost measured execution began). An execution
+//! snapshots them when it opens and charges the difference to its line when it closes, which
+//! makes figures inclusive of callees for free. Peaks fold outwards: when an execution closes,
+//! its high-water mark becomes a candidate for the enclosing one.
 //!
 //! Recursion is charged once: an execution of a line that is already active further out on the
 //! same thread is not measured (only `hits` counts it); the outer execution already covers it.
@@ -26,7 +27,8 @@
 //! - `registry`: profiled functions (`FuncId`) and their lines (`LineId`);
 //! - `births`: births (`BirthId`), frame activations (`ActId`) and calls (`CallId`);
 //! - `execs`: executions, their peaks, and the nodes they run under (`NodeId`);
-//! - `frames`: frames entering and leaving, line events, suspended generators.
+//! - `frames`: frames entering and leaving, line events, suspended generators;
+//! - `peak`: what was live at the tracked peak, by line.
 //!
 //! Each id is a newtype of its own; "none" is an `Option`, or where the value sits on the
 //! per-record path, a constant of that id's type alone (`ActId::NONE`, `NodeId::OUTSIDE`...).
