@@ -185,7 +185,10 @@ impl PeakLine {
                     function: info.name.clone(),
                     filename: info.filename.clone(),
                     lineno,
-                    source: info.source.get((lineno - info.first_lineno) as usize).map_or(String::new(), |s| s.trim().to_string()),
+                    source: info
+                        .source
+                        .get((lineno - info.first_lineno) as usize)
+                        .map_or(String::new(), |s| s.trim().to_string()),
                     bytes,
                 })
             })
@@ -241,8 +244,16 @@ pub fn render_live_at_peak(report: &Report) -> String {
         human_bytes(peak as i64)
     );
     for l in &report.peak_live_by_line {
-        let file = std::path::Path::new(&l.filename).file_name().map_or(l.filename.clone(), |f| f.to_string_lossy().into_owned());
-        out += &format!("  {:>10}  {} ({file}) line {}  {}\n", human_bytes(l.bytes as i64), l.function, l.lineno, l.source);
+        let file = std::path::Path::new(&l.filename)
+            .file_name()
+            .map_or(l.filename.clone(), |f| f.to_string_lossy().into_owned());
+        out += &format!(
+            "  {:>10}  {} ({file}) line {}  {}\n",
+            human_bytes(l.bytes as i64),
+            l.function,
+            l.lineno,
+            l.source
+        );
     }
     let on_lines: u64 = report.peak_live_by_line.iter().map(|l| l.bytes).sum();
     out += &format!("  {:>10}  outside the profiled lines\n", human_bytes(peak.saturating_sub(on_lines) as i64));
@@ -675,7 +686,8 @@ mod tests {
     #[test]
     fn live_at_the_peak_goes_by_line_into_the_json_and_back_and_into_its_section() {
         let mut l = Ledger::new();
-        let source = |name: &str| vec![format!("def {name}():"), "    a = make()".to_string(), "    b = make()".to_string()];
+        let source =
+            |name: &str| vec![format!("def {name}():"), "    a = make()".to_string(), "    b = make()".to_string()];
         let info = |name: &str, code| FuncInfo {
             name: name.to_string(),
             module: "mod".to_string(),
@@ -707,7 +719,8 @@ mod tests {
             bytes,
         };
         // g's block was born under f's line 3 too: each block counts on its innermost line.
-        let expected = vec![at("f", 3, "b = make()", 5000), at("g", 2, "a = make()", 700), at("f", 2, "a = make()", 300)];
+        let expected =
+            vec![at("f", 3, "b = make()", 5000), at("g", 2, "a = make()", 700), at("f", 2, "a = make()", 300)];
         assert_eq!(report.peak_live_by_line, expected);
         assert_eq!(Report::from_json(&report.to_json()).unwrap().peak_live_by_line, expected);
         let only_g = Report::from_ledger_where(&l, "3.x", None, 0, |f| f.code == 0x200);

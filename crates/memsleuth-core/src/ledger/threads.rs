@@ -56,8 +56,9 @@ impl Ledger {
             return (in_use, mmapped, arena);
         }
         let Some(b) = self.glibc_basis else { return (0, 0, 0) };
-        let in_use =
-            b.in_use as i64 + (glibc_live as i64 - b.glibc_live as i64) + (profiler_bytes as i64 - b.profiler_bytes as i64);
+        let in_use = b.in_use as i64
+            + (glibc_live as i64 - b.glibc_live as i64)
+            + (profiler_bytes as i64 - b.profiler_bytes as i64);
         (in_use.max(0) as u64, b.mmapped, b.arena)
     }
 
