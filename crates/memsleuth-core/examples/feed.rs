@@ -2,7 +2,8 @@
 //! the sink spends per record (`valgrind --tool=callgrind target/release/examples/feed`): the
 //! shape of benches/run.py's alloc-heavy workload (`d[i] = str(i)` in a profiled loop, a
 //! temporary int made and freed per step, the dict's table reallocated as it grows, everything
-//! freed at the end), plus the same on a thread with no profiled frame.
+//! freed at the end), the same on a thread with no profiled frame, and as many calls of a tiny
+//! profiled function, each resuming a profiled generator.
 //!
 //! Usage: feed [STEPS] (default 300,000). Prints the process figures, so that nothing is
 //! optimised away and two builds can be checked to agree.
@@ -12,6 +13,8 @@ use memsleuth_core::causes::OsReading;
 use memsleuth_core::record::{Reading, Record};
 
 const CODE: u64 = 0xc0de;
+const SMALL: u64 = 0x5a11;
+const GEN: u64 = 0x6e;
 
 fn reading() -> Reading {
     Reading { os: OsReading::from(64 << 20), malloc_asked: false }
@@ -61,6 +64,25 @@ fn run(books: &mut Books, thread: u32, steps: u64, profiled: bool, base: u64) {
     }
 }
 
+/// `steps` calls of a tiny profiled function (`small` in benches/run.py's small-calls: a tuple
+/// made and dropped per call), each resuming a generator once, on `thread`.
+fn calls(books: &mut Books, thread: u32, steps: u64, base: u64) {
+    books.apply(thread, Record::GenNew { gen: 1, func: 2 });
+    for i in 0..steps {
+        let addr = base + 64 * (i % 1024);
+        books.apply(thread, Record::Enter { func: 1, reading: reading() });
+        books.apply(thread, Record::Line { code: SMALL, lineno: 11, reading: None });
+        books.apply(thread, Record::Alloc { addr, size: 56, raw: false });
+        books.apply(thread, Record::Return { code: SMALL, reading: None });
+        books.apply(thread, Record::Leave { reading: reading() });
+        books.apply(thread, Record::Resume { gen: 1, reading: reading() });
+        books.apply(thread, Record::Line { code: GEN, lineno: 21 + (i % 2) as u32, reading: None });
+        books.apply(thread, Record::Free { addr, raw: false });
+        books.apply(thread, Record::Suspend { gen: 1, reading: reading() });
+    }
+    books.apply(thread, Record::GenDrop { gen: 1 });
+}
+
 fn main() {
     let steps: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(300_000);
     let mut books = Books::new();
@@ -75,11 +97,19 @@ fn main() {
             source: vec![],
         },
     );
+    for (code, first_lineno, name) in [(SMALL, 10, "small"), (GEN, 20, "gen")] {
+        let source = vec![];
+        let (module, filename) = ("bench".into(), "bench.py".into());
+        books.apply(0, Record::Register { code, first_lineno, name: name.into(), module, filename, source });
+    }
     run(&mut books, 1, steps, true, 0x7f00_0000_0000);
     run(&mut books, 2, steps, false, 0x7e00_0000_0000);
+    calls(&mut books, 3, steps, 0x7d00_0000_0000);
     let p = books.ledger.process;
     println!(
         "allocated {} freed {} live {} peak {} untracked frees {}",
         p.allocated_bytes, p.freed_bytes, p.live_bytes, p.tracked_peak_bytes, p.untracked_frees
     );
+    let calls: Vec<u64> = books.ledger.funcs().iter().map(|f| f.calls).collect();
+    println!("calls by function {calls:?}");
 }
