@@ -244,6 +244,26 @@ mod tests {
         assert_eq!(books.open_frames(), vec![]);
     }
 
+    /// A thread's counters start with no activation: a thread that allocates before any profiled
+    /// call must not hold or release activation 0, which another thread's frame may come to use
+    /// (its block freed before its call returned would then be counted as retained).
+    #[test]
+    fn a_thread_that_never_ran_a_profiled_call_holds_no_activation() {
+        let mut books = Books::new();
+        register(&mut books, 0xc0de);
+        books.apply(2, Record::Alloc { addr: 0x9000, size: 10, raw: false });
+        books.apply(1, Record::Enter { func: 0, reading: reading(1) });
+        books.apply(1, Record::Line { code: 0xc0de, lineno: 11, reading: None });
+        books.apply(2, Record::Free { addr: 0x9000, raw: false });
+        books.apply(1, Record::Alloc { addr: 0x1000, size: 100, raw: false });
+        books.apply(3, Record::Enter { func: 0, reading: reading(1) });
+        books.apply(3, Record::Leave { reading: reading(1) });
+        books.apply(1, Record::Free { addr: 0x1000, raw: false });
+        books.apply(1, Record::Leave { reading: reading(1) });
+        let (lines, _) = books.ledger.function_stats(FuncId(0));
+        assert_eq!((lines[0].0, lines[0].1.allocated_bytes, lines[0].1.retained_bytes()), (11, 100, 0));
+    }
+
     #[test]
     fn requests_are_handed_back_in_order() {
         let mut books = Books::new();
