@@ -17,7 +17,7 @@ mod state;
 mod tracing;
 
 use memsleuth_core::record::{Record, Request};
-use memsleuth_core::report::{render_text, Report};
+use memsleuth_core::report::{render_live_at_peak, render_text, Report};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopAsyncIteration, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::sync::Interned;
@@ -416,6 +416,14 @@ fn report_all_text(precision: usize, min_bytes: u64) -> String {
     render_text(&Report::from_ledger(&books.ledger, "", None, 0), precision, min_bytes)
 }
 
+/// In the sink: what was live at the tracked peak, by line (the death report's section, for a
+/// program that could not ask for its reports).
+#[pyfunction]
+fn live_at_peak_text() -> String {
+    let books = sink::BOOKS.lock();
+    render_live_at_peak(&Report::from_ledger(&books.ledger, "", None, 0))
+}
+
 /// In the sink: the profiled frames open when the program ended, innermost per thread, as
 /// (function name, file, line).
 #[pyfunction]
@@ -535,6 +543,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("THREAD_SINK_HEADING", memsleuth_core::report::THREAD_SINK_HEADING)?;
     m.add_function(wrap_pyfunction!(report_all_text, m)?)?;
     m.add_function(wrap_pyfunction!(open_frames, m)?)?;
+    m.add_function(wrap_pyfunction!(live_at_peak_text, m)?)?;
     m.add_function(wrap_pyfunction!(tracked_live_bytes, m)?)?;
     m.add_class::<GenFrame>()?;
     m.add_function(wrap_pyfunction!(gen_resume, m)?)?;

@@ -123,6 +123,12 @@ def check_invariants(report):
     process = report["process"]
     for key in ("allocated_bytes", "freed_bytes", "live_bytes", "tracked_peak_bytes", "rss_peak_bytes", "untracked_frees"):
         assert isinstance(process[key], int) and process[key] >= 0, key
+    # What was live at the tracked peak, by line: part of the peak, each line once, most first.
+    at_peak = process["peak_live_by_line"]
+    assert all(line["bytes"] > 0 for line in at_peak), at_peak
+    assert sum(line["bytes"] for line in at_peak) <= process["tracked_peak_bytes"], at_peak
+    assert len({(line["filename"], line["function"], line["lineno"]) for line in at_peak}) == len(at_peak), at_peak
+    assert [line["bytes"] for line in at_peak] == sorted((line["bytes"] for line in at_peak), reverse=True), at_peak
 
 
 def run_program(path, *args, tmp_path, check=True, invariants=True, timeout=300):

@@ -60,6 +60,49 @@ def test_a_run_that_dies_still_gets_its_report(tmp_path, how):
     assert "Filename:" in proc.stdout and "kept = [bytes(1000)" in proc.stdout
 
 
+PEAK = 48 << 20  # fixtures/death/dies.py's buffer made and freed in "peak"
+
+
+def test_a_killed_run_reports_what_was_live_at_the_tracked_peak_by_line(tmp_path):
+    """The buffer is freed before the kill: only the peak's state still holds it, on its line."""
+    report = tmp_path / "report.json"
+    proc = subprocess.run([BIN, "run", "--json", report, "dies.py", "peak"], cwd=DEATH, capture_output=True,
+                          text=True, env=_env(), timeout=60)
+    assert proc.returncode == 128 + signal.SIGKILL, proc.stderr
+    doc = json.loads(report.read_text())
+    assert doc["incomplete"]["ended"].startswith("was killed by SIGKILL")
+    work = next(f for f in doc["functions"] if f["name"] == "work")
+    made, freed, kept = _line(work, "peak = bytearray("), _line(work, "del peak"), _line(work, "kept = ")
+    assert made["allocated_bytes"] >= PEAK and freed["freed_bytes"] >= PEAK
+    assert doc["process"]["live_bytes"] < PEAK <= doc["process"]["tracked_peak_bytes"]
+    at_peak = doc["process"]["peak_live_by_line"]
+    by_line = {(line["function"], line["lineno"]): line["bytes"] for line in at_peak}
+    # The buffer (PEAK + 1 bytes, and the bytearray object) leads; the list kept beside it holds
+    # a thousand 1,033-byte bytes objects and its array of pointers.
+    assert at_peak[0]["function"] == "work" and at_peak[0]["lineno"] == made["lineno"], at_peak
+    assert PEAK < by_line[("work", made["lineno"])] < PEAK + 4096, at_peak
+    assert 1000 * 1033 < by_line[("work", kept["lineno"])] < 1000 * 1033 + (64 << 10), at_peak
+    assert at_peak[0]["source"] == "peak = bytearray(PEAK)"
+    assert sum(by_line.values()) <= doc["process"]["tracked_peak_bytes"]
+    # The text report has the section, after the heading and before the tables.
+    text = proc.stdout
+    section = text.index("Live at the tracked peak (")
+    assert text.index("INCOMPLETE REPORT") < section < text.index("Filename:"), text
+    first_row = text[section:].splitlines()[1].split()
+    assert first_row[2:6] == ["work", "(dies.py)", "line", str(made["lineno"])], text
+    assert "outside the profiled lines" in text[section:text.index("Filename:")]
+
+
+def test_a_decorated_program_killed_under_plain_python_shows_what_was_live_at_the_peak():
+    proc = subprocess.run([sys.executable, "dies.py", "peak"], cwd=DEATH, capture_output=True, text=True,
+                          env=_env(), timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert proc.stderr.startswith("memsleuth: INCOMPLETE REPORT: the program ended without finishing")
+    section = proc.stderr[proc.stderr.index("Live at the tracked peak ("):].splitlines()
+    assert section[1].split()[2:5] == ["work", "(dies.py)", "line"], proc.stderr
+    assert section[1].endswith("peak = bytearray(PEAK)"), proc.stderr
+
+
 def test_a_run_past_its_memory_limit_reports_the_line_that_hoarded(tmp_path):
     report = tmp_path / "report.json"
     limit = 600 << 20

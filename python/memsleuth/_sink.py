@@ -202,9 +202,13 @@ def fork_program():
 
 
 def death_heading(how):
+    """The first lines of a report the sink writes for a program that died: how it ended, the line
+    each thread's innermost profiled frame was running, and what was live at the tracked peak."""
     frames = _native.open_frames()
     running = "".join(f"  running {name} at {filename}:{lineno}\n" for name, filename, lineno in frames)
-    return f"memsleuth: INCOMPLETE REPORT: the program {how}; the figures cover what it ran until then\n{running}"
+    at_peak = _native.live_at_peak_text()
+    return (f"memsleuth: INCOMPLETE REPORT: the program {how}; the figures cover what it ran until then\n{running}"
+            + (f"\n{at_peak}" if at_peak else ""))
 
 
 def ending_words(ending):

@@ -4,7 +4,7 @@
 //! the saved frames of suspended generators by the number the producer gave them.
 
 use crate::causes::OsReading;
-use crate::ledger::{FuncInfo, FxHasher, Hot, Ledger, SavedFrame};
+use crate::ledger::{FuncId, FuncInfo, FxHasher, Hot, Ledger, NodeId, SavedFrame};
 use crate::record::{Reading, Record, Request};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -13,7 +13,7 @@ use std::hash::BuildHasherDefault;
 struct ThreadBooks {
     hot: Hot,
     /// The owners to restore as quiet sections end, innermost last.
-    quiet: Vec<u32>,
+    quiet: Vec<NodeId>,
     /// The size of the block a realloc in flight took out of the table, if it was tracked.
     realloc_taken: Option<u64>,
 }
@@ -92,14 +92,14 @@ impl Books {
             Record::Enter { func, .. } | Record::GenNew { func, .. } if func as usize >= l.funcs().len() => {}
             Record::Enter { func, reading } => {
                 let os = Self::os(l, reading);
-                l.enter(hot, func, os);
+                l.enter(hot, FuncId(func), os);
             }
             Record::Leave { reading } => {
                 let os = Self::os(l, reading);
                 l.leave(hot, os);
             }
             Record::GenNew { gen, func } => {
-                self.generators.insert(gen, SavedFrame::unstarted(func));
+                self.generators.insert(gen, SavedFrame::unstarted(FuncId(func)));
             }
             Record::Resume { gen, reading } => {
                 let os = Self::os(l, reading);
@@ -130,9 +130,10 @@ impl Books {
         None
     }
 
-    /// Each thread's innermost open profiled frame: (function, line running, 0 before the first).
+    /// Each thread's innermost open profiled frame: (function, numbered as the records number
+    /// them, line running, 0 before the first).
     pub fn open_frames(&self) -> Vec<(u32, u32)> {
-        self.threads.iter().flat_map(|t| self.ledger.open_frames(&t.hot)).collect()
+        self.threads.iter().flat_map(|t| self.ledger.open_frames(&t.hot)).map(|(f, lineno)| (f.0, lineno)).collect()
     }
 }
 
@@ -170,7 +171,7 @@ mod tests {
         for thread in [1, 2] {
             books.apply(thread, Record::Leave { reading: reading(1 << 20) });
         }
-        let (lines, total) = books.ledger.function_stats(0);
+        let (lines, total) = books.ledger.function_stats(FuncId(0));
         assert_eq!(lines.len(), 1);
         assert_eq!((lines[0].1.allocated_bytes, lines[0].1.freed_bytes), (1100, 100));
         assert_eq!(total.hits, 2);
@@ -191,7 +192,7 @@ mod tests {
         books.apply(1, Record::Alloc { addr: 0x10, size: 64, raw: false });
         books.apply(1, Record::Leave { reading: reading(100) });
         books.apply(1, Record::GenDrop { gen: 7 });
-        let (lines, total) = books.ledger.function_stats(0);
+        let (lines, total) = books.ledger.function_stats(FuncId(0));
         assert_eq!(lines[0].1.allocated_bytes, 64);
         assert_eq!(total.hits, 2, "two steps of one call");
         assert_eq!(books.ledger.funcs()[0].calls, 1);
@@ -241,6 +242,26 @@ mod tests {
         books.apply(1, Record::Leave { reading: reading(1) });
         assert_eq!(books.ledger.funcs().len(), 0);
         assert_eq!(books.open_frames(), vec![]);
+    }
+
+    /// A thread's counters start with no activation: a thread that allocates before any profiled
+    /// call must not hold or release activation 0, which another thread's frame may come to use
+    /// (its block freed before its call returned would then be counted as retained).
+    #[test]
+    fn a_thread_that_never_ran_a_profiled_call_holds_no_activation() {
+        let mut books = Books::new();
+        register(&mut books, 0xc0de);
+        books.apply(2, Record::Alloc { addr: 0x9000, size: 10, raw: false });
+        books.apply(1, Record::Enter { func: 0, reading: reading(1) });
+        books.apply(1, Record::Line { code: 0xc0de, lineno: 11, reading: None });
+        books.apply(2, Record::Free { addr: 0x9000, raw: false });
+        books.apply(1, Record::Alloc { addr: 0x1000, size: 100, raw: false });
+        books.apply(3, Record::Enter { func: 0, reading: reading(1) });
+        books.apply(3, Record::Leave { reading: reading(1) });
+        books.apply(1, Record::Free { addr: 0x1000, raw: false });
+        books.apply(1, Record::Leave { reading: reading(1) });
+        let (lines, _) = books.ledger.function_stats(FuncId(0));
+        assert_eq!((lines[0].0, lines[0].1.allocated_bytes, lines[0].1.retained_bytes()), (11, 100, 0));
     }
 
     #[test]

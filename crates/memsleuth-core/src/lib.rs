@@ -12,6 +12,3 @@ pub mod readings;
 pub mod record;
 pub mod report;
 pub mod ring;
-
-#[cfg(test)]
-mod ledger_tests;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::causes::{note, Causes, NoteFacts};
 use crate::hints::{self, Hint};
-use crate::ledger::{FuncInfo, Ledger, LineStats, ProcessStats};
+use crate::ledger::{FuncId, FuncInfo, Ledger, LineStats, ProcessStats};
 
 /// The schema every JSON report names in its `schema` field.
 pub const SCHEMA: &str = "memsleuth.report/1";
@@ -144,7 +144,7 @@ pub struct FunctionReport {
 }
 
 /// The whole program's figures.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProcessReport {
     pub allocated_bytes: u64,
@@ -159,6 +159,8 @@ pub struct ProcessReport {
     /// The sink process's own peak RSS, apart from the program's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sink_rss_peak_bytes: Option<u64>,
+    /// What was live at the tracked peak, by line of the report's functions, most first.
+    pub peak_live_by_line: Vec<PeakLine>,
 }
 
 impl ProcessReport {
@@ -171,6 +173,7 @@ impl ProcessReport {
             rss_peak_bytes: Some(rss_peak_bytes),
             untracked_frees: stats.untracked_frees,
             sink_rss_peak_bytes: None,
+            peak_live_by_line: Vec::new(),
         }
     }
 }
@@ -208,6 +211,69 @@ struct Document<'a> {
     report: &'a Report,
 }
 
+/// A line's bytes live at the tracked peak (docs/design.md, "Live at the tracked peak").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeakLine {
+    pub function: String,
+    pub filename: String,
+    pub lineno: u32,
+    pub source: String,
+    pub bytes: u64,
+}
+
+impl PeakLine {
+    /// The lines of `funcs` with bytes live at the tracked peak, most first.
+    fn of_ledger(ledger: &Ledger, funcs: &[FuncId]) -> Vec<PeakLine> {
+        let mut lines: Vec<PeakLine> = funcs
+            .iter()
+            .flat_map(|&func| {
+                let info = &ledger.funcs()[func.index()].info;
+                ledger.live_at_peak(func).into_iter().map(move |(lineno, bytes)| PeakLine {
+                    function: info.name.clone(),
+                    filename: info.filename.clone(),
+                    lineno,
+                    source: info
+                        .source
+                        .get((lineno - info.first_lineno) as usize)
+                        .map_or(String::new(), |s| s.trim().to_string()),
+                    bytes,
+                })
+            })
+            .collect();
+        lines.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.filename.cmp(&b.filename)).then(a.lineno.cmp(&b.lineno)));
+        lines
+    }
+}
+
+/// The "Live at the tracked peak" section of a report (docs/design.md, "Live at the tracked
+/// peak"): the bytes each profiled line's blocks held when the tracked live bytes were highest,
+/// and the rest, born outside every profiled line. Empty before any tracked block.
+pub fn render_live_at_peak(report: &Report) -> String {
+    let peak = report.process.tracked_peak_bytes.unwrap_or(0);
+    if peak == 0 {
+        return String::new();
+    }
+    let mut out = format!(
+        "Live at the tracked peak ({}, the most tracked bytes live at once), by line:\n",
+        human_bytes(peak as i64)
+    );
+    for l in &report.process.peak_live_by_line {
+        let file = std::path::Path::new(&l.filename)
+            .file_name()
+            .map_or(l.filename.clone(), |f| f.to_string_lossy().into_owned());
+        out += &format!(
+            "  {:>10}  {} ({file}) line {}  {}\n",
+            human_bytes(l.bytes as i64),
+            l.function,
+            l.lineno,
+            l.source
+        );
+    }
+    let on_lines: u64 = report.process.peak_live_by_line.iter().map(|l| l.bytes).sum();
+    out += &format!("  {:>10}  outside the profiled lines\n", human_bytes(peak.saturating_sub(on_lines) as i64));
+    out
+}
+
 impl Report {
     /// Gathers every function that was called at least once.
     pub fn from_ledger(ledger: &Ledger, python_version: &str, argv: Option<Vec<String>>, rss_peak_bytes: u64) -> Self {
@@ -223,10 +289,9 @@ impl Report {
         rss_peak_bytes: u64,
         wanted: impl Fn(&FuncInfo) -> bool,
     ) -> Self {
-        let functions = (0..ledger.funcs().len() as u32)
-            .filter(|&i| wanted(&ledger.funcs()[i as usize].info))
-            .filter_map(|i| function_report(ledger, i))
-            .collect();
+        let kept: Vec<FuncId> =
+            (0..ledger.funcs().len() as u32).map(FuncId).filter(|&i| wanted(&ledger.funcs()[i.index()].info)).collect();
+        let functions = kept.iter().filter_map(|&i| function_report(ledger, i)).collect();
         Report {
             python_version: python_version.to_string(),
             argv,
@@ -234,7 +299,10 @@ impl Report {
             sink: None,
             processes: None,
             functions,
-            process: ProcessReport::new(&ledger.process, rss_peak_bytes),
+            process: ProcessReport {
+                peak_live_by_line: PeakLine::of_ledger(ledger, &kept),
+                ..ProcessReport::new(&ledger.process, rss_peak_bytes)
+            },
         }
     }
 
@@ -334,8 +402,8 @@ impl Report {
     }
 }
 
-fn function_report(ledger: &Ledger, func: u32) -> Option<FunctionReport> {
-    let f = &ledger.funcs()[func as usize];
+fn function_report(ledger: &Ledger, func: FuncId) -> Option<FunctionReport> {
+    let f = &ledger.funcs()[func.index()];
     if f.calls == 0 {
         return None;
     }
@@ -559,7 +627,7 @@ mod tests {
     #[test]
     fn from_ledger_where_builds_only_the_functions_kept() {
         let mut l = Ledger::new();
-        let ids: Vec<u32> = [("f", 0x100), ("g", 0x200), ("h", 0x300)]
+        let ids: Vec<FuncId> = [("f", 0x100), ("g", 0x200), ("h", 0x300)]
             .iter()
             .map(|&(name, code)| {
                 l.register_function(FuncInfo {
@@ -582,6 +650,64 @@ mod tests {
         // h is kept but was never called: a report holds called functions only.
         assert_eq!(names(Report::from_ledger_where(&l, "3.x", None, 0, |f| f.code != 0x100)), ["g"]);
         assert_eq!(names(Report::from_ledger_where(&l, "3.x", None, 0, |_| false)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn live_at_the_peak_goes_by_line_into_the_json_and_back_and_into_its_section() {
+        let mut l = Ledger::new();
+        let source =
+            |name: &str| vec![format!("def {name}():"), "    a = make()".to_string(), "    b = make()".to_string()];
+        let info = |name: &str, code| FuncInfo {
+            name: name.to_string(),
+            module: "mod".to_string(),
+            filename: "/src/mod.py".to_string(),
+            first_lineno: 1,
+            source: source(name),
+            code,
+        };
+        let (f, g) = (l.register_function(info("f", 0x100)), l.register_function(info("g", 0x200)));
+        let mut h = Hot::ZERO;
+        l.enter(&mut h, f, 0);
+        l.on_line(&mut h, 0x100, 2, None);
+        l.on_alloc(&mut h, 0x1000, 300, false);
+        l.on_line(&mut h, 0x100, 3, None);
+        l.on_alloc(&mut h, 0x2000, 5000, false);
+        l.enter(&mut h, g, 0);
+        l.on_line(&mut h, 0x200, 2, None);
+        l.on_alloc(&mut h, 0x3000, 700, false);
+        l.leave(&mut h, 0);
+        l.on_free(&mut h, 0x2000, false);
+        l.leave(&mut h, 0);
+        l.on_alloc(&mut h, 0x4000, 40, false); // outside every profiled line, after the peak
+        let report = Report::from_ledger(&l, "3.x", None, 0);
+        let at = |function: &str, lineno, source: &str, bytes| PeakLine {
+            function: function.to_string(),
+            filename: "/src/mod.py".to_string(),
+            lineno,
+            source: source.to_string(),
+            bytes,
+        };
+        // g's block was born under f's line 3 too: each block counts on its innermost line.
+        let expected =
+            vec![at("f", 3, "b = make()", 5000), at("g", 2, "a = make()", 700), at("f", 2, "a = make()", 300)];
+        assert_eq!(report.process.peak_live_by_line, expected);
+        assert_eq!(Report::from_json(&report.to_json()).unwrap().process.peak_live_by_line, expected);
+        let only_g = Report::from_ledger_where(&l, "3.x", None, 0, |f| f.code == 0x200);
+        assert_eq!(only_g.process.peak_live_by_line, expected[1..2]);
+        let text = render_live_at_peak(&report);
+        assert!(text.starts_with("Live at the tracked peak (5.9 KiB, "), "{text}");
+        let rows: Vec<&str> = text.lines().skip(1).map(str::trim).collect();
+        assert_eq!(
+            rows,
+            [
+                "4.9 KiB  f (mod.py) line 3  b = make()",
+                "700 B  g (mod.py) line 2  a = make()",
+                "300 B  f (mod.py) line 2  a = make()",
+                "0 B  outside the profiled lines"
+            ],
+            "{text}"
+        );
+        assert_eq!(render_live_at_peak(&Report::from_ledger(&Ledger::new(), "3.x", None, 0)), "");
     }
 
     #[test]

@@ -24,7 +24,7 @@ const E: usize = 0x7f00_0000_1040;
 const P: usize = 0x7f00_0000_2000;
 const NEVER_TRACKED: usize = 0x5500_0000_0000;
 
-fn register(l: &mut Ledger, name: &str, code: usize, first_lineno: u32) -> u32 {
+fn register(l: &mut Ledger, name: &str, code: usize, first_lineno: u32) -> FuncId {
     l.register_function(FuncInfo {
         name: name.to_string(),
         module: "mod".to_string(),
@@ -36,7 +36,7 @@ fn register(l: &mut Ledger, name: &str, code: usize, first_lineno: u32) -> u32 {
 }
 
 /// The stats of one line; panics if the line never ran.
-fn line(l: &Ledger, func: u32, lineno: u32) -> LineStats {
+fn line(l: &Ledger, func: FuncId, lineno: u32) -> LineStats {
     let (lines, _) = l.function_stats(func);
     lines
         .into_iter()
@@ -45,11 +45,11 @@ fn line(l: &Ledger, func: u32, lineno: u32) -> LineStats {
         .unwrap_or_else(|| panic!("line {lineno} never ran"))
 }
 
-fn totals(l: &Ledger, func: u32) -> LineStats {
+fn totals(l: &Ledger, func: FuncId) -> LineStats {
     l.function_stats(func).1.clone()
 }
 
-fn linenos(l: &Ledger, func: u32) -> Vec<u32> {
+fn linenos(l: &Ledger, func: FuncId) -> Vec<u32> {
     l.function_stats(func).0.into_iter().map(|(n, _)| n).collect()
 }
 
@@ -117,7 +117,7 @@ fn per_line_allocated_freed_net_counts() {
         fig(&totals(&l, f)),
         Fig { hits: 1, alloc: 136, allocs: 3, freed: 128, frees: 2, net: 8, peak: 128, retained: 8 }
     );
-    assert_eq!(l.funcs()[f as usize].calls, 1);
+    assert_eq!(l.funcs()[f.index()].calls, 1);
 }
 
 /// Whether a line event asks for a reading, which it does only when it starts a new execution.
@@ -169,7 +169,7 @@ fn register_function_is_idempotent_per_code_object() {
     assert_ne!(f, g);
     assert_eq!(register(&mut l, "f again", F, 10), f);
     assert_eq!(l.funcs().len(), 2);
-    assert_eq!(l.funcs()[f as usize].info.name, "f");
+    assert_eq!(l.funcs()[f.index()].info.name, "f");
 }
 
 // ----- peak -----
@@ -327,7 +327,7 @@ fn recursion_charges_each_event_once_per_line_and_counts_every_hit() {
     l.on_line(&mut h, F, 3, Some(OsReading::from(1700_u64))); // f(2), line 3
     assert_eq!(l.leave(&mut h, 1700), Some((f, true)), "the outermost call returns");
 
-    assert_eq!(l.funcs()[f as usize].calls, 3);
+    assert_eq!(l.funcs()[f.index()].calls, 3);
     // Line 2 was active in three frames at once; every byte counts once. Of its 31 bytes, C and
     // D were freed before the outermost call returned; A and B were not.
     let s2 = line(&l, f, 2);
@@ -912,9 +912,9 @@ fn a_thread_ledger_is_reused_once_its_thread_leaves_its_last_profiled_frame() {
         l.enter(&mut t, f, 1000);
         l.on_line(&mut t, F, 10, None);
         l.on_alloc(&mut t, A + 16 * i, 10, false);
-        assert_eq!(t.thread, 1);
+        assert_eq!(t.thread, Some(ThreadId(0)));
         assert_eq!(l.leave(&mut t, 1000), Some((f, true)));
-        assert_eq!(t.thread, 0);
+        assert_eq!(t.thread, None);
         // The thread's caller drops the result before the thread ends.
         l.on_free(&mut t, A + 16 * i, false);
         sizes.push(footprint(&l));
@@ -927,9 +927,9 @@ fn a_thread_ledger_is_reused_once_its_thread_leaves_its_last_profiled_frame() {
     let (mut t1, mut t2) = (Hot::ZERO, Hot::ZERO);
     l.enter(&mut t1, f, 0);
     l.enter(&mut t2, f, 0);
-    assert_eq!((t1.thread, t2.thread), (1, 2));
+    assert_eq!((t1.thread, t2.thread), (Some(ThreadId(0)), Some(ThreadId(1))));
     l.suspend(&mut t2, 0);
-    assert_eq!(t2.thread, 0);
+    assert_eq!(t2.thread, None);
     l.leave(&mut t1, 0);
 }
 
@@ -950,7 +950,7 @@ fn the_same_line_on_two_threads_is_measured_on_each() {
     assert_eq!(l.leave(&mut t1, 0), Some((f, true)));
     assert_eq!(l.leave(&mut t2, 0), Some((f, true)));
 
-    assert_eq!(l.funcs()[f as usize].calls, 2);
+    assert_eq!(l.funcs()[f.index()].calls, 2);
     assert_eq!(
         fig(&line(&l, f, 10)),
         Fig { hits: 2, alloc: 30, allocs: 2, freed: 0, frees: 0, net: 30, peak: 20, retained: 30 }
@@ -1002,7 +1002,7 @@ fn generator_suspended_time_belongs_to_the_caller_and_resume_reopens_the_line() 
     l.on_line(&mut h, MAIN, 4, None);
     l.leave(&mut h, 0);
 
-    assert_eq!(l.funcs()[gen as usize].calls, 1, "resumes are not calls");
+    assert_eq!(l.funcs()[gen.index()].calls, 1, "resumes are not calls");
     // Line 20: executed, suspended, re-opened by the resume (one execution: a resume fires no
     // line event); B is not its.
     assert_eq!(
@@ -1142,7 +1142,7 @@ fn rss_deltas_telescope_over_a_call_and_rss_after_is_the_last_execution() {
     assert_eq!(s10.rss_delta + s11.rss_delta + s12.rss_delta, 1800 - 1000);
     let t = totals(&l, f);
     assert_eq!((t.rss_delta, t.rss_after), (800, Some(1800)));
-    assert_eq!(l.funcs()[f as usize].rss_at_entry, Some(1000));
+    assert_eq!(l.funcs()[f.index()].rss_at_entry, Some(1000));
 }
 
 #[test]
@@ -1167,7 +1167,7 @@ fn rss_deltas_telescope_around_a_nested_call() {
     assert_eq!((line(&l, f, 10).rss_delta, line(&l, f, 11).rss_delta), (400, 0));
     assert_eq!(line(&l, f, 10).rss_after, Some(1400));
     assert_eq!(totals(&l, f).rss_delta, 1400 - 1000);
-    assert_eq!(l.funcs()[g as usize].rss_at_entry, Some(1200));
+    assert_eq!(l.funcs()[g.index()].rss_at_entry, Some(1200));
 }
 
 #[test]
@@ -1213,7 +1213,7 @@ fn process_stats_track_live_peak_allocated_and_freed() {
     assert!(l.table.is_empty());
     // No thread ledger was ever needed.
     assert_eq!(l.leave(&mut h, 0), None);
-    assert_eq!(h.thread, 0);
+    assert_eq!(h.thread, None);
 }
 
 // ----- report -----
@@ -1281,7 +1281,8 @@ fn report_gathers_called_functions_and_their_lines() {
     assert_eq!(fr.lines[1].figures.causes.sum(), 0);
     assert_eq!(fr.lines[1].figures.note, None);
     assert_eq!((fr.totals.net_bytes, fr.totals.retained_bytes, fr.totals.rss_delta_bytes), (8, 8, 1 << 20));
-    assert_eq!(r.process, ProcessReport::new(&l.process, 3 << 20));
+    assert_eq!(ProcessReport { peak_live_by_line: Vec::new(), ..r.process.clone() }, ProcessReport::new(&l.process, 3 << 20));
+    assert_eq!(r.process.peak_live_by_line.iter().map(|p| (p.lineno, p.bytes)).collect::<Vec<_>>(), [(11, 128)]);
 
     let json = r.to_json();
     assert!(json.contains(r#""net_bytes":-92"#), "{json}");
@@ -1404,6 +1405,159 @@ fn glibc_figures_not_asked_for_are_carried_forward_with_the_tracked_bytes() {
     assert_eq!(l.glibc_figures(1000, Some((6000, 4096, 9000))), (6000, 4096, 9000));
     l.on_alloc(&mut h, C, 1000, false);
     assert_eq!(l.glibc_figures(900, None), (6900, 4096, 9000), "over 512 bytes, pymalloc hands it to glibc");
+}
+
+// ----- what was live at the tracked peak -----
+
+#[test]
+fn live_at_the_peak_is_by_line_as_it_stood_when_live_bytes_were_highest() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 11, None);
+    l.on_alloc(&mut h, A, 100, false);
+    l.on_line(&mut h, F, 12, None);
+    l.on_alloc(&mut h, B, 1000, false);
+    l.on_alloc(&mut h, C, 50, false);
+    // At the peak, not left yet: the state now is the peak's.
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1150, vec![(11, 100), (12, 1050)]));
+    l.on_free(&mut h, B, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1150, vec![(11, 100), (12, 1050)]));
+    // Below the peak, whatever moves leaves it as it was.
+    l.on_line(&mut h, F, 13, None);
+    l.on_alloc(&mut h, D, 500, false);
+    l.on_free(&mut h, C, false);
+    l.on_alloc(&mut h, E, 500, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1150, vec![(11, 100), (12, 1050)]));
+    // Back at exactly the peak with other blocks: the first state at that peak stays.
+    l.on_alloc(&mut h, P, 50, false);
+    assert_eq!(l.process.live_bytes, 1150);
+    l.on_free(&mut h, P, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1150, vec![(11, 100), (12, 1050)]));
+    // A higher peak replaces it, left by a free made after the call returned.
+    l.on_alloc(&mut h, P, 300, false);
+    l.leave(&mut h, 0);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1400, vec![(11, 100), (13, 1300)]));
+    l.on_free(&mut h, D, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1400, vec![(11, 100), (13, 1300)]));
+    // Blocks born outside every profiled line count in the peak but on no line.
+    l.on_alloc(&mut h, NEVER_TRACKED, 5000, false);
+    l.on_free(&mut h, NEVER_TRACKED, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (5900, vec![(11, 100), (13, 800)]));
+    assert_eq!(l.process.tracked_peak_bytes, 5900);
+}
+
+#[test]
+fn live_at_the_peak_leaves_out_the_profilers_blocks_and_counts_the_call_before_its_first_line() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+    l.enter(&mut h, f, 0);
+    l.on_alloc(&mut h, A, 64, false); // argument binding, before the first line
+    l.on_line(&mut h, F, 11, None);
+    l.on_alloc(&mut h, B, 1000, false);
+    l.on_alloc(&mut h, C, 32, false);
+    l.mark_profiler(&mut h, C); // the profiler's: out of the peak with it
+    let work = l.begin_profiler_work(&mut h);
+    l.on_alloc(&mut h, D, 4000, false);
+    l.end_profiler_work(&mut h, work);
+    l.on_free(&mut h, B, false);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (1064, vec![(10, 64), (11, 1000)]));
+    l.leave(&mut h, 0);
+}
+
+#[test]
+fn a_profiler_block_that_set_the_peak_takes_it_back_no_lower_than_an_earlier_peak() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let mut h = Hot::ZERO;
+    l.enter(&mut h, f, 0);
+    l.on_line(&mut h, F, 11, None);
+    l.on_alloc(&mut h, A, 100, false);
+    l.on_free(&mut h, A, false);
+    l.on_line(&mut h, F, 12, None);
+    l.on_alloc(&mut h, B, 80, false);
+    l.on_alloc(&mut h, P, 30, false);
+    assert_eq!(l.process.tracked_peak_bytes, 110);
+    l.mark_profiler(&mut h, P);
+    // 100 bytes were live once, the program's own.
+    assert_eq!(l.process.tracked_peak_bytes, 100);
+    assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (100, vec![(11, 100)]));
+    l.leave(&mut h, 0);
+}
+
+/// Against a model that recounts every live block by line at each new maximum of the live bytes:
+/// pseudo-random allocations, frees and reallocs on lines that change, in and out of calls.
+#[test]
+fn live_at_the_peak_agrees_with_a_recount_at_each_new_maximum() {
+    for seed in [3u64, 17, 2024, 65_537] {
+        let mut state = seed;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut l = Ledger::new();
+        let f = register(&mut l, "f", F, 10);
+        let mut h = Hot::ZERO;
+        // Live blocks: address -> (line number it was born on, None outside the call; size).
+        let mut model: std::collections::BTreeMap<usize, (Option<u32>, u64)> = Default::default();
+        let mut running: Option<u32> = None;
+        let (mut best, mut best_by_line) = (0u64, std::collections::BTreeMap::new());
+        let mut fresh = A;
+        for _ in 0..6000 {
+            match next(12) {
+                0 if running.is_none() => {
+                    l.enter(&mut h, f, 0);
+                    running = Some(10);
+                }
+                1 if running.is_some() => {
+                    l.leave(&mut h, 0);
+                    running = None;
+                }
+                2 | 3 if running.is_some() => {
+                    let lineno = 11 + next(4) as u32;
+                    l.on_line(&mut h, F, lineno, None);
+                    running = Some(lineno);
+                }
+                4..=7 => {
+                    fresh += 16;
+                    let size = 1 + next(3000);
+                    l.on_alloc(&mut h, fresh, size, false);
+                    model.insert(fresh, (running, size));
+                }
+                8 | 9 if !model.is_empty() => {
+                    let addr = *model.keys().nth(next(model.len() as u64) as usize).unwrap();
+                    l.on_free(&mut h, addr, false);
+                    model.remove(&addr);
+                }
+                10 if !model.is_empty() => {
+                    let old = *model.keys().nth(next(model.len() as u64) as usize).unwrap();
+                    fresh += 16;
+                    let size = 1 + next(6000);
+                    l.on_realloc(&mut h, old, fresh, size, false);
+                    model.remove(&old);
+                    model.insert(fresh, (running, size));
+                }
+                _ => {}
+            }
+            let live: u64 = model.values().map(|(_, size)| size).sum();
+            assert_eq!(live, l.process.live_bytes);
+            if live > best {
+                best = live;
+                best_by_line.clear();
+                for (line, size) in model.values() {
+                    if let Some(line) = line {
+                        *best_by_line.entry(*line).or_insert(0u64) += size;
+                    }
+                }
+            }
+            let expected: Vec<(u32, u64)> = best_by_line.iter().map(|(&n, &b)| (n, b)).collect();
+            assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (best, expected), "seed {seed}");
+        }
+    }
 }
 
 /// Only blocks of a pymalloc arena's size through the arena hook are arenas; the frames'
