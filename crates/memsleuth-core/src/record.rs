@@ -169,8 +169,10 @@ impl Words {
     }
 }
 
-/// The longest record, in words (the header's length field).
-pub const MAX_WORDS: usize = u16::MAX as usize;
+/// The longest record, in words (128 KiB; the header's length field could say more): a ring
+/// takes records up to half its size, so every ring of 256 KiB or more takes every record
+/// (docs/design.md, "The books live in the sink").
+pub const MAX_WORDS: usize = (1 << 14) - 1;
 
 /// The header of a record of `words` words.
 #[inline(always)]
