@@ -92,3 +92,17 @@ def test_without_follow_fork_spawned_children_are_not_profiled(tmp_path):
     assert "children" not in doc and "summary" not in doc
     assert _function(doc, "build")["calls"] == 1, "only the parent's own call"
     assert "child process" not in proc.stdout
+
+
+def test_followed_forkserver_workers_are_reported_by_pid(tmp_path):
+    # The forkserver imports the main module, then forks each worker from itself.
+    proc, doc = _run(tmp_path, "--follow-fork", fixture="forkserver.py")
+    line = proc.stdout.splitlines()[0].split()
+    assert line[0] == "forked" and line[2] == "3000000", proc.stdout
+    worker = int(line[1])
+    children = {child["pid"]: child for child in doc["children"]}
+    assert worker in children, (worker, sorted(children))
+    build = _function(children[worker], "build")
+    assert build["calls"] == 1 and build["totals"]["allocated_bytes"] >= 3_000_000
+    assert _function(doc["summary"], "build")["calls"] == 1
+    assert f"memsleuth: child process {worker}\n" in proc.stdout

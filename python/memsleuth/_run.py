@@ -82,16 +82,17 @@ class _SpawnPreparer:
 #: Put before the code multiprocessing runs with ``python -c``; a child that cannot import
 #: memsleuth (another executable) runs as it would have.
 _SPAWNED_PRELUDE = "try:\n    import memsleuth._spawned\nexcept ImportError:\n    pass\n"
-#: Under --follow-fork, before the code of a spawned child (not the forkserver's or the resource
-#: tracker's, which run none of the program's code): the child is profiled, and leaves its report
-#: in the run's directory of children's reports.
+#: Under --follow-fork, before the code of a spawned child and of the forkserver (whose forks are
+#: the workers), not the resource tracker's, which runs none of the program's code: the process
+#: is profiled, and leaves its report in the run's directory of children's reports, as does each
+#: child it forks.
 _FOLLOWED_PRELUDE = ("try:\n    import memsleuth._spawned\nexcept ImportError:\n    pass\n"
                      "else:\n    memsleuth._spawned.follow({directory!r})\n")
-_SPAWN_MAIN = "from multiprocessing.spawn import spawn_main"
+_FOLLOWED = ("from multiprocessing.spawn import spawn_main", "from multiprocessing.forkserver import main")
 
 
 def _prelude(code):
-    if _sink.children_dir is not None and code.startswith(_SPAWN_MAIN):
+    if _sink.children_dir is not None and code.startswith(_FOLLOWED):
         return _FOLLOWED_PRELUDE.format(directory=_sink.children_dir)
     return _SPAWNED_PRELUDE
 
