@@ -37,7 +37,9 @@ pub const RING_WORDS: usize = 1 << 15;
 /// measuring other sizes.
 const RING_KIB_RANGE: std::ops::RangeInclusive<usize> = 256..=65536;
 // A ring takes records up to half its size: every ring must take the longest.
-const _: () = assert!(RING_WORDS > 2 * memsleuth_core::record::MAX_WORDS && 256 * 1024 / 8 > 2 * memsleuth_core::record::MAX_WORDS);
+const _: () = assert!(
+    RING_WORDS > 2 * memsleuth_core::record::MAX_WORDS && 256 * 1024 / 8 > 2 * memsleuth_core::record::MAX_WORDS
+);
 
 /// Whether this process keeps the books (it is the sink process, or runs a sink thread).
 static KEEPS_BOOKS: AtomicBool = AtomicBool::new(false);

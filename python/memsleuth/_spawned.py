@@ -12,7 +12,7 @@ import os
 import sys
 import types
 
-from . import _native, _profile, _select, _sink, compat
+from . import _native, _profile, _sink, compat
 
 
 def profile(func=None, stream=None, precision=1, backend="psutil"):
@@ -48,6 +48,8 @@ def follow(directory):
     the sink"): profiled like a forked child, into a ring and a sink process of its own, which
     leaves its JSON report in ``directory`` for the run's sink; ``profile`` profiles, as in the
     program. Called before the child runs the program's main module again."""
+    from . import _select
+
     base = os.path.join(directory, str(os.getpid()))
     # Made before the sink starts, so that the run waits for the child's report.
     open(base + ".pending", "w").close()

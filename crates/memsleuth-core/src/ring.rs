@@ -260,7 +260,11 @@ mod tests {
                 2 => record(3, round),
                 _ => Record::Line { code: round, lineno: 1, reading: Some(Default::default()) },
             };
-            assert_ne!(ring.push(record.encode(round as u32).as_slice(), |_| false), Pushed::Dropped, "room after each drain");
+            assert_ne!(
+                ring.push(record.encode(round as u32).as_slice(), |_| false),
+                Pushed::Dropped,
+                "room after each drain"
+            );
             sent.push((round as u32, record));
             if round % 3 == 2 {
                 received.extend(read_all(&ring));
