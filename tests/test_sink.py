@@ -90,3 +90,24 @@ def test_a_program_reusing_the_doorbells_descriptor_keeps_its_file_intact(tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Filename: ") == 2, "both calls' tables were printed"
     assert [(tmp_path / f"{i}.txt").read_bytes() for i in range(16)] == [b"mine"] * 16
+
+
+def test_a_function_whose_source_is_longer_than_a_record_is_still_profiled(tmp_path):
+    """A record is at most 128 KiB, half the ring (docs/design.md, "The books live in the sink"):
+    a longer source is cut at a line, and the function is profiled all the same."""
+    body = "".join(f"    x{i} = 'a line of some length, to make a long source: {i:06d}'\n" for i in range(3000))
+    program = tmp_path / "long.py"
+    program.write_text(
+        "import json\n"
+        "from memsleuth import profile, last_report\n"
+        "@profile\n"
+        "def long():\n" + body + "    return [0] * 1000\n"
+        "long()\n"
+        "f = next(f for f in last_report()['functions'] if f['name'] == 'long')\n"
+        "print(json.dumps([f['calls'], f['totals']['allocations'] > 0, len(f['lines'])]))\n"
+    )
+    assert len(body) > 128 * 1024
+    proc = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, env=_env(None), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    calls, allocated, lines = json.loads(proc.stdout.splitlines()[-1])
+    assert calls == 1 and allocated and lines > 0
