@@ -7,8 +7,8 @@ Every workload runs in two shapes: the hot loop inside the profiled function ("i
 profiled function whose hot loop sits in an unprofiled callee ("callee"); "outside" runs the loop
 with memsleuth tracking but no profiled function on the stack. Each cell is the median over
 --runs alternating rounds of the tool's wall time divided by plain Python's median at the same
-size, and the tool's peak RSS divided by plain's; memsleuth's cells add its sink process's CPU
-time and peak RSS (the books are kept there, outside the measured program). memory_profiler runs a scaled-down size (it is
+size, and the tool's peak RSS divided by plain's; memsleuth's cells add the program's own CPU
+time against plain's and its sink process's CPU time and peak RSS (the books are kept there, outside the measured program). memory_profiler runs a scaled-down size (it is
 hundreds of times slower) against a plain baseline at that size. Machines are noisy: read the
 ratios, not the seconds.
 
@@ -117,7 +117,7 @@ PR_SET_CHILD_SUBREAPER = 36
 
 def measure(cmd):
     """(wall time, the program's peak RSS, CPU seconds and peak RSS of what it left running: a
-    sink process)."""
+    sink process, the program's own CPU seconds)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -134,7 +134,7 @@ def measure(cmd):
             break
         left_cpu += left.ru_utime + left.ru_stime
         left_peak = max(left_peak, left.ru_maxrss * 1024)
-    return elapsed, usage.ru_maxrss * 1024, left_cpu, left_peak
+    return elapsed, usage.ru_maxrss * 1024, left_cpu, left_peak, usage.ru_utime + usage.ru_stime
 
 
 TABLE_COST = """
@@ -219,7 +219,7 @@ def main():
     try:
         for workload in workloads:
             for shape in shapes:
-                times, rss, sink = {}, {}, {}
+                times, rss, sink, cpus = {}, {}, {}, {}
                 scales = {t: SCALE.get(t, 1) for t in tools}
                 baselines = sorted(set(scales.values()))
                 for _ in range(args.runs):
@@ -229,7 +229,8 @@ def main():
                         with open(script, "w") as f:
                             f.write(program(name, workload, shape, scale))
                         cmd = command(name, args.python, args.peers_python, script, tmp)
-                        elapsed, peak, sink_cpu, sink_peak = measure(cmd)
+                        elapsed, peak, sink_cpu, sink_peak, cpu = measure(cmd)
+                        cpus.setdefault(tool, []).append(cpu)
                         times.setdefault(tool, []).append(elapsed)
                         rss.setdefault(tool, []).append(peak)
                         sink.setdefault(tool, []).append((sink_cpu, sink_peak))
@@ -240,9 +241,12 @@ def main():
                     mem = statistics.median(rss[key]) / statistics.median(rss[base])
                     cell = f"{slowdown:.2f}x / {mem:.2f}x"
                     if tool == "memsleuth":
+                        # The program's own CPU time against plain's: wall time on a loaded
+                        # machine also counts the sink's CPU, which competes for the same cores.
+                        own = statistics.median(cpus[key]) / statistics.median(cpus[base])
                         cpu = statistics.median(c for c, _ in sink[key])
                         peak = statistics.median(p for _, p in sink[key])
-                        cell += f" (sink {cpu:.2f} s, {peak / 2**20:.0f} MiB)"
+                        cell += f" (CPU {own:.2f}x; sink {cpu:.2f} s, {peak / 2**20:.0f} MiB)"
                     cells.append(cell)
                 plain_s = statistics.median(times[("plain", 1)])
                 rows.append((workload, shape, f"{plain_s:.2f} s", cells))

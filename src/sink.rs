@@ -29,9 +29,17 @@ use std::sync::Mutex;
 /// The books, in the process (or thread) that keeps them.
 pub static BOOKS: SpinLock<Books> = SpinLock::new(Books::new());
 
-/// Data words of the ring: 4 MiB, about 170,000 allocation records, so that a burst of
-/// allocations waits for the sink only after tens of milliseconds of it.
-pub const RING_WORDS: usize = 1 << 19;
+/// Data words of the ring by default (docs/design.md, "The books live in the sink", where the
+/// size was measured): small, since all of it is resident in the program, and enough that the
+/// sink, woken when it is half full, drains it before the producers catch up.
+pub const RING_WORDS: usize = 1 << 15;
+/// Bounds of `MEMSLEUTH_RING_KIB`, which sets the data's size in KiB (a power of two) for
+/// measuring other sizes.
+const RING_KIB_RANGE: std::ops::RangeInclusive<usize> = 256..=65536;
+// A ring takes records up to half its size: every ring must take the longest.
+const _: () = assert!(
+    RING_WORDS > 2 * memsleuth_core::record::MAX_WORDS && 256 * 1024 / 8 > 2 * memsleuth_core::record::MAX_WORDS
+);
 
 /// Whether this process keeps the books (it is the sink process, or runs a sink thread).
 static KEEPS_BOOKS: AtomicBool = AtomicBool::new(false);
@@ -50,15 +58,26 @@ static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 /// Requests are asked and answered one at a time.
 static ASKING: Mutex<()> = Mutex::new(());
 
-/// Bytes of the shared mapping a ring of RING_WORDS takes.
+/// Bytes of the shared mapping a new ring takes: RING_WORDS, or what MEMSLEUTH_RING_KIB asks.
 fn ring_bytes() -> usize {
-    (CONTROL_WORDS + RING_WORDS) * 8
+    let asked = std::env::var("MEMSLEUTH_RING_KIB").ok().and_then(|kib| kib.parse::<usize>().ok());
+    let words = match asked {
+        Some(kib) if kib.is_power_of_two() && RING_KIB_RANGE.contains(&kib) => kib * 1024 / 8,
+        _ => RING_WORDS,
+    };
+    (CONTROL_WORDS + words) * 8
 }
 
-/// Maps `fd` (a memfd of `ring_bytes()`) and makes it this process's ring, its pages made
-/// resident now so that the ring adds nothing to RSS while the program runs.
+/// Maps `fd` (the ring's memfd, whose size it takes) and makes it this process's ring, its
+/// pages made resident now so that the ring adds nothing to RSS while the program runs.
 fn map_ring(fd: RawFd) -> std::io::Result<()> {
-    let len = ring_bytes();
+    // SAFETY: an all-zero stat is valid to fill in; fstat only writes it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = st.st_size as usize;
     // SAFETY: maps a shared file of `len` bytes; the mapping is never unmapped, so the 'static
     // slice over it stays valid; AtomicU64 has the layout of u64, and zeroed memory is an empty
     // ring.
@@ -210,18 +229,42 @@ pub fn respond(books: &Books, request: &Request) -> String {
     }
 }
 
-/// A producer found the ring full. Returns false if the sink is gone (recording stops).
-pub fn make_room() -> bool {
+/// The ring went past half full: the sink process is woken now, if it sleeps, so that it drains
+/// while the producers go on (a sink thread wakes by itself).
+#[cold]
+pub fn nudge() {
+    if !SINK_THREAD.load(Ordering::Relaxed) {
+        ring_doorbell();
+    }
+}
+
+/// Waits on a full ring that yield to the sink before sleeping: the sink hands room back every
+/// page it reads (a few microseconds), and a sleep costs tens of microseconds.
+const YIELDS: u32 = 256;
+
+/// A producer found the ring full, `waits` times in a row so far. Returns false if the sink is
+/// gone (recording stops). docs/design.md, "The books live in the sink": the doorbell was rung
+/// when the ring went past half full and is rung again now; the producer yields its CPU to the
+/// sink a bounded number of times, then sleeps between tries, checking that the sink lives.
+pub fn make_room(waits: u32) -> bool {
     if SINK_THREAD.load(Ordering::Relaxed) {
         drain_here();
         return true;
     }
-    ring_doorbell();
-    let alive = sink_alive();
-    if alive {
-        std::thread::sleep(std::time::Duration::from_micros(20));
+    if waits == 0 {
+        ring_doorbell();
     }
-    alive
+    if waits < YIELDS {
+        // SAFETY: sched_yield has no preconditions.
+        unsafe { libc::sched_yield() };
+        return true;
+    }
+    if (waits - YIELDS).is_multiple_of(16) && !sink_alive() {
+        return false;
+    }
+    ring_doorbell();
+    std::thread::sleep(std::time::Duration::from_micros(20));
+    true
 }
 
 /// Whether the sink process is still there.

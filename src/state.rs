@@ -7,7 +7,7 @@ use crate::rss;
 use memsleuth_core::causes::OsReading;
 use memsleuth_core::readings::{Residency, Schedule, BIG_BLOCK};
 use memsleuth_core::record::{alloc_words, free_words, line_words, Reading, Record};
-use memsleuth_core::ring::Ring;
+use memsleuth_core::ring::{Pushed, Ring};
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -213,19 +213,33 @@ struct MirroredFrame {
     returned: bool,
 }
 
-/// The ring is full: wait for the sink, unless it is gone, in which case recording stops.
+/// The ring is full: wait for the sink, unless it is gone, in which case recording stops
+/// (docs/design.md, "The books live in the sink": spin, ring, yield, then sleep).
 #[cold]
 fn wait_for_room(tries: u32) -> bool {
     if !ENABLED.load(Ordering::Relaxed) {
         return false;
     }
-    if tries < 64 {
+    if tries < SPINS {
         std::hint::spin_loop();
-    } else if !crate::sink::make_room() {
+    } else if !crate::sink::make_room(tries - SPINS) {
         ENABLED.store(false, Ordering::Relaxed);
         return false;
     }
     true
+}
+
+/// Tries on a full ring spent spinning before `make_room` is asked.
+const SPINS: u32 = 64;
+
+/// Appends `words` to this process's ring, waiting while it is full; the record that takes the
+/// ring past half full rings the sink's doorbell, so that the sink is draining before anyone
+/// has to wait for it.
+#[inline(always)]
+fn push(ring: &Ring<'_>, words: &[u64]) {
+    if ring.push(words, wait_for_room) == Pushed::HalfFull {
+        crate::sink::nudge();
+    }
 }
 
 impl Local {
@@ -248,7 +262,7 @@ impl Local {
             return;
         }
         if let Some(ring) = ring() {
-            ring.push(record.encode(self.id()).as_slice(), wait_for_room);
+            push(ring, record.encode(self.id()).as_slice());
         }
     }
 
@@ -267,7 +281,7 @@ impl Local {
             big_block_allocated(addr, size);
         }
         if let Some(ring) = ring() {
-            ring.push(&alloc_words(self.id(), addr as u64, size, raw), wait_for_room);
+            push(ring, &alloc_words(self.id(), addr as u64, size, raw));
         }
     }
 
@@ -280,7 +294,7 @@ impl Local {
         }
         self.note_free(addr);
         if let Some(ring) = ring() {
-            ring.push(&free_words(self.id(), addr as u64, raw), wait_for_room);
+            push(ring, &free_words(self.id(), addr as u64, raw));
         }
     }
 
@@ -453,7 +467,7 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> bool {
         me.top_lineno.set(lineno);
         match (reading, ring()) {
             (None, Some(ring)) => {
-                ring.push(&line_words(me.id(), code as u64, lineno), wait_for_room);
+                push(ring, &line_words(me.id(), code as u64, lineno));
             }
             (reading, _) => me.emit(Record::Line { code: code as u64, lineno, reading }),
         }

@@ -44,10 +44,13 @@ def _exact(doc):
             for f in doc["functions"]]
 
 
-def _run(fixture, sink, tmp_path):
-    report = tmp_path / f"{sink}.json"
+def _run(fixture, sink, tmp_path, ring_kib=None):
+    report = tmp_path / f"{sink}-{ring_kib}.json"
+    env = _env(sink)
+    if ring_kib is not None:
+        env["MEMSLEUTH_RING_KIB"] = str(ring_kib)
     proc = subprocess.run([BIN, "run", "-q", "--json", report, fixture], cwd=FIXTURES, capture_output=True,
-                          text=True, env=_env(sink), timeout=120)
+                          text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(report.read_text())
 
@@ -57,6 +60,14 @@ def test_a_sink_process_and_a_sink_thread_keep_the_same_books(fixture, tmp_path)
     process, thread = (_run(fixture, sink, tmp_path) for sink in ("process", "thread"))
     assert _exact(process) == _exact(thread)
     assert process["functions"], "something was profiled"
+
+
+def test_the_rings_size_changes_no_figure(tmp_path):
+    """The 256 KiB ring fills and wraps around many times where a 16 MiB one never does
+    (docs/design.md, "The books live in the sink"): the books are the same."""
+    small, large = (_run("seed_generators.py", "process", tmp_path, kib) for kib in (256, 16384))
+    assert _exact(small) == _exact(large)
+    assert small["functions"]
 
 
 def test_an_unknown_sink_is_refused_before_the_program_runs(tmp_path):
@@ -90,3 +101,24 @@ def test_a_program_reusing_the_doorbells_descriptor_keeps_its_file_intact(tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Filename: ") == 2, "both calls' tables were printed"
     assert [(tmp_path / f"{i}.txt").read_bytes() for i in range(16)] == [b"mine"] * 16
+
+
+def test_a_function_whose_source_is_longer_than_a_record_is_still_profiled(tmp_path):
+    """A record is at most 128 KiB, half the ring (docs/design.md, "The books live in the sink"):
+    a longer source is cut at a line, and the function is profiled all the same."""
+    body = "".join(f"    x{i} = 'a line of some length, to make a long source: {i:06d}'\n" for i in range(3000))
+    program = tmp_path / "long.py"
+    program.write_text(
+        "import json\n"
+        "from memsleuth import profile, last_report\n"
+        "@profile\n"
+        "def long():\n" + body + "    return [0] * 1000\n"
+        "long()\n"
+        "f = next(f for f in last_report()['functions'] if f['name'] == 'long')\n"
+        "print(json.dumps([f['calls'], f['totals']['allocations'] > 0, len(f['lines'])]))\n"
+    )
+    assert len(body) > 128 * 1024
+    proc = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, env=_env(None), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    calls, allocated, lines = json.loads(proc.stdout.splitlines()[-1])
+    assert calls == 1 and allocated and lines > 0

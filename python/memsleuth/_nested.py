@@ -11,9 +11,7 @@ functions.
 """
 
 import __future__
-import ast
 import builtins
-import inspect
 import sys
 import types
 
@@ -42,22 +40,42 @@ def _profile_nested(func):
         _native.end_quiet(token)
 
 
-class _AddDecorator(ast.NodeTransformer):
-    def __init__(self):
-        self.added = 0
+# ast and inspect are imported only for a function with nested functions: a program profiled
+# with @profile keeps whatever memsleuth imports in its RSS (docs/design.md, "The books live in
+# the sink").
 
-    def _function(self, node):
-        node.decorator_list.append(ast.copy_location(ast.Name(id=DECORATOR, ctx=ast.Load()), node))
-        self.added += 1
-        self.generic_visit(node)
-        return node
 
-    visit_FunctionDef = _function
-    visit_AsyncFunctionDef = _function
+def _add_decorator():
+    """A transformer adding the decorator to every def it visits (its class made on first use)."""
+    global _AddDecorator
+    if _AddDecorator is None:
+        import ast
+
+        class AddDecorator(ast.NodeTransformer):
+            def __init__(self):
+                self.added = 0
+
+            def _function(self, node):
+                node.decorator_list.append(ast.copy_location(ast.Name(id=DECORATOR, ctx=ast.Load()), node))
+                self.added += 1
+                self.generic_visit(node)
+                return node
+
+            visit_FunctionDef = _function
+            visit_AsyncFunctionDef = _function
+
+        _AddDecorator = AddDecorator
+    return _AddDecorator()
+
+
+_AddDecorator = None
 
 
 def _parse_function(func):
     """The ``def`` of ``func`` from its source, at its own lines and columns; None if unreadable."""
+    import ast
+    import inspect
+
     try:
         lines, first = inspect.getsourcelines(func)
     except (OSError, TypeError):
@@ -119,12 +137,14 @@ def with_nested_profiled(func, profile_nested):
     # Lambdas and comprehensions (<lambda>, <listcomp>...) are not functions of their own here.
     if not any(not c.co_name.startswith("<") for c in nested_codes(original)):
         return func
+    import ast
+
     node = _parse_function(func)
     if node is None:
         return func
     node.decorator_list = []  # the function's own decorators have run already
     node.lineno = original.co_firstlineno  # where the code object starts (its first decorator)
-    adder = _AddDecorator()
+    adder = _add_decorator()
     for statement in node.body:
         adder.visit(statement)
     if not adder.added:

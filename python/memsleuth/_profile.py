@@ -1,20 +1,23 @@
 """The @profile decorator and the tracking it starts."""
 
+import _thread
 import atexit
 import functools
 import gc
 import inspect
-import json
 import os
 import sys
-import threading
 import types
 import weakref
 
-from . import _native, _nested, _sink, _timeline
+from . import _native, _nested, _sink
+
+# Modules the decorator does not need (json, threading, the timeline's) are imported where they
+# are used: a program profiled with @profile keeps whatever memsleuth imports in its RSS
+# (docs/design.md, "The books live in the sink").
 
 _started = False
-_start_lock = threading.Lock()
+_start_lock = _thread.allocate_lock()
 _monitoring_tool = None
 #: The sys.monitoring tool ids memsleuth may take (3.12+), in order of preference.
 FREE_TOOL_IDS = (3, 4)
@@ -135,7 +138,7 @@ _profiled = weakref.WeakSet()
 _IMPLICIT_CLASSMETHODS = ("__init_subclass__", "__class_getitem__")
 
 #: Per thread, the tables waiting while one is written (None when none is being written).
-_printing = threading.local()
+_printing = _thread._local()
 #: Whether a table said that the books are kept in a thread of the program (said once).
 _told_where_books_are = False
 
@@ -286,6 +289,8 @@ def _wrap(func, settings, like, nested_codes=()):
 
     def report(outermost):
         if outermost and timeline is not None:
+            from . import _timeline
+
             timeline.sample(_timeline.MIN_GAP)
         if outermost and settings.print_each_call and not (settings.defer and _native.inside_profiled_call()):
             precision = default_precision if settings.precision is None else settings.precision
@@ -388,6 +393,8 @@ def profile_silently(func):
 
 def report_of(codes, selection=None):
     """The JSON report (a dict) of the profiled functions whose code objects are in ``codes``."""
+    import json
+
     version = ".".join(str(part) for part in sys.version_info[:3])
     token = _native.begin_quiet()
     try:
@@ -451,6 +458,8 @@ def _resumed(inner, frame):
 
 def last_report():
     """The JSON report (a dict, schema memsleuth.report/1) of everything profiled so far."""
+    import json
+
     version = ".".join(str(part) for part in sys.version_info[:3])
     token = _native.begin_quiet()
     try:

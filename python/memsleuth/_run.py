@@ -83,6 +83,19 @@ class _SpawnPreparer:
 #: Put before the code multiprocessing runs with ``python -c``; a child that cannot import
 #: memsleuth (another executable) runs as it would have.
 _SPAWNED_PRELUDE = "try:\n    import memsleuth._spawned\nexcept ImportError:\n    pass\n"
+#: Under --follow-fork, before the code of a spawned child and of the forkserver (whose forks are
+#: the workers), not the resource tracker's, which runs none of the program's code: the process
+#: is profiled, and leaves its report in the run's directory of children's reports, as does each
+#: child it forks.
+_FOLLOWED_PRELUDE = ("try:\n    import memsleuth._spawned\nexcept ImportError:\n    pass\n"
+                     "else:\n    memsleuth._spawned.follow({directory!r})\n")
+_FOLLOWED = ("from multiprocessing.spawn import spawn_main", "from multiprocessing.forkserver import main")
+
+
+def _prelude(code):
+    if _sink.children_dir is not None and code.startswith(_FOLLOWED):
+        return _FOLLOWED_PRELUDE.format(directory=_sink.children_dir)
+    return _SPAWNED_PRELUDE
 
 
 def _prepare_started_processes(util):
@@ -93,7 +106,7 @@ def _prepare_started_processes(util):
         args = list(args)
         if "-c" in args[:-1]:
             at = args.index("-c") + 1
-            args[at] = _SPAWNED_PRELUDE + args[at]
+            args[at] = _prelude(args[at]) + args[at]
         return spawnv_passfds(path, args, passfds)
 
     util.spawnv_passfds = prepared_spawnv_passfds

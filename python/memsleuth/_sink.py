@@ -1,15 +1,15 @@
 """Starting the sink that keeps memsleuth's books outside the profiled process (docs/design.md,
 "The books live in the sink"), and the reports it writes when the program could not."""
 
-import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 
 from . import _native
+
+# json, shutil, signal and tempfile are imported where they are used, by the sink or at the end:
+# a program profiled with @profile keeps whatever memsleuth imports in its RSS (docs/design.md,
+# "The books live in the sink").
 
 #: What keeps the books in this process's run: "process", "thread", or None before the start.
 kind = None
@@ -72,9 +72,22 @@ def _start(report=None):
     kind = "thread"
 
 
+def _reply_directory():
+    """A new private directory for the sink's answers (tempfile.mkdtemp's, without importing
+    tempfile and the modules it imports into the program)."""
+    base = os.environ.get("TMPDIR") or "/tmp"
+    while True:
+        path = os.path.join(base, "memsleuth-replies-" + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+
+
 def _spawn(ring, report):
     doorbell_r, doorbell_w = os.pipe()
-    replies = tempfile.mkdtemp(prefix="memsleuth-replies-")
+    replies = _reply_directory()
     ours = (ring, doorbell_r)
     try:
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +110,9 @@ def _spawn(ring, report):
 def spawned_main(args):
     """The spawned sink: keeps the books until the program ends; if it ended without finishing,
     writes on stderr what it had run."""
+    import shutil
+    import signal
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)
     ring, doorbell = int(args[0]), int(args[1])
@@ -117,6 +133,8 @@ def spawned_main(args):
 
 def _leave_report(path):
     """A followed child's sink: its JSON report goes where the run's sink collects it."""
+    import json
+
     version = ".".join(str(part) for part in sys.version_info[:3])
     doc = json.loads(_native.report_json(version, None, None))
     with open(path + ".tmp", "w") as f:
@@ -149,6 +167,8 @@ def _profile_forked_child():
 def collect_children(directory, main_pid, timeout=30.0):
     """The followed children's reports, {pid: report}, once none is pending (or ``timeout``
     seconds have passed)."""
+    import json
+
     deadline = time.monotonic() + timeout
     while any(name.endswith(".pending") for name in os.listdir(directory)) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -163,6 +183,8 @@ def collect_children(directory, main_pid, timeout=30.0):
 
 def summary(reports):
     """One report whose functions add up the figures of the same function in every process."""
+    import json
+
     return json.loads(_native.summarize_saved([json.dumps(r) for r in reports]))
 
 
@@ -170,6 +192,8 @@ def fork_program():
     """Under ``memsleuth run``: forks. The child returns None and runs the program, recording
     into the ring; this process becomes the sink, and returns how the program ended once it has."""
     global kind
+    import shutil
+
     if requested() == "thread" or sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
         # Asked to keep the books in a thread, or called from Python with its output redirected
         # in the process: the program must run here (a spawned sink, or a thread, keeps them).
@@ -182,7 +206,7 @@ def fork_program():
                 pass
     ring = _native.open_ring()
     doorbell_r, doorbell_w = os.pipe()
-    replies = tempfile.mkdtemp(prefix="memsleuth-replies-")
+    replies = _reply_directory()
     pid = os.fork()
     if pid == 0:
         for fd in (ring, doorbell_r):
@@ -213,6 +237,8 @@ def death_heading(how):
 
 def ending_words(ending):
     """How the program ended, in words, and the status memsleuth exits with."""
+    import signal
+
     if ending["signal"] is not None:
         number = ending["signal"]
         try:

@@ -169,8 +169,10 @@ impl Words {
     }
 }
 
-/// The longest record, in words (the header's length field).
-pub const MAX_WORDS: usize = u16::MAX as usize;
+/// The longest record, in words (128 KiB; the header's length field could say more): a ring
+/// takes records up to half its size, so every ring of 256 KiB or more takes every record
+/// (docs/design.md, "The books live in the sink").
+pub const MAX_WORDS: usize = (1 << 14) - 1;
 
 /// The header of a record of `words` words.
 #[inline(always)]
@@ -388,8 +390,19 @@ fn encode_request(w: &mut Words, request: &Request) {
             w.push_str(python_version);
             match argv {
                 Some(args) => {
-                    w.push(args.len() as u64 + 1);
-                    for a in args {
+                    // Arguments are kept while they fit (with the selection after them): a
+                    // record longer than MAX_WORDS would not fit in the ring.
+                    let after = 2 + selection.as_ref().map_or(0, |s| 1 + s.len().div_ceil(8));
+                    let budget = MAX_WORDS.saturating_sub(w.len + 1 + after);
+                    let fitting = args
+                        .iter()
+                        .scan(0usize, |used, a| {
+                            *used += 1 + a.len().div_ceil(8);
+                            (*used <= budget).then_some(a)
+                        })
+                        .count();
+                    w.push(fitting as u64 + 1);
+                    for a in &args[..fitting] {
                         w.push_str(a);
                     }
                 }
@@ -615,6 +628,28 @@ mod tests {
         longer.push(0);
         assert_eq!(Record::decode(&longer), None);
         assert_eq!(Record::decode(&[header(200, 0, 1, 0)]), None, "an unknown kind");
+    }
+
+    #[test]
+    fn an_argv_too_long_for_one_record_is_cut_at_an_argument() {
+        let argv: Vec<String> = (0..400).map(|i| format!("{i:0>400}")).collect();
+        let request = Request::Json {
+            python_version: "3.12.1".into(),
+            argv: Some(argv.clone()),
+            selection: Some("profiling everything".into()),
+            rss_peak: 1,
+            codes: None,
+        };
+        let words = Record::Request { token: 1, request }.encode(0);
+        assert!(words.as_slice().len() <= MAX_WORDS);
+        let Some((_, Record::Request { request: Request::Json { argv: Some(kept), selection, .. }, .. })) =
+            Record::decode(words.as_slice())
+        else {
+            panic!("not decoded")
+        };
+        assert!(!kept.is_empty() && kept.len() < argv.len());
+        assert_eq!(kept[..], argv[..kept.len()]);
+        assert_eq!(selection.as_deref(), Some("profiling everything"));
     }
 
     #[test]

@@ -34,6 +34,20 @@ pub struct Ring<'a> {
     mask: usize,
 }
 
+/// Words the consumer reads before it hands them back to waiting producers (a page).
+const RELEASE_EVERY: u64 = 512;
+
+/// What `push` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Written,
+    /// Written, and this record took the ring past half full: the consumer should be woken
+    /// now, before the producers have to wait for it.
+    HalfFull,
+    /// Not written: the ring was full and `wait` gave up (or the record is too long).
+    Dropped,
+}
+
 /// What `drain` found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Drained {
@@ -90,21 +104,27 @@ impl<'a> Ring<'a> {
 
     /// Appends one record (header first in `words`, its length in the header). While the ring is
     /// too full, `wait` is called with the number of tries so far; when it returns false the
-    /// record is dropped and push returns false. Records longer than half the ring are refused.
+    /// record is dropped and push returns `Pushed::Dropped`. Records longer than half the ring
+    /// are refused.
     #[inline]
-    pub fn push(&self, words: &[u64], wait: impl FnMut(u32) -> bool) -> bool {
+    pub fn push(&self, words: &[u64], wait: impl FnMut(u32) -> bool) -> Pushed {
         match self.reserve(words.len(), wait) {
-            Some(at) => {
+            Some((at, half_full)) => {
                 self.commit(at, words);
-                true
+                if half_full {
+                    Pushed::HalfFull
+                } else {
+                    Pushed::Written
+                }
             }
-            None => false,
+            None => Pushed::Dropped,
         }
     }
 
-    /// Reserves `n` contiguous words; returns where the record goes.
+    /// Reserves `n` contiguous words; returns where the record goes, and whether this record
+    /// took the ring past half full.
     #[inline]
-    fn reserve(&self, n: usize, mut wait: impl FnMut(u32) -> bool) -> Option<usize> {
+    fn reserve(&self, n: usize, mut wait: impl FnMut(u32) -> bool) -> Option<(usize, bool)> {
         if n == 0 || n > self.capacity() / 2 {
             return None;
         }
@@ -116,7 +136,8 @@ impl<'a> Ring<'a> {
             let to_end = self.capacity() - at;
             let need = if n > to_end { to_end + n } else { n } as u64;
             let tail = self.tail().load(Ordering::Acquire);
-            if head.wrapping_add(need).wrapping_sub(tail) > capacity {
+            let pending = head.wrapping_sub(tail);
+            if pending.wrapping_add(need) > capacity {
                 if !wait(tries) {
                     return None;
                 }
@@ -130,11 +151,12 @@ impl<'a> Ring<'a> {
             {
                 continue;
             }
+            let half_full = pending < capacity / 2 && pending + need >= capacity / 2;
             if n > to_end {
                 self.data[at].store(PAD | (to_end as u64) << 32, Ordering::Release);
-                return Some(0);
+                return Some((0, half_full));
             }
-            return Some(at);
+            return Some((at, half_full));
         }
     }
 
@@ -147,12 +169,21 @@ impl<'a> Ring<'a> {
     }
 
     /// Reads records in order, handing each to `apply`, until none is written yet or about
-    /// `budget` words were read; the space read is then handed back to the producers.
+    /// `budget` words were read; the space read is handed back to the producers every
+    /// RELEASE_EVERY words, so that a producer waiting on a full ring waits for that much
+    /// reading, not for the whole drain.
     pub fn drain(&self, budget: usize, buf: &mut Vec<u64>, mut apply: impl FnMut(&[u64])) -> Drained {
         let start = self.tail().load(Ordering::Relaxed);
         let mut tail = start;
+        let mut released = start;
         let mut count = 0;
         let outcome = loop {
+            if tail.wrapping_sub(released) >= RELEASE_EVERY {
+                // The words read were zeroed before this store: a producer that sees the new
+                // tail (acquire) sees them unwritten.
+                self.tail().store(tail, Ordering::Release);
+                released = tail;
+            }
             if tail.wrapping_sub(start) as usize >= budget {
                 break Drained::More(count);
             }
@@ -229,7 +260,11 @@ mod tests {
                 2 => record(3, round),
                 _ => Record::Line { code: round, lineno: 1, reading: Some(Default::default()) },
             };
-            assert!(ring.push(record.encode(round as u32).as_slice(), |_| false), "room after each drain");
+            assert_ne!(
+                ring.push(record.encode(round as u32).as_slice(), |_| false),
+                Pushed::Dropped,
+                "room after each drain"
+            );
             sent.push((round as u32, record));
             if round % 3 == 2 {
                 received.extend(read_all(&ring));
@@ -246,17 +281,52 @@ mod tests {
         let ring = Ring::new(&mem).unwrap();
         let words = record(1, 1).encode(1);
         for _ in 0..5 {
-            assert!(ring.push(words.as_slice(), |_| false));
+            assert_ne!(ring.push(words.as_slice(), |_| false), Pushed::Dropped);
         }
         let mut waits = 0;
-        assert!(!ring.push(words.as_slice(), |tries| {
+        let pushed = ring.push(words.as_slice(), |tries| {
             waits = tries + 1;
             tries < 3
-        }));
+        });
+        assert_eq!(pushed, Pushed::Dropped);
         assert_eq!(waits, 4, "wait is asked until it gives up");
         assert_eq!(read_all(&ring).len(), 5);
-        assert!(ring.push(words.as_slice(), |_| false));
+        assert_ne!(ring.push(words.as_slice(), |_| false), Pushed::Dropped);
         assert_eq!(read_all(&ring), vec![(1, record(1, 1))]);
+    }
+
+    #[test]
+    fn the_record_that_takes_the_ring_past_half_full_says_so_once() {
+        let mem = memory(64);
+        let ring = Ring::new(&mem).unwrap();
+        let words = record(1, 1).encode(1); // 3 words: the 11th takes it from 30 to 33 of 64
+        let pushed: Vec<Pushed> = (0..16).map(|_| ring.push(words.as_slice(), |_| false)).collect();
+        let half = pushed.iter().position(|p| *p == Pushed::HalfFull);
+        assert_eq!(half, Some(10));
+        assert_eq!(pushed.iter().filter(|p| **p == Pushed::HalfFull).count(), 1);
+        read_all(&ring);
+        let again = (0..11).map(|_| ring.push(words.as_slice(), |_| false)).filter(|p| *p == Pushed::HalfFull);
+        assert_eq!(again.count(), 1, "and again once it was drained");
+    }
+
+    #[test]
+    fn a_long_drain_hands_back_room_as_it_reads() {
+        // A producer waiting on a full ring gets room once a page of it is read, before the
+        // drain ends.
+        let mem = memory(4096);
+        let ring = Ring::new(&mem).unwrap();
+        let words = record(1, 1).encode(1);
+        while ring.push(words.as_slice(), |_| false) != Pushed::Dropped {}
+        let mut buf = Vec::new();
+        let (mut read, mut room_at) = (0, None);
+        ring.drain(usize::MAX, &mut buf, |_| {
+            read += 1;
+            if room_at.is_none() && ring.pending_words() + 3 <= ring.capacity() as u64 {
+                room_at = Some(read);
+            }
+        });
+        let room_at = room_at.expect("room before the drain ended");
+        assert!(room_at * 3 <= 2 * RELEASE_EVERY as usize, "room after {room_at} records of {read}");
     }
 
     #[test]
@@ -271,7 +341,7 @@ mod tests {
             filename: "f".into(),
             source: vec!["x".repeat(40)],
         };
-        assert!(!ring.push(register.encode(0).as_slice(), |_| true));
+        assert_eq!(ring.push(register.encode(0).as_slice(), |_| true), Pushed::Dropped);
     }
 
     #[test]
@@ -281,7 +351,7 @@ mod tests {
         ring.push(record(1, 1).encode(1).as_slice(), |_| false);
         // Reserved, payload written, header never stored: the producer died here.
         let dying = record(2, 2).encode(2);
-        let at = ring.reserve(dying.as_slice().len(), |_| false).unwrap();
+        let (at, _) = ring.reserve(dying.as_slice().len(), |_| false).unwrap();
         ring.data[at + 1].store(dying.as_slice()[1], Ordering::Relaxed);
         // Another thread's record after it is written in full, but sits behind the gap.
         ring.push(record(3, 3).encode(3).as_slice(), |_| false);
@@ -312,10 +382,11 @@ mod tests {
                 s.spawn(move || {
                     for n in 0..EACH {
                         let words = record(t, n).encode(t);
-                        assert!(ring.push(words.as_slice(), |_| {
+                        let pushed = ring.push(words.as_slice(), |_| {
                             std::thread::yield_now();
                             true
-                        }));
+                        });
+                        assert_ne!(pushed, Pushed::Dropped);
                     }
                 });
             }
