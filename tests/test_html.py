@@ -483,6 +483,10 @@ def check_page_in_browser(report, page_path, tmp_path):
     peak = max(samples, key=lambda s: s["rss_bytes"])
     label = dom.find("text", id="peak-label")[0][2]
     assert label.startswith(f"peak RSS {_html.human_bytes(peak['rss_bytes'])} at ")
+    # What was live at the tracked peak, by line, as the books kept it.
+    listed = dom.find("ul", id="peak-live")[0][2]
+    for item in report["process"]["peak_live_by_line"][:8]:
+        assert f'{item["function"]} line {item["lineno"]}: {_html.human_bytes(item["bytes"])} live' in listed, listed
     readout = dom.find("div", id="readout")[0][2]
     assert f"RSS {_html.human_bytes(peak['rss_bytes'])}  tracked {_html.human_bytes(peak['tracked_bytes'])}" in readout
     gc_lines = {(f["name"], l["lineno"]) for f in report["functions"] for l in f["lines"] if l["gc_collections"]}

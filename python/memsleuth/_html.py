@@ -316,19 +316,30 @@ def _timeline(report):
     # What the report says about the peak: the line running then, and the tracked bytes.
     sources = {(f.get("name"), lineno): src for f in report.get("functions", []) for lineno, src in _source_lines(f).items()}
     running = sources.get((peak.get("function"), peak.get("lineno")))
-    live = [(f.get("name"), line) for f in report.get("functions", []) for line in f.get("lines", [])
-            if int(line.get("retained_bytes", 0)) > 0]
-    live.sort(key=lambda item: -int(item[1]["retained_bytes"]))
-    live_items = "".join(
-        f'<li>{_e(name)} line {int(line["lineno"])}: {_e(human_bytes(line["retained_bytes"]))} retained '
-        f'<code>{_e(line.get("source", ""))}</code></li>' for name, line in live[:8])
+    at_peak = report.get("process", {}).get("peak_live_by_line")
+    if at_peak is not None:
+        # What the books kept of the tracked peak: each line's blocks live at that moment.
+        on_lines = sum(int(item["bytes"]) for item in at_peak)
+        live_items = "".join(
+            f'<li>{_e(item["function"])} line {int(item["lineno"])}: {_e(human_bytes(item["bytes"]))} live '
+            f'<code>{_e(item.get("source", ""))}</code></li>' for item in at_peak[:8])
+        live_items += (f'<li>outside the profiled lines: {_e(human_bytes(max(tracked_peak - on_lines, 0)))}</li>'
+                       if tracked_peak else "")
+        live_text = (f'<h3>Live at the tracked peak ({_e(human_bytes(tracked_peak))}), by line</h3>'
+                     f'<ul id="peak-live">{live_items}</ul>')
+    else:
+        live = [(f.get("name"), line) for f in report.get("functions", []) for line in f.get("lines", [])
+                if int(line.get("retained_bytes", 0)) > 0]
+        live.sort(key=lambda item: -int(item[1]["retained_bytes"]))
+        live_items = "".join(
+            f'<li>{_e(name)} line {int(line["lineno"])}: {_e(human_bytes(line["retained_bytes"]))} retained '
+            f'<code>{_e(line.get("source", ""))}</code></li>' for name, line in live[:8])
+        live_text = ('<p class="meta">This report was written before memsleuth recorded what was live at the tracked '
+                     'peak; what it has is each line\'s retained bytes (allocated there and still live when its call '
+                     f'returned), largest first:</p><ul>{live_items or "<li>no line retained memory</li>"}</ul>')
     peak_text = (
         f'<div id="peak"><h3>At the RSS peak</h3><p>{_e(label)}; {_e(human_bytes(peak["tracked_bytes"]))} of tracked memory '
-        f'was live.{" Running: <code>" + _e(running) + "</code>" if running else ""}</p>'
-        '<p class="meta">The report does not record, for a moment of the run, how much of the live memory each line '
-        'had allocated; what it has is each line\'s retained bytes (allocated there and still live when its call '
-        'returned), largest first:</p>'
-        f'<ul>{live_items or "<li>no line retained memory</li>"}</ul></div>')
+        f'was live.{" Running: <code>" + _e(running) + "</code>" if running else ""}</p>{live_text}</div>')
     gc_items = "".join(f'<li>{_e(name)} line {lineno}: {count} collection{"s" if count != 1 else ""}</li>'
                        for (name, lineno), count in gc_lines.items())
     gc_text = (f'<p class="meta">Garbage collections are counted per line, not timed: a triangle marks a sample taken '
