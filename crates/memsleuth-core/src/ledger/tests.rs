@@ -8,6 +8,7 @@
 use crate::causes::OsReading;
 use crate::ledger::*;
 use crate::report::*;
+use proptest::prelude::*;
 
 // Fake code object identities.
 const MAIN: usize = 0x1_0000;
@@ -1312,14 +1313,24 @@ fn rss_moved_before_the_first_line_belongs_to_it() {
 
 /// Replays one pseudo-random script of line events (with and without readings, often equal
 /// ones), allocations, frees, collections, arenas and nested calls into a ledger.
-fn replay_script(l: &mut Ledger, seed: u64) {
-    let mut state = seed | 1;
-    let mut next = move |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
+/// Random choices for a scripted run, drawn by proptest: `next(n)` is the next one below `n`,
+/// going round the list again at its end.
+struct Choices<'a> {
+    values: &'a [u64],
+    at: usize,
+}
+
+impl Choices<'_> {
+    fn next(&mut self, n: u64) -> u64 {
+        let value = self.values[self.at % self.values.len()];
+        self.at += 1;
+        value % n
+    }
+}
+
+fn replay_script(l: &mut Ledger, choices: &[u64]) {
+    let mut choices = Choices { values: choices, at: 0 };
+    let mut next = |n: u64| choices.next(n);
     let f = register(l, "f", F, 10);
     let g = register(l, "g", G, 20);
     let mut h = Hot::ZERO;
@@ -1369,19 +1380,90 @@ fn replay_script(l: &mut Ledger, seed: u64) {
     }
 }
 
-/// `step_quietly` is an optimisation only: every figure of every line, note and cause included,
-/// comes out as the general close-and-open path computes it.
-#[test]
-fn quiet_line_steps_change_no_figure() {
-    for seed in [1, 7, 42, 1234, 99991] {
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// `step_quietly` is an optimisation only: every figure of every line, note and cause
+    /// included, comes out as the general close-and-open path computes it.
+    #[test]
+    fn quiet_line_steps_change_no_figure(choices in prop::collection::vec(any::<u64>(), 1..4000)) {
         let mut shortcut = Ledger::new();
-        replay_script(&mut shortcut, seed);
+        replay_script(&mut shortcut, &choices);
         let mut general = Ledger::new();
         general.quiet_steps = false;
-        replay_script(&mut general, seed);
+        replay_script(&mut general, &choices);
         let [a, b] = [&shortcut, &general].map(|l| Report::from_ledger(l, "3.x", None, 0).to_json());
-        assert!(a.contains(r#""hits":"#), "{a}");
-        assert_eq!(a, b, "seed {seed}");
+        prop_assert!(a.contains(r#""hits":"#), "{}", a);
+        prop_assert_eq!(a, b);
+    }
+
+    /// Against a model that recounts every live block by line at each new maximum of the live
+    /// bytes: random allocations, frees and reallocs on lines that change, in and out of calls.
+    #[test]
+    fn live_at_the_peak_agrees_with_a_recount_at_each_new_maximum(
+        choices in prop::collection::vec(any::<u64>(), 1..6000),
+    ) {
+        let steps = choices.len();
+        let mut choices = Choices { values: &choices, at: 0 };
+        let mut next = |n: u64| choices.next(n);
+        let mut l = Ledger::new();
+        let f = register(&mut l, "f", F, 10);
+        let mut h = Hot::ZERO;
+        // Live blocks: address -> (line number it was born on, None outside the call; size).
+        let mut model: std::collections::BTreeMap<usize, (Option<u32>, u64)> = Default::default();
+        let mut running: Option<u32> = None;
+        let (mut best, mut best_by_line) = (0u64, std::collections::BTreeMap::new());
+        let mut fresh = A;
+        for _ in 0..steps {
+            match next(12) {
+                0 if running.is_none() => {
+                    l.enter(&mut h, f, 0);
+                    running = Some(10);
+                }
+                1 if running.is_some() => {
+                    l.leave(&mut h, 0);
+                    running = None;
+                }
+                2 | 3 if running.is_some() => {
+                    let lineno = 11 + next(4) as u32;
+                    l.on_line(&mut h, F, lineno, None);
+                    running = Some(lineno);
+                }
+                4..=7 => {
+                    fresh += 16;
+                    let size = 1 + next(3000);
+                    l.on_alloc(&mut h, fresh, size, false);
+                    model.insert(fresh, (running, size));
+                }
+                8 | 9 if !model.is_empty() => {
+                    let addr = *model.keys().nth(next(model.len() as u64) as usize).unwrap();
+                    l.on_free(&mut h, addr, false);
+                    model.remove(&addr);
+                }
+                10 if !model.is_empty() => {
+                    let old = *model.keys().nth(next(model.len() as u64) as usize).unwrap();
+                    fresh += 16;
+                    let size = 1 + next(6000);
+                    l.on_realloc(&mut h, old, fresh, size, false);
+                    model.remove(&old);
+                    model.insert(fresh, (running, size));
+                }
+                _ => {}
+            }
+            let live: u64 = model.values().map(|(_, size)| size).sum();
+            prop_assert_eq!(live, l.process.live_bytes);
+            if live > best {
+                best = live;
+                best_by_line.clear();
+                for (line, size) in model.values() {
+                    if let Some(line) = line {
+                        *best_by_line.entry(*line).or_insert(0u64) += size;
+                    }
+                }
+            }
+            let expected: Vec<(u32, u64)> = best_by_line.iter().map(|(&n, &b)| (n, b)).collect();
+            prop_assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (best, expected));
+        }
     }
 }
 
@@ -1485,79 +1567,6 @@ fn a_profiler_block_that_set_the_peak_takes_it_back_no_lower_than_an_earlier_pea
     assert_eq!(l.process.tracked_peak_bytes, 100);
     assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (100, vec![(11, 100)]));
     l.leave(&mut h, 0);
-}
-
-/// Against a model that recounts every live block by line at each new maximum of the live bytes:
-/// pseudo-random allocations, frees and reallocs on lines that change, in and out of calls.
-#[test]
-fn live_at_the_peak_agrees_with_a_recount_at_each_new_maximum() {
-    for seed in [3u64, 17, 2024, 65_537] {
-        let mut state = seed;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
-        let mut l = Ledger::new();
-        let f = register(&mut l, "f", F, 10);
-        let mut h = Hot::ZERO;
-        // Live blocks: address -> (line number it was born on, None outside the call; size).
-        let mut model: std::collections::BTreeMap<usize, (Option<u32>, u64)> = Default::default();
-        let mut running: Option<u32> = None;
-        let (mut best, mut best_by_line) = (0u64, std::collections::BTreeMap::new());
-        let mut fresh = A;
-        for _ in 0..6000 {
-            match next(12) {
-                0 if running.is_none() => {
-                    l.enter(&mut h, f, 0);
-                    running = Some(10);
-                }
-                1 if running.is_some() => {
-                    l.leave(&mut h, 0);
-                    running = None;
-                }
-                2 | 3 if running.is_some() => {
-                    let lineno = 11 + next(4) as u32;
-                    l.on_line(&mut h, F, lineno, None);
-                    running = Some(lineno);
-                }
-                4..=7 => {
-                    fresh += 16;
-                    let size = 1 + next(3000);
-                    l.on_alloc(&mut h, fresh, size, false);
-                    model.insert(fresh, (running, size));
-                }
-                8 | 9 if !model.is_empty() => {
-                    let addr = *model.keys().nth(next(model.len() as u64) as usize).unwrap();
-                    l.on_free(&mut h, addr, false);
-                    model.remove(&addr);
-                }
-                10 if !model.is_empty() => {
-                    let old = *model.keys().nth(next(model.len() as u64) as usize).unwrap();
-                    fresh += 16;
-                    let size = 1 + next(6000);
-                    l.on_realloc(&mut h, old, fresh, size, false);
-                    model.remove(&old);
-                    model.insert(fresh, (running, size));
-                }
-                _ => {}
-            }
-            let live: u64 = model.values().map(|(_, size)| size).sum();
-            assert_eq!(live, l.process.live_bytes);
-            if live > best {
-                best = live;
-                best_by_line.clear();
-                for (line, size) in model.values() {
-                    if let Some(line) = line {
-                        *best_by_line.entry(*line).or_insert(0u64) += size;
-                    }
-                }
-            }
-            let expected: Vec<(u32, u64)> = best_by_line.iter().map(|(&n, &b)| (n, b)).collect();
-            assert_eq!((l.peak_live_bytes(), l.live_at_peak(f)), (best, expected), "seed {seed}");
-        }
-    }
 }
 
 /// Only blocks of a pymalloc arena's size through the arena hook are arenas; the frames'
