@@ -24,18 +24,13 @@ pub fn unsupported(version: (u32, u32), gil_disabled: bool) -> Option<String> {
     })
 }
 
-/// Refuses an interpreter `unsupported` names, as an ImportError of the extension.
+/// Refuses an interpreter `unsupported` names, as an ImportError of the extension. A
+/// free-threaded build says so in its ABI flags ("t"); sysconfig would tell too, at the cost of
+/// importing it into every profiled program.
 pub fn check_supported(py: Python<'_>) -> PyResult<()> {
     let version = py.version_info();
-    let gil_disabled = py
-        .import("sysconfig")?
-        .call_method1("get_config_var", ("Py_GIL_DISABLED",))?
-        .extract::<Option<i64>>()
-        .ok()
-        .flatten()
-        .unwrap_or(0)
-        != 0;
-    match unsupported((version.major as u32, version.minor as u32), gil_disabled) {
+    let abiflags: String = py.import("sys")?.getattr("abiflags")?.extract()?;
+    match unsupported((version.major as u32, version.minor as u32), abiflags.contains('t')) {
         Some(reason) => Err(pyo3::exceptions::PyImportError::new_err(reason)),
         None => Ok(()),
     }

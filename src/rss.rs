@@ -82,17 +82,6 @@ fn page() -> u64 {
 /// present, or present only as the shared zero page (mapped but not exclusively ours), which
 /// is what reading untouched memory produces.
 fn unresident(pagemap: Option<&File>, addr: usize, size: u64) -> u64 {
-    unresident_pages(pagemap, addr, size, true)
-}
-
-/// As `unresident`, for memory mapped before memsleuth started: a present page counts as
-/// resident even when shared, since in a forked child the pages inherited from the parent are
-/// shared until written, and count in its RSS all the same.
-fn unresident_preexisting(pagemap: Option<&File>, ranges: &[(usize, usize)]) -> u64 {
-    ranges.iter().map(|&(start, end)| unresident_pages(pagemap, start, (end - start) as u64, false)).sum()
-}
-
-fn unresident_pages(pagemap: Option<&File>, addr: usize, size: u64, exclusive_only: bool) -> u64 {
     let Some(pagemap) = pagemap else { return 0 };
     let page = page();
     let first = addr as u64 / page;
@@ -107,11 +96,45 @@ fn unresident_pages(pagemap: Option<&File>, addr: usize, size: u64, exclusive_on
             let bits = u64::from_le_bytes(entry.try_into().unwrap_or_default());
             let present = bits >> 63 & 1 == 1;
             let exclusive = bits >> 56 & 1 == 1;
-            resident_pages += u64::from(present && (exclusive || !exclusive_only));
+            resident_pages += u64::from(present && exclusive);
         }
         at += count as u64;
     }
     size.saturating_sub(resident_pages * page)
+}
+
+/// The bytes of `ranges`, memory mapped before memsleuth started, that are not resident, from
+/// mincore: a page in memory counts, shared or not, since in a forked child the pages inherited
+/// from the parent are shared until written and count in its RSS all the same. mincore also
+/// says when part of a range is no longer mapped (a glibc chunk unmapped since); then the
+/// ranges still mapped are returned too, found in /proc/self/maps, which is read only then.
+fn unresident_preexisting(ranges: &[(usize, usize)]) -> (u64, Option<Vec<(usize, usize)>>) {
+    let mut total = 0;
+    for &(start, end) in ranges {
+        match unresident_by_mincore(start, end) {
+            Some(missing) => total += missing,
+            None => {
+                let mapped = anonymous_mappings();
+                let still = intersect(ranges, &mapped);
+                let total = still.iter().map(|&(start, end)| unresident_by_mincore(start, end).unwrap_or(0)).sum();
+                return (total, Some(mapped));
+            }
+        }
+    }
+    (total, None)
+}
+
+/// The bytes of the pages spanning [start, end) that are not in memory, or None if part of them
+/// is not mapped.
+fn unresident_by_mincore(start: usize, end: usize) -> Option<u64> {
+    let page = page() as usize;
+    let (first, last) = (start / page * page, end.div_ceil(page) * page);
+    let pages = (last - first) / page;
+    let mut in_core = vec![0u8; pages];
+    // SAFETY: `first` is page-aligned, and `in_core` holds one byte per page of [first, last),
+    // which is all mincore writes; it reads no memory of the range.
+    let status = unsafe { libc::mincore(first as *mut libc::c_void, last - first, in_core.as_mut_ptr()) };
+    (status == 0).then(|| ((pages - in_core.iter().filter(|&&b| b & 1 == 1).count()) * page) as u64)
 }
 
 /// Readings taken, and how many of them asked glibc for its heap figures.
@@ -161,13 +184,19 @@ pub fn read() -> Reading {
                 break;
             }
             let found: Vec<u64> = measure.blocks.iter().map(|(addr, b)| unresident(pagemap, *addr, b.size)).collect();
-            let preexisting = measure
-                .preexisting
-                .as_ref()
-                .map(|ranges| unresident_preexisting(pagemap, &intersect(ranges, &anonymous_mappings())));
+            let (preexisting, mapped) = match measure.preexisting.as_deref() {
+                Some(ranges) => {
+                    let (missing, mapped) = unresident_preexisting(ranges);
+                    (Some(missing), mapped)
+                }
+                None => (None, None),
+            };
             let mut found = found.into_iter();
-            unresident_bytes =
-                Some(RESIDENCY.lock().measured(measure, |_, _| found.next().unwrap_or(0), preexisting));
+            let mut residency = RESIDENCY.lock();
+            if let Some(mapped) = mapped {
+                residency.keep_preexisting_within(&mapped);
+            }
+            unresident_bytes = Some(residency.measured(measure, |_, _| found.next().unwrap_or(0), preexisting));
         }
         let unresident_bytes = unresident_bytes.unwrap_or(0);
         let os = OsReading {

@@ -149,6 +149,12 @@ impl Residency {
         self.preexisting_unresident = None;
     }
 
+    /// Part of that memory was unmapped since (a glibc chunk freed): only what is still among
+    /// the anonymous mappings `mapped` stays.
+    pub fn keep_preexisting_within(&mut self, mapped: &[(usize, usize)]) {
+        self.preexisting = intersect(&self.preexisting, mapped);
+    }
+
     pub fn len(&self) -> usize {
         self.blocks.len()
     }
@@ -417,6 +423,16 @@ mod tests {
         assert_eq!(m.preexisting.as_deref(), Some(&[(0x100_0000, 0x110_0000)][..]));
         assert_eq!(r.measured(m, |_, _| 1 << 20, Some(0)), 1 << 20);
         assert_eq!(r.to_measure(60 << 20).preexisting, None, "wholly resident");
+    }
+
+    /// What was unmapped since (a glibc chunk freed) leaves the memory measured.
+    #[test]
+    fn memory_mapped_before_the_start_and_unmapped_since_is_forgotten() {
+        let mut r = Residency::default();
+        r.set_preexisting(vec![(0x100_0000, 0x120_0000), (0x300_0000, 0x310_0000)]);
+        r.keep_preexisting_within(&[(0x0, 0x110_0000), (0x300_0000, 0x400_0000)]);
+        let m = r.to_measure(50 << 20);
+        assert_eq!(m.preexisting.as_deref(), Some(&[(0x100_0000, 0x110_0000), (0x300_0000, 0x310_0000)][..]));
     }
 
     /// The seed's comprehension under `memsleuth run`: pymalloc maps a new arena and touches a
