@@ -70,3 +70,15 @@ def test_the_extension_loads_only_when_asked_to_profile():
             "from memsleuth import profile\n"
             "print('memsleuth._native' in sys.modules)\n")
     assert probe("", code) == ["False", "True"]
+
+
+def test_the_checks_at_start_import_nothing_the_program_did_not():
+    """Telling a free-threaded build apart must not import sysconfig (25 ms, and a module the
+    program never asked for)."""
+    code = ("import sys\n"
+            "from memsleuth import profile\n"
+            "@profile(stream=open('/dev/null', 'w'))\n"
+            "def f():\n    return 1\n"
+            "f()\n"
+            "print('sysconfig' in sys.modules)\n")
+    assert probe("", code) == ["False"]
