@@ -518,10 +518,13 @@ fn save_top(me: &Local, frames: &mut [MirroredFrame]) {
     }
 }
 
-/// A call of profiled function `func` (code object `code`) starts on this thread.
+/// A call of profiled function `func` (code object `code`) starts on this thread. The outermost
+/// call takes a reading; one inside another profiled call only where one fell due, as a line
+/// boundary does (a nested helper called in a hot loop would pay two readings a call).
 pub fn enter(func: u32, code: usize) {
     LOCAL.with(|me| {
-        let reading = reading_now(me);
+        let nested = FRAMES.with_borrow(|frames| !frames.is_empty());
+        let reading = if nested { due_reading(me, &mut false) } else { Some(reading_now(me)) };
         FRAMES.with_borrow_mut(|frames| {
             save_top(me, frames);
             let frame = MirroredFrame { func, code, lineno: 0, resumable: false, returned: false };
@@ -536,7 +539,8 @@ pub fn enter(func: u32, code: usize) {
 /// remains on this thread.
 pub fn leave() -> bool {
     LOCAL.with(|me| {
-        let reading = reading_now(me);
+        let nested = FRAMES.with_borrow(|frames| frames.len() > 1);
+        let reading = if nested { due_reading(me, &mut false) } else { Some(reading_now(me)) };
         me.emit(Record::Leave { reading });
         pop(me).is_some_and(|(func, _)| FRAMES.with_borrow(|frames| frames.iter().all(|f| f.func != func)))
     })

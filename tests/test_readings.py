@@ -36,3 +36,26 @@ def test_glibc_heap_figures_are_not_read_at_every_reading(run_fixture):
     extra = run_fixture("tiny_calls.py").extra
     assert extra["readings"] >= 2 * extra["calls"], extra
     assert extra["glibc_readings"] <= extra["calls"] // 20, extra
+
+
+def test_a_nested_profiled_helper_reads_only_when_a_reading_is_due(run_source):
+    """A profiled helper called in a loop inside a profiled function takes a reading at a call
+    only where one fell due, as a line boundary does: not two at every call."""
+    run = run_source("""
+from memsleuth import profile, _native
+
+@profile(stream=open("/dev/null", "w"))
+def outer():
+    @profile(stream=open("/dev/null", "w"))
+    def helper(i):
+        return i
+    before = _native.reading_counts()[0]
+    for i in range(10_000):
+        helper(i)
+    return _native.reading_counts()[0] - before
+
+EXTRA = {"readings": outer()}
+""")
+    assert run.extra["readings"] < 10_000, run.extra
+    helper = [f for f in run.report["functions"] if f["name"].endswith("helper")][0]
+    assert helper["calls"] == 10_000

@@ -23,7 +23,7 @@ fn reading() -> Reading {
 /// `steps` iterations of the loop on `thread`, inside a profiled call when `profiled`.
 fn run(books: &mut Books, thread: u32, steps: u64, profiled: bool, base: u64) {
     if profiled {
-        books.apply(thread, Record::Enter { func: 0, reading: reading() });
+        books.apply(thread, Record::Enter { func: 0, reading: Some(reading()) });
         books.apply(thread, Record::Line { code: CODE, lineno: 2, reading: None });
     }
     let (mut next, mut table, mut table_size) = (base, base - 0x100_0000, 64u64);
@@ -60,7 +60,7 @@ fn run(books: &mut Books, thread: u32, steps: u64, profiled: bool, base: u64) {
     }
     books.apply(thread, Record::Free { addr: table, raw: false });
     if profiled {
-        books.apply(thread, Record::Leave { reading: reading() });
+        books.apply(thread, Record::Leave { reading: Some(reading()) });
     }
 }
 
@@ -70,11 +70,11 @@ fn calls(books: &mut Books, thread: u32, steps: u64, base: u64) {
     books.apply(thread, Record::GenNew { gen: 1, func: 2 });
     for i in 0..steps {
         let addr = base + 64 * (i % 1024);
-        books.apply(thread, Record::Enter { func: 1, reading: reading() });
+        books.apply(thread, Record::Enter { func: 1, reading: Some(reading()) });
         books.apply(thread, Record::Line { code: SMALL, lineno: 11, reading: None });
         books.apply(thread, Record::Alloc { addr, size: 56, raw: false });
         books.apply(thread, Record::Return { code: SMALL, reading: None });
-        books.apply(thread, Record::Leave { reading: reading() });
+        books.apply(thread, Record::Leave { reading: Some(reading()) });
         books.apply(thread, Record::Resume { gen: 1, reading: reading() });
         books.apply(thread, Record::Line { code: GEN, lineno: 21 + (i % 2) as u32, reading: None });
         books.apply(thread, Record::Free { addr, raw: false });

@@ -91,12 +91,12 @@ impl Books {
             // the books never index past what they hold.
             Record::Enter { func, .. } | Record::GenNew { func, .. } if func as usize >= l.funcs().len() => {}
             Record::Enter { func, reading } => {
-                let os = Self::os(l, reading);
-                l.enter(hot, FuncId(func), os);
+                let os = reading.map(|r| Self::os(l, r));
+                l.enter_maybe_read(hot, FuncId(func), os);
             }
             Record::Leave { reading } => {
-                let os = Self::os(l, reading);
-                l.leave(hot, os);
+                let os = reading.map(|r| Self::os(l, r));
+                l.leave_maybe_read(hot, os);
             }
             Record::GenNew { gen, func } => {
                 self.generators.insert(gen, SavedFrame::unstarted(FuncId(func)));
@@ -162,14 +162,14 @@ mod tests {
         let mut books = Books::new();
         register(&mut books, 0xc0de);
         for (thread, size) in [(1, 100), (2, 1000)] {
-            books.apply(thread, Record::Enter { func: 0, reading: reading(1 << 20) });
+            books.apply(thread, Record::Enter { func: 0, reading: Some(reading(1 << 20)) });
             books.apply(thread, Record::Line { code: 0xc0de, lineno: 11, reading: None });
             books.apply(thread, Record::Alloc { addr: 0x1000 * u64::from(thread), size, raw: false });
         }
         // Thread 2 frees thread 1's block: the free is charged where it happens.
         books.apply(2, Record::Free { addr: 0x1000, raw: false });
         for thread in [1, 2] {
-            books.apply(thread, Record::Leave { reading: reading(1 << 20) });
+            books.apply(thread, Record::Leave { reading: Some(reading(1 << 20)) });
         }
         let (lines, total) = books.ledger.function_stats(FuncId(0));
         assert_eq!(lines.len(), 1);
@@ -190,7 +190,7 @@ mod tests {
         books.apply(1, Record::Resume { gen: 7, reading: reading(100) });
         assert_eq!(books.open_frames(), vec![(0, 12)], "resumed on the line it yielded from");
         books.apply(1, Record::Alloc { addr: 0x10, size: 64, raw: false });
-        books.apply(1, Record::Leave { reading: reading(100) });
+        books.apply(1, Record::Leave { reading: Some(reading(100)) });
         books.apply(1, Record::GenDrop { gen: 7 });
         let (lines, total) = books.ledger.function_stats(FuncId(0));
         assert_eq!(lines[0].1.allocated_bytes, 64);
@@ -236,10 +236,10 @@ mod tests {
     #[test]
     fn a_call_of_a_function_never_registered_is_skipped() {
         let mut books = Books::new();
-        books.apply(1, Record::Enter { func: 0, reading: reading(1) });
+        books.apply(1, Record::Enter { func: 0, reading: Some(reading(1)) });
         books.apply(1, Record::GenNew { gen: 1, func: 3 });
         books.apply(1, Record::Resume { gen: 1, reading: reading(1) });
-        books.apply(1, Record::Leave { reading: reading(1) });
+        books.apply(1, Record::Leave { reading: Some(reading(1)) });
         assert_eq!(books.ledger.funcs().len(), 0);
         assert_eq!(books.open_frames(), vec![]);
     }
@@ -252,14 +252,14 @@ mod tests {
         let mut books = Books::new();
         register(&mut books, 0xc0de);
         books.apply(2, Record::Alloc { addr: 0x9000, size: 10, raw: false });
-        books.apply(1, Record::Enter { func: 0, reading: reading(1) });
+        books.apply(1, Record::Enter { func: 0, reading: Some(reading(1)) });
         books.apply(1, Record::Line { code: 0xc0de, lineno: 11, reading: None });
         books.apply(2, Record::Free { addr: 0x9000, raw: false });
         books.apply(1, Record::Alloc { addr: 0x1000, size: 100, raw: false });
-        books.apply(3, Record::Enter { func: 0, reading: reading(1) });
-        books.apply(3, Record::Leave { reading: reading(1) });
+        books.apply(3, Record::Enter { func: 0, reading: Some(reading(1)) });
+        books.apply(3, Record::Leave { reading: Some(reading(1)) });
         books.apply(1, Record::Free { addr: 0x1000, raw: false });
-        books.apply(1, Record::Leave { reading: reading(1) });
+        books.apply(1, Record::Leave { reading: Some(reading(1)) });
         let (lines, _) = books.ledger.function_stats(FuncId(0));
         assert_eq!((lines[0].0, lines[0].1.allocated_bytes, lines[0].1.retained_bytes()), (11, 100, 0));
     }

@@ -85,8 +85,10 @@ pub enum Record {
     GcStop,
     /// A profiled function; functions are numbered in the order they are registered.
     Register { code: u64, first_lineno: u32, name: String, module: String, filename: String, source: Vec<String> },
-    Enter { func: u32, reading: Reading },
-    Leave { reading: Reading },
+    /// A profiled call starts; a call inside another profiled call has a reading only where
+    /// one fell due (docs/design.md, Readings), as a line boundary does.
+    Enter { func: u32, reading: Option<Reading> },
+    Leave { reading: Option<Reading> },
     /// A generator or coroutine frame that has not started yet, numbered by the producer.
     GenNew { gen: u64, func: u32 },
     Resume { gen: u64, reading: Reading },
@@ -266,12 +268,16 @@ impl Record {
             }
             Record::Enter { func, reading } => {
                 w.push(u64::from(*func));
-                w.push_reading(reading);
-                (kind::ENTER, reading_flags(Some(reading)))
+                if let Some(r) = reading {
+                    w.push_reading(r);
+                }
+                (kind::ENTER, reading_flags(reading.as_ref()))
             }
             Record::Leave { reading } => {
-                w.push_reading(reading);
-                (kind::LEAVE, reading_flags(Some(reading)))
+                if let Some(r) = reading {
+                    w.push_reading(r);
+                }
+                (kind::LEAVE, reading_flags(reading.as_ref()))
             }
             Record::GenNew { gen, func } => {
                 w.push(*gen);
@@ -350,8 +356,8 @@ impl Record {
                 let source = (0..count).map(|_| r.string()).collect::<Option<Vec<_>>>()?;
                 Record::Register { code, first_lineno, name, module, filename, source }
             }
-            kind::ENTER => Record::Enter { func: r.word()? as u32, reading: r.reading(flags)? },
-            kind::LEAVE => Record::Leave { reading: r.reading(flags)? },
+            kind::ENTER => Record::Enter { func: r.word()? as u32, reading: r.optional_reading(flags)? },
+            kind::LEAVE => Record::Leave { reading: r.optional_reading(flags)? },
             kind::GEN_NEW => Record::GenNew { gen: r.word()?, func: r.word()? as u32 },
             kind::RESUME => Record::Resume { gen: r.word()?, reading: r.reading(flags)? },
             kind::SUSPEND => Record::Suspend { gen: r.word()?, reading: r.reading(flags)? },
@@ -538,8 +544,10 @@ mod tests {
                 filename: "/tmp/é.py".into(),
                 source: vec!["def f():".into(), "".into(), "    return 'twelve bytes'".into()],
             },
-            Record::Enter { func: 3, reading: reading(100, true) },
-            Record::Leave { reading: reading(200, false) },
+            Record::Enter { func: 3, reading: Some(reading(100, true)) },
+            Record::Leave { reading: Some(reading(200, false)) },
+            Record::Enter { func: 4, reading: None },
+            Record::Leave { reading: None },
             Record::GenNew { gen: 1 << 50, func: 7 },
             Record::Resume { gen: 4, reading: reading(1, false) },
             Record::Suspend { gen: 4, reading: reading(2, true) },

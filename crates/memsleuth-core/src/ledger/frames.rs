@@ -60,28 +60,45 @@ impl SavedFrame {
 impl Ledger {
     /// A call of `func` begins (its wrapper runs): `os` is read at entry.
     pub fn enter(&mut self, hot: &mut Hot, func: FuncId, os: impl Into<OsReading>) {
-        self.start_call(hot, func, os.into(), false);
+        self.start_call(hot, func, Some(os.into()), false);
     }
 
-    fn start_call(&mut self, hot: &mut Hot, func: FuncId, os: OsReading, resumable: bool) {
+    /// `enter`, for a call inside another profiled call, which has a reading only where one
+    /// fell due (docs/design.md, Readings): without one, its first line starts from the thread's
+    /// latest, as a line boundary without a reading does.
+    pub fn enter_maybe_read(&mut self, hot: &mut Hot, func: FuncId, os: Option<OsReading>) {
+        self.start_call(hot, func, os, false);
+    }
+
+    fn start_call(&mut self, hot: &mut Hot, func: FuncId, os: Option<OsReading>, resumable: bool) {
         let call = self.new_call();
         let f = self.func_mut(func);
         f.calls += 1;
-        f.rss_at_entry = Some(os.rss());
+        if let Some(os) = os {
+            f.rss_at_entry = Some(os.rss());
+        }
         self.push_frame(hot, func, call, 0, os, resumable);
     }
 
     /// A suspended generator or coroutine frame resumes.
     pub fn resume(&mut self, hot: &mut Hot, saved: SavedFrame, os: impl Into<OsReading>) {
         match saved.call {
-            None => self.start_call(hot, saved.func, os.into(), true),
-            Some(call) => self.push_frame(hot, saved.func, call, saved.lineno, os.into(), true),
+            None => self.start_call(hot, saved.func, Some(os.into()), true),
+            Some(call) => self.push_frame(hot, saved.func, call, saved.lineno, Some(os.into()), true),
         }
     }
 
-    fn push_frame(&mut self, hot: &mut Hot, func: FuncId, call: CallId, lineno: u32, os: OsReading, resumable: bool) {
+    fn push_frame(
+        &mut self,
+        hot: &mut Hot,
+        func: FuncId,
+        call: CallId,
+        lineno: u32,
+        os: Option<OsReading>,
+        resumable: bool,
+    ) {
         let t = self.thread_mut(hot);
-        self.note_reading(hot, t, Some(os));
+        self.note_reading(hot, t, os);
         let f = self.func(func);
         let (code, total_line) = (f.info.code, f.total_line);
         let th = &self.threads[t];
@@ -268,9 +285,9 @@ impl Ledger {
         true
     }
 
-    fn pop_frame(&mut self, hot: &mut Hot, os: OsReading) -> Option<Frame> {
+    fn pop_frame(&mut self, hot: &mut Hot, os: Option<OsReading>) -> Option<Frame> {
         let t = hot.thread?.index();
-        self.note_reading(hot, t, Some(os));
+        self.note_reading(hot, t, os);
         let mut frame = *self.threads[t].frames.last()?;
         if let Some(exec) = frame.line.take() {
             self.close_exec(hot, t, exec);
@@ -288,7 +305,12 @@ impl Ledger {
     /// The innermost call returns (or raises), after its frame is gone. Returns the function and
     /// whether no other call of it remains on this thread (so its report may be printed).
     pub fn leave(&mut self, hot: &mut Hot, os: impl Into<OsReading>) -> Option<(FuncId, bool)> {
-        let frame = self.pop_frame(hot, os.into())?;
+        self.leave_maybe_read(hot, Some(os.into()))
+    }
+
+    /// `leave`, for a call inside another profiled call (see `enter_maybe_read`).
+    pub fn leave_maybe_read(&mut self, hot: &mut Hot, os: Option<OsReading>) -> Option<(FuncId, bool)> {
+        let frame = self.pop_frame(hot, os)?;
         self.end_call(frame.call);
         let total_line = self.func(frame.func).total_line.index();
         let th = &self.threads[hot.thread?.index()];
@@ -299,7 +321,7 @@ impl Ledger {
 
     /// The innermost frame (a generator or coroutine) yields.
     pub fn suspend(&mut self, hot: &mut Hot, os: impl Into<OsReading>) -> Option<SavedFrame> {
-        let frame = self.pop_frame(hot, os.into())?;
+        let frame = self.pop_frame(hot, Some(os.into()))?;
         self.release_thread_if_idle(hot);
         Some(SavedFrame { func: frame.func, call: Some(frame.call), lineno: frame.lineno })
     }

@@ -1590,3 +1590,26 @@ fn data_stack_chunks_count_in_the_footprint_but_are_not_arenas() {
     assert_eq!((stats(11).arenas_mapped, stats(11).arenas_unmapped), (1, 0));
     assert_eq!((stats(12).arenas_mapped, stats(12).arenas_unmapped), (0, 0));
 }
+
+/// A call inside another profiled call may come without readings (none fell due): its lines
+/// start from the thread's latest reading, and the RSS it moved lands where the next reading
+/// is taken, still inside the caller's line, which is inclusive of it.
+#[test]
+fn a_nested_call_without_readings_leaves_rss_to_the_next_reading() {
+    let mut l = Ledger::new();
+    let f = register(&mut l, "f", F, 10);
+    let g = register(&mut l, "g", G, 20);
+    let mut h = Hot::ZERO;
+    l.enter(&mut h, f, 1000);
+    l.on_line(&mut h, F, 11, None);
+    l.enter_maybe_read(&mut h, g, None);
+    l.on_line(&mut h, G, 21, None);
+    l.on_alloc(&mut h, A, 100, false);
+    l.leave_maybe_read(&mut h, None);
+    l.on_line(&mut h, F, 12, Some(OsReading::from(1000 + 4096)));
+    l.leave(&mut h, 1000 + 4096);
+    assert_eq!(l.funcs()[g.index()].calls, 1);
+    assert_eq!(l.funcs()[g.index()].rss_at_entry, None, "no reading at its entry");
+    assert_eq!((line(&l, g, 21).allocated_bytes, line(&l, g, 21).rss_delta), (100, 0));
+    assert_eq!((line(&l, f, 11).allocated_bytes, line(&l, f, 11).rss_delta), (100, 4096));
+}
