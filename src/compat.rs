@@ -59,9 +59,9 @@ pub fn measure_gc_head(py: Python<'_>) -> PyResult<()> {
 /// The allocator behind the MEM and OBJ domains, found once before memsleuth's hooks wrap them.
 static ALLOCATOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// What the allocator named `name` (as CPython names it for PYTHONMALLOC) hands to glibc: see
-/// `GLIBC_SERVES_ABOVE`. pymalloc serves requests up to 512 bytes; its debug hooks add three
-/// words of their own to each request first.
+/// MEM and OBJ requests above how many bytes the allocator named `name` (as PYTHONMALLOC names
+/// it) hands to glibc. pymalloc serves requests up to 512 bytes; its debug hooks add three words
+/// of their own to each request first; mimalloc hands none to glibc, malloc all.
 pub fn glibc_serves_above_for(name: &str) -> u64 {
     match name {
         "pymalloc" => 512,
@@ -173,7 +173,8 @@ pub unsafe fn line_array_311(code: usize) -> usize {
 /// `code` must be a live code object of 3.11.
 pub unsafe fn maybe_generator_311(code: usize) -> bool {
     // SAFETY: `code` is live; it has the verified layout if read.
-    !CODE_LAYOUT_311.load(Ordering::Relaxed) || unsafe { code_field::<i32>(code, FLAGS_OFFSET_311) } & GENERATOR_FLAGS != 0
+    !CODE_LAYOUT_311.load(Ordering::Relaxed)
+        || unsafe { code_field::<i32>(code, FLAGS_OFFSET_311) } & GENERATOR_FLAGS != 0
 }
 
 /// The verified offset of `f_trace_lines` in frame objects (3.9-3.11), 0 when unknown.
@@ -253,7 +254,8 @@ pub fn calibrate_trace_slots(py: Python<'_>, current: &Bound<'_, PyAny>) -> PyRe
     let sentinel = pyo3::types::PyTuple::empty(py);
     // SAFETY: GIL held; `trace` has the Py_tracefunc signature, and PyEval_SetTrace takes its own
     // reference to the object it installs.
-    let (before, after) = unsafe { thread_state_change(|| pyo3_ffi::PyEval_SetTrace(Some(crate::tracing::trace), sentinel.as_ptr())) };
+    let (before, after) =
+        unsafe { thread_state_change(|| pyo3_ffi::PyEval_SetTrace(Some(crate::tracing::trace), sentinel.as_ptr())) };
     let func_word = only_word_changed_to(&before, &after, crate::tracing::trace as *const () as usize);
     let obj_word = only_word_changed_to(&before, &after, sentinel.as_ptr() as usize);
     // Put back what was there: its function is still in `before`, its object is `current`.
@@ -325,7 +327,9 @@ pub fn calibrate_profile_slot(py: Python<'_>) -> PyResult<()> {
     let current = py.import("sys")?.getattr("getprofile")?.call0()?;
     let sentinel = pyo3::types::PyTuple::empty(py);
     // SAFETY: as in `calibrate_trace_slots`, for PyEval_SetProfile and `profile`.
-    let (before, after) = unsafe { thread_state_change(|| pyo3_ffi::PyEval_SetProfile(Some(crate::tracing::profile), sentinel.as_ptr())) };
+    let (before, after) = unsafe {
+        thread_state_change(|| pyo3_ffi::PyEval_SetProfile(Some(crate::tracing::profile), sentinel.as_ptr()))
+    };
     let word = only_word_changed_to(&before, &after, crate::tracing::profile as *const () as usize);
     let previous_obj = if current.is_none() { std::ptr::null_mut() } else { current.as_ptr() };
     if word.is_some() || previous_obj.is_null() {

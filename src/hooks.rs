@@ -84,7 +84,11 @@ extern "C" fn hook_malloc<const D: usize, const S: usize>(_ctx: *mut c_void, siz
     .unwrap_or_else(|| malloc(orig.ctx, size))
 }
 
-extern "C" fn hook_calloc<const D: usize, const S: usize>(_ctx: *mut c_void, nelem: usize, elsize: usize) -> *mut c_void {
+extern "C" fn hook_calloc<const D: usize, const S: usize>(
+    _ctx: *mut c_void,
+    nelem: usize,
+    elsize: usize,
+) -> *mut c_void {
     let orig = original::<D, S>();
     let Some(calloc) = orig.calloc else { return std::ptr::null_mut() };
     guarded(|me| {

@@ -3,7 +3,9 @@
 // The readings of the program's own memory are glibc's (mallinfo2, 2.33+) and Linux's (statm,
 // pagemap, memfd): other platforms are refused here rather than half-measured.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-compile_error!("memsleuth supports Linux with glibc 2.33 or later only (it reads mallinfo2, /proc/self/statm and pagemap)");
+compile_error!(
+    "memsleuth supports Linux with glibc 2.33 or later only (it reads mallinfo2, /proc/self/statm and pagemap)"
+);
 
 mod cfunction;
 mod cli;
@@ -349,7 +351,8 @@ fn allocators(py: Python<'_>, glibc_serves_above: u64) -> sink::Allocators {
 /// Keeps the books in a thread of this process.
 #[pyfunction]
 fn start_sink_thread(py: Python<'_>) -> PyResult<()> {
-    sink::start_thread(allocators(py, compat::glibc_serves_above(py)?)).map_err(|e| PyOSError::new_err(format!("memsleuth: cannot start the sink: {e}")))
+    sink::start_thread(allocators(py, compat::glibc_serves_above(py)?))
+        .map_err(|e| PyOSError::new_err(format!("memsleuth: cannot start the sink: {e}")))
 }
 
 /// In a sink process: maps the program's ring from its memfd.
@@ -460,19 +463,20 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
     let options = PyDict::new(py);
     let command = match cli::parse(argv) {
         Ok(cli::Cli {
-            command: cli::Command::Run {
-                module,
-                code,
-                functions,
-                json,
-                html,
-                output,
-                quiet,
-                follow_fork,
-                interval,
-                text,
-                program,
-            },
+            command:
+                cli::Command::Run {
+                    module,
+                    code,
+                    functions,
+                    json,
+                    html,
+                    output,
+                    quiet,
+                    follow_fork,
+                    interval,
+                    text,
+                    program,
+                },
         }) => {
             options.set_item("module", module)?;
             options.set_item("code", code)?;

@@ -22,8 +22,8 @@ use memsleuth_core::report::{render_function, Report};
 use memsleuth_core::ring::{Drained, Ring, CONTROL_WORDS};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::atomic::AtomicU64 as Word;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The books, in the process (or thread) that keeps them.
@@ -204,9 +204,9 @@ fn apply(books: &mut Books, words: &[u64], mut answer: impl FnMut(u64, String)) 
 pub fn respond(books: &Books, request: &Request) -> String {
     match request {
         Request::Json { python_version, argv, selection, rss_peak, codes } => {
-            let wanted = |f: &memsleuth_core::ledger::FuncInfo| codes.as_ref().is_none_or(|c| c.contains(&(f.code as u64)));
-            let mut report =
-                Report::from_ledger_where(&books.ledger, python_version, argv.clone(), *rss_peak, wanted);
+            let wanted =
+                |f: &memsleuth_core::ledger::FuncInfo| codes.as_ref().is_none_or(|c| c.contains(&(f.code as u64)));
+            let mut report = Report::from_ledger_where(&books.ledger, python_version, argv.clone(), *rss_peak, wanted);
             report.selection = selection.clone();
             let in_thread = SINK_THREAD.load(Ordering::Relaxed);
             report.sink = Some(if in_thread { "thread" } else { "process" }.into());

@@ -585,8 +585,13 @@ impl GeneratorFrame {
             let reading = reading_now(me);
             FRAMES.with_borrow_mut(|frames| {
                 save_top(me, frames);
-                let frame =
-                    MirroredFrame { func: self.func, code: self.code, lineno: self.lineno, resumable: true, returned: false };
+                let frame = MirroredFrame {
+                    func: self.func,
+                    code: self.code,
+                    lineno: self.lineno,
+                    resumable: true,
+                    returned: false,
+                };
                 frames.push(frame);
                 set_top(me, Some(frame));
             });

@@ -267,7 +267,10 @@ mod tests {
     #[test]
     fn requests_are_handed_back_in_order() {
         let mut books = Books::new();
-        assert_eq!(books.apply(3, Record::Request { token: 9, request: Request::Counters }), Some((9, Request::Counters)));
+        assert_eq!(
+            books.apply(3, Record::Request { token: 9, request: Request::Counters }),
+            Some((9, Request::Counters))
+        );
         books.apply(3, Record::Exit { status: 4 });
         assert_eq!(books.exit_status, Some(4));
     }

@@ -241,7 +241,8 @@ impl Residency {
             .chain(self.preexisting_unresident)
             .filter(|&u| u > 0)
             .sum();
-        let threshold = if partly == 0 { RESIDENCY_DRIFT } else { (partly / 4).clamp(MIN_RESIDENCY_DRIFT, RESIDENCY_DRIFT) };
+        let threshold =
+            if partly == 0 { RESIDENCY_DRIFT } else { (partly / 4).clamp(MIN_RESIDENCY_DRIFT, RESIDENCY_DRIFT) };
         let drifted = self.basis.is_none_or(|(rss0, footprint0)| {
             (rss_anon as i64 - rss0 as i64 - (footprint - footprint0)).unsigned_abs() >= threshold
         });
@@ -401,10 +402,16 @@ mod tests {
     #[test]
     fn range_arithmetic() {
         let pre = [(0x1000, 0x5000), (0x8000, 0x9000)];
-        assert_eq!(subtract(&pre, &[(0x2000, 0x3000), (0x4800, 0x8800)]), [(0x1000, 0x2000), (0x3000, 0x4800), (0x8800, 0x9000)]);
+        assert_eq!(
+            subtract(&pre, &[(0x2000, 0x3000), (0x4800, 0x8800)]),
+            [(0x1000, 0x2000), (0x3000, 0x4800), (0x8800, 0x9000)]
+        );
         assert_eq!(subtract(&pre, &[]), pre);
         assert_eq!(subtract(&pre, &[(0, 0x10000)]), []);
-        assert_eq!(intersect(&pre, &[(0x0, 0x1800), (0x4000, 0x8400)]), [(0x1000, 0x1800), (0x4000, 0x5000), (0x8000, 0x8400)]);
+        assert_eq!(
+            intersect(&pre, &[(0x0, 0x1800), (0x4000, 0x8400)]),
+            [(0x1000, 0x1800), (0x4000, 0x5000), (0x8000, 0x8400)]
+        );
         assert_eq!(intersect(&pre, &[]), []);
     }
 

@@ -70,36 +70,92 @@ pub enum Request {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    Alloc { addr: u64, size: u64, raw: bool },
-    Free { addr: u64, raw: bool },
+    Alloc {
+        addr: u64,
+        size: u64,
+        raw: bool,
+    },
+    Free {
+        addr: u64,
+        raw: bool,
+    },
     /// `realloc(old, ...)` is about to run: `old` is forgotten first.
-    ReallocBegin { old: u64, raw: bool },
+    ReallocBegin {
+        old: u64,
+        raw: bool,
+    },
     /// It returned `new` (0 if it failed, leaving `old` in place).
-    ReallocEnd { old: u64, new: u64, size: u64, raw: bool },
-    Arena { addr: u64, size: u64, mapped: bool },
+    ReallocEnd {
+        old: u64,
+        new: u64,
+        size: u64,
+        raw: bool,
+    },
+    Arena {
+        addr: u64,
+        size: u64,
+        mapped: bool,
+    },
     /// A block the thread allocated lately is the profiler's.
-    Disown { addr: u64 },
+    Disown {
+        addr: u64,
+    },
     QuietBegin,
     QuietEnd,
     GcStart,
     GcStop,
     /// A profiled function; functions are numbered in the order they are registered.
-    Register { code: u64, first_lineno: u32, name: String, module: String, filename: String, source: Vec<String> },
+    Register {
+        code: u64,
+        first_lineno: u32,
+        name: String,
+        module: String,
+        filename: String,
+        source: Vec<String>,
+    },
     /// A profiled call starts; a call inside another profiled call has a reading only where
     /// one fell due (docs/design.md, Readings), as a line boundary does.
-    Enter { func: u32, reading: Option<Reading> },
-    Leave { reading: Option<Reading> },
+    Enter {
+        func: u32,
+        reading: Option<Reading>,
+    },
+    Leave {
+        reading: Option<Reading>,
+    },
     /// A generator or coroutine frame that has not started yet, numbered by the producer.
-    GenNew { gen: u64, func: u32 },
-    Resume { gen: u64, reading: Reading },
-    Suspend { gen: u64, reading: Reading },
+    GenNew {
+        gen: u64,
+        func: u32,
+    },
+    Resume {
+        gen: u64,
+        reading: Reading,
+    },
+    Suspend {
+        gen: u64,
+        reading: Reading,
+    },
     /// The frame's driver is gone: the sink forgets its saved state.
-    GenDrop { gen: u64 },
-    Line { code: u64, lineno: u32, reading: Option<Reading> },
-    Return { code: u64, reading: Option<Reading> },
-    Request { token: u64, request: Request },
+    GenDrop {
+        gen: u64,
+    },
+    Line {
+        code: u64,
+        lineno: u32,
+        reading: Option<Reading>,
+    },
+    Return {
+        code: u64,
+        reading: Option<Reading>,
+    },
+    Request {
+        token: u64,
+        request: Request,
+    },
     /// The program ended normally with this status.
-    Exit { status: i32 },
+    Exit {
+        status: i32,
+    },
 }
 
 /// Where a record's words are built: inline for the fixed-size ones the hooks and the tracer
@@ -362,7 +418,9 @@ impl Record {
             kind::RESUME => Record::Resume { gen: r.word()?, reading: r.reading(flags)? },
             kind::SUSPEND => Record::Suspend { gen: r.word()?, reading: r.reading(flags)? },
             kind::GEN_DROP => Record::GenDrop { gen: r.word()? },
-            kind::LINE => Record::Line { code: r.word()?, lineno: r.word()? as u32, reading: r.optional_reading(flags)? },
+            kind::LINE => {
+                Record::Line { code: r.word()?, lineno: r.word()? as u32, reading: r.optional_reading(flags)? }
+            }
             kind::RETURN => Record::Return { code: r.word()?, reading: r.optional_reading(flags)? },
             kind::REQUEST => Record::Request { token: r.word()?, request: decode_request(&mut r)? },
             kind::EXIT => Record::Exit { status: r.word()? as u32 as i32 },

@@ -324,12 +324,19 @@ impl Report {
             f.source = std::fs::read_to_string(&f.filename)
                 .ok()
                 .map(|file| {
-                    file.lines().skip((f.first_lineno as usize).saturating_sub(1)).take(wanted).map(str::to_string).collect()
+                    file.lines()
+                        .skip((f.first_lineno as usize).saturating_sub(1))
+                        .take(wanted)
+                        .map(str::to_string)
+                        .collect()
                 })
                 .unwrap_or_else(|| {
                     (f.first_lineno..=f.last_lineno)
                         .map(|n| {
-                            f.lines.iter().find(|l| l.lineno == n).map_or(String::new(), |l| format!("    {}", l.source))
+                            f.lines
+                                .iter()
+                                .find(|l| l.lineno == n)
+                                .map_or(String::new(), |l| format!("    {}", l.source))
                         })
                         .collect()
                 });
@@ -348,7 +355,8 @@ impl Report {
         let mut functions: Vec<FunctionReport> = Vec::new();
         for f in reports.iter().flat_map(|r| &r.functions) {
             let same = |g: &&mut FunctionReport| {
-                (g.filename.as_str(), g.name.as_str(), g.first_lineno) == (f.filename.as_str(), f.name.as_str(), f.first_lineno)
+                (g.filename.as_str(), g.name.as_str(), g.first_lineno)
+                    == (f.filename.as_str(), f.name.as_str(), f.first_lineno)
             };
             let Some(merged) = functions.iter_mut().find(same) else {
                 let mut first = f.clone();

@@ -1282,7 +1282,10 @@ fn report_gathers_called_functions_and_their_lines() {
     assert_eq!(fr.lines[1].figures.causes.sum(), 0);
     assert_eq!(fr.lines[1].figures.note, None);
     assert_eq!((fr.totals.net_bytes, fr.totals.retained_bytes, fr.totals.rss_delta_bytes), (8, 8, 1 << 20));
-    assert_eq!(ProcessReport { peak_live_by_line: Vec::new(), ..r.process.clone() }, ProcessReport::new(&l.process, 3 << 20));
+    assert_eq!(
+        ProcessReport { peak_live_by_line: Vec::new(), ..r.process.clone() },
+        ProcessReport::new(&l.process, 3 << 20)
+    );
     assert_eq!(r.process.peak_live_by_line.iter().map(|p| (p.lineno, p.bytes)).collect::<Vec<_>>(), [(11, 128)]);
 
     let json = r.to_json();
