@@ -297,6 +297,14 @@ fn summarize_saved(texts: Vec<String>) -> PyResult<String> {
     Ok(Report::summary(&reports.map_err(pyo3::exceptions::PyValueError::new_err)?).to_json())
 }
 
+/// What was live at the tracked peak, by line, in a saved JSON report (empty before any tracked
+/// block); a ValueError says why the text is not a report.
+#[pyfunction]
+fn live_at_peak_saved(text: &str) -> PyResult<String> {
+    let report = Report::from_json(text).map_err(pyo3::exceptions::PyValueError::new_err)?;
+    Ok(render_live_at_peak(&report))
+}
+
 /// The books' size: live tracked blocks and the bytes the sink's tables occupy.
 #[pyfunction]
 fn overhead() -> PyResult<(u64, u64)> {
@@ -529,6 +537,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(report_text, m)?)?;
     m.add_function(wrap_pyfunction!(render_saved, m)?)?;
     m.add_function(wrap_pyfunction!(summarize_saved, m)?)?;
+    m.add_function(wrap_pyfunction!(live_at_peak_saved, m)?)?;
     m.add_function(wrap_pyfunction!(unsupported, m)?)?;
     m.add_function(wrap_pyfunction!(allocator, m)?)?;
     m.add_function(wrap_pyfunction!(pymalloc_arena_size, m)?)?;

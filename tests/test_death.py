@@ -91,6 +91,13 @@ def test_a_killed_run_reports_what_was_live_at_the_tracked_peak_by_line(tmp_path
     first_row = text[section:].splitlines()[1].split()
     assert first_row[2:6] == ["work", "(dies.py)", "line", str(made["lineno"])], text
     assert "outside the profiled lines" in text[section:text.index("Filename:")]
+    # `memsleuth report` of the saved JSON says the same before the tables.
+    saved = subprocess.run([BIN, "report", report], capture_output=True, text=True, env=_env(), timeout=60)
+    assert saved.returncode == 0, saved.stderr
+    again = saved.stdout
+    assert again.index("INCOMPLETE REPORT: the program was killed by SIGKILL") < again.index("Live at the tracked peak (")
+    assert again[again.index("Live at the tracked peak ("):].splitlines()[1].split()[2:6] == first_row[2:6], again
+    assert again.index("outside the profiled lines") < again.index("Filename:"), again
 
 
 def test_a_decorated_program_killed_under_plain_python_shows_what_was_live_at_the_peak():

@@ -466,6 +466,12 @@ def report(options):
         rendered = _native.render_saved(text, options["precision"], options["min_bytes"])
     except ValueError as exc:
         return _error(f"{path} is not a memsleuth report: {exc}", 1)
+    incomplete = json.loads(text).get("incomplete")
+    if isinstance(incomplete, dict):
+        # A report the sink wrote for a program that died: its heading, as it was printed then.
+        frames = [(f.get("function"), f.get("filename"), f.get("lineno")) for f in incomplete.get("running", [])]
+        heading = _sink.incomplete_heading(incomplete.get("ended"), frames, _native.live_at_peak_saved(text))
+        rendered = heading + "\n" + rendered
     if options["html"] is None and not options["open"]:
         sys.stdout.write(rendered)
         sys.stdout.flush()

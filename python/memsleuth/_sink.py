@@ -228,9 +228,13 @@ def fork_program():
 def death_heading(how):
     """The first lines of a report the sink writes for a program that died: how it ended, the line
     each thread's innermost profiled frame was running, and what was live at the tracked peak."""
-    frames = _native.open_frames()
+    return incomplete_heading(how, _native.open_frames(), _native.live_at_peak_text())
+
+
+def incomplete_heading(how, frames, at_peak):
+    """The heading of a report whose program died: how it ended, `frames` as (function, file,
+    line) running then, and the live-at-peak section `at_peak` (text, or empty)."""
     running = "".join(f"  running {name} at {filename}:{lineno}\n" for name, filename, lineno in frames)
-    at_peak = _native.live_at_peak_text()
     return (f"memsleuth: INCOMPLETE REPORT: the program {how}; the figures cover what it ran until then\n{running}"
             + (f"\n{at_peak}" if at_peak else ""))
 
