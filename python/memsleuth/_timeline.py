@@ -37,32 +37,36 @@ def _rss_bytes():
         os.close(fd)
 
 
-def _children_rss_bytes():
-    """The RSS of every living descendant of this process, found through each thread's
-    /proc/.../task/*/children list; a process that ends while it is read counts nothing."""
-    total, pending, seen = 0, [os.getpid()], set()
+def descendants(pid):
+    """Every living descendant of ``pid``, from each thread's /proc/PID/task/TID/children list."""
+    found, pending = [], [pid]
     while pending:
-        pid = pending.pop()
+        parent = pending.pop()
         try:
-            tasks = os.listdir(f"/proc/{pid}/task")
+            tasks = os.listdir(f"/proc/{parent}/task")
         except OSError:
             continue
         for task in tasks:
             try:
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    children = [int(child) for child in f.read().split()]
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
             except (OSError, ValueError):
                 continue
-            for child in children:
-                if child in seen:
-                    continue
-                seen.add(child)
-                pending.append(child)
-                try:
-                    with open(f"/proc/{child}/statm") as f:
-                        total += int(f.read().split()[1]) * _PAGE
-                except (OSError, ValueError, IndexError):
-                    pass
+            found += kids
+            pending += kids
+    return found
+
+
+def _children_rss_bytes():
+    """The RSS of every living descendant of this process; one that ends while it is read
+    counts nothing."""
+    total = 0
+    for child in descendants(os.getpid()):
+        try:
+            with open(f"/proc/{child}/statm") as f:
+                total += int(f.read().split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            pass
     return total
 
 

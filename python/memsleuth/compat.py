@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from . import _native, _profile
+from . import _native, _profile, _timeline
 from ._nested import nested_codes
 
 #: The memory_profiler release whose API this module provides.
@@ -67,26 +67,6 @@ def _rss_peak_mib():
     return None
 
 
-def _children(pid):
-    """Every descendant of ``pid`` (from /proc/PID/task/TID/children)."""
-    found, pending = [], [pid]
-    while pending:
-        parent = pending.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{task}/children") as f:
-                    kids = [int(k) for k in f.read().split()]
-            except (OSError, ValueError):
-                continue
-            found += kids
-            pending += kids
-    return found
-
-
 class _Sampler:
     """Reads one process's memory as memory_profiler's options ask."""
 
@@ -101,7 +81,7 @@ class _Sampler:
         if mem is None:
             return None
         if self.include_children:
-            mem += sum(_rss_mib(child) or 0.0 for child in _children(self.pid))
+            mem += sum(_rss_mib(child) or 0.0 for child in _timeline.descendants(self.pid))
         return mem
 
     def sample(self):
@@ -112,7 +92,7 @@ class _Sampler:
             return None
         value = (mem, time.time()) if self.timestamps else mem
         if self.multiprocess:
-            return [value, *(_rss_mib(child) or 0.0 for child in _children(self.pid))]
+            return [value, *(_rss_mib(child) or 0.0 for child in _timeline.descendants(self.pid))]
         return value
 
     def write(self, stream):
@@ -123,7 +103,7 @@ class _Sampler:
             return False
         stream.write(f"MEM {mem:.6f} {time.time():.4f}\n")
         if self.multiprocess:
-            for child in _children(self.pid):
+            for child in _timeline.descendants(self.pid):
                 stream.write(f"CHLD {child} {_rss_mib(child) or 0.0:.6f} {time.time():.4f}\n")
         return True
 
