@@ -479,25 +479,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn figures() -> Figures {
-        Figures {
-            hits: 1,
-            allocated_bytes: 0,
-            allocations: 0,
-            freed_bytes: 0,
-            frees: 0,
-            net_bytes: 0,
-            peak_bytes: 0,
-            retained_bytes: 0,
-            rss_after_bytes: None,
-            rss_delta_bytes: 0,
-            gc_collections: 0,
-            gc_freed_bytes: 0,
-            arenas_mapped: 0,
-            arenas_unmapped: 0,
-            causes: Causes::default(),
-            note: None,
-            hints: Vec::new(),
-        }
+        Figures { hits: 1, ..Figures::default() }
     }
 
     fn hints_of(source: &str, g: &Figures, calls: u64) -> Vec<Hint> {

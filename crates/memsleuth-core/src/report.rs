@@ -12,7 +12,7 @@ pub const SCHEMA: &str = "memsleuth.report/1";
 
 /// One line's figures (docs/design.md, Figures), or a function's totals: the one definition of
 /// them, whose field order is the JSON's.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Figures {
     pub hits: u64,
     pub allocated_bytes: u64,
@@ -746,20 +746,11 @@ mod tests {
             hits: 1,
             allocated_bytes: 800_056,
             allocations: 1,
-            freed_bytes: 0,
-            frees: 0,
             net_bytes: 800_056,
             peak_bytes: 800_056,
-            retained_bytes: 0,
             rss_after_bytes: Some(20 << 20),
             rss_delta_bytes: 1 << 20,
-            gc_collections: 0,
-            gc_freed_bytes: 0,
-            arenas_mapped: 0,
-            arenas_unmapped: 0,
-            causes: Causes::default(),
-            note: None,
-            hints: Vec::new(),
+            ..Figures::default()
         };
         FunctionReport {
             code: 0,
