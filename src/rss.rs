@@ -177,12 +177,10 @@ pub fn read() -> Reading {
         };
         // Twice at most: blocks measured for the first time may show that RSS drifted from
         // what the figures known before explain, and the rest must be measured again.
-        let mut unresident_bytes = None;
+        let mut unresident_bytes = 0;
         for _ in 0..2 {
             let measure = RESIDENCY.lock().to_measure(rss_anon);
-            if measure.is_empty() && unresident_bytes.is_some() {
-                break;
-            }
+            let again = measure.may_reveal_drift();
             let found: Vec<u64> = measure.blocks.iter().map(|(addr, b)| unresident(pagemap, *addr, b.size)).collect();
             let (preexisting, mapped) = match measure.preexisting.as_deref() {
                 Some(ranges) => {
@@ -196,9 +194,11 @@ pub fn read() -> Reading {
             if let Some(mapped) = mapped {
                 residency.keep_preexisting_within(&mapped);
             }
-            unresident_bytes = Some(residency.measured(measure, |_, _| found.next().unwrap_or(0), preexisting));
+            unresident_bytes = residency.measured(measure, |_, _| found.next().unwrap_or(0), preexisting);
+            if !again {
+                break;
+            }
         }
-        let unresident_bytes = unresident_bytes.unwrap_or(0);
         let os = OsReading {
             rss_anon,
             rss_file: shared,

@@ -118,9 +118,11 @@ pub struct Measure {
 }
 
 impl Measure {
-    /// Whether there is nothing to measure.
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty() && self.preexisting.is_none()
+    /// Whether measuring this may show a drift the figures known before hid, so that the reader
+    /// must ask again: it measures blocks for the first time, and not every block (as a measure
+    /// made because RSS drifted already does).
+    pub fn may_reveal_drift(&self) -> bool {
+        !self.drifted && !self.blocks.is_empty()
     }
 }
 
@@ -453,12 +455,15 @@ mod tests {
         let rss = (50 << 20) + 1120 * KIB;
         let first = r.to_measure(rss);
         assert_eq!(first.blocks.len(), 1, "the new arena");
+        assert!(first.may_reveal_drift());
         assert!(first.preexisting.is_none(), "the footprint rose with RSS, as far as is known");
         r.measured(first, |_, _| 780 * KIB, None);
         let second = r.to_measure(rss);
         assert!(second.preexisting.is_some(), "RSS rose 876 KiB more than the resident footprint");
+        assert!(!second.may_reveal_drift(), "it measures everything not wholly resident");
         assert_eq!(r.measured(second, |_, _| 780 * KIB, Some(68 * KIB)), 848 * KIB);
-        assert!(r.to_measure(rss).is_empty());
+        let third = r.to_measure(rss);
+        assert!(third.blocks.is_empty() && third.preexisting.is_none());
     }
 
     /// An arena measured while pymalloc had touched a quarter of it fills as it is used: RSS
