@@ -466,7 +466,9 @@ def report(options):
         rendered = _native.render_saved(text, options["precision"], options["min_bytes"])
     except ValueError as exc:
         return _error(f"{path} is not a memsleuth report: {exc}", 1)
-    incomplete = json.loads(text).get("incomplete")
+    # render_saved has checked it is a report.
+    doc = json.loads(text)
+    incomplete = doc.get("incomplete")
     if isinstance(incomplete, dict):
         # A report the sink wrote for a program that died: its heading, as it was printed then.
         frames = [(f.get("function"), f.get("filename"), f.get("lineno")) for f in incomplete.get("running", [])]
@@ -484,8 +486,8 @@ def report(options):
         _check_writable(page)
     except UsageError as exc:
         return _error(str(exc), 1)
-    # The page is drawn from the JSON as saved: render_saved has checked it is a report.
-    if not _write(page, _html.render(json.loads(text))):
+    # The page is drawn from the JSON as saved.
+    if not _write(page, _html.render(doc)):
         return 1
     if options["open"]:
         return _open_page(page)
