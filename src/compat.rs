@@ -388,3 +388,18 @@ pub fn verify_int_layout(py: Python<'_>) -> PyResult<()> {
     INTS_READABLE.store(readable, Ordering::Relaxed);
     Ok(())
 }
+
+/// `PyFunction_SetVectorcall` (3.12+), looked up at run time so that the extension still loads
+/// on 3.9-3.11, which lack it. Setting a function's vectorcall also resets its version, so call
+/// sites the interpreter specialised for the function stop inlining it.
+pub fn function_vectorcall_setter() -> Option<unsafe extern "C" fn(*mut PyObject, pyo3_ffi::vectorcallfunc)> {
+    static SETTER: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks the symbol up.
+    let symbol = *SETTER
+        .get_or_init(|| unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"PyFunction_SetVectorcall".as_ptr()) } as usize);
+    // SAFETY: the symbol is CPython's `void PyFunction_SetVectorcall(PyFunctionObject *,
+    // vectorcallfunc)`.
+    (symbol != 0).then(|| unsafe {
+        std::mem::transmute::<usize, unsafe extern "C" fn(*mut PyObject, pyo3_ffi::vectorcallfunc)>(symbol)
+    })
+}

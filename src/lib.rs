@@ -84,10 +84,12 @@ fn register(
 }
 
 /// A call of profiled function `fid` starts on this thread.
-pub(crate) fn enter_call(fid: u32) {
+/// `inline`: the interpreter runs the call inline (3.12+ plain functions), so its frame is left
+/// at the thread's next event after its return (`state::leave_pending`).
+pub(crate) fn enter_call(fid: u32, inline: bool) {
     hooks::verify();
     let was_idle = state::top_code() == 0;
-    trace_while_profiling(|| state::enter_func(fid), was_idle);
+    trace_while_profiling(|| state::enter_func(fid, inline), was_idle);
 }
 
 /// The innermost profiled call returned or raised; true if no other call of the same function
@@ -109,7 +111,7 @@ fn retake_trace() {
 /// `enter_call`, for the generator and coroutine drivers and module code.
 #[pyfunction]
 fn enter(fid: u32) {
-    enter_call(fid);
+    enter_call(fid, false);
 }
 
 /// `leave_call`, for the generator and coroutine drivers and module code.
@@ -529,6 +531,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(retake_trace, m)?)?;
     m.add("line_event", tracing::LINE_CALLBACK.object(m.py())?)?;
     m.add("return_event", tracing::RETURN_CALLBACK.object(m.py())?)?;
+    m.add("start_event", tracing::START_CALLBACK.object(m.py())?)?;
+    m.add("unwind_event", tracing::UNWIND_CALLBACK.object(m.py())?)?;
     m.add("gc_callback", gc::GC_CALLBACK.object(m.py())?)?;
     m.add_function(wrap_pyfunction!(begin_quiet, m)?)?;
     m.add_function(wrap_pyfunction!(end_quiet, m)?)?;
@@ -564,5 +568,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gen_step, m)?)?;
     m.add("Profiled", profiled::make_type(m.py())?)?;
     m.add_function(wrap_pyfunction!(profiled::profiled, m)?)?;
+    m.add_function(wrap_pyfunction!(profiled::profiled_function, m)?)?;
     Ok(())
 }

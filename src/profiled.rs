@@ -15,7 +15,7 @@
 //!   value or exception; only an interrupt that arrives while the table prints reaches the
 //!   program, as it would have there without memsleuth.
 
-use crate::{enter_call, leave_call};
+use crate::{enter_call, leave_call, state};
 use pyo3::prelude::*;
 use pyo3_ffi::{
     getter, setter, vectorcallfunc, visitproc, PyErr_SetString, PyErr_WriteUnraisable, PyExc_TypeError, PyGetSetDef,
@@ -26,10 +26,12 @@ use pyo3_ffi::{
     Py_ssize_t, Py_tp_call, Py_tp_clear, Py_tp_dealloc, Py_tp_descr_get, Py_tp_free, Py_tp_getset, Py_tp_members,
     Py_tp_methods, Py_tp_traverse, METH_NOARGS,
 };
+use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
 use std::mem::offset_of;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 /// The instance layout. `vectorcall` is the per-instance entry point the type's
 /// `__vectorcalloffset__` points at.
@@ -61,8 +63,6 @@ static TYPE: AtomicPtr<PyTypeObject> = AtomicPtr::new(null_mut());
 /// # Safety
 /// Called by the interpreter with the GIL held, `callable` an instance of this type and `args`
 /// holding the arguments `nargsf` and `kwnames` describe.
-// PyErr_Fetch and PyErr_Restore are deprecated from 3.12 in favour of calls 3.9-3.11 lack.
-#[allow(deprecated)]
 unsafe extern "C" fn call(
     callable: *mut PyObject,
     args: *const *mut PyObject,
@@ -83,20 +83,61 @@ unsafe extern "C" fn call(
     unsafe {
         Py_IncRef(func);
         Py_IncRef(on_return);
-        enter_call(fid);
+        begin(callable, fid, false);
+        // Each profiled call enters the interpreter from C and so takes C stack, which plain
+        // calls do not from 3.11: a deep profiled recursion continues on a fresh stack segment
+        // instead of overflowing the thread's stack (docs/design.md, "Recursion").
+        let result = stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
+            pyo3_ffi::PyObject_Vectorcall(func, args, nargsf, kwnames)
+        });
+        let result = finish(result, on_return, leave_call);
+        Py_DecRef(on_return);
+        Py_DecRef(func);
+        result
+    }
+}
+
+/// A profiled call that finds less C stack left than this moves on to a new segment...
+const STACK_RED_ZONE: usize = 1 << 20;
+/// ...of this size, a thread's default stack on Linux.
+const STACK_SEGMENT: usize = 8 << 20;
+
+/// Opens the books' call of `fid` before the function runs.
+///
+/// # Safety
+/// GIL held, no exception pending; `callable` is live.
+unsafe fn begin(callable: *mut PyObject, fid: u32, inline: bool) {
+    enter_call(fid, inline);
+    // SAFETY: GIL held; an exception left by switching tracing on (an audit hook's) belongs to
+    // no call: it is reported as unraisable, which clears it.
+    unsafe {
         if !pyo3_ffi::PyErr_Occurred().is_null() {
-            // Switching tracing on can leave an exception (an audit hook's) that belongs to no call.
             PyErr_WriteUnraisable(callable);
         }
-        let mut result = pyo3_ffi::PyObject_Vectorcall(func, args, nargsf, kwnames);
-        // The call's exception, if it raised, is set aside while memsleuth's own code runs (it
-        // may call into the interpreter, which must not find an exception pending) and put back
-        // after, so neither the accounting nor the table can replace it; only an interrupt that
-        // arrived while the table was printed (Ctrl-C) takes the call's place, as it would
-        // have been raised there without memsleuth.
+    }
+}
+
+/// After the function's own call returned `result` (null if it raised): `leave` closes the
+/// books' call, saying whether it was the outermost, and the table is printed after an
+/// outermost call.
+///
+/// The call's exception, if it raised, is set aside while memsleuth's own code runs (it may
+/// call into the interpreter, which must not find an exception pending) and put back after, so
+/// neither the accounting nor the table can replace it; only an interrupt that arrived while the
+/// table was printed (Ctrl-C) takes the call's place, as it would have been raised there
+/// without memsleuth.
+///
+/// # Safety
+/// GIL held; `result` is an owned reference or null with the call's exception set;
+/// `on_return` is live or null.
+// PyErr_Fetch and PyErr_Restore are deprecated from 3.12 in favour of calls 3.9-3.11 lack.
+#[allow(deprecated)]
+unsafe fn finish(mut result: *mut PyObject, on_return: *mut PyObject, leave: impl FnOnce() -> bool) -> *mut PyObject {
+    // SAFETY: per the contract; the fetched references are either restored or released.
+    unsafe {
         let (mut kind, mut value, mut traceback) = (null_mut(), null_mut(), null_mut());
         pyo3_ffi::PyErr_Fetch(&mut kind, &mut value, &mut traceback);
-        let interrupted = leave_call() && !report(on_return);
+        let interrupted = leave() && !report(on_return);
         if interrupted {
             for owned in [result, kind, value, traceback] {
                 if !owned.is_null() {
@@ -107,8 +148,6 @@ unsafe extern "C" fn call(
         } else {
             pyo3_ffi::PyErr_Restore(kind, value, traceback);
         }
-        Py_DecRef(on_return);
-        Py_DecRef(func);
         result
     }
 }
@@ -322,4 +361,184 @@ pub fn profiled(py: Python<'_>, fid: u32, func: Py<PyAny>, on_return: Py<PyAny>)
         (*this).on_return = on_return.into_ptr();
         Ok(object.unbind())
     }
+}
+
+// 3.12+: a profiled plain function stays a function (docs/design.md, "Recursion without a
+// wrapper"). Its vectorcall is `function_call` while no call of it that came through there is
+// running; during one, it has the default vectorcall, so the interpreter runs the calls it makes
+// of itself inline, as without memsleuth (a call through C would count against the C recursion
+// limit and use C stack at every level), and sys.monitoring's start, return and unwind events of
+// its code open and close those calls in the books.
+
+/// A profiled function's number and what to call after an outermost call of it (an owned
+/// reference).
+#[derive(Clone, Copy)]
+struct Profiling {
+    fid: u32,
+    on_return: usize,
+}
+
+/// By code object (which `_profile.registered` keeps alive for the life of the process, so an
+/// address is never reused), for the start events: the function's number, and the `on_return`
+/// of the latest function profiled with that code, for a call no wrapper entered. Touched only
+/// with the GIL held; the mutexes make the statics shareable.
+static CODES: LazyLock<Mutex<HashMap<usize, Profiling>>> = LazyLock::new(Default::default);
+/// By function object, for `function_call`: each `profile()` of one function gives a function
+/// of its own, with its own settings (its stream). An entry outlives its function, and is
+/// replaced if another profiled function takes its address.
+static FUNCTIONS: LazyLock<Mutex<HashMap<usize, Profiling>>> = LazyLock::new(Default::default);
+/// Function objects with a call through `function_call` running (on any thread), counted.
+static RUNNING: LazyLock<Mutex<HashMap<usize, u32>>> = LazyLock::new(Default::default);
+/// The interpreter's own vectorcall for Python functions.
+static DEFAULT_VECTORCALL: AtomicUsize = AtomicUsize::new(0);
+
+fn default_vectorcall() -> Option<vectorcallfunc> {
+    // SAFETY: a non-zero value is a vectorcallfunc read from a function object.
+    (DEFAULT_VECTORCALL.load(Ordering::Relaxed) != 0)
+        .then(|| unsafe { std::mem::transmute::<usize, vectorcallfunc>(DEFAULT_VECTORCALL.load(Ordering::Relaxed)) })
+}
+
+/// The function id of a profiled plain function's code object, if it is one.
+pub fn profiled_code(code: usize) -> Option<u32> {
+    CODES.lock().unwrap_or_else(|e| e.into_inner()).get(&code).map(|p| p.fid)
+}
+
+/// An outermost call of the function of `code` that no wrapper entered has ended: its table is
+/// printed now. Returns false, with the exception set, for an interrupt that arrived meanwhile,
+/// which the callback raises into the program where the call returned.
+///
+/// # Safety
+/// GIL held, no exception pending.
+pub unsafe fn report_unwrapped(code: usize) -> bool {
+    let Some(on_return) = CODES.lock().unwrap_or_else(|e| e.into_inner()).get(&code).map(|p| p.on_return) else {
+        return true;
+    };
+    let on_return = on_return as *mut PyObject;
+    // SAFETY: per the contract; the entry's reference is live, and one of our own is held while
+    // the table prints, in case printing profiles the function again and replaces the entry.
+    unsafe {
+        Py_IncRef(on_return);
+        let reported = report(on_return);
+        Py_DecRef(on_return);
+        reported
+    }
+}
+
+/// Sets `func`'s vectorcall: `function_call`, or the default while calls run inside.
+///
+/// # Safety
+/// GIL held; `func` a live function object.
+unsafe fn set_vectorcall(func: *mut PyObject, inline: bool) {
+    let (Some(setter), Some(default)) = (crate::compat::function_vectorcall_setter(), default_vectorcall()) else {
+        return;
+    };
+    // SAFETY: per the contract; both are vectorcall functions for Python functions.
+    unsafe { setter(func, if inline { default } else { function_call }) };
+}
+
+/// A call of a profiled function from outside its own calls on this thread.
+///
+/// # Safety
+/// Called by the interpreter with the GIL held, `callable` a function object and `args` holding
+/// the arguments `nargsf` and `kwnames` describe.
+unsafe extern "C" fn function_call(
+    callable: *mut PyObject,
+    args: *const *mut PyObject,
+    nargsf: usize,
+    kwnames: *mut PyObject,
+) -> *mut PyObject {
+    let Some(default) = default_vectorcall() else {
+        // SAFETY: GIL held; the message is a static C string.
+        unsafe { PyErr_SetString(PyExc_TypeError, c"memsleuth: profiled function called before setup".as_ptr()) };
+        return null_mut();
+    };
+    // SAFETY: `callable` is a function object; its code is borrowed and outlives the call.
+    let code = unsafe { pyo3_ffi::PyFunction_GetCode(callable) } as usize;
+    let profiling = FUNCTIONS.lock().unwrap_or_else(|e| e.into_inner()).get(&(callable as usize)).copied();
+    let Some(Profiling { fid, on_return }) = profiling.filter(|p| profiled_code(code) == Some(p.fid)) else {
+        // The program gave the function another code object: it is no longer profiled.
+        // SAFETY: the interpreter's own call, with the interpreter's arguments.
+        return unsafe { default(callable, args, nargsf, kwnames) };
+    };
+    let on_return = on_return as *mut PyObject;
+    // SAFETY: GIL held; the function is held across the call, so that it cannot be freed while
+    // its vectorcall is switched, nor its entry (and `on_return`) be replaced.
+    unsafe {
+        Py_IncRef(callable);
+        begin(callable, fid, true);
+        let depth = state::depth();
+        state::expect_start(code);
+        running(callable, 1);
+        let result = default(callable, args, nargsf, kwnames);
+        running(callable, -1);
+        state::expect_start(0);
+        let result = finish(result, on_return, || {
+            // The frame is left here unless a profiled call inside its teardown (a __del__'s)
+            // left it already, at that call's start.
+            if state::depth() == depth {
+                state::take_exit_pending();
+                leave_call()
+            } else {
+                !state::inside_func(fid)
+            }
+        });
+        Py_DecRef(callable);
+        result
+    }
+}
+
+/// Counts a call of `func` through `function_call` starting (+1) or ending (-1); the first to
+/// start gives it the default vectorcall and the last to end takes it back.
+///
+/// # Safety
+/// GIL held; `func` a live function object.
+unsafe fn running(func: *mut PyObject, change: i32) {
+    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    let count = running.entry(func as usize).or_insert(0);
+    let was = *count;
+    *count = count.saturating_add_signed(change);
+    let now = *count;
+    if now == 0 {
+        running.remove(&(func as usize));
+    }
+    drop(running);
+    if (was == 0) != (now == 0) {
+        // SAFETY: per the contract.
+        unsafe { set_vectorcall(func, now != 0) };
+    }
+}
+
+/// Makes `func` (a Python function, registered as `fid`) a profiled function in place, calling
+/// `on_return` after each outermost call; returns it.
+#[pyfunction]
+pub fn profiled_function(fid: u32, func: Bound<'_, PyAny>, on_return: Py<PyAny>) -> PyResult<Bound<'_, PyAny>> {
+    if crate::compat::function_vectorcall_setter().is_none() {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err("memsleuth: PyFunction_SetVectorcall is missing"));
+    }
+    // SAFETY: GIL held; `func` is a live function object (checked), whose code is borrowed.
+    unsafe {
+        if pyo3_ffi::PyFunction_Check(func.as_ptr()) == 0 {
+            return Err(pyo3::exceptions::PyTypeError::new_err("memsleuth: expected a function"));
+        }
+        if DEFAULT_VECTORCALL.load(Ordering::Relaxed) == 0 {
+            if let Some(default) = pyo3_ffi::PyVectorcall_Function(func.as_ptr()) {
+                if default as usize != function_call as *const () as usize {
+                    DEFAULT_VECTORCALL.store(default as usize, Ordering::Relaxed);
+                }
+            }
+        }
+        let code = pyo3_ffi::PyFunction_GetCode(func.as_ptr()) as usize;
+        let profiling = Profiling { fid, on_return: on_return.into_ptr() as usize };
+        // The code's entry keeps its own reference; a replaced function's entry releases its.
+        Py_IncRef(profiling.on_return as *mut PyObject);
+        if let Some(old) = CODES.lock().unwrap_or_else(|e| e.into_inner()).insert(code, profiling) {
+            Py_DecRef(old.on_return as *mut PyObject);
+        }
+        if let Some(old) = FUNCTIONS.lock().unwrap_or_else(|e| e.into_inner()).insert(func.as_ptr() as usize, profiling)
+        {
+            Py_DecRef(old.on_return as *mut PyObject);
+        }
+        set_vectorcall(func.as_ptr(), false);
+    }
+    Ok(func)
 }

@@ -177,6 +177,17 @@ pub struct Local {
     top_lineno: Cell<u32>,
     top_resumable: Cell<bool>,
     top_returned: Cell<bool>,
+    /// 3.12+: the innermost profiled frame is a plain function's whose call the interpreter
+    /// made inline (docs/design.md, "Recursion without a wrapper"): it is left at the thread's
+    /// next event after its return or unwind, once its teardown is over.
+    top_inline: Cell<bool>,
+    /// Set from such a frame's return or unwind until it is left.
+    exit_pending: Cell<bool>,
+    /// The code object whose next start event is the call a wrapper entered already (0: none).
+    expected_start: Cell<usize>,
+    /// The thread's outermost profiled frame is an inline call opened at its start event: of a
+    /// function another thread is running through its wrapper.
+    unwrapped: Cell<bool>,
     /// The latest reading while the thread has a profiled frame.
     last: Cell<Option<OsReading>>,
     /// Open quiet sections.
@@ -195,6 +206,10 @@ thread_local! {
             top_lineno: Cell::new(0),
             top_resumable: Cell::new(false),
             top_returned: Cell::new(false),
+            top_inline: Cell::new(false),
+            exit_pending: Cell::new(false),
+            expected_start: Cell::new(0),
+            unwrapped: Cell::new(false),
             last: Cell::new(None),
             quiet: Cell::new(0),
         }
@@ -211,6 +226,7 @@ struct MirroredFrame {
     lineno: u32,
     resumable: bool,
     returned: bool,
+    inline: bool,
 }
 
 /// The ring is full: wait for the sink, unless it is gone, in which case recording stops
@@ -503,11 +519,19 @@ fn reading_now(me: &Local) -> Reading {
 }
 
 fn set_top(me: &Local, frame: Option<MirroredFrame>) {
-    let f = frame.unwrap_or(MirroredFrame { func: 0, code: 0, lineno: 0, resumable: false, returned: false });
+    let f = frame.unwrap_or(MirroredFrame {
+        func: 0,
+        code: 0,
+        lineno: 0,
+        resumable: false,
+        returned: false,
+        inline: false,
+    });
     me.top_code.set(f.code);
     me.top_lineno.set(f.lineno);
     me.top_resumable.set(f.resumable);
     me.top_returned.set(f.returned);
+    me.top_inline.set(f.inline);
 }
 
 /// Saves the innermost frame's mirror before another goes on top.
@@ -521,13 +545,14 @@ fn save_top(me: &Local, frames: &mut [MirroredFrame]) {
 /// A call of profiled function `func` (code object `code`) starts on this thread. The outermost
 /// call takes a reading; one inside another profiled call only where one fell due, as a line
 /// boundary does (a nested helper called in a hot loop would pay two readings a call).
-pub fn enter(func: u32, code: usize) {
+pub fn enter(func: u32, code: usize, inline: bool) {
+    leave_pending();
     LOCAL.with(|me| {
         let nested = FRAMES.with_borrow(|frames| !frames.is_empty());
         let reading = if nested { due_reading(me, &mut false) } else { Some(reading_now(me)) };
         FRAMES.with_borrow_mut(|frames| {
             save_top(me, frames);
-            let frame = MirroredFrame { func, code, lineno: 0, resumable: false, returned: false };
+            let frame = MirroredFrame { func, code, lineno: 0, resumable: false, returned: false, inline };
             frames.push(frame);
             set_top(me, Some(frame));
         });
@@ -538,6 +563,11 @@ pub fn enter(func: u32, code: usize) {
 /// The innermost profiled call returned or raised; true if no other call of the same function
 /// remains on this thread.
 pub fn leave() -> bool {
+    leave_pending();
+    leave_top()
+}
+
+fn leave_top() -> bool {
     LOCAL.with(|me| {
         let nested = FRAMES.with_borrow(|frames| frames.len() > 1);
         let reading = if nested { due_reading(me, &mut false) } else { Some(reading_now(me)) };
@@ -580,6 +610,7 @@ impl GeneratorFrame {
         if self.running {
             return;
         }
+        leave_pending();
         self.running = true;
         LOCAL.with(|me| {
             let reading = reading_now(me);
@@ -591,6 +622,7 @@ impl GeneratorFrame {
                     lineno: self.lineno,
                     resumable: true,
                     returned: false,
+                    inline: false,
                 };
                 frames.push(frame);
                 set_top(me, Some(frame));
@@ -603,6 +635,7 @@ impl GeneratorFrame {
         if !self.running {
             return;
         }
+        leave_pending();
         self.running = false;
         LOCAL.with(|me| {
             let reading = reading_now(me);
@@ -641,8 +674,71 @@ fn code_of(func: u32) -> usize {
 }
 
 /// `enter`, by function number.
-pub fn enter_func(func: u32) {
-    enter(func, code_of(func));
+pub fn enter_func(func: u32, inline: bool) {
+    enter(func, code_of(func), inline);
+}
+
+/// The thread's profiled frames, counted.
+pub fn depth() -> usize {
+    FRAMES.with_borrow(Vec::len)
+}
+
+/// Whether a call of `func` is open on this thread.
+pub fn inside_func(func: u32) -> bool {
+    FRAMES.with_borrow(|frames| frames.iter().any(|f| f.func == func))
+}
+
+/// 3.12+: the next start event of `code` on this thread is the call a wrapper has just entered
+/// (0: none is).
+pub fn expect_start(code: usize) {
+    LOCAL.with(|me| me.expected_start.set(code));
+}
+
+/// 3.12+: a frame of `code` starts. True if it is a call to enter: not the one a wrapper
+/// entered already.
+pub fn start_is_new(code: usize) -> bool {
+    LOCAL.with(|me| me.expected_start.replace(0) != code)
+}
+
+/// 3.12+: an inline call opened at its start event has just been entered; if it is the thread's
+/// outermost, no wrapper will close it.
+pub fn entered_unwrapped() {
+    if depth() == 1 {
+        LOCAL.with(|me| me.unwrapped.set(true));
+    }
+}
+
+/// 3.12+: the innermost profiled frame, running `code`, returned or is unwinding; if the
+/// interpreter called it inline, it is left at the thread's next event. An outermost one no
+/// wrapper entered is left now: nothing of memsleuth's runs on its thread after its teardown.
+/// Returns true if that call was left and no other call of its function remains on the thread.
+pub fn inline_frame_exits(code: usize) -> bool {
+    let leave_now = LOCAL.with(|me| {
+        if me.top_code.get() != code || !me.top_inline.get() {
+            return false;
+        }
+        if me.unwrapped.get() && depth() == 1 {
+            me.unwrapped.set(false);
+            return true;
+        }
+        me.exit_pending.set(true);
+        false
+    });
+    leave_now && leave_top()
+}
+
+/// Whether an inline frame's exit is pending, clearing it: the caller leaves it itself.
+pub fn take_exit_pending() -> bool {
+    LOCAL.with(|me| me.exit_pending.replace(false))
+}
+
+/// Leaves the inline frame whose exit is pending, if any (its teardown is over: the thread has
+/// moved on to another event).
+#[inline(always)]
+pub fn leave_pending() {
+    if LOCAL.with(|me| me.exit_pending.replace(false)) {
+        leave_top();
+    }
 }
 
 /// Allocations this thread's hooks saw: a probe allocating one block sees it counted only if

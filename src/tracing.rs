@@ -410,6 +410,7 @@ unsafe extern "C" fn line_callback(
         if let Ok(lineno) = u32::try_from(lineno) {
             // Ints beyond the small-int cache are allocated for each callback: they are ours.
             let int_obj = (lineno > 256).then_some(line as usize);
+            state::leave_pending();
             line_event(code as usize, lineno, int_obj);
         } else {
             // SAFETY: GIL held.
@@ -434,11 +435,79 @@ unsafe extern "C" fn return_callback(
         let (code, offset) = unsafe { (*args, *args.add(1)) };
         // An offset beyond the small-int cache is an int made for this callback: it is ours
         // (a cached one was never allocated, so no figure holds it).
+        state::leave_pending();
         return_event(code as usize, Some(offset as usize));
+        if state::inline_frame_exits(code as usize) {
+            // SAFETY: GIL held, no exception pending in a callback.
+            if !unsafe { crate::profiled::report_unwrapped(code as usize) } {
+                return std::ptr::null_mut();
+            }
+        }
     }
     // SAFETY: GIL held; the callback returns a new reference to None.
     unsafe { crate::cfunction::new_none() }
 }
+
+/// The PY_START callback of sys.monitoring (3.12+): `callback(code, instruction_offset)`. A
+/// profiled function's frame starts: unless the call came through its wrapper, which opened it
+/// already, the call the interpreter made inline opens here.
+///
+/// # Safety
+/// Called by the interpreter with the GIL held and `nargs` valid argument pointers.
+unsafe extern "C" fn start_callback(
+    _module: *mut PyObject,
+    args: *mut *mut PyObject,
+    nargs: Py_ssize_t,
+) -> *mut PyObject {
+    if nargs >= 1 {
+        // SAFETY: the interpreter passes `nargs` live references in `args`.
+        let code = unsafe { *args } as usize;
+        state::leave_pending();
+        if state::start_is_new(code) {
+            if let Some(fid) = crate::profiled::profiled_code(code) {
+                crate::enter_call(fid, true);
+                state::entered_unwrapped();
+            }
+        }
+    }
+    // SAFETY: GIL held; the callback returns a new reference to None.
+    unsafe { crate::cfunction::new_none() }
+}
+
+/// The PY_UNWIND callback of sys.monitoring (3.12+): `callback(code, instruction_offset,
+/// exception)`. An exception leaves a profiled frame; its unwinding's frees stay on the raising
+/// line until the frame is left.
+///
+/// # Safety
+/// Called by the interpreter with the GIL held and `nargs` valid argument pointers.
+unsafe extern "C" fn unwind_callback(
+    _module: *mut PyObject,
+    args: *mut *mut PyObject,
+    nargs: Py_ssize_t,
+) -> *mut PyObject {
+    if nargs >= 1 {
+        // SAFETY: the interpreter passes `nargs` live references in `args`.
+        let code = unsafe { *args } as usize;
+        state::leave_pending();
+        if state::inline_frame_exits(code) {
+            // SAFETY: GIL held; the interpreter holds the unwinding exception aside while
+            // callbacks run, so none is pending.
+            if !unsafe { crate::profiled::report_unwrapped(code) } {
+                return std::ptr::null_mut();
+            }
+        }
+    }
+    // SAFETY: GIL held; the callback returns a new reference to None.
+    unsafe { crate::cfunction::new_none() }
+}
+
+/// The PY_START callback's function object is made from this.
+pub static START_CALLBACK: FastFunction =
+    FastFunction::new(c"start_event", c"The PY_START callback of sys.monitoring (3.12+).", start_callback);
+
+/// The PY_UNWIND callback's function object is made from this.
+pub static UNWIND_CALLBACK: FastFunction =
+    FastFunction::new(c"unwind_event", c"The PY_UNWIND callback of sys.monitoring (3.12+).", unwind_callback);
 
 /// The PY_RETURN callback's function object is made from this.
 pub static RETURN_CALLBACK: FastFunction =

@@ -368,6 +368,68 @@ def test_recursion_counts_each_byte_once(run_fixture):
     between(totals["retained_bytes"], depth * cost, depth * cost + slack)
 
 
+def test_recursion_unwinding_through_levels(run_source):
+    # From 3.12 the inner levels are calls the interpreter makes inline, opened and closed by
+    # sys.monitoring's events: an exception that leaves three levels and is caught by the fourth
+    # must close exactly those, and the frees of the unwinding stay on the raising line.
+    program = (
+        "from memsleuth import profile\n"
+        "\n"
+        "@profile\n"
+        "def dive(depth):\n"
+        "    block = bytearray(100_000)\n"
+        "    if depth == 0:\n"
+        "        raise ValueError(len(block))\n"
+        "    if depth == 3:\n"
+        "        try:\n"
+        "            return dive(depth - 1)\n"
+        "        except ValueError:\n"
+        "            caught = bytearray(50_000)\n"
+        "            return len(caught)\n"
+        "    return dive(depth - 1)\n"
+        "\n"
+        "EXTRA = {'result': dive(6)}\n"
+    )
+    run = run_source(program)
+    assert run.extra == {"result": 50_000}
+    func = run.function("dive")
+    assert func["calls"] == 7
+    assert find_line(func, "caught = bytearray(50_000)")["hits"] == 1
+    assert find_line(func, "raise ValueError(len(block))")["hits"] == 1
+    block = find_line(func, "block = bytearray(100_000)")
+    assert block["hits"] == 7
+    # The traceback holds the three raising levels' frames, and so their blocks, until the
+    # handler ends, after those calls ended: they are retained. The other levels' are not.
+    cost = bytearray_cost(100_000)
+    between(block["retained_bytes"], 3 * cost, 3 * cost + 3 * KiB)
+    assert run.stdout.count(TEXT_HEADER) == 1
+
+
+def test_the_undecorated_function_stays_unprofiled(run_source):
+    # From 3.12 profile() gives a function of its own, running a copy of the code object (the
+    # start events are per code object): the function it was given is not profiled, as with a
+    # wrapper, and the profiled one is a function.
+    program = (
+        "import types\n"
+        "from memsleuth import profile\n"
+        "\n"
+        "def f(n):\n"
+        "    return [0] * n\n"
+        "\n"
+        "g = profile(f)\n"
+        "g(10)\n"
+        "for _ in range(5):\n"
+        "    f(10)\n"
+        "EXTRA = {'same': g is f, 'wrapped': g.__wrapped__ is f, 'function': isinstance(g, types.FunctionType)}\n"
+    )
+    run = run_source(program)
+    import sys
+
+    assert run.extra["same"] is False and run.extra["wrapped"] is True
+    assert run.extra["function"] is (sys.version_info >= (3, 12))
+    assert run.function("f")["calls"] == 1
+
+
 # --------------------------------------------------------------------------------------------
 # 7. Nested profiled functions
 

@@ -59,6 +59,14 @@ def _start():
             mon.register_callback(_monitoring_tool, mon.events.LINE, _native.line_event)
             # The return ends the last line: the frame's teardown after it gets a row of its own.
             mon.register_callback(_monitoring_tool, mon.events.PY_RETURN, _native.return_event)
+            # Calls the interpreter makes inline (a profiled function calling itself) open at
+            # their start and close after their return or unwind (docs/design.md, "Recursion
+            # without a wrapper").
+            mon.register_callback(_monitoring_tool, mon.events.PY_START, _native.start_event)
+            mon.register_callback(_monitoring_tool, mon.events.PY_UNWIND, _native.unwind_event)
+            # Unwinds are not a local event: they are asked of every frame, and dropped in C by
+            # one comparison unless a profiled frame unwinds.
+            mon.set_events(_monitoring_tool, mon.events.PY_UNWIND)
         else:
             # The C trace function is switched on per thread by the first profiled call.
             # The wrappers' frames receive the StopIteration of each generator they drive.
@@ -82,10 +90,37 @@ def _chaining_settrace(settrace):
     return chaining_settrace
 
 
-def _watch(code):
+#: From 3.12 a profiled plain function stays a function, which the interpreter can call inline.
+INLINE_CALLS = sys.version_info >= (3, 12)
+
+
+def _watch(code, plain=False):
+    """Asks sys.monitoring (3.12+) for the events of ``code`` memsleuth needs: its lines and
+    returns, and for a plain function's code, its starts too."""
     if _monitoring_tool is not None:
         mon = sys.monitoring
-        mon.set_local_events(_monitoring_tool, code, mon.events.LINE | mon.events.PY_RETURN)
+        events = mon.events.LINE | mon.events.PY_RETURN
+        if plain:
+            events |= mon.events.PY_START
+        mon.set_local_events(_monitoring_tool, code, events)
+
+
+#: A function's code object -> the copy a profiled function made from it runs (3.12+).
+_code_copies = {}
+
+
+def _with_own_code(func):
+    """A function like ``func`` running a copy of its code object, the same copy for every
+    function made from one code (a def run again makes another function of the same code).
+    sys.monitoring's events are per code object: the copy's are memsleuth's, and ``func``
+    itself stays unprofiled, as it is with a wrapper."""
+    code = func.__code__
+    copy = _code_copies.get(code)
+    if copy is None:
+        copy = _code_copies[code] = code.replace()
+    own = types.FunctionType(copy, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
+    own.__kwdefaults__ = func.__kwdefaults__
+    return own
 
 
 def _source_lines(func):
@@ -269,6 +304,8 @@ def profile_with(func, settings, backend=None, on_profiled=None, nested=True):
             inner = _nested.with_nested_profiled(
                 func, functools.partial(profile_with, settings=deferring, on_profiled=nested_profiled,
                                         nested=False))
+            if INLINE_CALLS and inner is func and _is_plain(func):
+                inner = _with_own_code(func)
         if on_profiled is not None:
             on_profiled(inner.__code__)
         return _wrap(inner, settings, like=func, nested_codes=nested_codes)
@@ -285,7 +322,8 @@ def _wrap(func, settings, like, nested_codes=()):
     code = func.__code__
     if settings.at_exit:
         precisions.setdefault(code, settings.precision)
-    _watch(code)
+    plain = _is_plain(func)
+    _watch(code, plain)
 
     def report(outermost):
         if outermost and timeline is not None:
@@ -373,11 +411,25 @@ def _wrap(func, settings, like, nested_codes=()):
                 report(_native.leave())
 
         wrapper = async_generator_wrapper
+    elif INLINE_CALLS:
+        if func is not like:
+            functools.update_wrapper(func, like)
+        wrapper = _native.profiled_function(fid, func, lambda: report(True))
     else:
         wrapper = functools.update_wrapper(_native.profiled(fid, func, lambda: report(True)), like)
 
     _profiled.add(wrapper)
     return wrapper
+
+
+def _is_plain(func):
+    """Whether ``func`` is a plain function: no generator, coroutine or async generator."""
+    return isinstance(func, types.FunctionType) and not func.__code__.co_flags & _RESUMABLE
+
+
+#: Code flags of generators, coroutines and async generators: inspect's CO_GENERATOR,
+#: CO_COROUTINE, CO_ITERABLE_COROUTINE and CO_ASYNC_GENERATOR.
+_RESUMABLE = 0x20 | 0x80 | 0x100 | 0x200
 
 
 def profile_silently(func):
