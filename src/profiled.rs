@@ -86,7 +86,7 @@ unsafe extern "C" fn call(
         begin(callable, fid, false);
         // Each profiled call enters the interpreter from C and so takes C stack, which plain
         // calls do not from 3.11: a deep profiled recursion continues on a fresh stack segment
-        // instead of overflowing the thread's stack (docs/design.md, "Recursion").
+        // instead of overflowing the thread's stack (docs/design.md, "Recursion without a wrapper").
         let result = stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || {
             pyo3_ffi::PyObject_Vectorcall(func, args, nargsf, kwnames)
         });
@@ -364,11 +364,11 @@ pub fn profiled(py: Python<'_>, fid: u32, func: Py<PyAny>, on_return: Py<PyAny>)
 }
 
 // 3.12+: a profiled plain function stays a function (docs/design.md, "Recursion without a
-// wrapper"). Its vectorcall is `function_call` while no call of it that came through there is
-// running; during one, it has the default vectorcall, so the interpreter runs the calls it makes
-// of itself inline, as without memsleuth (a call through C would count against the C recursion
-// limit and use C stack at every level), and sys.monitoring's start, return and unwind events of
-// its code open and close those calls in the books.
+// wrapper"). Its vectorcall is `function_call`, except while a recursive call of it that came
+// through there is running: then it has the default vectorcall, so the interpreter runs the
+// calls it makes of itself inline, as without memsleuth (a call through C would count against
+// the C recursion limit and use C stack at every level), and sys.monitoring's start, return and
+// unwind events of its code open and close those calls in the books.
 
 /// A profiled function's number and what to call after an outermost call of it (an owned
 /// reference).
@@ -387,7 +387,8 @@ static CODES: LazyLock<Mutex<HashMap<usize, Profiling>>> = LazyLock::new(Default
 /// of its own, with its own settings (its stream). An entry outlives its function, and is
 /// replaced if another profiled function takes its address.
 static FUNCTIONS: LazyLock<Mutex<HashMap<usize, Profiling>>> = LazyLock::new(Default::default);
-/// Function objects with a call through `function_call` running (on any thread), counted.
+/// Function objects with a recursive call through `function_call` running (on any thread),
+/// counted.
 static RUNNING: LazyLock<Mutex<HashMap<usize, u32>>> = LazyLock::new(Default::default);
 /// The interpreter's own vectorcall for Python functions.
 static DEFAULT_VECTORCALL: AtomicUsize = AtomicUsize::new(0);
@@ -465,12 +466,20 @@ unsafe extern "C" fn function_call(
     // its vectorcall is switched, nor its entry (and `on_return`) be replaced.
     unsafe {
         Py_IncRef(callable);
+        // A call of a function already running on this thread (recursion) lets the interpreter
+        // run the calls it makes inline. A first call does not: other threads' calls meanwhile
+        // still come through here, where the teardown gets its row.
+        let recursive = state::inside_func(fid);
         begin(callable, fid, true);
         let depth = state::depth();
         state::expect_start(code);
-        running(callable, 1);
+        if recursive {
+            running(callable, 1);
+        }
         let result = default(callable, args, nargsf, kwnames);
-        running(callable, -1);
+        if recursive {
+            running(callable, -1);
+        }
         state::expect_start(0);
         let result = finish(result, on_return, || {
             // The frame is left here unless a profiled call inside its teardown (a __del__'s)

@@ -461,12 +461,16 @@ fn due_reading(me: &Local, due: &mut bool) -> Option<Reading> {
     Some(reading)
 }
 
-/// A line event of the innermost profiled frame, running `code` (others are dropped here);
-/// `int_obj` is the int the interpreter allocated to pass the line number, if any. Returns
-/// whether a reading fell due.
+/// A line event of the innermost profiled frame, running `code` (others are dropped here), after
+/// leaving an inline frame whose exit is pending; `int_obj` is the int the interpreter allocated
+/// to pass the line number, if any. Returns whether a reading fell due.
 #[inline]
 pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> bool {
     LOCAL.with(|me| {
+        if me.exit_pending.replace(false) {
+            // An inline call returned before this line of its caller: its teardown is over.
+            leave_top_of(me);
+        }
         if me.top_code.get() != code || !ENABLED.load(Ordering::Relaxed) {
             return false;
         }
@@ -491,9 +495,13 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> bool {
     })
 }
 
-/// The innermost profiled frame, running `code`, returns; `int_obj` as for `line_event`.
+/// The innermost profiled frame, running `code`, returns (after leaving an inline frame whose
+/// exit is pending); `int_obj` as for `line_event`.
 pub fn return_event(code: usize, int_obj: Option<usize>) -> bool {
     LOCAL.with(|me| {
+        if me.exit_pending.replace(false) {
+            leave_top_of(me);
+        }
         if me.top_code.get() != code || !ENABLED.load(Ordering::Relaxed) {
             return false;
         }
@@ -546,8 +554,10 @@ fn save_top(me: &Local, frames: &mut [MirroredFrame]) {
 /// call takes a reading; one inside another profiled call only where one fell due, as a line
 /// boundary does (a nested helper called in a hot loop would pay two readings a call).
 pub fn enter(func: u32, code: usize, inline: bool) {
-    leave_pending();
     LOCAL.with(|me| {
+        if me.exit_pending.replace(false) {
+            leave_top_of(me);
+        }
         let nested = FRAMES.with_borrow(|frames| !frames.is_empty());
         let reading = if nested { due_reading(me, &mut false) } else { Some(reading_now(me)) };
         FRAMES.with_borrow_mut(|frames| {
@@ -563,17 +573,19 @@ pub fn enter(func: u32, code: usize, inline: bool) {
 /// The innermost profiled call returned or raised; true if no other call of the same function
 /// remains on this thread.
 pub fn leave() -> bool {
-    leave_pending();
-    leave_top()
+    LOCAL.with(|me| {
+        if me.exit_pending.replace(false) {
+            leave_top_of(me);
+        }
+        leave_top_of(me)
+    })
 }
 
-fn leave_top() -> bool {
-    LOCAL.with(|me| {
-        let nested = FRAMES.with_borrow(|frames| frames.len() > 1);
-        let reading = if nested { due_reading(me, &mut false) } else { Some(reading_now(me)) };
-        me.emit(Record::Leave { reading });
-        pop(me).is_some_and(|(func, _)| FRAMES.with_borrow(|frames| frames.iter().all(|f| f.func != func)))
-    })
+fn leave_top_of(me: &Local) -> bool {
+    let nested = FRAMES.with_borrow(|frames| frames.len() > 1);
+    let reading = if nested { due_reading(me, &mut false) } else { Some(reading_now(me)) };
+    me.emit(Record::Leave { reading });
+    pop(me).is_some_and(|(func, _)| FRAMES.with_borrow(|frames| frames.iter().all(|f| f.func != func)))
 }
 
 /// Takes the innermost frame off the mirror: (its function, the line it was on).
@@ -584,6 +596,7 @@ fn pop(me: &Local) -> Option<(u32, u32)> {
         set_top(me, frames.last().copied());
         if frames.is_empty() {
             me.last.set(None);
+            me.unwrapped.set(false);
         }
         Some((popped.func, lineno))
     })
@@ -713,18 +726,16 @@ pub fn entered_unwrapped() {
 /// wrapper entered is left now: nothing of memsleuth's runs on its thread after its teardown.
 /// Returns true if that call was left and no other call of its function remains on the thread.
 pub fn inline_frame_exits(code: usize) -> bool {
-    let leave_now = LOCAL.with(|me| {
+    LOCAL.with(|me| {
         if me.top_code.get() != code || !me.top_inline.get() {
             return false;
         }
         if me.unwrapped.get() && depth() == 1 {
-            me.unwrapped.set(false);
-            return true;
+            return leave_top_of(me);
         }
         me.exit_pending.set(true);
         false
-    });
-    leave_now && leave_top()
+    })
 }
 
 /// Whether an inline frame's exit is pending, clearing it: the caller leaves it itself.
@@ -736,9 +747,11 @@ pub fn take_exit_pending() -> bool {
 /// moved on to another event).
 #[inline(always)]
 pub fn leave_pending() {
-    if LOCAL.with(|me| me.exit_pending.replace(false)) {
-        leave_top();
-    }
+    LOCAL.with(|me| {
+        if me.exit_pending.replace(false) {
+            leave_top_of(me);
+        }
+    });
 }
 
 /// Allocations this thread's hooks saw: a probe allocating one block sees it counted only if

@@ -410,7 +410,6 @@ unsafe extern "C" fn line_callback(
         if let Ok(lineno) = u32::try_from(lineno) {
             // Ints beyond the small-int cache are allocated for each callback: they are ours.
             let int_obj = (lineno > 256).then_some(line as usize);
-            state::leave_pending();
             line_event(code as usize, lineno, int_obj);
         } else {
             // SAFETY: GIL held.
@@ -435,7 +434,6 @@ unsafe extern "C" fn return_callback(
         let (code, offset) = unsafe { (*args, *args.add(1)) };
         // An offset beyond the small-int cache is an int made for this callback: it is ours
         // (a cached one was never allocated, so no figure holds it).
-        state::leave_pending();
         return_event(code as usize, Some(offset as usize));
         if state::inline_frame_exits(code as usize) {
             // SAFETY: GIL held, no exception pending in a callback.
