@@ -88,6 +88,10 @@ pub enum Command {
         /// lines, and the text report is their mprof `FUNC` lines (appended to -o PATH)
         #[arg(long, conflicts_with = "functions")]
         timestamp: bool,
+        /// With --timestamp, as python -m memory_profiler --include-children: the RSS in the FUNC
+        /// lines adds the program's child processes'
+        #[arg(long, requires = "timestamp")]
+        include_children: bool,
         /// As python -m memory_profiler --pdb-mmem: step into pdb in the profiled function whose
         /// line or return first finds the process's RSS at or over MAXMEM MiB
         #[arg(long = "pdb-mmem", value_name = "MAXMEM", value_parser = parse_mib, conflicts_with = "timestamp")]

@@ -491,6 +491,7 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
                     follow_fork,
                     interval,
                     timestamp,
+                    include_children,
                     pdb_mmem,
                     text,
                     program,
@@ -506,6 +507,7 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
             options.set_item("follow_fork", follow_fork)?;
             options.set_item("interval", interval)?;
             options.set_item("timestamp", timestamp)?;
+            options.set_item("include_children", include_children)?;
             options.set_item("pdb_mmem", pdb_mmem)?;
             options.set_item("program", program)?;
             options.set_item("precision", text.precision)?;

@@ -420,6 +420,7 @@ EXTRA = {"own": own.getvalue(), "watched": watched.getvalue(), "call": call.getv
 
 def test_code_map_holds_the_tables_figures(run_source):
     run = run_source("""
+import pickle
 import memsleuth
 from memsleuth.compat import LineProfiler, CodeMap
 
@@ -441,6 +442,7 @@ for filename, lines in code_map.items():  # as memory_profiler's show_results re
         if entry is not None:
             increment, mem_usage, occurrences = entry
             entries[lineno] = [filename, increment, mem_usage, occurrences, entry.figures["allocated_bytes"]]
+            assert pickle.loads(pickle.dumps(entry)).figures == entry.figures
 standalone = CodeMap()
 standalone.add(work.__code__)
 EXTRA = {"entries": entries, "keyed": sorted(code_map[work.__code__]), "mapped": len(code_map),
@@ -532,8 +534,35 @@ def test_timestamp_option_times_profile_functions_as_memory_profiler_does(tmp_pa
     assert "Filename:" not in printed.stdout
 
 
-def test_timestamp_option_refuses_function_and_pdb_mmem(tmp_path):
-    for options in (("--timestamp", "-f", "work"), ("--timestamp", "--pdb-mmem", "10"), ("--pdb-mmem", "-3")):
+def test_timestamp_option_includes_children_when_asked(tmp_path):
+    source = """
+        import subprocess, sys
+
+        @profile
+        def start_child():
+            child = subprocess.Popen([sys.executable, "-c", "import sys; held = b'x' * (100 * 2 ** 20); "
+                                      "print('ready', flush=True); sys.stdin.read()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            child.stdout.readline()
+            return child
+
+        child = start_child()
+        child.stdin.close()
+        child.wait()
+    """
+    growth = {}
+    for options in ((), ("--include-children",)):
+        result = memsleuth_run(tmp_path, source, "--timestamp", *options)
+        assert result.returncode == 0, result.stderr
+        fields = result.stdout.split()
+        assert fields[:2] == ["FUNC", "__main__.start_child"], result.stdout
+        growth[options] = float(fields[4]) - float(fields[2])
+    assert growth[()] < 50 and growth[("--include-children",)] >= 90, growth
+
+
+def test_timestamp_option_refuses_what_it_cannot_combine_with(tmp_path):
+    for options in (("--timestamp", "-f", "work"), ("--timestamp", "--pdb-mmem", "10"), ("--pdb-mmem", "-3"),
+                    ("--include-children",)):
         result = memsleuth_run(tmp_path, "print('ran')\n", *options)
         assert result.returncode == 2 and result.stderr.startswith("error: "), (options, result.stderr)
         assert "Traceback" not in result.stderr and "ran" not in result.stdout
@@ -553,14 +582,17 @@ PDB_PROGRAM = """
 
 def test_pdb_mmem_steps_into_the_debugger_in_the_profiled_function(tmp_path):
     path = tmp_path / "program.py"
-    path.write_text(textwrap.dedent(PDB_PROGRAM))
+    path.write_text(textwrap.dedent(PDB_PROGRAM).lstrip("\n"))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONTRACEMALLOC")}
-    result = subprocess.run([BIN, "run", "--pdb-mmem", "60", str(path)], input="p len(data)\nwhere\nc\n",
+    result = subprocess.run([BIN, "run", "--pdb-mmem", "60", str(path)], input="p len(data)\nn\np marker\nc\n",
                             capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "exceeded the maximum of 60.00 MiB\nStepping into the debugger" in out, out
-    assert "(Pdb) 104857600" in out, out  # the profiled frame's locals
+    # At the line after the allocation (the reading is taken as it starts), before it runs; the
+    # profiled frame's locals are there, and stepping works.
+    assert f"> {path}(4)work()" in out and "(Pdb) 104857600" in out, out
+    assert f"> {path}(5)work()" in out and "(Pdb) 'after'" in out, out
     assert out.count("Current memory") == 1 and "result 104857600" in out, out
     assert "Filename:" in out  # profiled as usual
 

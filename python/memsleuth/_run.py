@@ -254,7 +254,7 @@ def run(options):
     # As under `python -m memory_profiler`: the builtin is a LineProfiler (`with profile:`,
     # profile.enable_by_count()), or with --timestamp a TimeStamper, and `import memory_profiler`
     # gets memory_profiler's API.
-    stamper = compat.TimeStamper() if options["timestamp"] else None
+    stamper = compat.TimeStamper(include_children=options["include_children"]) if options["timestamp"] else None
     builtins.profile = stamper or compat._RunProfiler()
     if options["pdb_mmem"] is not None:
         compat.stop_in_debugger_over(options["pdb_mmem"])

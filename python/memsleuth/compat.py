@@ -412,6 +412,10 @@ class LineUsage(tuple):
         usage.figures = figures
         return usage
 
+    def __getnewargs__(self):
+        # copy and pickle make the entry again from its figures.
+        return (self.figures,)
+
     increment = property(lambda self: self[0])
     mem_usage = property(lambda self: self[1])
     occurrences = property(lambda self: self[2])
@@ -526,7 +530,11 @@ def _stop_in_debugger(rss_bytes):
                 sys.stdout.flush()
                 import pdb
 
-                pdb.Pdb().set_trace(frame)
+                # Tracing from here (as pdb.set_trace), then the prompt at once: the line about
+                # to run is the first after the reading, and no trace event comes before it runs.
+                debugger = pdb.Pdb()
+                debugger.set_trace(frame)
+                debugger.interaction(frame, None)
                 return
         # Another profiler's function: the next reading over the limit asks again.
         _arm_limit()
