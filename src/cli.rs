@@ -83,6 +83,19 @@ pub enum Command {
         /// mprof does), besides the samples taken as profiled calls end
         #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
         interval: Option<f64>,
+        /// As python -m memory_profiler --timestamp: the builtin `profile` times the functions it
+        /// decorates (RSS and time at each call's start and end) instead of profiling their
+        /// lines, and the text report is their mprof `FUNC` lines (appended to -o PATH)
+        #[arg(long, conflicts_with = "functions")]
+        timestamp: bool,
+        /// With --timestamp, as python -m memory_profiler --include-children: the RSS in the FUNC
+        /// lines adds the program's child processes'
+        #[arg(long, requires = "timestamp")]
+        include_children: bool,
+        /// As python -m memory_profiler --pdb-mmem: step into pdb in the profiled function whose
+        /// line or return first finds the process's RSS at or over MAXMEM MiB
+        #[arg(long = "pdb-mmem", value_name = "MAXMEM", value_parser = parse_mib, conflicts_with = "timestamp")]
+        pdb_mmem: Option<f64>,
         #[command(flatten)]
         text: TextOptions,
         /// The script to run, then its arguments (with -m or -c: only the arguments); everything
@@ -112,6 +125,14 @@ fn parse_interval(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && seconds >= 0.001 => Ok(seconds),
         _ => Err(format!("'{text}' is not an interval in seconds of at least 0.001")),
+    }
+}
+
+/// A memory size in MiB, as memory_profiler takes it: a positive number.
+fn parse_mib(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(mib) if mib.is_finite() && mib > 0.0 => Ok(mib),
+        _ => Err(format!("'{text}' is not a positive number of MiB")),
     }
 }
 

@@ -465,6 +465,14 @@ fn reading_counts() -> (u64, u64) {
     rss::reading_counts()
 }
 
+/// From now on, `hook(rss_bytes)` is called once at the first line or return event of a profiled
+/// frame after a reading saw the process's RSS at or over `bytes` (`--pdb-mmem`); 0: never.
+#[pyfunction]
+#[pyo3(signature = (bytes, hook=None))]
+fn set_rss_limit(bytes: u64, hook: Option<Py<PyAny>>) {
+    tracing::set_rss_limit(bytes, hook);
+}
+
 /// Parses memsleuth's command line. Returns (command, options) for `run` and `report`, or
 /// ("exit", status, message, to_stderr) for help, version and usage errors, which the caller
 /// prints.
@@ -484,6 +492,9 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
                     quiet,
                     follow_fork,
                     interval,
+                    timestamp,
+                    include_children,
+                    pdb_mmem,
                     text,
                     program,
                 },
@@ -497,6 +508,9 @@ fn parse_cli<'py>(py: Python<'py>, argv: Vec<String>) -> PyResult<Bound<'py, PyA
             options.set_item("quiet", quiet)?;
             options.set_item("follow_fork", follow_fork)?;
             options.set_item("interval", interval)?;
+            options.set_item("timestamp", timestamp)?;
+            options.set_item("include_children", include_children)?;
+            options.set_item("pdb_mmem", pdb_mmem)?;
             options.set_item("program", program)?;
             options.set_item("precision", text.precision)?;
             options.set_item("min_bytes", text.min_bytes.unwrap_or(0))?;
@@ -547,6 +561,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pymalloc_arena_size, m)?)?;
     m.add_function(wrap_pyfunction!(glibc_serves_above, m)?)?;
     m.add_function(wrap_pyfunction!(parse_cli, m)?)?;
+    m.add_function(wrap_pyfunction!(set_rss_limit, m)?)?;
     m.add_function(wrap_pyfunction!(overhead, m)?)?;
     m.add_function(wrap_pyfunction!(reading_counts, m)?)?;
     m.add_function(wrap_pyfunction!(open_ring, m)?)?;

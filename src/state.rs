@@ -192,6 +192,9 @@ pub struct Local {
     last: Cell<Option<OsReading>>,
     /// Open quiet sections.
     quiet: Cell<u32>,
+    /// The RSS of a reading that reached `RSS_LIMIT`, until the next line or return event
+    /// asks for the debugger (0: none).
+    over_limit: Cell<u64>,
 }
 
 thread_local! {
@@ -212,6 +215,7 @@ thread_local! {
             unwrapped: Cell::new(false),
             last: Cell::new(None),
             quiet: Cell::new(0),
+            over_limit: Cell::new(0),
         }
     };
     /// The profiled frames under the innermost, which `Local` mirrors (only touched with the
@@ -456,29 +460,57 @@ fn due_reading(me: &Local, due: &mut bool) -> Option<Reading> {
     }
     schedule.taken(now);
     me.schedule.set(schedule);
-    let reading = rss::read();
-    me.last.set(Some(reading.os));
-    Some(reading)
+    Some(reading_now(me))
+}
+
+/// The RSS in bytes at which a reading asks for the debugger (`--pdb-mmem`, memory_profiler's
+/// `max_mem`); 0: never. The reading that reaches it sets it back to 0, so that one thread asks
+/// once; the debugger's hook arms it again if it wants more.
+static RSS_LIMIT: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_rss_limit(bytes: u64) {
+    RSS_LIMIT.store(bytes, Ordering::Relaxed);
+}
+
+/// Notes a reading that reached `RSS_LIMIT`, for the next line or return event.
+fn check_limit(me: &Local, os: &OsReading) {
+    let limit = RSS_LIMIT.load(Ordering::Relaxed);
+    let rss = os.rss_anon + os.rss_file;
+    if limit != 0 && rss >= limit && RSS_LIMIT.compare_exchange(limit, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        me.over_limit.set(rss);
+    }
+}
+
+/// What a line or return event found: whether a reading fell due (the hooks are then checked),
+/// and the RSS of a reading that reached `RSS_LIMIT` since the last event (0: none).
+pub struct Boundary {
+    pub reading_due: bool,
+    pub over_limit: u64,
+}
+
+impl Boundary {
+    const NOTHING: Boundary = Boundary { reading_due: false, over_limit: 0 };
 }
 
 /// A line event of the innermost profiled frame, running `code` (others are dropped here), after
 /// leaving an inline frame whose exit is pending; `int_obj` is the int the interpreter allocated
-/// to pass the line number, if any. Returns whether a reading fell due.
+/// to pass the line number, if any.
 #[inline]
-pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> bool {
+pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> Boundary {
     LOCAL.with(|me| {
         if me.exit_pending.replace(false) {
             // An inline call returned before this line of its caller: its teardown is over.
             leave_top_of(me);
         }
         if me.top_code.get() != code || !ENABLED.load(Ordering::Relaxed) {
-            return false;
+            return Boundary::NOTHING;
         }
         if let Some(addr) = int_obj {
             me.emit(Record::Disown { addr: addr as u64 });
         }
         if me.top_lineno.get() == lineno {
-            return false;
+            return Boundary::NOTHING;
         }
         let mut due = false;
         // A frame's first line opens at its event; a reading belongs after it (see the ledger's
@@ -491,38 +523,39 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> bool {
             }
             (reading, _) => me.emit(Record::Line { code: code as u64, lineno, reading }),
         }
-        due
+        Boundary { reading_due: due, over_limit: me.over_limit.take() }
     })
 }
 
 /// The innermost profiled frame, running `code`, returns (after leaving an inline frame whose
 /// exit is pending); `int_obj` as for `line_event`.
-pub fn return_event(code: usize, int_obj: Option<usize>) -> bool {
+pub fn return_event(code: usize, int_obj: Option<usize>) -> Boundary {
     LOCAL.with(|me| {
         if me.exit_pending.replace(false) {
             leave_top_of(me);
         }
         if me.top_code.get() != code || !ENABLED.load(Ordering::Relaxed) {
-            return false;
+            return Boundary::NOTHING;
         }
         if let Some(addr) = int_obj {
             me.emit(Record::Disown { addr: addr as u64 });
         }
         if me.top_resumable.get() || me.top_lineno.get() == 0 || me.top_returned.get() {
-            return false;
+            return Boundary::NOTHING;
         }
         me.top_returned.set(true);
         let mut due = false;
         let reading = due_reading(me, &mut due);
         me.emit(Record::Return { code: code as u64, reading });
-        due
+        Boundary { reading_due: due, over_limit: me.over_limit.take() }
     })
 }
 
-/// A reading taken now, where a call starts or ends.
+/// A reading taken now, where a call starts or ends or one fell due.
 fn reading_now(me: &Local) -> Reading {
     let reading = rss::read();
     me.last.set(Some(reading.os));
+    check_limit(me, &reading.os);
     reading
 }
 

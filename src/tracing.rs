@@ -21,6 +21,7 @@ use pyo3_ffi::{
 use std::cell::Cell;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// On 3.11 the trace function makes the interpreter materialise a frame object for every call;
 /// those objects are the profiler's, not the program's.
@@ -222,16 +223,46 @@ pub unsafe extern "C" fn profile(
 /// due, the hooks are checked too (outside the hot path).
 #[inline]
 pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
-    if state::line_event(code, lineno, int_obj) {
-        hooks::verify();
-    }
+    at_boundary(state::line_event(code, lineno, int_obj));
 }
 
 /// The frame running `code` returns; `int_obj` as for `line_event`, made for this event.
 fn return_event(code: usize, int_obj: Option<usize>) {
-    if state::return_event(code, int_obj) {
+    at_boundary(state::return_event(code, int_obj));
+}
+
+#[inline]
+fn at_boundary(boundary: state::Boundary) {
+    if boundary.reading_due {
         hooks::verify();
     }
+    if boundary.over_limit != 0 {
+        over_limit(boundary.over_limit);
+    }
+}
+
+/// What a reading that reached the RSS limit calls, with the RSS in bytes, from the profiled
+/// frame's event (memsleuth.compat's `_stop_in_debugger`, which finds the frame as its caller).
+static OVER_LIMIT_HOOK: Mutex<Option<Py<PyAny>>> = Mutex::new(None);
+
+/// Calls `hook(rss_bytes)` at the first line or return event of a profiled frame after a
+/// reading saw RSS at or over `bytes` (0: never).
+pub fn set_rss_limit(bytes: u64, hook: Option<Py<PyAny>>) {
+    *OVER_LIMIT_HOOK.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+    state::set_rss_limit(bytes);
+}
+
+#[cold]
+fn over_limit(rss: u64) {
+    Python::attach(|py| {
+        let hook = OVER_LIMIT_HOOK.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|h| h.clone_ref(py));
+        if let Some(hook) = hook {
+            // A failing hook must not fail the program's line: Python reports it as unraisable.
+            if let Err(err) = hook.call1(py, (rss,)) {
+                err.write_unraisable(py, Some(hook.bind(py)));
+            }
+        }
+    });
 }
 
 /// Identity of a frame's code object.

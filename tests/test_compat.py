@@ -412,3 +412,210 @@ EXTRA = {"own": own.getvalue(), "watched": watched.getvalue(), "call": call.getv
         lines = run.extra[key].splitlines()
         assert len(lines) >= minimum and all(line.startswith("MEM ") and len(line.split()) == 3 for line in lines), \
             (key, lines)
+
+
+# --------------------------------------------------------------------------------------------
+# LineProfiler.code_map and CodeMap, TimeStamper, --timestamp, --pdb-mmem
+
+
+def test_code_map_holds_the_tables_figures(run_source):
+    run = run_source("""
+import pickle
+import memsleuth
+from memsleuth.compat import LineProfiler, CodeMap
+
+def work(n):
+    keep = bytearray(8 * 2 ** 20)
+    def inner():
+        return [0] * 100000
+    inner()
+    return len(keep)
+
+prof = LineProfiler()
+profiled = prof(work)
+profiled(1)
+profiled(2)
+code_map = prof.code_map
+entries = {}
+for filename, lines in code_map.items():  # as memory_profiler's show_results reads it
+    for lineno, entry in lines:
+        if entry is not None:
+            increment, mem_usage, occurrences = entry
+            entries[lineno] = [filename, increment, mem_usage, occurrences, entry.figures["allocated_bytes"]]
+            assert pickle.loads(pickle.dumps(entry)).figures == entry.figures
+standalone = CodeMap()
+standalone.add(work.__code__)
+EXTRA = {"entries": entries, "keyed": sorted(code_map[work.__code__]), "mapped": len(code_map),
+         "standalone": [[f, [n for n, e in lines if e]] for f, lines in standalone.items()],
+         "report": memsleuth.last_report()["functions"], "file": __file__}
+""")
+    e = run.extra
+    by_name = {f["name"]: f for f in e["report"]}
+    work = {line["lineno"]: line for line in by_name["work"]["lines"]}
+    inner = {line["lineno"]: line for line in by_name["work.<locals>.inner"]["lines"]}
+    entries = {int(k): v for k, v in e["entries"].items()}
+    # Keyed by the function's own code object, as in memory_profiler; each nested function has
+    # entries of its own, as it has a table of its own.
+    assert e["mapped"] == 2 and e["keyed"] == sorted(work), e
+    for lineno, line in work.items():
+        filename, increment, mem_usage, occurrences, allocated = entries[lineno]
+        assert filename == e["file"]
+        assert increment == line["rss_delta_bytes"] / MIB and mem_usage == line["rss_after_bytes"] / MIB
+        assert occurrences == line["hits"] == 2 and allocated == line["allocated_bytes"]
+    assert entries[min(inner)][4] == inner[min(inner)]["allocated_bytes"] >= 2 * 800000
+    assert e["standalone"] == [[e["file"], sorted(work)], [e["file"], sorted(inner)]], e["standalone"]
+
+
+def test_timestamper_records_each_calls_memory_and_depth(run_source):
+    run = run_source("""
+import io
+from memsleuth.compat import TimeStamper
+
+stamper = TimeStamper("psutil")
+kept = []
+
+@stamper
+def outer():
+    kept.append(b"x" * (64 * 2 ** 20))
+    inner()
+
+@stamper(precision=3)
+def inner():
+    pass
+
+@stamper
+def fails():
+    raise KeyError("x")
+
+outer()
+try:
+    fails()
+except KeyError:
+    pass
+with stamper.timestamp("block"):
+    pass
+out = io.StringIO()
+stamper.show_results(out)
+EXTRA = {"lines": out.getvalue().splitlines(), "name": outer.__name__, "level": stamper.current_stack_level}
+""")
+    e = run.extra
+    assert e["name"] == "outer" and e["level"] == -1  # the failed call left its level too
+    found = {}
+    for line in e["lines"]:
+        fields = line.split(" ")
+        assert fields[0] == "FUNC" and len(fields) == 7, line
+        start_mem, start, end_mem, end = map(float, fields[2:6])
+        assert start <= end, line
+        found[fields[1]] = (end_mem - start_mem, int(fields[6]))
+    assert set(found) == {"__main__.outer", "__main__.inner", "__main__.fails", ".block"}, e["lines"]
+    assert found["__main__.outer"][0] >= 60 and found["__main__.outer"][1] == 0
+    assert found["__main__.inner"][1] == 1 and found["__main__.fails"][1] == 0
+
+
+def test_timestamp_option_times_profile_functions_as_memory_profiler_does(tmp_path):
+    source = """
+        @profile
+        def work():
+            data = b"x" * (32 * 2 ** 20)
+            return len(data)
+
+        print("result", work(), work())
+    """
+    samples = tmp_path / "mprofile.dat"
+    samples.write_text("MEM 1.000000 2.0000\n")  # what mprof wrote there first
+    result = memsleuth_run(tmp_path, source, "--timestamp", "-o", str(samples))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "result 33554432 33554432\n", result.stdout  # no tables, no heading
+    lines = samples.read_text().splitlines()
+    assert lines[0] == "MEM 1.000000 2.0000" and len(lines) == 3, lines
+    assert all(line.startswith("FUNC __main__.work ") for line in lines[1:]), lines
+    printed = memsleuth_run(tmp_path, source, "--timestamp")
+    assert printed.returncode == 0 and printed.stdout.count("\nFUNC __main__.work ") == 2, printed.stdout
+    assert "Filename:" not in printed.stdout
+
+
+def test_timestamp_option_includes_children_when_asked(tmp_path):
+    source = """
+        import subprocess, sys
+
+        @profile
+        def start_child():
+            child = subprocess.Popen([sys.executable, "-c", "import sys; held = b'x' * (100 * 2 ** 20); "
+                                      "print('ready', flush=True); sys.stdin.read()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            child.stdout.readline()
+            return child
+
+        child = start_child()
+        child.stdin.close()
+        child.wait()
+    """
+    growth = {}
+    for options in ((), ("--include-children",)):
+        result = memsleuth_run(tmp_path, source, "--timestamp", *options)
+        assert result.returncode == 0, result.stderr
+        fields = result.stdout.split()
+        assert fields[:2] == ["FUNC", "__main__.start_child"], result.stdout
+        growth[options] = float(fields[4]) - float(fields[2])
+    assert growth[()] < 50 and growth[("--include-children",)] >= 90, growth
+
+
+def test_timestamp_option_refuses_what_it_cannot_combine_with(tmp_path):
+    for options in (("--timestamp", "-f", "work"), ("--timestamp", "--pdb-mmem", "10"), ("--pdb-mmem", "-3"),
+                    ("--include-children",)):
+        result = memsleuth_run(tmp_path, "print('ran')\n", *options)
+        assert result.returncode == 2 and result.stderr.startswith("error: "), (options, result.stderr)
+        assert "Traceback" not in result.stderr and "ran" not in result.stdout
+
+
+PDB_PROGRAM = """
+    @profile
+    def work():
+        data = b"x" * (100 * 2 ** 20)
+        marker = "after"
+        total = len(data)
+        return total
+
+    print("result", work())
+"""
+
+
+def test_pdb_mmem_steps_into_the_debugger_in_the_profiled_function(tmp_path):
+    path = tmp_path / "program.py"
+    path.write_text(textwrap.dedent(PDB_PROGRAM).lstrip("\n"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONTRACEMALLOC")}
+    result = subprocess.run([BIN, "run", "--pdb-mmem", "60", str(path)], input="p len(data)\nn\np marker\nc\n",
+                            capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "exceeded the maximum of 60.00 MiB\nStepping into the debugger" in out, out
+    # At the line after the allocation (the reading is taken as it starts), before it runs; the
+    # profiled frame's locals are there, and stepping works.
+    assert f"> {path}(4)work()" in out and "(Pdb) 104857600" in out, out
+    assert f"> {path}(5)work()" in out and "(Pdb) 'after'" in out, out
+    assert out.count("Current memory") == 1 and "result 104857600" in out, out
+    assert "Filename:" in out  # profiled as usual
+
+
+def test_line_profiler_max_mem_stops_only_in_its_own_functions(tmp_path):
+    result = subprocess.run(
+        [BIN, "run", "-c", textwrap.dedent("""
+            from memory_profiler import LineProfiler
+
+            @profile
+            def other():
+                data = b"x" * (100 * 2 ** 20)
+                return len(data)
+
+            def mine():
+                held = b"y" * (100 * 2 ** 20)
+                return len(held)
+
+            print("other", other())
+            prof = LineProfiler(max_mem=60)
+            print("mine", prof(mine)())
+        """)], input="p len(held)\nc\n", capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("Stepping into the debugger") == 1 and "(Pdb) 104857600" in out, out
+    assert out.index("other 104857600") < out.index("Current memory") < out.index("mine 104857600"), out

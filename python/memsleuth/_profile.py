@@ -268,12 +268,11 @@ class Settings:
         self.defer = defer
 
 
-def profile_with(func, settings, backend=None, on_profiled=None, nested=True):
-    """``profile`` with explicit settings; ``on_profiled(code)`` is told of every code object
-    profiled on the way (nested functions included, as they are defined). ``nested`` False: the
-    functions inside ``func`` are profiled already (it is one of them)."""
+def profile_with(func, settings, backend=None, nested=True):
+    """``profile`` with explicit settings. ``nested`` False: the functions inside ``func`` are
+    profiled already (it is one of them)."""
     check_backend(backend, "memsleuth.profile")
-    again = functools.partial(profile_with, settings=settings, on_profiled=on_profiled, nested=nested)
+    again = functools.partial(profile_with, settings=settings, nested=nested)
     if func is None:
         return again
     if func in _profiled:
@@ -292,25 +291,23 @@ def profile_with(func, settings, backend=None, on_profiled=None, nested=True):
         # A nested function called inside a profiled call prints no table of its own (a helper
         # called in a loop would print one per call): its table follows the enclosing one's.
         nested_codes = []
-
-        def nested_profiled(code):
-            nested_codes.append(code)
-            if on_profiled is not None:
-                on_profiled(code)
-
         if nested:
             deferring = Settings(settings.precision, settings.stream, print_each_call=settings.print_each_call,
                                  at_exit=settings.at_exit, defer=True)
             inner = _nested.with_nested_profiled(
-                func, functools.partial(profile_with, settings=deferring, on_profiled=nested_profiled,
-                                        nested=False))
+                func, functools.partial(_profile_nested, settings=deferring, profiled_codes=nested_codes))
             if INLINE_CALLS and inner is func and _is_plain(func):
                 inner = _with_own_code(func)
-        if on_profiled is not None:
-            on_profiled(inner.__code__)
         return _wrap(inner, settings, like=func, nested_codes=nested_codes)
     finally:
         _native.end_quiet(token)
+
+
+def _profile_nested(func, settings, profiled_codes):
+    """Profiles a function defined inside a profiled one as its def runs, noting its code."""
+    profiled = profile_with(func, settings, nested=False)
+    profiled_codes.append(func.__code__)
+    return profiled
 
 
 def _wrap(func, settings, like, nested_codes=()):

@@ -5,6 +5,7 @@ import atexit
 import builtins
 import functools
 import importlib.util
+import io
 import json
 import linecache
 import os
@@ -175,9 +176,12 @@ def _code_string(code):
     return _Program(code, "<string>", "-c", _main_globals(), "")
 
 
-def _selection(program, tree, functions):
+def _selection(program, tree, functions, timestamp):
     """Rewrites the program's tree for the functions to profile; returns (selection sentence or
     None, whether to profile its top-level code, the patcher of other modules' targets)."""
+    if timestamp:
+        # As under memory_profiler --timestamp: what @profile decorates is timed, nothing else.
+        return "timing the functions decorated with @profile (--timestamp)", False, None
     main_names = {"__main__", os.path.splitext(os.path.basename(program.filename))[0]}
     local, elsewhere = _select.split_targets(functions, main_names)
     patcher = _select.PatchOnImport(elsewhere) if elsewhere else None
@@ -231,7 +235,7 @@ def run(options):
     except (SyntaxError, ValueError) as exc:
         traceback.print_exception(type(exc), exc, None)
         return 1
-    selection, whole_program, patcher = _selection(program, tree, options["functions"])
+    selection, whole_program, patcher = _selection(program, tree, options["functions"], options["timestamp"])
     code = compile(tree, program.filename, "exec")
 
     _sink.run_mode = True
@@ -248,8 +252,12 @@ def run(options):
     _profile.program_argv = [program.argv0, *args]
     _profile._start()
     # As under `python -m memory_profiler`: the builtin is a LineProfiler (`with profile:`,
-    # profile.enable_by_count()), and `import memory_profiler` gets memory_profiler's API.
-    builtins.profile = compat._RunProfiler()
+    # profile.enable_by_count()), or with --timestamp a TimeStamper, and `import memory_profiler`
+    # gets memory_profiler's API.
+    stamper = compat.TimeStamper(include_children=options["include_children"]) if options["timestamp"] else None
+    builtins.profile = stamper or compat._RunProfiler()
+    if options["pdb_mmem"] is not None:
+        compat.stop_in_debugger_over(options["pdb_mmem"])
     setattr(builtins, _select.INJECTED, _profile.profile)
     sys.modules["memory_profiler"] = compat
     if _SpawnPreparer.module in sys.modules:
@@ -290,7 +298,7 @@ def run(options):
         reporter = os.getpid() == starter
         if reporter and patcher is not None:
             patcher.report_missing()
-        written = _write_reports(options, selection, timeline.finish()) if reporter else True
+        written = _write_reports(options, selection, timeline.finish(), stamper) if reporter else True
     status = status if written or status else 1
     if reporter:
         _native.record_exit(status)
@@ -406,8 +414,10 @@ def _print_program_traceback(exc):
     sys.stderr.write("".join(report.format()))
 
 
-def _write_reports(options, selection, timeline):
-    """Prints and writes the reports; False if one could not be written."""
+def _write_reports(options, selection, timeline, stamper):
+    """Prints and writes the reports; False if one could not be written. With a ``stamper``
+    (--timestamp) the text report is its FUNC lines, added after what -o's file holds, as
+    memory_profiler adds them (mprof's samples may be there)."""
     token = _native.begin_quiet()
     written = True
     try:
@@ -425,7 +435,11 @@ def _write_reports(options, selection, timeline):
                 written &= _write(os.path.join(_sink.children_dir, f"{os.getpid()}.json"), report)
         # Without a stdout (closed, or set to None by the program) print() prints nothing, and
         # neither does memsleuth.
-        if not options["quiet"] and (options["output"] is not None or sys.stdout is not None):
+        if not options["quiet"] and stamper is not None:
+            lines = io.StringIO()
+            stamper.show_results(lines)
+            written &= _write(options["output"], lines.getvalue(), append=True)
+        elif not options["quiet"] and (options["output"] is not None or sys.stdout is not None):
             parts = [_native.THREAD_SINK_HEADING] if _sink.kind == "thread" else []
             parts += [f"memsleuth: {selection}\n\n"] if selection else []
             for code, own_precision in _profile.precisions.items():

@@ -37,7 +37,8 @@ builtins.profile = UnprofiledLineProfiler()
 _stand_in = types.ModuleType("memory_profiler")
 _stand_in.__doc__ = "memsleuth's stand-in for memory_profiler in a child process: profile() changes nothing."
 _stand_in.__dict__.update({name: getattr(compat, name) for name in (
-    "__version__", "memory_usage", "LineProfiler", "show_results", "LogFile", "choose_backend")})
+    "__version__", "memory_usage", "LineProfiler", "CodeMap", "TimeStamper", "show_results", "LogFile",
+    "choose_backend")})
 _stand_in.LineProfiler = UnprofiledLineProfiler
 _stand_in.profile = profile
 sys.modules["memory_profiler"] = _stand_in

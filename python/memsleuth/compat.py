@@ -9,6 +9,9 @@ each function's table covers all its calls so far. ``backend`` arguments are acc
 checked, and memsleuth's own figures are kept.
 """
 
+import contextlib
+import functools
+import inspect
 import logging
 import os
 import re
@@ -257,21 +260,28 @@ class LineProfiler:
         self.backend = choose_backend(kw.get("backend"))
         self.include_children = kw.get("include_children", False)
         self.max_mem = kw.get("max_mem")
+        if self.max_mem is not None:
+            stop_in_debugger_over(self.max_mem, self)
         self.enable_count = 0
-        #: Code objects profiled through this profiler, in order, nested functions' included.
-        self.codes = []
+        #: The code objects of the functions profiled through this profiler, in order.
+        self._code_map = CodeMap(self.include_children, self.backend)
         self.functions = []
         self._swapped = []
+
+    @property
+    def code_map(self):
+        """memory_profiler's ``code_map``: what this profiler's functions measured, as a
+        :class:`CodeMap` read from memsleuth's books now."""
+        self._code_map.fill()
+        return self._code_map
 
     def _settings(self, precision=None, stream=None):
         return _profile.Settings(precision, stream, print_each_call=stream is not None, at_exit=False)
 
-    def _note(self, code):
-        if code not in self.codes:
-            self.codes.append(code)
-
     def _profiled(self, func, precision=None, stream=None, backend=None):
-        return _profile.profile_with(func, self._settings(precision, stream), backend, self._note)
+        if hasattr(func, "__code__"):
+            self._code_map.add(func.__code__)
+        return _profile.profile_with(func, self._settings(precision, stream), backend)
 
     def __call__(self, func=None, precision=1):
         if func is None:
@@ -369,16 +379,18 @@ class _RunProfiler(LineProfiler):
 
 
 def show_results(prof, stream=None, precision=1):
-    """Writes memsleuth's table of each function ``prof`` profiled that has run (nested
-    functions after the function they are defined in) to ``stream`` (sys.stdout when None)."""
+    """Writes memsleuth's table of each function in ``prof.code_map`` (a :class:`LineProfiler`'s,
+    or any object's with a :class:`CodeMap` there) that has run, nested functions after the
+    function they are defined in, to ``stream`` (sys.stdout when None)."""
     _profile._check_precision(precision)
     out = sys.stdout if stream is None else stream
     if out is None:
         return
-    codes = list(prof.codes) if isinstance(prof, LineProfiler) else []
+    code_map = getattr(prof, "code_map", None)
+    codes = code_map.profiled_codes() if isinstance(code_map, CodeMap) else []
     token = _native.begin_quiet() if _profile._started else None
     try:
-        text = "".join(_native.report_text(precision, code) for code in _with_nested(codes))
+        text = "".join(_native.report_text(precision, code) for code in codes)
     finally:
         if token is not None:
             _native.end_quiet(token)
@@ -386,15 +398,240 @@ def show_results(prof, stream=None, precision=1):
     out.flush()
 
 
-def _with_nested(codes):
-    """``codes`` in order, each followed by the profiled code objects defined inside it."""
-    seen = []
-    registered = {code for code, _ in _profile.registered.values()}
-    for code in codes:
+class LineUsage(tuple):
+    """One line's entry in a :class:`CodeMap`: memory_profiler's ``(increment, mem_usage,
+    occurrences)`` (MiB, MiB, count: the table's Increment, Mem usage and Occurrences columns;
+    ``mem_usage`` None where the table's cell is empty), with memsleuth's exact figures of the
+    line (``allocated_bytes``, ``freed_bytes``, ``peak_bytes``, ``retained_bytes``... as in the
+    JSON report's lines) in ``figures``."""
+
+    def __new__(cls, figures):
+        rss_after = figures.get("rss_after_bytes")
+        usage = super().__new__(cls, (figures["rss_delta_bytes"] / _MIB,
+                                      None if rss_after is None else rss_after / _MIB, figures["hits"]))
+        usage.figures = figures
+        return usage
+
+    def __getnewargs__(self):
+        # copy and pickle make the entry again from its figures.
+        return (self.figures,)
+
+    increment = property(lambda self: self[0])
+    mem_usage = property(lambda self: self[1])
+    occurrences = property(lambda self: self[2])
+
+
+def _place(code):
+    return code.co_filename, code.co_firstlineno, code.co_name
+
+
+class CodeMap(dict):
+    """memory_profiler's CodeMap: code object -> {line number: :class:`LineUsage`}, for each code
+    object given to ``add`` and every code object defined inside it. The entries are memsleuth's
+    figures, read from its books by ``fill`` (``LineProfiler.code_map`` and ``items`` fill it):
+    a function profiled by memsleuth has its own lines; one it has not profiled (a lambda, a
+    comprehension, a function never run) has none, its work being inside the line that ran it.
+    Nested functions have entries of their own, as they have tables of their own (memory_profiler
+    folds them into the enclosing function's)."""
+
+    def __init__(self, include_children=False, backend="psutil"):
+        super().__init__()
+        self.include_children = include_children
+        self.backend = choose_backend(backend)
+        #: Each measured function's source lines (memory_profiler lists them all).
+        self._spans = {}
+
+    def add(self, code):
+        """Maps ``code`` and the code objects defined inside it."""
         for c in (code, *nested_codes(code)):
-            if c not in seen and c in registered:
-                seen.append(c)
-    return seen
+            self.setdefault(c, {})
+
+    def _profiled(self):
+        """(mapped code object, the code object memsleuth profiled for it or None), in order."""
+        by_place = {}
+        for code, _ in _profile.registered.values():
+            by_place.setdefault(_place(code), code)
+        # The very object, or the one at its place: memsleuth compiles a function that has
+        # nested functions again, keeping each code object's file, first line and name.
+        return [(code, code if id(code) in _profile.registered else by_place.get(_place(code))) for code in self]
+
+    def profiled_codes(self):
+        """The code objects memsleuth profiled for the mapped ones, in the map's order."""
+        found = []
+        for _, profiled in self._profiled():
+            if profiled is not None and all(profiled is not c for c in found):
+                found.append(profiled)
+        return found
+
+    def fill(self):
+        """Reads each mapped code object's lines from memsleuth's books, replacing what they held."""
+        self._spans = {}
+        if not _profile._started:
+            return
+        for code, profiled in self._profiled():
+            lines = dict.__getitem__(self, code)
+            lines.clear()
+            report = _profile.report_of([profiled])["functions"] if profiled is not None else []
+            if report:
+                lines.update((line["lineno"], LineUsage(line)) for line in report[0]["lines"])
+                self._spans[code] = range(report[0]["first_lineno"], report[0]["last_lineno"] + 1)
+
+    def items(self):
+        """memory_profiler's iteration: ``(filename, lines)`` for each mapped function with
+        measured lines, ``lines`` yielding ``(line number, LineUsage or None)`` for each line of
+        its source."""
+        self.fill()
+        for code, lines in dict.items(self):
+            if lines:
+                yield code.co_filename, ((lineno, lines.get(lineno)) for lineno in self._spans[code])
+
+
+# ---------------------------------------------------------------------------------------------
+# Stepping into pdb over a memory limit
+
+
+#: (LineProfiler whose functions stop, or None for every profiled function; its limit in MiB),
+#: for each limit not reached yet.
+_limits = []
+
+
+def stop_in_debugger_over(max_mem, profiler=None):
+    """memory_profiler's ``max_mem`` (``--pdb-mmem``): the first line or return of a function
+    ``profiler`` profiled (every profiled function when None) that finds the process's RSS at or
+    over ``max_mem`` MiB, at the readings memsleuth takes, steps into pdb there, once."""
+    if isinstance(max_mem, bool) or not isinstance(max_mem, (int, float)) or not max_mem > 0:
+        raise ValueError(f"max_mem must be a positive number of MiB, got {max_mem!r}")
+    _limits.append((profiler, max_mem))
+    _arm_limit()
+
+
+def _arm_limit():
+    lowest = min((max_mem for _, max_mem in _limits), default=None)
+    if lowest is None:
+        _native.set_rss_limit(0)
+    else:
+        _native.set_rss_limit(int(lowest * _MIB), _stop_in_debugger)
+
+
+def _stop_in_debugger(rss_bytes):
+    """Called by memsleuth at a profiled frame's line or return event (that frame is the
+    caller) once a reading found RSS at ``rss_bytes``, over the lowest limit."""
+    frame = sys._getframe(1)
+    mem = rss_bytes / _MIB
+    token = _native.begin_quiet()
+    try:
+        for limit in _limits:
+            profiler, max_mem = limit
+            if mem >= max_mem and (profiler is None or any(frame.f_code is c for c in profiler._code_map.profiled_codes())):
+                _limits.remove(limit)
+                _arm_limit()
+                sys.stdout.write(f"Current memory {mem:.2f} MiB exceeded the maximum of {max_mem:.2f} MiB\n"
+                                 "Stepping into the debugger \n")
+                sys.stdout.flush()
+                import pdb
+
+                # Tracing from here (as pdb.set_trace), then the prompt at once: the line about
+                # to run is the first after the reading, and no trace event comes before it runs.
+                debugger = pdb.Pdb()
+                debugger.set_trace(frame)
+                debugger.interaction(frame, None)
+                return
+        # Another profiler's function: the next reading over the limit asks again.
+        _arm_limit()
+    finally:
+        _native.end_quiet(token)
+
+
+# ---------------------------------------------------------------------------------------------
+# TimeStamper
+
+
+class TimeStamper:
+    """memory_profiler's TimeStamper (the builtin ``profile`` under ``memsleuth run
+    --timestamp``): each call of a function it wraps, and each ``with stamper.timestamp(name):``
+    block, records this process's RSS (MiB, its children's added with ``include_children``) and
+    the time at its start and end, and its depth among the timed calls running; ``show_results``
+    writes them as mprof's ``FUNC`` lines."""
+
+    def __init__(self, backend="psutil", include_children=False):
+        self.backend = choose_backend(backend)
+        self.include_children = include_children
+        #: function -> a [(MiB, time) at start, (MiB, time) at end] pair per call.
+        self.functions = {}
+        #: function -> the depth of each call, in the same order.
+        self.stack = {}
+        self.current_stack_level = -1
+
+    def __call__(self, func=None, precision=None):
+        """Times ``func`` (``@profile``, ``@profile(precision=N)``: the precision is not used)."""
+        if func is None:
+            return lambda f: self(f, precision)
+        if not callable(func):
+            raise ValueError(f"TimeStamper: {func!r} is not callable")
+        self.add_function(func)
+        return functools.wraps(func)(self.wrap_function(func))
+
+    def add_function(self, func):
+        self.functions.setdefault(func, [])
+        self.stack.setdefault(func, [])
+
+    def _reading(self):
+        mem = _Sampler(os.getpid(), False, self.include_children, False).total()
+        return mem, time.time()
+
+    @contextlib.contextmanager
+    def _timed(self, func):
+        self.add_function(func)
+        stamps = [self._reading()]
+        self.functions[func].append(stamps)
+        self.current_stack_level += 1
+        self.stack[func].append(self.current_stack_level)
+        try:
+            yield
+        finally:
+            self.current_stack_level -= 1
+            stamps.append(self._reading())
+
+    def wrap_function(self, func):
+        """``func`` timed at each call (a coroutine function: until its coroutine returns)."""
+        if inspect.iscoroutinefunction(func):
+            async def timed_coroutine(*args, **kwargs):
+                with self._timed(func):
+                    return await func(*args, **kwargs)
+
+            return timed_coroutine
+
+        def timed(*args, **kwargs):
+            with self._timed(func):
+                return func(*args, **kwargs)
+
+        return timed
+
+    def timestamp(self, name="<block>"):
+        """A context manager timing its block, reported as a function named ``name``."""
+        block = _Block(name)
+        return self._timed(block)
+
+    def show_results(self, stream=None):
+        """Writes ``FUNC <module>.<name> <start MiB> <start time> <end MiB> <end time> <depth>``
+        for each timed call that has ended, in mprof's format, to ``stream`` (sys.stdout)."""
+        out = sys.stdout if stream is None else stream
+        for func, calls in self.functions.items():
+            name = f"{getattr(func, '__module__', None) or ''}.{func.__name__}"
+            for stamps, level in zip(calls, self.stack[func]):
+                if len(stamps) == 2:
+                    (start_mem, start), (end_mem, end) = stamps
+                    out.write(f"FUNC {name} {start_mem:.4f} {start:.4f} {end_mem:.4f} {end:.4f} {level}\n")
+        out.flush()
+
+
+class _Block:
+    """What ``TimeStamper.timestamp`` reports a block as: a function named ``name`` in no module."""
+
+    __module__ = ""
+
+    def __init__(self, name):
+        self.__name__ = name
 
 
 # ---------------------------------------------------------------------------------------------
