@@ -59,6 +59,15 @@ WORKLOADS = {
         "for i in range(int(N * 5_000_000)):\n"
         "    t = small(i, t is None)\n"
     ),
+    # Inline, the recursive function is defined inside the profiled one, so it is profiled too:
+    # from 3.12 the interpreter runs its calls of itself inline.
+    "recursion": (
+        "def walk(depth):\n"
+        "    return 0 if depth == 0 else 1 + walk(depth - 1)\n"
+        "t = 0\n"
+        "for i in range(int(N * 40_000)):\n"
+        "    t += walk(50)\n"
+    ),
 }
 
 PRELUDES = {

@@ -584,5 +584,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Profiled", profiled::make_type(m.py())?)?;
     m.add_function(wrap_pyfunction!(profiled::profiled, m)?)?;
     m.add_function(wrap_pyfunction!(profiled::profiled_function, m)?)?;
+    m.add_function(wrap_pyfunction!(profiled::set_watch_starts, m)?)?;
     Ok(())
 }

@@ -26,7 +26,7 @@ use pyo3_ffi::{
     Py_ssize_t, Py_tp_call, Py_tp_clear, Py_tp_dealloc, Py_tp_descr_get, Py_tp_free, Py_tp_getset, Py_tp_members,
     Py_tp_methods, Py_tp_traverse, METH_NOARGS,
 };
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::ffi::{c_int, c_void};
 use std::mem::offset_of;
 use std::ptr::null_mut;
@@ -375,6 +375,8 @@ pub fn profiled(py: Python<'_>, fid: u32, func: Py<PyAny>, on_return: Py<PyAny>)
 #[derive(Clone, Copy)]
 struct Profiling {
     fid: u32,
+    /// The code object it was profiled with: a function given another one is no longer profiled.
+    code: usize,
     on_return: usize,
 }
 
@@ -382,14 +384,14 @@ struct Profiling {
 /// address is never reused), for the start events: the function's number, and the `on_return`
 /// of the latest function profiled with that code, for a call no wrapper entered. Touched only
 /// with the GIL held; the mutexes make the statics shareable.
-static CODES: LazyLock<Mutex<HashMap<usize, Profiling>>> = LazyLock::new(Default::default);
+static CODES: LazyLock<Mutex<FxHashMap<usize, Profiling>>> = LazyLock::new(Default::default);
 /// By function object, for `function_call`: each `profile()` of one function gives a function
 /// of its own, with its own settings (its stream). An entry outlives its function, and is
 /// replaced if another profiled function takes its address.
-static FUNCTIONS: LazyLock<Mutex<HashMap<usize, Profiling>>> = LazyLock::new(Default::default);
+static FUNCTIONS: LazyLock<Mutex<FxHashMap<usize, Profiling>>> = LazyLock::new(Default::default);
 /// Function objects with a recursive call through `function_call` running (on any thread),
 /// counted.
-static RUNNING: LazyLock<Mutex<HashMap<usize, u32>>> = LazyLock::new(Default::default);
+static RUNNING: LazyLock<Mutex<FxHashMap<usize, u32>>> = LazyLock::new(Default::default);
 /// The interpreter's own vectorcall for Python functions.
 static DEFAULT_VECTORCALL: AtomicUsize = AtomicUsize::new(0);
 
@@ -456,7 +458,7 @@ unsafe extern "C" fn function_call(
     // SAFETY: `callable` is a function object; its code is borrowed and outlives the call.
     let code = unsafe { pyo3_ffi::PyFunction_GetCode(callable) } as usize;
     let profiling = FUNCTIONS.lock().unwrap_or_else(|e| e.into_inner()).get(&(callable as usize)).copied();
-    let Some(Profiling { fid, on_return }) = profiling.filter(|p| profiled_code(code) == Some(p.fid)) else {
+    let Some(Profiling { fid, on_return, .. }) = profiling.filter(|p| p.code == code) else {
         // The program gave the function another code object: it is no longer profiled.
         // SAFETY: the interpreter's own call, with the interpreter's arguments.
         return unsafe { default(callable, args, nargsf, kwnames) };
@@ -469,52 +471,105 @@ unsafe extern "C" fn function_call(
         // A call of a function already running on this thread (recursion) lets the interpreter
         // run the calls it makes inline. A first call does not: other threads' calls meanwhile
         // still come through here, where the teardown gets its row.
-        let recursive = state::inside_func(fid);
-        begin(callable, fid, true);
-        let depth = state::depth();
-        state::expect_start(code);
+        crate::hooks::verify();
+        let (recursive, depth) = state::enter_wrapped(fid, code);
         if recursive {
-            running(callable, 1);
+            running(callable, code, 1);
+        }
+        // Where the code's start events are on, this call's own start is not a new call.
+        let starts_watched = WATCHED_CODES.load(Ordering::Relaxed) != 0
+            && INLINE_CODES.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&code);
+        if starts_watched {
+            state::expect_start(code);
         }
         let result = default(callable, args, nargsf, kwnames);
-        if recursive {
-            running(callable, -1);
+        if starts_watched {
+            state::expect_start(0);
         }
-        state::expect_start(0);
+        if recursive {
+            running(callable, code, -1);
+        }
         let result = finish(result, on_return, || {
-            // The frame is left here unless a profiled call inside its teardown (a __del__'s)
-            // left it already, at that call's start.
-            if state::depth() == depth {
-                state::take_exit_pending();
-                leave_call()
-            } else {
-                !state::inside_func(fid)
-            }
+            crate::hooks::verify();
+            state::leave_wrapped(fid, depth)
         });
         Py_DecRef(callable);
         result
     }
 }
 
-/// Counts a call of `func` through `function_call` starting (+1) or ending (-1); the first to
-/// start gives it the default vectorcall and the last to end takes it back.
+/// Counts a recursive call of `func` (running `code`) through `function_call` starting (+1) or
+/// ending (-1). The first to start gives the function the default vectorcall, and the code its
+/// start events (which cost a callback at every call, so they are off otherwise); the last to end
+/// takes both back.
 ///
 /// # Safety
-/// GIL held; `func` a live function object.
-unsafe fn running(func: *mut PyObject, change: i32) {
-    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-    let count = running.entry(func as usize).or_insert(0);
-    let was = *count;
-    *count = count.saturating_add_signed(change);
-    let now = *count;
-    if now == 0 {
-        running.remove(&(func as usize));
-    }
-    drop(running);
-    if (was == 0) != (now == 0) {
+/// GIL held; `func` a live function object running `code`.
+unsafe fn running(func: *mut PyObject, code: usize, change: i32) {
+    let count = |map: &Mutex<FxHashMap<usize, u32>>, key: usize| {
+        let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(key).or_insert(0);
+        let was = *count;
+        *count = count.saturating_add_signed(change);
+        let now = *count;
+        if now == 0 {
+            map.remove(&key);
+        }
+        (was == 0) != (now == 0)
+    };
+    if count(&RUNNING, func as usize) {
         // SAFETY: per the contract.
-        unsafe { set_vectorcall(func, now != 0) };
+        unsafe { set_vectorcall(func, change > 0) };
     }
+    if count(&INLINE_CODES, code) {
+        if change > 0 {
+            WATCHED_CODES.fetch_add(1, Ordering::Relaxed);
+        } else {
+            WATCHED_CODES.fetch_sub(1, Ordering::Relaxed);
+        }
+        // SAFETY: per the contract.
+        unsafe { watch_starts(code, change > 0) };
+    }
+}
+
+/// Code objects with a recursive call running inline (their start events on), counted per code.
+static INLINE_CODES: LazyLock<Mutex<FxHashMap<usize, u32>>> = LazyLock::new(Default::default);
+/// How many codes `INLINE_CODES` holds: a call looks there only if some do.
+static WATCHED_CODES: AtomicUsize = AtomicUsize::new(0);
+/// `_profile._watch_starts(code, on)`, which asks sys.monitoring for a code's start events or
+/// stops them (an owned reference, for the life of the process).
+static WATCH_STARTS: AtomicPtr<PyObject> = AtomicPtr::new(null_mut());
+
+/// Keeps the function that switches a code's start events.
+#[pyfunction]
+pub fn set_watch_starts(switch: Py<PyAny>) {
+    WATCH_STARTS.store(switch.into_ptr(), Ordering::Release);
+}
+
+/// Turns the start events of `code` on or off. What that allocates is the profiler's; an error
+/// is reported as unraisable, never raised into the program's call.
+///
+/// # Safety
+/// GIL held, no exception pending; `code` a live code object.
+unsafe fn watch_starts(code: usize, on: bool) {
+    let switch = WATCH_STARTS.load(Ordering::Acquire);
+    if switch.is_null() {
+        return;
+    }
+    let quiet = state::begin_quiet();
+    // SAFETY: per the contract; `switch` lives for the process; the call's arguments are live
+    // for its duration, and its result (a new reference or null with an exception) is released
+    // or reported.
+    unsafe {
+        let args = [code as *mut PyObject, if on { pyo3_ffi::Py_True() } else { pyo3_ffi::Py_False() }];
+        let result = pyo3_ffi::PyObject_Vectorcall(switch, args.as_ptr(), 2, null_mut());
+        if result.is_null() {
+            PyErr_WriteUnraisable(switch);
+        } else {
+            Py_DecRef(result);
+        }
+    }
+    state::end_quiet(quiet);
 }
 
 /// Makes `func` (a Python function, registered as `fid`) a profiled function in place, calling
@@ -537,7 +592,7 @@ pub fn profiled_function(fid: u32, func: Bound<'_, PyAny>, on_return: Py<PyAny>)
             }
         }
         let code = pyo3_ffi::PyFunction_GetCode(func.as_ptr()) as usize;
-        let profiling = Profiling { fid, on_return: on_return.into_ptr() as usize };
+        let profiling = Profiling { fid, code, on_return: on_return.into_ptr() as usize };
         // The code's entry keeps its own reference; a replaced function's entry releases its.
         Py_IncRef(profiling.on_return as *mut PyObject);
         if let Some(old) = CODES.lock().unwrap_or_else(|e| e.into_inner()).insert(code, profiling) {

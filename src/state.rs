@@ -729,9 +729,27 @@ pub fn depth() -> usize {
     FRAMES.with_borrow(Vec::len)
 }
 
-/// Whether a call of `func` is open on this thread.
-pub fn inside_func(func: u32) -> bool {
-    FRAMES.with_borrow(|frames| frames.iter().any(|f| f.func == func))
+/// 3.12+: a call of `func` (running `code`) through its vectorcall starts. Returns whether the
+/// thread was already in a call of `func` (recursion), and the thread's profiled depth with this
+/// call open, for `leave_wrapped`.
+pub fn enter_wrapped(func: u32, code: usize) -> (bool, usize) {
+    let recursive = FRAMES.with_borrow(|frames| frames.iter().any(|f| f.func == func));
+    enter(func, code, true);
+    (recursive, depth())
+}
+
+/// 3.12+: that call ended. Its frame is left here unless a profiled call inside its teardown (a
+/// `__del__`'s) left it already, at that call's start. True if no other call of `func` remains
+/// on the thread.
+pub fn leave_wrapped(func: u32, depth_open: usize) -> bool {
+    if depth() != depth_open {
+        return FRAMES.with_borrow(|frames| frames.iter().all(|f| f.func != func));
+    }
+    // The exit its return or unwind left pending is this one.
+    LOCAL.with(|me| {
+        me.exit_pending.set(false);
+        leave_top_of(me)
+    })
 }
 
 /// 3.12+: the next start event of `code` on this thread is the call a wrapper has just entered
@@ -769,11 +787,6 @@ pub fn inline_frame_exits(code: usize) -> bool {
         me.exit_pending.set(true);
         false
     })
-}
-
-/// Whether an inline frame's exit is pending, clearing it: the caller leaves it itself.
-pub fn take_exit_pending() -> bool {
-    LOCAL.with(|me| me.exit_pending.replace(false))
 }
 
 /// Leaves the inline frame whose exit is pending, if any (its teardown is over: the thread has

@@ -63,6 +63,7 @@ def _start():
             # their start and close after their return or unwind (docs/design.md, "Recursion
             # without a wrapper").
             mon.register_callback(_monitoring_tool, mon.events.PY_START, _native.start_event)
+            _native.set_watch_starts(_watch_starts)
             mon.register_callback(_monitoring_tool, mon.events.PY_UNWIND, _native.unwind_event)
             # Unwinds are not a local event: they are asked of every frame, and dropped in C by
             # one comparison unless a profiled frame unwinds.
@@ -94,15 +95,19 @@ def _chaining_settrace(settrace):
 INLINE_CALLS = sys.version_info >= (3, 12)
 
 
-def _watch(code, plain=False):
-    """Asks sys.monitoring (3.12+) for the events of ``code`` memsleuth needs: its lines and
-    returns, and for a plain function's code, its starts too."""
+def _watch(code):
     if _monitoring_tool is not None:
         mon = sys.monitoring
-        events = mon.events.LINE | mon.events.PY_RETURN
-        if plain:
-            events |= mon.events.PY_START
-        mon.set_local_events(_monitoring_tool, code, events)
+        mon.set_local_events(_monitoring_tool, code, mon.events.LINE | mon.events.PY_RETURN)
+
+
+def _watch_starts(code, on):
+    """Asks sys.monitoring (3.12+) for the start events of ``code``, or stops them: they are on
+    only while a recursive call of a profiled function runs inline."""
+    mon = sys.monitoring
+    events = mon.get_local_events(_monitoring_tool, code)
+    events = events | mon.events.PY_START if on else events & ~mon.events.PY_START
+    mon.set_local_events(_monitoring_tool, code, events)
 
 
 #: A function's code object -> the copy a profiled function made from it runs (3.12+).
@@ -319,8 +324,7 @@ def _wrap(func, settings, like, nested_codes=()):
     code = func.__code__
     if settings.at_exit:
         precisions.setdefault(code, settings.precision)
-    plain = _is_plain(func)
-    _watch(code, plain)
+    _watch(code)
 
     def report(outermost):
         if outermost and timeline is not None:
