@@ -405,6 +405,47 @@ def test_recursion_unwinding_through_levels(run_source):
     assert run.stdout.count(TEXT_HEADER) == 1
 
 
+def test_call_from_another_thread_while_one_recurses(run_source):
+    # From 3.12, while a thread recurses in a profiled function the interpreter runs every call
+    # of it inline, another thread's too: that call opens at its start event, closes at its
+    # return, and prints its table there.
+    program = (
+        "import threading\n"
+        "from memsleuth import profile\n"
+        "\n"
+        "bottom = threading.Event()\n"
+        "done = threading.Event()\n"
+        "\n"
+        "@profile\n"
+        "def dive(depth, hold=False):\n"
+        "    block = bytearray(10_000)\n"
+        "    if depth == 0:\n"
+        "        if hold:\n"
+        "            bottom.set()\n"
+        "            done.wait()\n"
+        "        return len(block)\n"
+        "    return dive(depth - 1, hold)\n"
+        "\n"
+        "def other():\n"
+        "    bottom.wait()\n"
+        "    dive(0)\n"
+        "    done.set()\n"
+        "\n"
+        "t = threading.Thread(target=other)\n"
+        "t.start()\n"
+        "EXTRA = {'result': dive(5, hold=True)}\n"
+        "t.join()\n"
+    )
+    run = run_source(program)
+    assert run.extra == {"result": 10_000}
+    func = run.function("dive")
+    assert func["calls"] == 7
+    assert run.stdout.count(TEXT_HEADER) == 2  # each thread's outermost call
+    block = find_line(func, "block = bytearray(10_000)")
+    assert block["hits"] == 7
+    between(block["allocated_bytes"], 7 * bytearray_cost(10_000), 7 * bytearray_cost(10_000) + KiB)
+
+
 def test_the_undecorated_function_stays_unprofiled(run_source):
     # From 3.12 profile() gives a function of its own, running a copy of the code object (the
     # start events are per code object): the function it was given is not profiled, as with a
