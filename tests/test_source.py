@@ -41,8 +41,6 @@ def inspected(func):
 
 
 def read(func):
-    # The reader's own reading of the file, not the copy inspect left in linecache.
-    linecache.cache.pop(func.__code__.co_filename, None)
     return _source.source_lines(func)
 
 
@@ -78,19 +76,34 @@ def test_the_lines_are_inspects_for_every_function_of_the_fixtures_tests_and_mem
 
 
 SAMPLE = 'def sample(x):\n    text = "caf\u00e9"\n    return (x,\n            text)\n    # kept\n\n\ndef after():\n    pass\n'
+ENCODED = {
+    "utf-8": SAMPLE.encode(),
+    "crlf": SAMPLE.replace("\n", "\r\n").encode(),
+    "cr": SAMPLE.replace("\n", "\r").encode(),
+    "bom": b"\xef\xbb\xbf" + SAMPLE.encode(),
+    "no-final-newline": SAMPLE.rstrip("\n").encode(),
+    "latin-1-declared": b"# -*- coding: latin-1 -*-\n" + SAMPLE.encode("latin-1"),
+    "not-utf-8": SAMPLE.encode("latin-1"),
+}
+#: What read_file leaves to linecache.
+LEFT_TO_LINECACHE = ("latin-1-declared", "not-utf-8")
 
 
-@pytest.mark.parametrize("encoded", [
-    SAMPLE.encode(),
-    SAMPLE.replace("\n", "\r\n").encode(),
-    SAMPLE.replace("\n", "\r").encode(),
-    b"\xef\xbb\xbf" + SAMPLE.encode(),
-    b"# -*- coding: latin-1 -*-\n" + SAMPLE.encode("latin-1"),
-    SAMPLE.rstrip("\n").encode(),
-], ids=["utf-8", "crlf", "cr", "bom", "latin-1-declared", "no-final-newline"])
-def test_the_lines_are_inspects_whatever_the_files_encoding_and_line_ends(tmp_path, encoded):
+@pytest.mark.parametrize("name", ENCODED)
+def test_a_file_is_read_as_linecache_reads_it_or_left_to_linecache(tmp_path, name):
     path = tmp_path / "encoded.py"
-    path.write_bytes(encoded)
+    path.write_bytes(ENCODED[name])
+    read = _source.read_file(str(path))
+    if name in LEFT_TO_LINECACHE:
+        assert read is None
+    else:
+        assert read == linecache.getlines(str(path)) and read[1] == '    text = "caf\u00e9"\n'
+
+
+@pytest.mark.parametrize("name", [name for name in ENCODED if name != "not-utf-8"])
+def test_the_lines_are_inspects_whatever_the_files_encoding_and_line_ends(tmp_path, name):
+    path = tmp_path / "encoded.py"
+    path.write_bytes(ENCODED[name])
     sample = next(f for f in functions_in(path) if f.__name__ == "sample")
     assert read(sample) is not None
     assert read(sample) == inspected(sample)
@@ -195,7 +208,7 @@ HEAVY = ("inspect", "dis", "opcode")
 PARSERS = ("ast", "tokenize", "re", "enum", "linecache")
 
 
-def test_a_program_profiled_with_the_decorator_imports_neither_inspect_nor_a_parser():
+def test_a_program_profiled_with_the_decorator_imports_neither_inspect_nor_a_parser(tmp_path):
     program = textwrap.dedent("""\
         import sys
         before = set(sys.modules)
@@ -205,15 +218,22 @@ def test_a_program_profiled_with_the_decorator_imports_neither_inspect_nor_a_par
         def work():
             b = bytearray(4_000_000)
             del b
+            # the last line of its source
 
         work()
         print(" ".join(sorted(set(sys.modules) - before)))
+        import memsleuth
+        print(memsleuth.last_report()["functions"][0]["last_lineno"])
         """)
-    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    path = tmp_path / "program.py"
+    path.write_text(program)
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    imported = set(proc.stdout.split())
+    imported, last_lineno = proc.stdout.splitlines()
+    imported = set(imported.split())
     assert imported.isdisjoint(HEAVY + PARSERS), imported & set(HEAVY + PARSERS)
     assert "memsleuth._native" in imported
+    assert last_lineno == "9"  # the source was read, to its last comment
 
 
 def test_a_program_under_memsleuth_run_does_not_import_inspect(tmp_path):

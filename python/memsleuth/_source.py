@@ -4,9 +4,10 @@ inspect brings ast, dis, tokenize, re and enum with it: about 2 MiB that would s
 profiled program's RSS for its whole run (docs/design.md, "The books live in the sink"). This
 module reads the file as linecache does and finds where the function ends by inspect's own rules
 (its ``BlockFinder``, ported below), fed by a scanner that produces only what those rules look
-at: names, brackets, strings, comments, line ends and indentation. Where it cannot be sure of
-reading the file as linecache would (an encoding declaration, a file not on disk), or the
-program has linecache's copy already, it asks linecache, as inspect does.
+at: names, brackets, strings, comments, line ends and indentation. Where linecache costs no
+import (the program has it and its tokenize loaded, or linecache holds the source), or the file
+may read differently (an encoding declaration, a file not on disk), it asks linecache, as
+inspect does.
 """
 
 import io
@@ -47,33 +48,44 @@ def source_lines(func):
 
 
 def file_lines(filename, module_globals):
-    """The file's lines as ``linecache.getlines(filename, module_globals)`` gives them, reading
-    the file without importing linecache's tokenize where that gives the same lines."""
+    """The file's lines as ``linecache.getlines(filename, module_globals)`` gives them, from
+    linecache where that imports nothing (it and its tokenize are loaded, as under
+    ``memsleuth run``, or it holds the file), else read here."""
     linecache = sys.modules.get("linecache")
-    if linecache is not None and filename in linecache.cache:
-        # The program's own copy: IPython's cells, `memsleuth run -c`, files read for a traceback.
-        linecache.checkcache(filename)
-        return linecache.getlines(filename, module_globals)
-    if filename.startswith("<") and filename.endswith(">"):
-        return []
+    if linecache is None or (filename not in linecache.cache and "tokenize" not in sys.modules):
+        if filename.startswith("<") and filename.endswith(">"):
+            return []  # only linecache could have held such a source
+        lines = read_file(filename)
+        if lines is not None:
+            return lines
+        import linecache
+    # The program's own copy (IPython's cells, `memsleuth run -c`), or the file, kept for the
+    # functions after this one.
+    linecache.checkcache(filename)
+    return linecache.getlines(filename, module_globals)
+
+
+def read_file(filename):
+    """The file's lines as linecache reads them (tokenize.open: UTF-8 after any byte order mark,
+    universal newlines), or None where that reading may differ from linecache's: a file that
+    declares an encoding (the word "coding" in its first two lines), or that cannot be read or
+    decoded."""
     try:
         with open(filename, "rb") as f:
             data = f.read()
-        # tokenize.open's reading, for files without an encoding declaration (one names "coding"
-        # in the first two lines): UTF-8 after any byte order mark, universal newlines.
-        if b"coding" not in b"\n".join(data.split(b"\n", 2)[:2]):
-            if data.startswith(_UTF8_BOM):
-                data = data[len(_UTF8_BOM):]
-            lines = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").readlines()
-            if lines and not lines[-1].endswith("\n"):
-                lines[-1] += "\n"
-            return lines
-    except (OSError, UnicodeDecodeError):
-        pass
-    import linecache
-
-    linecache.checkcache(filename)
-    return linecache.getlines(filename, module_globals)
+    except OSError:
+        return None
+    if b"coding" in b"\n".join(data.split(b"\n", 2)[:2]):
+        return None
+    if data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM):]
+    try:
+        lines = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").readlines()
+    except UnicodeDecodeError:
+        return None
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    return lines
 
 
 def _is_word(char):
@@ -190,7 +202,6 @@ def _tokens(lines, start):
     depth = 0  # brackets open (below zero: closed more than opened, before 3.12)
     continued = False  # a backslash joined the next line
     string_quote = None  # the closing quote of a string that goes on past a line end
-    string_row = 0
     for row, line in enumerate(lines[start:], 1):
         pos, end = 0, len(line)
         if string_quote is not None:
@@ -198,7 +209,7 @@ def _tokens(lines, start):
             if pos < 0:
                 continue
             string_quote = None
-            yield OTHER, None, string_row, 0
+            yield OTHER, None, row, 0
         elif depth == 0 and not continued:
             column = 0
             while pos < end:
@@ -246,7 +257,7 @@ def _tokens(lines, start):
                     yield OTHER, None, row, pos
                     pos = close
                 elif len(quote) == 3 or line.rstrip("\r\n").endswith("\\"):
-                    string_quote, string_row = quote, row
+                    string_quote = quote
                     break
                 else:  # unterminated: tokenize marks the quote an error and goes on
                     yield OTHER, None, row, pos
