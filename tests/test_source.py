@@ -41,6 +41,8 @@ def inspected(func):
 
 
 def read(func):
+    # The reader's own reading of the file, not the copy inspect left in linecache.
+    linecache.cache.pop(func.__code__.co_filename, None)
     return _source.source_lines(func)
 
 

@@ -4,10 +4,9 @@ inspect brings ast, dis, tokenize, re and enum with it: about 2 MiB that would s
 profiled program's RSS for its whole run (docs/design.md, "The books live in the sink"). This
 module reads the file as linecache does and finds where the function ends by inspect's own rules
 (its ``BlockFinder``, ported below), fed by a scanner that produces only what those rules look
-at: names, brackets, strings, comments, line ends and indentation. Where linecache costs no
-import (the program has it and its tokenize loaded, or linecache holds the source), or the file
-may read differently (an encoding declaration, a file not on disk), it asks linecache, as
-inspect does.
+at: names, brackets, strings, comments, line ends and indentation. Where linecache holds the
+source already, or the file may read differently (an encoding declaration, a file not on disk),
+it asks linecache, as inspect does.
 """
 
 import io
@@ -48,19 +47,17 @@ def source_lines(func):
 
 
 def file_lines(filename, module_globals):
-    """The file's lines as ``linecache.getlines(filename, module_globals)`` gives them, from
-    linecache where that imports nothing (it and its tokenize are loaded, as under
-    ``memsleuth run``, or it holds the file), else read here."""
+    """The file's lines as ``linecache.getlines(filename, module_globals)`` gives them: from
+    linecache where it holds the source (IPython's cells, ``memsleuth run -c``), else read here,
+    again for each function: linecache's cache would keep the whole file in the program's RSS."""
     linecache = sys.modules.get("linecache")
-    if linecache is None or (filename not in linecache.cache and "tokenize" not in sys.modules):
+    if linecache is None or filename not in linecache.cache:
         if filename.startswith("<") and filename.endswith(">"):
             return []  # only linecache could have held such a source
         lines = read_file(filename)
         if lines is not None:
             return lines
         import linecache
-    # The program's own copy (IPython's cells, `memsleuth run -c`), or the file, kept for the
-    # functions after this one.
     linecache.checkcache(filename)
     return linecache.getlines(filename, module_globals)
 
