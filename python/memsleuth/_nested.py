@@ -15,7 +15,7 @@ import builtins
 import sys
 import types
 
-from . import _native
+from . import _native, _source
 
 #: The builtin name the added decorators call.
 DECORATOR = "__memsleuth_nested__"
@@ -40,9 +40,8 @@ def _profile_nested(func):
         _native.end_quiet(token)
 
 
-# ast and inspect are imported only for a function with nested functions: a program profiled
-# with @profile keeps whatever memsleuth imports in its RSS (docs/design.md, "The books live in
-# the sink").
+# ast is imported only for a function with nested functions: a program profiled with @profile
+# keeps whatever memsleuth imports in its RSS (docs/design.md, "The books live in the sink").
 
 
 def _add_decorator():
@@ -74,12 +73,11 @@ _AddDecorator = None
 def _parse_function(func):
     """The ``def`` of ``func`` from its source, at its own lines and columns; None if unreadable."""
     import ast
-    import inspect
 
-    try:
-        lines, first = inspect.getsourcelines(func)
-    except (OSError, TypeError):
+    found = _source.source_lines(func)
+    if found is None:
         return None
+    lines, first = found
     source = "".join(lines)
     # An indented def (a method, a nested function) parses inside a block, keeping its columns.
     prefix = "if 1:\n" if source[:1].isspace() else ""

@@ -4,13 +4,12 @@ import _thread
 import atexit
 import functools
 import gc
-import inspect
 import os
 import sys
 import types
 import weakref
 
-from . import _native, _nested, _sink
+from . import _native, _nested, _sink, _source
 
 # Modules the decorator does not need (json, threading, the timeline's) are imported where they
 # are used: a program profiled with @profile keeps whatever memsleuth imports in its RSS
@@ -21,6 +20,9 @@ _start_lock = _thread.allocate_lock()
 _monitoring_tool = None
 #: The sys.monitoring tool ids memsleuth may take (3.12+), in order of preference.
 FREE_TOOL_IDS = (3, 4)
+#: The code flags that make a function a generator, coroutine or async generator function (what
+#: inspect's isgeneratorfunction and its kin test, without importing inspect).
+CO_GENERATOR, CO_COROUTINE, CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
 
 #: Under ``memsleuth run`` tables are printed once at exit, not after each call.
 deferred = False
@@ -130,11 +132,8 @@ def _with_own_code(func):
 
 def _source_lines(func):
     """The function's source from its first line (decorators included); none if unavailable."""
-    try:
-        lines, _ = inspect.getsourcelines(func)
-    except (OSError, TypeError):
-        return []
-    return [line.rstrip("\n") for line in lines]
+    found = _source.source_lines(func)
+    return [] if found is None else [line.rstrip("\n") for line in found[0]]
 
 
 def _absolute(filename):
@@ -345,7 +344,8 @@ def _wrap(func, settings, like, nested_codes=()):
 
     # The driver's own objects (its frame record, the coroutine that drives each run, an async
     # generator's step objects) are made quietly: they are the profiler's, not the caller's line's.
-    if inspect.iscoroutinefunction(func):
+    flags = func.__code__.co_flags
+    if flags & CO_COROUTINE:
         @functools.wraps(like)
         async def coroutine_wrapper(*args, **kwargs):
             inner = func(*args, **kwargs)
@@ -361,7 +361,7 @@ def _wrap(func, settings, like, nested_codes=()):
                 report(_native.leave())
 
         wrapper = coroutine_wrapper
-    elif inspect.isgeneratorfunction(func):
+    elif flags & CO_GENERATOR:
         @functools.wraps(like)
         def generator_wrapper(*args, **kwargs):
             inner = func(*args, **kwargs)
@@ -377,7 +377,7 @@ def _wrap(func, settings, like, nested_codes=()):
                 report(_native.leave())
 
         wrapper = generator_wrapper
-    elif inspect.isasyncgenfunction(func):
+    elif flags & CO_ASYNC_GENERATOR:
         @functools.wraps(like)
         async def async_generator_wrapper(*args, **kwargs):
             inner = func(*args, **kwargs)
