@@ -127,6 +127,8 @@ def _with_own_code(func):
         copy = _code_copies[code] = code.replace()
     own = types.FunctionType(copy, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
     own.__kwdefaults__ = func.__kwdefaults__
+    # What it is registered under: a functools.wraps wrapper carries the wrapped one's names.
+    own.__qualname__, own.__module__ = func.__qualname__, func.__module__
     return own
 
 
@@ -425,12 +427,8 @@ def _wrap(func, settings, like, nested_codes=()):
 
 def _is_plain(func):
     """Whether ``func`` is a plain function: no generator, coroutine or async generator."""
-    return isinstance(func, types.FunctionType) and not func.__code__.co_flags & _RESUMABLE
-
-
-#: Code flags of generators, coroutines and async generators: inspect's CO_GENERATOR,
-#: CO_COROUTINE, CO_ITERABLE_COROUTINE and CO_ASYNC_GENERATOR.
-_RESUMABLE = 0x20 | 0x80 | 0x100 | 0x200
+    flags = func.__code__.co_flags
+    return isinstance(func, types.FunctionType) and not flags & (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR)
 
 
 def profile_silently(func):

@@ -11,7 +11,6 @@ checked, and memsleuth's own figures are kept.
 
 import contextlib
 import functools
-import inspect
 import logging
 import os
 import re
@@ -594,6 +593,10 @@ class TimeStamper:
 
     def wrap_function(self, func):
         """``func`` timed at each call (a coroutine function: until its coroutine returns)."""
+        # Imported here: every program under ``memsleuth run`` imports this module, and inspect
+        # would stay in its RSS.
+        import inspect
+
         if inspect.iscoroutinefunction(func):
             async def timed_coroutine(*args, **kwargs):
                 with self._timed(func):
