@@ -468,10 +468,10 @@ unsafe extern "C" fn function_call(
     // its vectorcall is switched, nor its entry (and `on_return`) be replaced.
     unsafe {
         Py_IncRef(callable);
+        crate::hooks::verify();
         // A call of a function already running on this thread (recursion) lets the interpreter
         // run the calls it makes inline. A first call does not: other threads' calls meanwhile
         // still come through here, where the teardown gets its row.
-        crate::hooks::verify();
         let (recursive, depth) = state::enter_wrapped(fid, code);
         if recursive {
             running(callable, code, 1);
@@ -593,13 +593,14 @@ pub fn profiled_function(fid: u32, func: Bound<'_, PyAny>, on_return: Py<PyAny>)
         }
         let code = pyo3_ffi::PyFunction_GetCode(func.as_ptr()) as usize;
         let profiling = Profiling { fid, code, on_return: on_return.into_ptr() as usize };
-        // The code's entry keeps its own reference; a replaced function's entry releases its.
+        // The code's entry keeps its own reference; a replaced entry's is released once the lock
+        // is (releasing it may run a finalizer that calls a profiled function).
         Py_IncRef(profiling.on_return as *mut PyObject);
-        if let Some(old) = CODES.lock().unwrap_or_else(|e| e.into_inner()).insert(code, profiling) {
-            Py_DecRef(old.on_return as *mut PyObject);
-        }
-        if let Some(old) = FUNCTIONS.lock().unwrap_or_else(|e| e.into_inner()).insert(func.as_ptr() as usize, profiling)
-        {
+        let replaced = [
+            CODES.lock().unwrap_or_else(|e| e.into_inner()).insert(code, profiling),
+            FUNCTIONS.lock().unwrap_or_else(|e| e.into_inner()).insert(func.as_ptr() as usize, profiling),
+        ];
+        for old in replaced.into_iter().flatten() {
             Py_DecRef(old.on_return as *mut PyObject);
         }
         set_vectorcall(func.as_ptr(), false);

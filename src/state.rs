@@ -177,16 +177,17 @@ pub struct Local {
     top_lineno: Cell<u32>,
     top_resumable: Cell<bool>,
     top_returned: Cell<bool>,
-    /// 3.12+: the innermost profiled frame is a plain function's whose call the interpreter
-    /// made inline (docs/design.md, "Recursion without a wrapper"): it is left at the thread's
-    /// next event after its return or unwind, once its teardown is over.
+    /// 3.12+: the innermost profiled frame is a plain function's (docs/design.md, "Recursion
+    /// without a wrapper"): it is left at the thread's next event after its return or unwind,
+    /// once its teardown is over; for a call that came through memsleuth's vectorcall that event
+    /// is usually the end of that call.
     top_inline: Cell<bool>,
     /// Set from such a frame's return or unwind until it is left.
     exit_pending: Cell<bool>,
     /// The code object whose next start event is the call a wrapper entered already (0: none).
     expected_start: Cell<usize>,
     /// The thread's outermost profiled frame is an inline call opened at its start event: of a
-    /// function another thread is running through its wrapper.
+    /// function another thread is recursing in.
     unwrapped: Cell<bool>,
     /// The latest reading while the thread has a profiled frame.
     last: Cell<Option<OsReading>>,
