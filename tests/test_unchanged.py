@@ -93,7 +93,7 @@ def test_recursion_to_the_limit_as_plain(tmp_path):
 
 
 @pytest.mark.skipif(sys.version_info[:2] == (3, 11),
-                    reason="on 3.11 a profiled recursion goes one level less deep (README, known limits)")
+                    reason="3.11 counts one level more while a C tracer is on, cProfile's too (README, known limits)")
 def test_recursion_limit_counts_profiled_calls_once(tmp_path):
     # Item 3: the counted depth was halved (3.9, 3.10) and bounded by the C recursion limit
     # (3.12+). Python counts one level per Python frame, so the deepest call that fits is the
