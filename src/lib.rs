@@ -84,12 +84,10 @@ fn register(
 }
 
 /// A call of profiled function `fid` starts on this thread.
-/// `inline`: the interpreter runs the call inline (3.12+ plain functions), so its frame is left
-/// at the thread's next event after its return (`state::leave_pending`).
-pub(crate) fn enter_call(fid: u32, inline: bool) {
+pub(crate) fn enter_call(fid: u32) {
     hooks::verify();
     let was_idle = state::top_code() == 0;
-    trace_while_profiling(|| state::enter_func(fid, inline), was_idle);
+    trace_while_profiling(|| state::enter_func(fid), was_idle);
 }
 
 /// The innermost profiled call returned or raised; true if no other call of the same function
@@ -111,7 +109,7 @@ fn retake_trace() {
 /// `enter_call`, for the generator and coroutine drivers and module code.
 #[pyfunction]
 fn enter(fid: u32) {
-    enter_call(fid, false);
+    enter_call(fid);
 }
 
 /// `leave_call`, for the generator and coroutine drivers and module code.

@@ -83,7 +83,7 @@ unsafe extern "C" fn call(
     unsafe {
         Py_IncRef(func);
         Py_IncRef(on_return);
-        begin(callable, fid, false);
+        begin(callable, fid);
         // Each profiled call enters the interpreter from C and so takes C stack, which plain
         // calls do not from 3.11: a deep profiled recursion continues on a fresh stack segment
         // instead of overflowing the thread's stack (docs/design.md, "Recursion without a wrapper").
@@ -106,8 +106,8 @@ const STACK_SEGMENT: usize = 8 << 20;
 ///
 /// # Safety
 /// GIL held, no exception pending; `callable` is live.
-unsafe fn begin(callable: *mut PyObject, fid: u32, inline: bool) {
-    enter_call(fid, inline);
+unsafe fn begin(callable: *mut PyObject, fid: u32) {
+    enter_call(fid);
     // SAFETY: GIL held; an exception left by switching tracing on (an audit hook's) belongs to
     // no call: it is reported as unraisable, which clears it.
     unsafe {

@@ -721,8 +721,8 @@ fn code_of(func: u32) -> usize {
 }
 
 /// `enter`, by function number.
-pub fn enter_func(func: u32, inline: bool) {
-    enter(func, code_of(func), inline);
+pub fn enter_func(func: u32) {
+    enter(func, code_of(func), false);
 }
 
 /// The thread's profiled frames, counted.

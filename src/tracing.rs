@@ -1,5 +1,7 @@
-//! Line events. From CPython 3.12 sys.monitoring delivers LINE events for the profiled code
-//! objects only (registered from Python, calling `line_event`). Before 3.12 a C-level trace
+//! Line events. From CPython 3.12 sys.monitoring delivers LINE and PY_RETURN events for the
+//! profiled code objects only (registered from Python, calling `line_event`), and PY_START and
+//! PY_UNWIND for the calls a recursing profiled function makes inline (docs/design.md,
+//! "Recursion without a wrapper"). Before 3.12 a C-level trace
 //! function is installed on a thread only while it has a profiled call on its stack; it turns
 //! line events off (`f_trace_lines`) in every other frame as the frame starts, and drops any
 //! other stray event with one comparison, before taking any lock. Where another tool's trace
@@ -478,8 +480,8 @@ unsafe extern "C" fn return_callback(
 }
 
 /// The PY_START callback of sys.monitoring (3.12+): `callback(code, instruction_offset)`. A
-/// profiled function's frame starts: unless the call came through its wrapper, which opened it
-/// already, the call the interpreter made inline opens here.
+/// profiled function's frame starts: unless the call came through memsleuth's vectorcall, which
+/// opened it already, the call the interpreter made inline opens here.
 ///
 /// # Safety
 /// Called by the interpreter with the GIL held and `nargs` valid argument pointers.
@@ -494,7 +496,8 @@ unsafe extern "C" fn start_callback(
         state::leave_pending();
         if state::start_is_new(code) {
             if let Some(fid) = crate::profiled::profiled_code(code) {
-                crate::enter_call(fid, true);
+                hooks::verify();
+                state::enter(fid, code, true);
                 state::entered_unwrapped();
             }
         }

@@ -446,6 +446,23 @@ def test_call_from_another_thread_while_one_recurses(run_source):
     between(block["allocated_bytes"], 7 * bytearray_cost(10_000), 7 * bytearray_cost(10_000) + KiB)
 
 
+def test_a_bound_method_is_profiled(run_source):
+    # profile() of something with a code object that is no function (a bound method) profiles
+    # it through the wrapper, from 3.12 too.
+    program = (
+        "from memsleuth import profile\n"
+        "\n"
+        "class A:\n"
+        "    def m(self, n):\n"
+        "        return [0] * n\n"
+        "\n"
+        "EXTRA = {'len': len(profile(A().m)(10))}\n"
+    )
+    run = run_source(program)
+    assert run.extra == {"len": 10}
+    assert run.function("A.m")["calls"] == 1
+
+
 def test_the_undecorated_function_stays_unprofiled(run_source):
     # From 3.12 profile() gives a function of its own, running a copy of the code object (the
     # start events are per code object): the function it was given is not profiled, as with a

@@ -414,7 +414,8 @@ def _wrap(func, settings, like, nested_codes=()):
                 report(_native.leave())
 
         wrapper = async_generator_wrapper
-    elif INLINE_CALLS:
+    elif INLINE_CALLS and isinstance(func, types.FunctionType):
+        # (A bound method or another callable with a code object gets the wrapper.)
         if func is not like:
             functools.update_wrapper(func, like)
         wrapper = _native.profiled_function(fid, func, lambda: report(True))
