@@ -468,14 +468,27 @@ unsafe extern "C" fn return_callback(
         // An offset beyond the small-int cache is an int made for this callback: it is ours
         // (a cached one was never allocated, so no figure holds it).
         return_event(code as usize, Some(offset as usize));
-        if state::inline_frame_exits(code as usize) {
-            // SAFETY: GIL held, no exception pending in a callback.
-            if !unsafe { crate::profiled::report_unwrapped(code as usize) } {
-                return std::ptr::null_mut();
-            }
-        }
+        // SAFETY: GIL held, no exception pending in a callback.
+        return unsafe { frame_exits(code as usize) };
     }
     // SAFETY: GIL held; the callback returns a new reference to None.
+    unsafe { crate::cfunction::new_none() }
+}
+
+/// A profiled frame running `code` returned or is unwinding (3.12+): the exit of a call the
+/// interpreter made inline is noted, and one that is its thread's outermost and that no wrapper
+/// entered closes here, printing its table. Returns what the callback returns: None, or null
+/// with an interrupt set that arrived while the table printed.
+///
+/// # Safety
+/// GIL held, no exception pending (the interpreter holds an unwinding exception aside while
+/// callbacks run).
+unsafe fn frame_exits(code: usize) -> *mut PyObject {
+    // SAFETY: per the contract.
+    if state::inline_frame_exits(code) && !unsafe { crate::profiled::report_unwrapped(code) } {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: GIL held; a new reference to None.
     unsafe { crate::cfunction::new_none() }
 }
 
@@ -521,13 +534,9 @@ unsafe extern "C" fn unwind_callback(
         // SAFETY: the interpreter passes `nargs` live references in `args`.
         let code = unsafe { *args } as usize;
         state::leave_pending();
-        if state::inline_frame_exits(code) {
-            // SAFETY: GIL held; the interpreter holds the unwinding exception aside while
-            // callbacks run, so none is pending.
-            if !unsafe { crate::profiled::report_unwrapped(code) } {
-                return std::ptr::null_mut();
-            }
-        }
+        // SAFETY: GIL held; the interpreter holds the unwinding exception aside while callbacks
+        // run, so none is pending.
+        return unsafe { frame_exits(code) };
     }
     // SAFETY: GIL held; the callback returns a new reference to None.
     unsafe { crate::cfunction::new_none() }
