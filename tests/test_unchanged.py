@@ -53,6 +53,17 @@ def test_daemon_thread_inside_a_profiled_call_at_exit(tmp_path):
         assert "FATAL" not in profiled.stderr
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="before 3.11 plain Python recursion takes C stack too")
+def test_daemon_thread_deep_in_a_profiled_recursion_at_exit(tmp_path):
+    # Items 1 and 3: 20,000 profiled levels take more C stack than a thread has, so memsleuth
+    # continues them on stack segments of its own (3.11); the forced unwind that ends the daemon
+    # thread at exit must pass through them.
+    plain, profiled = both("daemon_deep_recursion.py", tmp_path=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert profiled.returncode == 0, profiled.stderr[-2000:]
+    assert profiled.stdout == "main done\n"
+
+
 def test_module_globals_are_finalised(tmp_path):
     # Item 2: the unclosed global file stayed empty and __del__ never ran.
     for plain in (True, False):
