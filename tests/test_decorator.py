@@ -492,6 +492,29 @@ def test_the_undecorated_function_stays_unprofiled(run_source):
 # 7. Nested profiled functions
 
 
+def test_nested_function_of_a_recursive_function(run_source):
+    # A function that calls itself by its global name lost its nested functions' tables: compiled
+    # again inside an enclosing function, its own name became a free variable there, so the copy
+    # no longer matched the original and the nested functions went unprofiled.
+    program = (
+        "from memsleuth import profile\n"
+        "\n"
+        "@profile\n"
+        "def fact(n):\n"
+        "    def helper(k):\n"
+        "        return [k] * 1000\n"
+        "    return 1 if n <= 1 else len(helper(1)) // 1000 * n * fact(n - 1)\n"
+        "\n"
+        "EXTRA = {'fact': fact(5)}\n"
+    )
+    run = run_source(program)
+    assert run.extra == {"fact": 120}
+    assert run.function("fact")["calls"] == 5
+    helper = run.function("fact.<locals>.helper")
+    assert helper["calls"] == 4
+    assert "function: fact.<locals>.helper" in run.stdout
+
+
 def test_nested_profiled_functions_inclusive(run_fixture):
     size = 1_000_000
     run = run_fixture("nested.py", size)

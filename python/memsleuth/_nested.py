@@ -148,12 +148,15 @@ def with_nested_profiled(func, profile_nested):
     if not adder.added:
         return func
     # The free variables stay free: an enclosing function binds them (super()'s __class__ too).
+    # The function's own name does not become one (a recursive function calls itself through a
+    # global): the def binds it as the global it is.
+    own_name = [] if node.name in original.co_freevars else [ast.Global(names=[node.name])]
     enclosing = ast.FunctionDef(
         name="__memsleuth_enclosing__",
         args=ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None,
                            defaults=[]),
-        body=[ast.Assign(targets=[ast.Name(id=v, ctx=ast.Store())], value=ast.Constant(None))
-              for v in original.co_freevars] + [node],
+        body=own_name + [ast.Assign(targets=[ast.Name(id=v, ctx=ast.Store())], value=ast.Constant(None))
+                         for v in original.co_freevars] + [node],
         decorator_list=[], returns=None, type_comment=None,
         **({"type_params": []} if sys.version_info >= (3, 12) else {}))
     module = ast.Module(body=[enclosing], type_ignores=[])
