@@ -83,7 +83,11 @@ unsafe extern "C" fn call(
     unsafe {
         Py_IncRef(func);
         Py_IncRef(on_return);
-        begin(callable, fid);
+        enter_call(fid);
+        if !pyo3_ffi::PyErr_Occurred().is_null() {
+            // Switching tracing on can leave an exception (an audit hook's) that belongs to no call.
+            PyErr_WriteUnraisable(callable);
+        }
         // Each profiled call enters the interpreter from C and so takes C stack, which plain
         // calls do not from 3.11: a deep profiled recursion continues on a fresh stack segment
         // instead of overflowing the thread's stack (docs/design.md, "Recursion without a wrapper").
@@ -101,21 +105,6 @@ unsafe extern "C" fn call(
 const STACK_RED_ZONE: usize = 1 << 20;
 /// ...of this size, a thread's default stack on Linux.
 const STACK_SEGMENT: usize = 8 << 20;
-
-/// Opens the books' call of `fid` before the function runs.
-///
-/// # Safety
-/// GIL held, no exception pending; `callable` is live.
-unsafe fn begin(callable: *mut PyObject, fid: u32) {
-    enter_call(fid);
-    // SAFETY: GIL held; an exception left by switching tracing on (an audit hook's) belongs to
-    // no call: it is reported as unraisable, which clears it.
-    unsafe {
-        if !pyo3_ffi::PyErr_Occurred().is_null() {
-            PyErr_WriteUnraisable(callable);
-        }
-    }
-}
 
 /// After the function's own call returned `result` (null if it raised): `leave` closes the
 /// books' call, saying whether it was the outermost, and the table is printed after an

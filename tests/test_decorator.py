@@ -11,6 +11,7 @@ object (no free list), so it costs n + 57 allocated bytes in two allocations.
 """
 
 import re
+import sys
 
 from conftest import TEXT_HEADER, find_line
 
@@ -481,8 +482,6 @@ def test_the_undecorated_function_stays_unprofiled(run_source):
         "EXTRA = {'same': g is f, 'wrapped': g.__wrapped__ is f, 'function': isinstance(g, types.FunctionType)}\n"
     )
     run = run_source(program)
-    import sys
-
     assert run.extra["same"] is False and run.extra["wrapped"] is True
     assert run.extra["function"] is (sys.version_info >= (3, 12))
     assert run.function("f")["calls"] == 1
