@@ -6,7 +6,7 @@
 
 use crate::state::RESIDENCY;
 use memsleuth_core::causes::OsReading;
-use memsleuth_core::readings::intersect;
+use memsleuth_core::readings::{intersect, BlockToMeasure};
 use memsleuth_core::record::Reading;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fs::File;
@@ -78,30 +78,33 @@ fn page() -> u64 {
     *PAGE.get_or_init(page_size)
 }
 
-/// Bytes of `[addr, addr + size)` that are not resident in this process: pages that are not
-/// present, or present only as the shared zero page (mapped but not exclusively ours), which
-/// is what reading untouched memory produces.
-fn unresident(pagemap: Option<&File>, addr: usize, size: u64) -> u64 {
+/// Bytes of `block` that are not resident in this process: pages that are not present, or
+/// present only as the shared zero page (mapped but not exclusively ours), which is what reading
+/// untouched memory produces. Only pages not seen resident before are read from pagemap; those
+/// found resident now are added to the block's.
+fn unresident(pagemap: Option<&File>, block: &mut BlockToMeasure) -> u64 {
     let Some(pagemap) = pagemap else { return 0 };
     let page = page();
-    let first = addr as u64 / page;
-    let last = (addr as u64 + size.max(1) - 1) / page;
-    let mut resident_pages = 0u64;
-    let mut buf = [0u8; 8 * 512];
-    let mut at = first;
-    while at <= last {
-        let count = (last - at + 1).min(512) as usize;
-        let Ok(n) = pagemap.read_at(&mut buf[..count * 8], at * 8) else { return 0 };
-        for entry in buf[..n].chunks_exact(8) {
+    let first = block.addr as u64 / page;
+    let last = (block.addr as u64 + block.size.max(1) - 1) / page;
+    let mut buf = [0u8; 8 * PAGEMAP_CHUNK];
+    for (start, end) in block.seen.unseen_runs((last - first + 1) as usize, PAGEMAP_CHUNK) {
+        let wanted = &mut buf[..(end - start) * 8];
+        let Ok(n) = pagemap.read_at(wanted, (first + start as u64) * 8) else { return 0 };
+        for (i, entry) in wanted[..n].chunks_exact(8).enumerate() {
             let bits = u64::from_le_bytes(entry.try_into().unwrap_or_default());
             let present = bits >> 63 & 1 == 1;
             let exclusive = bits >> 56 & 1 == 1;
-            resident_pages += u64::from(present && exclusive);
+            if present && exclusive {
+                block.seen.insert(start + i);
+            }
         }
-        at += count as u64;
     }
-    size.saturating_sub(resident_pages * page)
+    block.size.saturating_sub(block.seen.len() * page)
 }
+
+/// Pages asked of pagemap in one read.
+const PAGEMAP_CHUNK: usize = 512;
 
 /// The bytes of `ranges`, memory mapped before memsleuth started, that are not resident, from
 /// mincore: a page in memory counts, shared or not, since in a forked child the pages inherited
@@ -179,9 +182,9 @@ pub fn read() -> Reading {
         // what the figures known before explain, and the rest must be measured again.
         let mut unresident_bytes = 0;
         for _ in 0..2 {
-            let measure = RESIDENCY.lock().to_measure(rss_anon);
+            let mut measure = RESIDENCY.lock().to_measure(rss_anon);
             let again = measure.may_reveal_drift();
-            let found: Vec<u64> = measure.blocks.iter().map(|(addr, b)| unresident(pagemap, *addr, b.size)).collect();
+            let found: Vec<u64> = measure.blocks.iter_mut().map(|block| unresident(pagemap, block)).collect();
             let (preexisting, mapped) = match measure.preexisting.as_deref() {
                 Some(ranges) => {
                     let (missing, mapped) = unresident_preexisting(ranges);
@@ -194,7 +197,7 @@ pub fn read() -> Reading {
             if let Some(mapped) = mapped {
                 residency.keep_preexisting_within(&mapped);
             }
-            unresident_bytes = residency.measured(measure, |_, _| found.next().unwrap_or(0), preexisting);
+            unresident_bytes = residency.measured(measure, |_| found.next().unwrap_or(0), preexisting);
             if !again {
                 break;
             }

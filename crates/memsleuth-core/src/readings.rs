@@ -79,7 +79,7 @@ impl Schedule {
 }
 
 /// A large block or arena whose residency a reading checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BigBlock {
     pub size: u64,
     /// Its bytes not resident when last measured; None until a reading measures it. Wholly
@@ -87,6 +87,74 @@ pub struct BigBlock {
     pub unresident: Option<u64>,
     /// pymalloc's arena (it goes by the arena hook, never by a free).
     pub arena: bool,
+    /// Its pages seen resident so far, which stay so for the same reason.
+    seen: SeenPages,
+    /// Tells this block from a later one at the same address and of the same size.
+    serial: u64,
+}
+
+/// The pages of a block seen resident, a bit per page from its first. A reading asks the kernel
+/// only about the others: a resident page costs pagemap about seven times what an unmapped one
+/// does, and a block filled bit by bit (a growing dict's table, an arena) was read whole at
+/// every reading before (docs/design.md, Causes: readings).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeenPages {
+    bits: Vec<u64>,
+}
+
+impl SeenPages {
+    pub fn contains(&self, page: usize) -> bool {
+        self.bits.get(page / 64).is_some_and(|word| word >> (page % 64) & 1 == 1)
+    }
+
+    pub fn insert(&mut self, page: usize) {
+        if self.bits.len() <= page / 64 {
+            self.bits.resize(page / 64 + 1, 0);
+        }
+        self.bits[page / 64] |= 1 << (page % 64);
+    }
+
+    pub fn len(&self) -> u64 {
+        self.bits.iter().map(|word| u64::from(word.count_ones())).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|&word| word == 0)
+    }
+
+    /// The runs [start, end) of the pages below `pages` not seen resident, in order, none
+    /// longer than `max` pages.
+    pub fn unseen_runs(&self, pages: usize, max: usize) -> Vec<(usize, usize)> {
+        let max = max.max(1);
+        let mut runs = Vec::new();
+        let mut page = 0;
+        while page < pages {
+            // Whole words of seen pages are skipped at once.
+            if page % 64 == 0 && self.bits.get(page / 64) == Some(&u64::MAX) {
+                page += 64;
+                continue;
+            }
+            if self.contains(page) {
+                page += 1;
+                continue;
+            }
+            let start = page;
+            while page < pages && page - start < max && !self.contains(page) {
+                page += 1;
+            }
+            runs.push((start, page));
+        }
+        runs
+    }
+}
+
+/// A block a reading measures: the reader asks the kernel about the pages not in `seen`, adds
+/// those it finds resident, and passes what it found to `Residency::measured`.
+pub struct BlockToMeasure {
+    pub addr: usize,
+    pub size: u64,
+    pub seen: SeenPages,
+    serial: u64,
 }
 
 /// The live big blocks and arenas, and what the last readings found.
@@ -105,11 +173,13 @@ pub struct Residency {
     preexisting: Vec<(usize, usize)>,
     /// Its bytes not resident when last measured; None until measured.
     preexisting_unresident: Option<u64>,
+    /// Big blocks and arenas recorded so far (each block's serial).
+    serials: u64,
 }
 
 /// What a reading must measure: the blocks whose residency is not known to be current.
 pub struct Measure {
-    pub blocks: Vec<(usize, BigBlock)>,
+    pub blocks: Vec<BlockToMeasure>,
     /// The memory mapped before memsleuth started, less the blocks known since, when it must be
     /// measured too; the reader keeps the parts of it still mapped.
     pub preexisting: Option<Vec<(usize, usize)>>,
@@ -142,6 +212,7 @@ impl Residency {
             glibc: None,
             preexisting: Vec::new(),
             preexisting_unresident: None,
+            serials: 0,
         }
     }
 
@@ -165,9 +236,15 @@ impl Residency {
         self.blocks.is_empty()
     }
 
+    fn new_block(&mut self, size: u64, arena: bool) -> BigBlock {
+        self.serials += 1;
+        BigBlock { size, unresident: None, arena, seen: SeenPages::default(), serial: self.serials }
+    }
+
     pub fn allocated(&mut self, addr: usize, size: u64) {
         self.events += 1;
-        self.blocks.insert(addr, BigBlock { size, unresident: None, arena: false });
+        let block = self.new_block(size, false);
+        self.blocks.insert(addr, block);
     }
 
     /// A free at `addr`; returns whether it was a big block's.
@@ -185,7 +262,8 @@ impl Residency {
     pub fn arena(&mut self, addr: usize, size: u64, mapped: bool) {
         if mapped {
             self.arena_bytes += size;
-            self.blocks.insert(addr, BigBlock { size, unresident: None, arena: true });
+            let block = self.new_block(size, true);
+            self.blocks.insert(addr, block);
         } else {
             self.arena_bytes -= size.min(self.arena_bytes);
             self.blocks.remove(&addr);
@@ -231,7 +309,7 @@ impl Residency {
     /// footprint, the residency measured before is current, and only blocks never measured need
     /// the pagemap walk, a reading's costly part. A reader measures, then asks again: blocks
     /// just measured may show RSS has drifted (a new arena mostly untouched while RSS rose).
-    pub fn to_measure(&self, rss_anon: u64) -> Measure {
+    pub fn to_measure(&mut self, rss_anon: u64) -> Measure {
         let footprint = self.resident_footprint();
         // A block found partly resident fills as it is used (pymalloc touches an arena's pools
         // one by one) while the footprint stands still: RSS drifting by a quarter of what such
@@ -244,11 +322,18 @@ impl Residency {
         let drifted = self.basis.is_none_or(|(rss0, footprint0)| {
             (rss_anon as i64 - rss0 as i64 - (footprint - footprint0)).unsigned_abs() >= threshold
         });
+        // The pages seen move to the measure and come back with what it adds (a reader measuring
+        // at the same time finds none, and asks the kernel about every page: slower, as exact).
         let blocks = self
             .blocks
-            .iter()
+            .iter_mut()
             .filter(|(_, b)| drifted && b.unresident != Some(0) || b.unresident.is_none())
-            .map(|(a, b)| (*a, *b))
+            .map(|(&addr, b)| BlockToMeasure {
+                addr,
+                size: b.size,
+                seen: std::mem::take(&mut b.seen),
+                serial: b.serial,
+            })
             .collect();
         let preexisting = (!self.preexisting.is_empty()
             && (self.preexisting_unresident.is_none() || drifted && self.preexisting_unresident != Some(0)))
@@ -265,16 +350,18 @@ impl Residency {
     pub fn measured(
         &mut self,
         m: Measure,
-        mut unresident: impl FnMut(usize, u64) -> u64,
+        mut unresident: impl FnMut(&BlockToMeasure) -> u64,
         preexisting_unresident: Option<u64>,
     ) -> u64 {
         if preexisting_unresident.is_some() {
             self.preexisting_unresident = preexisting_unresident;
         }
-        for (addr, block) in m.blocks {
-            let missing = unresident(addr, block.size);
-            if let Some(live) = self.blocks.get_mut(&addr).filter(|b| b.size == block.size) {
+        for block in m.blocks {
+            let missing = unresident(&block);
+            if let Some(live) = self.blocks.get_mut(&block.addr).filter(|b| b.serial == block.serial) {
                 live.unresident = Some(missing);
+                // A wholly resident block is not measured again.
+                live.seen = if missing == 0 { SeenPages::default() } else { block.seen };
             }
         }
         if m.drifted {
@@ -382,18 +469,18 @@ mod tests {
         r.arena(0x40_0000, 1 << 18, true);
         let m = r.to_measure(50 << 20);
         assert_eq!(m.blocks.len(), 2, "never measured");
-        assert_eq!(r.measured(m, |_, size| size / 2, None), (1 << 19) + (1 << 17));
+        assert_eq!(r.measured(m, |b| b.size / 2, None), (1 << 19) + (1 << 17));
         // RSS moved with the footprint (no drift): known figures stand, a new block is measured.
         r.allocated(0x80_0000, 1 << 20);
         let m = r.to_measure(50 << 20);
-        assert_eq!(m.blocks.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0x80_0000]);
-        assert_eq!(r.measured(m, |_, _| 0, None), (1 << 19) + (1 << 17));
+        assert_eq!(m.blocks.iter().map(|b| b.addr).collect::<Vec<_>>(), vec![0x80_0000]);
+        assert_eq!(r.measured(m, |_| 0, None), (1 << 19) + (1 << 17));
         // Drifted: every block not known to be wholly resident is measured again.
         let m = r.to_measure((50 << 20) + RESIDENCY_DRIFT);
         assert_eq!(m.blocks.len(), 2);
         // A block freed while it was being measured is not brought back.
         r.freed(0x10_0000);
-        assert_eq!(r.measured(m, |_, _| 0, None), 0);
+        assert_eq!(r.measured(m, |_| 0, None), 0);
         assert_eq!(r.len(), 2);
     }
 
@@ -421,12 +508,12 @@ mod tests {
         r.set_preexisting(vec![(0x100_0000, 0x120_0000)]);
         let m = r.to_measure(50 << 20);
         assert_eq!(m.preexisting.as_deref(), Some(&[(0x100_0000, 0x120_0000)][..]));
-        assert_eq!(r.measured(m, |_, _| 0, Some(1 << 20)), 1 << 20);
+        assert_eq!(r.measured(m, |_| 0, Some(1 << 20)), 1 << 20);
         assert_eq!(r.to_measure((50 << 20) + (64 << 10)).preexisting, None, "no drift");
         r.arena(0x110_0000, 1 << 20, true);
         let m = r.to_measure((50 << 20) + (3 << 20));
         assert_eq!(m.preexisting.as_deref(), Some(&[(0x100_0000, 0x110_0000)][..]));
-        assert_eq!(r.measured(m, |_, _| 1 << 20, Some(0)), 1 << 20);
+        assert_eq!(r.measured(m, |_| 1 << 20, Some(0)), 1 << 20);
         assert_eq!(r.to_measure(60 << 20).preexisting, None, "wholly resident");
     }
 
@@ -450,18 +537,18 @@ mod tests {
         let mut r = Residency::default();
         r.set_preexisting(vec![(0x100_0000, 0x110_0000)]);
         let m = r.to_measure(50 << 20);
-        assert_eq!(r.measured(m, |_, _| 0, Some(860 * KIB)), 860 * KIB);
+        assert_eq!(r.measured(m, |_| 0, Some(860 * KIB)), 860 * KIB);
         r.arena(0x200_0000, 1 << 20, true);
         let rss = (50 << 20) + 1120 * KIB;
         let first = r.to_measure(rss);
         assert_eq!(first.blocks.len(), 1, "the new arena");
         assert!(first.may_reveal_drift());
         assert!(first.preexisting.is_none(), "the footprint rose with RSS, as far as is known");
-        r.measured(first, |_, _| 780 * KIB, None);
+        r.measured(first, |_| 780 * KIB, None);
         let second = r.to_measure(rss);
         assert!(second.preexisting.is_some(), "RSS rose 876 KiB more than the resident footprint");
         assert!(!second.may_reveal_drift(), "it measures everything not wholly resident");
-        assert_eq!(r.measured(second, |_, _| 780 * KIB, Some(68 * KIB)), 848 * KIB);
+        assert_eq!(r.measured(second, |_| 780 * KIB, Some(68 * KIB)), 848 * KIB);
         let third = r.to_measure(rss);
         assert!(third.blocks.is_empty() && third.preexisting.is_none());
     }
@@ -473,13 +560,52 @@ mod tests {
         let mut r = Residency::default();
         r.arena(0x40_0000, 1 << 20, true);
         let m = r.to_measure(50 << 20);
-        assert_eq!(r.measured(m, |_, _| 768 << 10, None), 768 << 10);
+        assert_eq!(r.measured(m, |_| 768 << 10, None), 768 << 10);
         let m = r.to_measure((50 << 20) + (128 << 10));
         assert!(m.blocks.is_empty(), "a drift under a quarter of what it lacked");
         let m = r.to_measure((50 << 20) + (768 << 10));
-        assert_eq!(m.blocks.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0x40_0000]);
-        assert_eq!(r.measured(m, |_, _| 0, None), 0);
+        assert_eq!(m.blocks.iter().map(|b| b.addr).collect::<Vec<_>>(), vec![0x40_0000]);
+        assert_eq!(r.measured(m, |_| 0, None), 0);
         // Wholly resident now: back to the wide threshold.
         assert!(r.to_measure((51 << 20) - 1).blocks.is_empty());
+    }
+
+    #[test]
+    fn unseen_pages_come_in_runs_no_longer_than_asked() {
+        let mut seen = SeenPages::default();
+        assert_eq!(seen.unseen_runs(5, 512), vec![(0, 5)]);
+        assert_eq!(seen.unseen_runs(5, 2), vec![(0, 2), (2, 4), (4, 5)]);
+        for page in (0..64).chain([66, 130]) {
+            seen.insert(page);
+        }
+        assert_eq!(seen.len(), 66);
+        assert!(seen.contains(66) && !seen.contains(67) && !seen.contains(10_000));
+        assert_eq!(seen.unseen_runs(140, 512), vec![(64, 66), (67, 130), (131, 140)]);
+        assert_eq!(seen.unseen_runs(64, 512), vec![], "every page seen");
+        assert_eq!(seen.unseen_runs(200, 40), vec![(64, 66), (67, 107), (107, 130), (131, 171), (171, 200)]);
+    }
+
+    #[test]
+    fn pages_seen_resident_are_kept_for_the_next_measure_of_the_same_block_only() {
+        let mut r = Residency::default();
+        r.allocated(0x10_0000, 1 << 20);
+        let mut m = r.to_measure(50 << 20);
+        m.blocks[0].seen.insert(3);
+        r.measured(m, |b| b.size - 4096, None);
+        let mut m = r.to_measure((50 << 20) + RESIDENCY_DRIFT);
+        assert_eq!(m.blocks[0].seen.len(), 1, "kept from the last measure");
+        // Freed and allocated again at the same address, with the same size, while measured:
+        // the new block's pages are not the old one's.
+        m.blocks[0].seen.insert(4);
+        r.freed(0x10_0000);
+        r.allocated(0x10_0000, 1 << 20);
+        r.measured(m, |b| b.size - 8192, None);
+        let m = r.to_measure((50 << 20) + RESIDENCY_DRIFT);
+        assert_eq!(m.blocks.len(), 1, "never measured");
+        assert!(m.blocks[0].seen.is_empty());
+        // Found wholly resident: not measured again, and its pages are let go.
+        r.measured(m, |_| 0, None);
+        assert!(r.blocks.values().all(|b| b.seen.is_empty() && b.unresident == Some(0)));
+        assert!(r.to_measure((52 << 20) + RESIDENCY_DRIFT).blocks.is_empty());
     }
 }
