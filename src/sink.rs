@@ -193,10 +193,8 @@ fn drain_here() -> bool {
 }
 
 fn apply(books: &mut Books, words: &[u64], mut answer: impl FnMut(u64, String)) {
-    if let Some((thread, record)) = Record::decode(words) {
-        if let Some((token, request)) = books.apply(thread, record) {
-            answer(token, respond(books, &request));
-        }
+    if let Some((token, request)) = books.apply_words(words) {
+        answer(token, respond(books, &request));
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::causes::OsReading;
 use crate::ledger::{FuncId, FuncInfo, FxHasher, Hot, Ledger, NodeId, SavedFrame};
-use crate::record::{Reading, Record, Request};
+use crate::record::{BlockEvent, Reading, Record, Request};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -58,6 +58,29 @@ impl Books {
         OsReading { malloc_in_use, malloc_mmapped, malloc_arena, ..r.os }
     }
 
+    /// Applies the record in `words`, one whole record as the ring holds it (the sink's loop):
+    /// allocations and frees go straight to the ledger, the rest through `Record::decode`. A
+    /// request is handed back as by `apply`; words that are no record are skipped.
+    #[inline]
+    pub fn apply_words(&mut self, words: &[u64]) -> Option<(u64, Request)> {
+        if let Some((thread, event)) = BlockEvent::decode(words) {
+            Self::block_event(&mut self.ledger, &mut Self::thread(&mut self.threads, thread).hot, event);
+            return None;
+        }
+        let (thread, record) = Record::decode(words)?;
+        self.apply(thread, record)
+    }
+
+    #[inline(always)]
+    fn block_event(ledger: &mut Ledger, hot: &mut Hot, event: BlockEvent) {
+        match event {
+            BlockEvent::Alloc { addr, size, raw } => ledger.on_alloc(hot, addr as usize, size, raw),
+            BlockEvent::Free { addr, raw } => {
+                ledger.on_free(hot, addr as usize, raw);
+            }
+        }
+    }
+
     /// Applies one record from `thread`. A request is handed back for the caller to answer: the
     /// books are then up to date with everything sent before it.
     pub fn apply(&mut self, thread: u32, record: Record) -> Option<(u64, Request)> {
@@ -65,10 +88,8 @@ impl Books {
         let tb = Self::thread(&mut self.threads, thread);
         let hot = &mut tb.hot;
         match record {
-            Record::Alloc { addr, size, raw } => l.on_alloc(hot, addr as usize, size, raw),
-            Record::Free { addr, raw } => {
-                l.on_free(hot, addr as usize, raw);
-            }
+            Record::Alloc { addr, size, raw } => Self::block_event(l, hot, BlockEvent::Alloc { addr, size, raw }),
+            Record::Free { addr, raw } => Self::block_event(l, hot, BlockEvent::Free { addr, raw }),
             Record::ReallocBegin { old, raw } => tb.realloc_taken = l.begin_realloc(hot, old as usize, raw),
             Record::ReallocEnd { old, new, size, raw } => {
                 let taken = tb.realloc_taken.take();
@@ -273,5 +294,63 @@ mod tests {
         );
         books.apply(3, Record::Exit { status: 4 });
         assert_eq!(books.exit_status, Some(4));
+    }
+
+    fn record_strategy() -> impl proptest::strategy::Strategy<Value = (u32, Record)> {
+        use proptest::prelude::*;
+        let addr = (1u64..24).prop_map(|slot| slot * 16);
+        let record = prop_oneof![
+            Just(Record::Enter { func: 0, reading: Some(reading(1 << 20)) }),
+            (11u32..14).prop_map(|lineno| Record::Line { code: 0xc0de, lineno, reading: None }),
+            (addr.clone(), 1u64..300_000, any::<bool>()).prop_map(|(addr, size, raw)| Record::Alloc {
+                addr,
+                size,
+                raw
+            }),
+            (addr, any::<bool>()).prop_map(|(addr, raw)| Record::Free { addr, raw }),
+            Just(Record::Leave { reading: Some(reading(2 << 20)) }),
+            Just(Record::GcStart),
+            Just(Record::GcStop),
+        ];
+        (1u32..4, record)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// The sink reads allocations and frees in place: the books come out as they do from
+        /// decoded records, whatever the mix.
+        #[test]
+        fn records_read_in_place_keep_the_books_as_decoded_ones(
+            records in proptest::collection::vec(record_strategy(), 0..200)
+        ) {
+            let (mut in_place, mut decoded) = (Books::new(), Books::new());
+            register(&mut in_place, 0xc0de);
+            register(&mut decoded, 0xc0de);
+            for (thread, record) in records {
+                let words = record.encode(thread);
+                proptest::prop_assert_eq!(in_place.apply_words(words.as_slice()), None);
+                let (t, r) = Record::decode(words.as_slice()).expect("a record");
+                decoded.apply(t, r);
+            }
+            let json = |books: &Books| crate::report::Report::from_ledger_where(&books.ledger, "", None, 0, |_| true).to_json();
+            proptest::prop_assert_eq!(json(&in_place), json(&decoded));
+            proptest::prop_assert_eq!(in_place.ledger.process, decoded.ledger.process);
+        }
+    }
+
+    #[test]
+    fn an_allocation_record_of_the_wrong_length_is_no_block_event() {
+        let words = Record::Alloc { addr: 0x10, size: 64, raw: true }.encode(5);
+        assert_eq!(
+            BlockEvent::decode(words.as_slice()),
+            Some((5, BlockEvent::Alloc { addr: 0x10, size: 64, raw: true }))
+        );
+        assert_eq!(BlockEvent::decode(&words.as_slice()[..2]), None);
+        let free = Record::Free { addr: 0x10, raw: false }.encode(5);
+        let mut longer = free.as_slice().to_vec();
+        longer.push(0);
+        assert_eq!(BlockEvent::decode(&longer), None);
+        assert_eq!(Record::decode(&longer), None);
     }
 }

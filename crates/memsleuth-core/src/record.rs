@@ -68,6 +68,39 @@ pub enum Request {
     Counters,
 }
 
+/// An allocation or a free: nearly every record, and read without building a `Record` (whose
+/// size, set by its largest variants, made the sink copy and drop far more than two words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockEvent {
+    Alloc { addr: u64, size: u64, raw: bool },
+    Free { addr: u64, raw: bool },
+}
+
+impl BlockEvent {
+    /// The thread and event in `words` (one whole record, header first), if it is an
+    /// allocation's or a free's.
+    #[inline(always)]
+    pub fn decode(words: &[u64]) -> Option<(u32, BlockEvent)> {
+        let (&head, payload) = words.split_first()?;
+        let raw = (head >> 8) as u8 & RAW != 0;
+        let event = match (head as u8, payload) {
+            (kind::ALLOC, &[addr, size]) => BlockEvent::Alloc { addr, size, raw },
+            (kind::FREE, &[addr]) => BlockEvent::Free { addr, raw },
+            _ => return None,
+        };
+        (header_words(head) == words.len()).then_some(((head >> 32) as u32, event))
+    }
+}
+
+impl From<BlockEvent> for Record {
+    fn from(event: BlockEvent) -> Record {
+        match event {
+            BlockEvent::Alloc { addr, size, raw } => Record::Alloc { addr, size, raw },
+            BlockEvent::Free { addr, raw } => Record::Free { addr, raw },
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     Alloc {
@@ -387,6 +420,9 @@ impl Record {
     /// The thread and record in `words` (one whole record, header first); None if they are not
     /// a record this version writes.
     pub fn decode(words: &[u64]) -> Option<(u32, Record)> {
+        if let Some((thread, event)) = BlockEvent::decode(words) {
+            return Some((thread, event.into()));
+        }
         let head = *words.first()?;
         if header_words(head) != words.len() {
             return None;
@@ -395,8 +431,6 @@ impl Record {
         let mut r = Reader { words, at: 1 };
         let raw = flags & RAW != 0;
         let record = match kind {
-            kind::ALLOC => Record::Alloc { addr: r.word()?, size: r.word()?, raw },
-            kind::FREE => Record::Free { addr: r.word()?, raw },
             kind::REALLOC_BEGIN => Record::ReallocBegin { old: r.word()?, raw },
             kind::REALLOC_END => Record::ReallocEnd { old: r.word()?, new: r.word()?, size: r.word()?, raw },
             kind::ARENA => Record::Arena { addr: r.word()?, size: r.word()?, mapped: flags & MAPPED != 0 },

@@ -206,7 +206,13 @@ impl<'a> Ring<'a> {
                 break Drained::Corrupt(count);
             }
             buf.clear();
-            buf.extend(self.data[at..at + len].iter().map(|w| w.swap(0, Ordering::Relaxed)));
+            // Until `tail` moves past them these words are the consumer's alone: a load and a
+            // plain store, not a locked swap per word.
+            buf.extend(self.data[at..at + len].iter().map(|w| {
+                let word = w.load(Ordering::Relaxed);
+                w.store(0, Ordering::Relaxed);
+                word
+            }));
             apply(buf);
             count += 1;
             tail = tail.wrapping_add(len as u64);
