@@ -16,8 +16,9 @@
 //! programs that daemonize close every descriptor they did not open.
 
 use crate::state::{ring, set_ring, SpinLock};
+use memsleuth_core::backlog::{Backlog, Chunk};
 use memsleuth_core::books::Books;
-use memsleuth_core::record::{Record, Request};
+use memsleuth_core::record::{header_words, Record, Request};
 use memsleuth_core::report::{render_function, Report};
 use memsleuth_core::ring::{Drained, Ring, CONTROL_WORDS};
 use std::os::fd::RawFd;
@@ -345,49 +346,132 @@ pub struct Ending {
     pub cut_short: bool,
 }
 
-/// Runs the sink until the program ends: drains the ring into the books, answers requests in
-/// `replies`, and watches `doorbell` for wake-ups. `program` is the program's pid: this
-/// process's child (under `memsleuth run`), or, if `program_is_parent`, its parent.
+/// Runs the sink until the program ends: a reader thread drains the ring into a backlog and
+/// watches `doorbell` for wake-ups, while this thread applies the backlog to the books and
+/// answers requests in `replies`. `program` is the program's pid: this process's child (under
+/// `memsleuth run`), or, if `program_is_parent`, its parent.
 pub fn serve(doorbell: RawFd, replies: &Path, program: i32, program_is_parent: bool, allocators: Allocators) -> Ending {
     if !program_is_parent {
         forward_signals(program);
     }
     allocators.apply(&mut BOOKS.lock().ledger);
     KEEPS_BOOKS.store(true, Ordering::Relaxed);
+    let Some(ring) = ring() else {
+        return Ending { exit_record: None, waited: None, rss_peak: 0, cut_short: false };
+    };
+    let backlog = Backlog::new(BACKLOG_WORDS);
+    let mut ending = std::thread::scope(|s| {
+        let reader = std::thread::Builder::new()
+            .name("memsleuth-reader".into())
+            .spawn_scoped(s, || read_ring(ring, &backlog, doorbell, program, program_is_parent));
+        match reader {
+            Ok(reader) => {
+                keep_books(ring, &backlog, replies);
+                // The reader never panics (the process aborts on panic): join only waits.
+                reader.join().unwrap_or(Ending { exit_record: None, waited: None, rss_peak: 0, cut_short: true })
+            }
+            // No thread to be had: this one reads and applies in turn, as the books keep up.
+            Err(_) => {
+                // Applied after each read: never more than one chunk's worth held.
+                let backlog = Backlog::new(usize::MAX);
+                read_ring_applying(ring, &backlog, doorbell, program, program_is_parent, replies)
+            }
+        }
+    });
+    ending.exit_record = BOOKS.lock().exit_status;
+    ending
+}
+
+/// Words the reader may hold for the books thread (64 MiB of the sink's memory, not the
+/// program's): a few times the longest pause measured, a block table of 4 million entries
+/// doubling, at the rate alloc-heavy records.
+const BACKLOG_WORDS: usize = 8 << 20;
+
+/// Words a chunk of the backlog holds at most (the reader's budget for one drain).
+const CHUNK_WORDS: usize = 1 << 16;
+
+/// The reader thread: drains the ring into `backlog` until the program has ended and the ring
+/// is caught up (or holds a record that cannot be read), then closes the backlog.
+fn read_ring(ring: &Ring<'_>, backlog: &Backlog, doorbell: RawFd, program: i32, program_is_parent: bool) -> Ending {
+    let ending = read_until_end(ring, backlog, doorbell, program, program_is_parent, |_| {});
+    backlog.close();
+    ending
+}
+
+/// With no reader thread: reads and applies in turn on this thread.
+fn read_ring_applying(
+    ring: &Ring<'_>,
+    backlog: &Backlog,
+    doorbell: RawFd,
+    program: i32,
+    program_is_parent: bool,
+    replies: &Path,
+) -> Ending {
+    read_until_end(ring, backlog, doorbell, program, program_is_parent, |backlog| {
+        while backlog.words() > 0 {
+            if let Some(chunk) = backlog.pop() {
+                apply_chunk(ring, backlog, chunk, replies);
+            }
+        }
+    })
+}
+
+fn read_until_end(
+    ring: &Ring<'_>,
+    backlog: &Backlog,
+    doorbell: RawFd,
+    program: i32,
+    program_is_parent: bool,
+    mut after_read: impl FnMut(&Backlog),
+) -> Ending {
     let mut ending = Ending { exit_record: None, waited: None, rss_peak: 0, cut_short: false };
-    let Some(ring) = ring() else { return ending };
-    let mut buf = Vec::new();
     let mut ended = false;
     loop {
-        let drained = {
-            let mut books = BOOKS.lock();
-            ring.drain(1 << 16, &mut buf, |words| {
-                apply(&mut books, words, |token, text| {
-                    let (partial, path) = (replies.join(format!("{token}.partial")), replies.join(token.to_string()));
-                    // A program that is gone reads no answer: nothing to do about it.
-                    if std::fs::write(&partial, text).is_ok() {
-                        let _ = std::fs::rename(&partial, &path);
-                    }
-                    ring.answered().store(token, Ordering::Release);
-                })
-            })
-        };
+        let mut chunk = backlog.empty_chunk();
+        let drained = ring.drain_into(CHUNK_WORDS, &mut chunk);
+        backlog.push(chunk);
+        after_read(backlog);
         match drained {
             Drained::More(_) => continue,
             Drained::Corrupt(_) => {
                 ending.cut_short = true;
-                break;
+                return ending;
             }
             Drained::Caught(_) if ended => {
                 ending.cut_short = ring.pending_words() != 0;
-                break;
+                return ending;
             }
             Drained::Caught(_) => {}
         }
         ended = wait_for_records(doorbell, program, program_is_parent, &mut ending);
     }
-    ending.exit_record = BOOKS.lock().exit_status;
-    ending
+}
+
+/// The books thread: applies the backlog's chunks in order until it is closed and empty.
+fn keep_books(ring: &Ring<'_>, backlog: &Backlog, replies: &Path) {
+    while let Some(chunk) = backlog.pop() {
+        apply_chunk(ring, backlog, chunk, replies);
+    }
+}
+
+/// Applies the records of `chunk` to the books, answering requests as they come.
+fn apply_chunk(ring: &Ring<'_>, backlog: &Backlog, chunk: Chunk, replies: &Path) {
+    let mut books = BOOKS.lock();
+    let mut at = 0;
+    while let Some(&head) = chunk.get(at) {
+        let Some(words) = chunk.get(at..at + header_words(head).max(1)) else { break };
+        apply(&mut books, words, |token, text| {
+            let (partial, path) = (replies.join(format!("{token}.partial")), replies.join(token.to_string()));
+            // A program that is gone reads no answer: nothing to do about it.
+            if std::fs::write(&partial, text).is_ok() {
+                let _ = std::fs::rename(&partial, &path);
+            }
+            ring.answered().store(token, Ordering::Release);
+        });
+        at += words.len();
+    }
+    drop(books);
+    backlog.recycle(chunk);
 }
 
 /// The program this process is the parent of (0 if none).

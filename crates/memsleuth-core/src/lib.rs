@@ -3,6 +3,7 @@
 //! per-line ledger), what the process decides about its own readings, and the reports. The
 //! Python extension is a thin layer over it.
 
+pub mod backlog;
 pub mod blocks;
 pub mod books;
 pub mod causes;

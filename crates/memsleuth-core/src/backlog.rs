@@ -1,0 +1,164 @@
+//! The sink process's backlog (docs/design.md, "The books live in the sink"): records its reader
+//! thread copied out of the ring, waiting for its books thread. The ring is small (it is resident
+//! in the program), and applying a record now and then takes far longer than a ring's worth of
+//! the program's work: doubling a block table of millions of entries takes tens of milliseconds,
+//! during which the program would wait on a full ring. The reader keeps the ring drained meanwhile;
+//! the backlog holds up to a bound, past which the reader waits and the ring fills as before.
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// Words of records, whole records only, in the order the ring held them.
+pub type Chunk = Vec<u64>;
+
+pub struct Backlog {
+    state: Mutex<State>,
+    /// Signalled when a chunk arrives or the backlog is closed (for the books thread), and when
+    /// one is taken (for a reader held back by the bound).
+    changed: Condvar,
+    max_words: usize,
+}
+
+struct State {
+    chunks: VecDeque<Chunk>,
+    words: usize,
+    /// Emptied chunks, given back to the reader so that it does not allocate (and fault in)
+    /// fresh memory for each one.
+    spare: Vec<Chunk>,
+    closed: bool,
+}
+
+impl Backlog {
+    /// A backlog that holds up to `max_words` words before the reader waits.
+    pub fn new(max_words: usize) -> Self {
+        Backlog {
+            state: Mutex::new(State { chunks: VecDeque::new(), words: 0, spare: Vec::new(), closed: false }),
+            changed: Condvar::new(),
+            max_words,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A thread that panicked left whole chunks: the state is still sound.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An empty chunk for the reader to fill, reused where one was given back.
+    pub fn empty_chunk(&self) -> Chunk {
+        self.lock().spare.pop().unwrap_or_default()
+    }
+
+    /// Adds `chunk` (the reader), first waiting while the backlog holds `max_words` or more; an
+    /// empty chunk is kept for reuse.
+    pub fn push(&self, chunk: Chunk) {
+        let mut state = self.lock();
+        if chunk.is_empty() {
+            state.spare.push(chunk);
+            return;
+        }
+        while state.words >= self.max_words && !state.closed {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.words += chunk.len();
+        state.chunks.push_back(chunk);
+        self.changed.notify_all();
+    }
+
+    /// The oldest chunk (the books thread), waiting for one; None once the backlog is closed
+    /// and empty.
+    pub fn pop(&self) -> Option<Chunk> {
+        let mut state = self.lock();
+        loop {
+            if let Some(chunk) = state.chunks.pop_front() {
+                state.words -= chunk.len();
+                self.changed.notify_all();
+                return Some(chunk);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Gives back a chunk the books thread applied.
+    pub fn recycle(&self, mut chunk: Chunk) {
+        chunk.clear();
+        self.lock().spare.push(chunk);
+    }
+
+    /// No more chunks will come: `pop` returns those still held, then None.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Words held now.
+    pub fn words(&self) -> usize {
+        self.lock().words
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn chunks_come_out_in_order_and_the_rest_after_close() {
+        let backlog = Backlog::new(1 << 20);
+        for n in 1..=3u64 {
+            let mut chunk = backlog.empty_chunk();
+            chunk.extend([n, n]);
+            backlog.push(chunk);
+        }
+        backlog.push(Vec::new());
+        assert_eq!(backlog.words(), 6, "an empty chunk holds nothing");
+        backlog.close();
+        let mut seen = Vec::new();
+        while let Some(chunk) = backlog.pop() {
+            seen.push(chunk[0]);
+            backlog.recycle(chunk);
+        }
+        assert_eq!(seen, vec![1, 2, 3]);
+        let reused = backlog.empty_chunk();
+        assert!(reused.is_empty() && reused.capacity() >= 2, "an applied chunk is reused");
+    }
+
+    #[test]
+    fn a_reader_past_the_bound_waits_until_the_books_take_a_chunk() {
+        let backlog = Backlog::new(4);
+        backlog.push(vec![1; 4]);
+        let pushed = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                backlog.push(vec![2; 4]);
+                pushed.store(true, Ordering::SeqCst);
+            });
+            // The second push cannot land while the first chunk is held: it lands only once the
+            // books take it, and then after it.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!pushed.load(Ordering::SeqCst));
+            assert_eq!(backlog.pop(), Some(vec![1; 4]));
+        });
+        assert!(pushed.load(Ordering::SeqCst));
+        assert_eq!(backlog.pop(), Some(vec![2; 4]));
+    }
+
+    #[test]
+    fn the_books_thread_waits_for_a_chunk_or_the_close() {
+        let backlog = Backlog::new(16);
+        std::thread::scope(|s| {
+            let books = s.spawn(|| {
+                let mut got = Vec::new();
+                while let Some(chunk) = backlog.pop() {
+                    got.extend(chunk);
+                }
+                got
+            });
+            backlog.push(vec![7]);
+            backlog.close();
+            assert_eq!(books.join().unwrap(), vec![7]);
+        });
+    }
+}
