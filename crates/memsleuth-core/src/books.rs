@@ -5,7 +5,7 @@
 
 use crate::causes::OsReading;
 use crate::ledger::{FuncId, FuncInfo, FxHasher, Hot, Ledger, NodeId, SavedFrame};
-use crate::record::{BlockEvent, Reading, Record, Request};
+use crate::record::{HotRecord, Reading, Record, Request};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -59,12 +59,13 @@ impl Books {
     }
 
     /// Applies the record in `words`, one whole record as the ring holds it (the sink's loop):
-    /// allocations and frees go straight to the ledger, the rest through `Record::decode`. A
-    /// request is handed back as by `apply`; words that are no record are skipped.
+    /// allocations, frees and plain line events go straight to the ledger, the rest through
+    /// `Record::decode`. A request is handed back as by `apply`; words that are no record are
+    /// skipped.
     #[inline]
     pub fn apply_words(&mut self, words: &[u64]) -> Option<(u64, Request)> {
-        if let Some((thread, event)) = BlockEvent::decode(words) {
-            Self::block_event(&mut self.ledger, &mut Self::thread(&mut self.threads, thread).hot, event);
+        if let Some((thread, record)) = HotRecord::decode(words) {
+            Self::hot_record(&mut self.ledger, &mut Self::thread(&mut self.threads, thread).hot, record);
             return None;
         }
         let (thread, record) = Record::decode(words)?;
@@ -72,12 +73,13 @@ impl Books {
     }
 
     #[inline(always)]
-    fn block_event(ledger: &mut Ledger, hot: &mut Hot, event: BlockEvent) {
-        match event {
-            BlockEvent::Alloc { addr, size, raw } => ledger.on_alloc(hot, addr as usize, size, raw),
-            BlockEvent::Free { addr, raw } => {
+    fn hot_record(ledger: &mut Ledger, hot: &mut Hot, record: HotRecord) {
+        match record {
+            HotRecord::Alloc { addr, size, raw } => ledger.on_alloc(hot, addr as usize, size, raw),
+            HotRecord::Free { addr, raw } => {
                 ledger.on_free(hot, addr as usize, raw);
             }
+            HotRecord::Line { code, lineno } => ledger.line_event(hot, code as usize, lineno, |_, _| None),
         }
     }
 
@@ -88,8 +90,8 @@ impl Books {
         let tb = Self::thread(&mut self.threads, thread);
         let hot = &mut tb.hot;
         match record {
-            Record::Alloc { addr, size, raw } => Self::block_event(l, hot, BlockEvent::Alloc { addr, size, raw }),
-            Record::Free { addr, raw } => Self::block_event(l, hot, BlockEvent::Free { addr, raw }),
+            Record::Alloc { addr, size, raw } => Self::hot_record(l, hot, HotRecord::Alloc { addr, size, raw }),
+            Record::Free { addr, raw } => Self::hot_record(l, hot, HotRecord::Free { addr, raw }),
             Record::ReallocBegin { old, raw } => tb.realloc_taken = l.begin_realloc(hot, old as usize, raw),
             Record::ReallocEnd { old, new, size, raw } => {
                 let taken = tb.realloc_taken.take();
@@ -137,9 +139,10 @@ impl Books {
             Record::GenDrop { gen } => {
                 self.generators.remove(&gen);
             }
-            Record::Line { code, lineno, reading } => {
-                let os = reading.map(|r| Self::os(l, r));
-                l.line_event(hot, code as usize, lineno, |_, _| os);
+            Record::Line { code, lineno, reading: None } => Self::hot_record(l, hot, HotRecord::Line { code, lineno }),
+            Record::Line { code, lineno, reading: Some(reading) } => {
+                let os = Self::os(l, reading);
+                l.line_event(hot, code as usize, lineno, |_, _| Some(os));
             }
             Record::Return { code, reading } => {
                 let os = reading.map(|r| Self::os(l, r));
@@ -302,6 +305,8 @@ mod tests {
         let record = prop_oneof![
             Just(Record::Enter { func: 0, reading: Some(reading(1 << 20)) }),
             (11u32..14).prop_map(|lineno| Record::Line { code: 0xc0de, lineno, reading: None }),
+            (11u32..14).prop_map(|lineno| Record::Line { code: 0xc0de, lineno, reading: Some(reading(3 << 20)) }),
+            Just(Record::Line { code: 0xbad, lineno: 11, reading: None }),
             (addr.clone(), 1u64..300_000, any::<bool>()).prop_map(|(addr, size, raw)| Record::Alloc {
                 addr,
                 size,
@@ -318,8 +323,8 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
 
-        /// The sink reads allocations and frees in place: the books come out as they do from
-        /// decoded records, whatever the mix.
+        /// The sink reads allocations, frees and plain line events in place: the books come
+        /// out as they do from decoded records, whatever the mix.
         #[test]
         fn records_read_in_place_keep_the_books_as_decoded_ones(
             records in proptest::collection::vec(record_strategy(), 0..200)
@@ -340,17 +345,21 @@ mod tests {
     }
 
     #[test]
-    fn an_allocation_record_of_the_wrong_length_is_no_block_event() {
+    fn a_record_of_the_wrong_length_is_not_read_in_place() {
         let words = Record::Alloc { addr: 0x10, size: 64, raw: true }.encode(5);
         assert_eq!(
-            BlockEvent::decode(words.as_slice()),
-            Some((5, BlockEvent::Alloc { addr: 0x10, size: 64, raw: true }))
+            HotRecord::decode(words.as_slice()),
+            Some((5, HotRecord::Alloc { addr: 0x10, size: 64, raw: true }))
         );
-        assert_eq!(BlockEvent::decode(&words.as_slice()[..2]), None);
+        assert_eq!(HotRecord::decode(&words.as_slice()[..2]), None);
         let free = Record::Free { addr: 0x10, raw: false }.encode(5);
         let mut longer = free.as_slice().to_vec();
         longer.push(0);
-        assert_eq!(BlockEvent::decode(&longer), None);
+        assert_eq!(HotRecord::decode(&longer), None);
+        let plain_line = Record::Line { code: 0xc0de, lineno: 12, reading: None }.encode(5);
+        assert_eq!(HotRecord::decode(plain_line.as_slice()), Some((5, HotRecord::Line { code: 0xc0de, lineno: 12 })));
+        let line_with_reading = Record::Line { code: 0xc0de, lineno: 12, reading: Some(reading(1 << 20)) }.encode(5);
+        assert_eq!(HotRecord::decode(line_with_reading.as_slice()), None, "decoded whole, with its reading");
         assert_eq!(Record::decode(&longer), None);
     }
 }
