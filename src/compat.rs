@@ -19,7 +19,7 @@ pub fn unsupported(version: (u32, u32), gil_disabled: bool) -> Option<String> {
             version.0, version.1
         ));
     }
-    (version < (3, 9) || version > (3, 13)).then(|| {
+    (!((3, 9)..=(3, 13)).contains(&version)).then(|| {
         format!("memsleuth: Python {}.{} is not supported; it supports CPython 3.9 to 3.13", version.0, version.1)
     })
 }
