@@ -142,16 +142,24 @@ fn big_block_freed(addr: usize) -> bool {
     let freed = residency.freed(addr);
     if freed && STALE_BITS.fetch_add(1, Ordering::Relaxed) >= FILTER_WORDS {
         STALE_BITS.store(0, Ordering::Relaxed);
-        let mut rebuilt = [0u64; FILTER_WORDS];
-        for addr in residency.big_blocks() {
-            let (word, bit) = filter_bit(addr);
-            rebuilt[word] |= bit;
-        }
-        for (word, bits) in BIG_FILTER.iter().zip(rebuilt) {
-            word.store(bits, Ordering::Release);
-        }
+        rebuild_filter(&residency);
     }
     freed
+}
+
+/// Sets the filter from the big blocks still live. Never inlined: its 8 KiB of words on the stack
+/// gave the free hook, where it was inlined, a 16 KiB frame probed page by page at every call.
+#[cold]
+#[inline(never)]
+fn rebuild_filter(residency: &Residency) {
+    let mut rebuilt = [0u64; FILTER_WORDS];
+    for addr in residency.big_blocks() {
+        let (word, bit) = filter_bit(addr);
+        rebuilt[word] |= bit;
+    }
+    for (word, bits) in BIG_FILTER.iter().zip(rebuilt) {
+        word.store(bits, Ordering::Release);
+    }
 }
 
 static NEXT_THREAD: AtomicU32 = AtomicU32::new(1);

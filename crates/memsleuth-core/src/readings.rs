@@ -33,18 +33,22 @@ pub const MIN_RESIDENCY_DRIFT: u64 = 64 * 1024;
 pub struct Schedule {
     allocated: u64,
     frees: u64,
-    big_event: bool,
+    /// Big blocks that came or went, arenas, collections: a count rather than a flag, so that the
+    /// schedule has no padding. The hooks copy it out of and back into a thread-local at every
+    /// call, and a copy of padding bytes went through the stack in pieces that defeated
+    /// store-to-load forwarding: a stall that was 40% of the free hook's time.
+    big_events: u64,
     time_us: u64,
 }
 
 impl Schedule {
-    pub const NEW: Schedule = Schedule { allocated: 0, frees: 0, big_event: false, time_us: 0 };
+    pub const NEW: Schedule = Schedule { allocated: 0, frees: 0, big_events: 0, time_us: 0 };
 
     #[inline(always)]
     pub fn allocated(&mut self, size: u64) {
         self.allocated = self.allocated.wrapping_add(size);
         if size >= BIG_BLOCK {
-            self.big_event = true;
+            self.big_events += 1;
         }
     }
 
@@ -55,12 +59,12 @@ impl Schedule {
 
     /// A big block went, an arena came or went, or a collection ended.
     pub fn big_event(&mut self) {
-        self.big_event = true;
+        self.big_events += 1;
     }
 
     /// Whether a tracked event (not time alone) makes the next reading due.
     pub fn event_due(&self) -> bool {
-        self.big_event || self.allocated >= RSS_ALLOC_TRIGGER || self.frees >= RSS_FREES_TRIGGER
+        self.big_events != 0 || self.allocated >= RSS_ALLOC_TRIGGER || self.frees >= RSS_FREES_TRIGGER
     }
 
     /// Whether the reading at the next line boundary may not be skipped.
