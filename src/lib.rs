@@ -85,7 +85,6 @@ fn register(
 
 /// A call of profiled function `fid` starts on this thread.
 pub(crate) fn enter_call(fid: u32) {
-    hooks::verify();
     let was_idle = state::top_code() == 0;
     trace_while_profiling(|| state::enter_func(fid), was_idle);
 }
@@ -93,7 +92,6 @@ pub(crate) fn enter_call(fid: u32) {
 /// The innermost profiled call returned or raised; true if no other call of the same function
 /// remains on this thread.
 pub(crate) fn leave_call() -> bool {
-    hooks::verify();
     let mut outermost = false;
     trace_while_profiling(|| outermost = state::leave(), false);
     outermost
@@ -179,13 +177,11 @@ fn gen_step(
 
 impl GenFrame {
     fn resume(&mut self) {
-        hooks::verify();
         let was_idle = state::top_code() == 0;
         trace_while_profiling(|| self.frame.resume(), was_idle);
     }
 
     fn suspend(&mut self) {
-        hooks::verify();
         trace_while_profiling(|| self.frame.suspend(), false);
     }
 

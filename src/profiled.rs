@@ -457,7 +457,6 @@ unsafe extern "C" fn function_call(
     // its vectorcall is switched, nor its entry (and `on_return`) be replaced.
     unsafe {
         Py_IncRef(callable);
-        crate::hooks::verify();
         // A call of a function already running on this thread (recursion) lets the interpreter
         // run the calls it makes inline. A first call does not: other threads' calls meanwhile
         // still come through here, where the teardown gets its row.
@@ -478,10 +477,7 @@ unsafe extern "C" fn function_call(
         if recursive {
             running(callable, code, -1);
         }
-        let result = finish(result, on_return, || {
-            crate::hooks::verify();
-            state::leave_wrapped(fid, depth)
-        });
+        let result = finish(result, on_return, || state::leave_wrapped(fid, depth));
         Py_DecRef(callable);
         result
     }

@@ -453,15 +453,14 @@ pub fn latest_alloc() -> (u64, usize) {
 }
 
 /// A reading, if one is due at this line boundary by time or by what the thread allocated and
-/// freed, and RSS moved since the last (statm alone tells, a fraction of a reading's cost);
-/// `due` says whether one fell due.
-fn due_reading(me: &Local, due: &mut bool) -> Option<Reading> {
+/// freed, and RSS moved since the last (statm alone tells, a fraction of a reading's cost).
+fn due_reading(me: &Local) -> Option<Reading> {
     let now = rss::now_us();
     let mut schedule = me.schedule.get();
-    *due = schedule.due(now);
-    if !*due {
+    if !schedule.due(now) {
         return None;
     }
+    crate::hooks::verify();
     if !schedule.event_due() && me.last.get().is_some_and(|last| !rss::rss_moved(&last)) {
         schedule.checked(now);
         me.schedule.set(schedule);
@@ -469,7 +468,7 @@ fn due_reading(me: &Local, due: &mut bool) -> Option<Reading> {
     }
     schedule.taken(now);
     me.schedule.set(schedule);
-    Some(reading_now(me))
+    Some(take_reading(me))
 }
 
 /// The RSS in bytes at which a reading asks for the debugger (`--pdb-mmem`, memory_profiler's
@@ -491,40 +490,29 @@ fn check_limit(me: &Local, os: &OsReading) {
     }
 }
 
-/// What a line or return event found: whether a reading fell due (the hooks are then checked),
-/// and the RSS of a reading that reached `RSS_LIMIT` since the last event (0: none).
-pub struct Boundary {
-    pub reading_due: bool,
-    pub over_limit: u64,
-}
-
-impl Boundary {
-    const NOTHING: Boundary = Boundary { reading_due: false, over_limit: 0 };
-}
-
 /// A line event of the innermost profiled frame, running `code` (others are dropped here), after
 /// leaving an inline frame whose exit is pending; `int_obj` is the int the interpreter allocated
-/// to pass the line number, if any.
+/// to pass the line number, if any. Returns the RSS of a reading that reached `RSS_LIMIT` since
+/// the last event (0: none).
 #[inline]
-pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> Boundary {
+pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> u64 {
     LOCAL.with(|me| {
         if me.exit_pending.replace(false) {
             // An inline call returned before this line of its caller: its teardown is over.
             leave_top_of(me);
         }
         if me.top_code.get() != code || !ENABLED.load(Ordering::Relaxed) {
-            return Boundary::NOTHING;
+            return 0;
         }
         if let Some(addr) = int_obj {
             me.emit(Record::Disown { addr: addr as u64 });
         }
         if me.top_lineno.get() == lineno {
-            return Boundary::NOTHING;
+            return 0;
         }
-        let mut due = false;
         // A frame's first line opens at its event; a reading belongs after it (see the ledger's
         // `change_line`): both take what `due_reading` gives.
-        let reading = due_reading(me, &mut due);
+        let reading = due_reading(me);
         me.top_lineno.set(lineno);
         match (reading, ring()) {
             (None, Some(ring)) => {
@@ -532,36 +520,43 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> Boundary 
             }
             (reading, _) => me.emit(Record::Line { code: code as u64, lineno, reading }),
         }
-        Boundary { reading_due: due, over_limit: me.over_limit.take() }
+        me.over_limit.take()
     })
 }
 
 /// The innermost profiled frame, running `code`, returns (after leaving an inline frame whose
 /// exit is pending); `int_obj` as for `line_event`.
-pub fn return_event(code: usize, int_obj: Option<usize>) -> Boundary {
+pub fn return_event(code: usize, int_obj: Option<usize>) -> u64 {
     LOCAL.with(|me| {
         if me.exit_pending.replace(false) {
             leave_top_of(me);
         }
         if me.top_code.get() != code || !ENABLED.load(Ordering::Relaxed) {
-            return Boundary::NOTHING;
+            return 0;
         }
         if let Some(addr) = int_obj {
             me.emit(Record::Disown { addr: addr as u64 });
         }
         if me.top_resumable.get() || me.top_lineno.get() == 0 || me.top_returned.get() {
-            return Boundary::NOTHING;
+            return 0;
         }
         me.top_returned.set(true);
-        let mut due = false;
-        let reading = due_reading(me, &mut due);
+        let reading = due_reading(me);
         me.emit(Record::Return { code: code as u64, reading });
-        Boundary { reading_due: due, over_limit: me.over_limit.take() }
+        me.over_limit.take()
     })
 }
 
-/// A reading taken now, where a call starts or ends or one fell due.
+/// A reading taken now, where a call starts or ends, our hooks checked first (another tool may
+/// have replaced them). The hooks are checked where a reading is taken or falls due, not at every
+/// call: the check asks CPython for each domain's allocator under its lock, which on 3.12 reads
+/// the clock each time, and was a sixth of a tiny nested profiled call's cost.
 fn reading_now(me: &Local) -> Reading {
+    crate::hooks::verify();
+    take_reading(me)
+}
+
+fn take_reading(me: &Local) -> Reading {
     let reading = rss::read();
     me.last.set(Some(reading.os));
     check_limit(me, &reading.os);
@@ -601,7 +596,7 @@ pub fn enter(func: u32, code: usize, inline: bool) {
             leave_top_of(me);
         }
         let nested = FRAMES.with_borrow(|frames| !frames.is_empty());
-        let reading = if nested { due_reading(me, &mut false) } else { Some(reading_now(me)) };
+        let reading = if nested { due_reading(me) } else { Some(reading_now(me)) };
         FRAMES.with_borrow_mut(|frames| {
             save_top(me, frames);
             let frame = MirroredFrame { func, code, lineno: 0, resumable: false, returned: false, inline };
@@ -625,7 +620,7 @@ pub fn leave() -> bool {
 
 fn leave_top_of(me: &Local) -> bool {
     let nested = FRAMES.with_borrow(|frames| frames.len() > 1);
-    let reading = if nested { due_reading(me, &mut false) } else { Some(reading_now(me)) };
+    let reading = if nested { due_reading(me) } else { Some(reading_now(me)) };
     me.emit(Record::Leave { reading });
     pop(me).is_some_and(|(func, _)| FRAMES.with_borrow(|frames| frames.iter().all(|f| f.func != func)))
 }

@@ -10,7 +10,6 @@
 
 use crate::cfunction::FastFunction;
 use crate::compat::{self, current_profile, current_trace};
-use crate::hooks;
 use crate::state::{self, latest_alloc, top_code};
 use pyo3::prelude::*;
 use pyo3_ffi::{
@@ -221,8 +220,7 @@ pub unsafe extern "C" fn profile(
 }
 
 /// A line event for `code` at `lineno`; `int_obj` is the int object the interpreter allocated to
-/// pass the line number, if any, so it can be taken out of the figures. Where a reading fell
-/// due, the hooks are checked too (outside the hot path).
+/// pass the line number, if any, so it can be taken out of the figures.
 #[inline]
 pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) {
     at_boundary(state::line_event(code, lineno, int_obj));
@@ -233,13 +231,11 @@ fn return_event(code: usize, int_obj: Option<usize>) {
     at_boundary(state::return_event(code, int_obj));
 }
 
+/// After a line or return event: `over` is the RSS of a reading that reached the limit (0: none).
 #[inline]
-fn at_boundary(boundary: state::Boundary) {
-    if boundary.reading_due {
-        hooks::verify();
-    }
-    if boundary.over_limit != 0 {
-        over_limit(boundary.over_limit);
+fn at_boundary(over: u64) {
+    if over != 0 {
+        over_limit(over);
     }
 }
 
@@ -509,7 +505,6 @@ unsafe extern "C" fn start_callback(
         state::leave_pending();
         if state::start_is_new(code) {
             if let Some(fid) = crate::profiled::profiled_code(code) {
-                hooks::verify();
                 state::enter(fid, code, true);
                 state::entered_unwrapped();
             }
