@@ -122,9 +122,31 @@ impl<'a> Ring<'a> {
     }
 
     /// Reserves `n` contiguous words; returns where the record goes, and whether this record
-    /// took the ring past half full.
-    #[inline]
-    fn reserve(&self, n: usize, mut wait: impl FnMut(u32) -> bool) -> Option<(usize, bool)> {
+    /// took the ring past half full. The common case, room without wrapping and no other producer
+    /// in the way, is inlined into each hook; the rest is `reserve_slowly`.
+    #[inline(always)]
+    fn reserve(&self, n: usize, wait: impl FnMut(u32) -> bool) -> Option<(usize, bool)> {
+        let capacity = self.capacity() as u64;
+        let head = self.head().load(Ordering::Relaxed);
+        let at = head as usize & self.mask;
+        if n != 0 && n <= self.capacity() / 2 && n <= self.capacity() - at {
+            let pending = head.wrapping_sub(self.tail().load(Ordering::Acquire));
+            let need = n as u64;
+            if pending + need <= capacity
+                && self
+                    .head()
+                    .compare_exchange_weak(head, head.wrapping_add(need), Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Some((at, pending < capacity / 2 && pending + need >= capacity / 2));
+            }
+        }
+        self.reserve_slowly(n, wait)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reserve_slowly(&self, n: usize, mut wait: impl FnMut(u32) -> bool) -> Option<(usize, bool)> {
         if n == 0 || n > self.capacity() / 2 {
             return None;
         }
