@@ -6,7 +6,7 @@
 use crate::rss;
 use memsleuth_core::causes::OsReading;
 use memsleuth_core::readings::{Residency, Schedule, BIG_BLOCK};
-use memsleuth_core::record::{alloc_words, free_words, line_words, Reading, Record};
+use memsleuth_core::record::{alloc_words, free_words, line_words, Reading, Record, Words};
 use memsleuth_core::ring::{Pushed, Ring};
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -291,7 +291,9 @@ impl Local {
             return;
         }
         if let Some(ring) = ring() {
-            push(ring, record.encode(self.id()).as_slice());
+            let mut words = Words::new();
+            record.encode_into(self.id(), &mut words);
+            push(ring, words.as_slice());
         }
     }
 

@@ -207,8 +207,14 @@ pub struct Words {
 
 const INLINE_WORDS: usize = 12;
 
+impl Default for Words {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Words {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Words { inline: [0; INLINE_WORDS], heap: Vec::new(), len: 0 }
     }
 
@@ -306,6 +312,15 @@ impl Record {
     /// MAX_WORDS are cut (only a registered function's source could be that long).
     pub fn encode(&self, thread: u32) -> Words {
         let mut w = Words::new();
+        self.encode_into(thread, &mut w);
+        w
+    }
+
+    /// As `encode`, into `w` (empty), which the producer keeps on its stack: `Words` returned by
+    /// value was copied out in 16-byte pieces just after being written in 8-byte ones, a stall
+    /// (failed store-to-load forwarding) that was most of encoding a call's entry or exit.
+    pub fn encode_into(&self, thread: u32, w: &mut Words) {
+        debug_assert_eq!(w.len, 0);
         w.push(0);
         let (kind, flags) = match self {
             Record::Alloc { addr, size, raw } => {
@@ -410,7 +425,7 @@ impl Record {
             }
             Record::Request { token, request } => {
                 w.push(*token);
-                encode_request(&mut w, request);
+                encode_request(w, request);
                 (kind::REQUEST, 0)
             }
             Record::Exit { status } => {
@@ -420,7 +435,6 @@ impl Record {
         };
         let len = w.len;
         w.set_header(header(kind, flags, len, thread));
-        w
     }
 
     /// The thread and record in `words` (one whole record, header first); None if they are not
