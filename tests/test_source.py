@@ -258,4 +258,37 @@ def test_a_program_under_memsleuth_run_does_not_import_inspect(tmp_path):
     assert proc.returncode == 0, proc.stderr
     imported = set(proc.stdout.split())
     assert imported.isdisjoint(HEAVY), imported & set(HEAVY)
+
+
+#: What memsleuth run imported before the program's fork, into the program, for paths the run
+#: may never take (reports, --follow-fork, memsleuth report --open, memory_profiler's API...).
+RUNNER_ONLY = ("webbrowser", "logging", "subprocess", "shlex", "tempfile", "shutil", "json", "html", "random",
+               "bz2", "lzma", "traceback", "tokenize", "linecache", "ast", "contextlib", "re", "enum", "textwrap",
+               "signal", "selectors", "memsleuth._html")
+
+
+@pytest.mark.parametrize("options", [[], ["--function", "work"]], ids=["whole-program", "function"])
+def test_a_program_under_memsleuth_run_imports_only_what_python_would(tmp_path, options):
+    (tmp_path / "program.py").write_text(textwrap.dedent("""\
+        import sys
+
+        def work():
+            b = bytearray(4_000_000)
+            del b
+
+        work()
+        print(" ".join(sorted(sys.modules)))
+        """))
+
+    def modules(*command):
+        proc = subprocess.run([sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return set(proc.stdout.split())
+
+    # Both started with -m, as python -m imports runpy and what it brings (contextlib before 3.11).
+    plain = modules("-m", "program")
+    imported = modules("-m", "memsleuth", "run", "-q", *options, "program.py")
+    assert "memsleuth._native" in imported  # (it ran under memsleuth)
+    added = imported - plain
+    assert added.isdisjoint(RUNNER_ONLY), sorted(added & set(RUNNER_ONLY))
     assert "memsleuth._native" in imported

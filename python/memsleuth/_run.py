@@ -1,23 +1,20 @@
 """``memsleuth run`` and ``memsleuth report``."""
 
-import ast
 import atexit
 import builtins
 import functools
-import importlib.util
 import io
-import json
-import linecache
 import os
-import shutil
 import sys
-import tempfile
 import threading
-import traceback
 import types
-import webbrowser
 
-from . import _html, _native, _profile, _select, _sink, _timeline, compat
+from . import _native, _profile, _select, _sink, _timeline, compat
+
+# The program runs in a child forked from this process and keeps every module imported before
+# the fork in its sys.modules, its start-up time and its RSS. So what only some runs need (ast,
+# json, tempfile, shutil, traceback, webbrowser, the HTML report...) is imported where it is used,
+# or after the fork in the sink, which is not the program.
 
 
 class UsageError(Exception):
@@ -146,6 +143,8 @@ def _script(path):
 
 
 def _module(name):
+    import importlib.util  # only for -m
+
     # Like python -m, the module is looked up from the current directory first.
     sys.path[0] = os.getcwd()
     try:
@@ -171,6 +170,9 @@ def _module(name):
 
 
 def _code_string(code):
+    # Imported for -c only: tracebacks and the report read the code from linecache's entry.
+    import linecache
+
     lines = code.splitlines(keepends=True)
     linecache.cache["<string>"] = (len(code), None, lines, "<string>")
     return _Program(code, "<string>", "-c", _main_globals(), "")
@@ -231,15 +233,21 @@ def run(options):
         return _error(str(exc), 2)
 
     try:
-        tree = ast.parse(program.source, program.filename)
+        tree = _select.parse(program.source, program.filename)
     except (SyntaxError, ValueError) as exc:
+        import traceback
+
         traceback.print_exception(type(exc), exc, None)
         return 1
     selection, whole_program, patcher = _selection(program, tree, options["functions"], options["timestamp"])
     code = compile(tree, program.filename, "exec")
 
     _sink.run_mode = True
-    children = tempfile.mkdtemp(prefix="memsleuth-children-") if options["follow_fork"] else None
+    children = None
+    if options["follow_fork"]:
+        import tempfile  # the program under --follow-fork keeps it: the directory is made before the fork
+
+        children = tempfile.mkdtemp(prefix="memsleuth-children-")
     # From here this process keeps the books, and a child runs the program.
     ending = _sink.fork_program()
     if ending is not None:
@@ -288,6 +296,8 @@ def run(options):
     except SystemExit as exc:
         status = _exit_status(exc.code)
     except KeyboardInterrupt:
+        import traceback
+
         traceback.print_exception(KeyboardInterrupt, KeyboardInterrupt(), None)
         status = 130
     except BaseException as exc:
@@ -317,6 +327,8 @@ def _report_ending(ending, options, selection, argv, children):
         else:
             status = ending["exit_status"] if ending["exit_status"] is not None else ending["exit_record"]
     else:
+        import json  # in the sink, which is not the program
+
         how, status = _sink.ending_words(ending)
         version = ".".join(str(part) for part in sys.version_info[:3])
         doc = json.loads(_native.report_json(version, argv, selection))
@@ -330,6 +342,8 @@ def _report_ending(ending, options, selection, argv, children):
         if options["json"] is not None:
             written &= _write(options["json"], json.dumps(doc, indent=2) + "\n")
         if options["html"] is not None:
+            from . import _html
+
             written &= _write(options["html"], _html.render(doc))
         if children is not None:
             with open(os.path.join(children, f"{ending['pid']}.json"), "w") as f:
@@ -342,6 +356,8 @@ def _report_ending(ending, options, selection, argv, children):
         try:
             written &= _add_children(options, children, ending["pid"])
         finally:
+            import shutil
+
             shutil.rmtree(children, ignore_errors=True)
     return status if written else status or 1
 
@@ -349,6 +365,8 @@ def _report_ending(ending, options, selection, argv, children):
 def _add_children(options, children, main_pid):
     """Adds each followed child's report, and a summary over every process, to the run's reports
     (JSON: `children` and `summary`; text: after the program's tables)."""
+    import json
+
     reports = _sink.collect_children(children, main_pid)
     if not reports:
         return True
@@ -398,6 +416,8 @@ def _finish_program():
 def _print_program_traceback(exc):
     """The program's traceback as python prints it: memsleuth's own frames (the runner, the
     generator and coroutine wrappers) left out, in chained exceptions too."""
+    import traceback
+
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
     report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
     seen = set()
@@ -422,10 +442,14 @@ def _write_reports(options, selection, timeline, stamper):
     written = True
     try:
         if options["json"] is not None or options["html"] is not None or _sink.children_dir is not None:
+            import json
+
             version = ".".join(str(part) for part in sys.version_info[:3])
             doc = json.loads(_native.report_json(version, _profile.program_argv, selection))
             doc["timeline"] = timeline
             if options["html"] is not None:
+                from . import _html
+
                 written &= _write(options["html"], _html.render(doc))
             report = json.dumps(doc)
             if options["json"] is not None:
@@ -470,6 +494,8 @@ def _write(path, text, append=False):
 
 
 def report(options):
+    import json  # imported here: at the top, every program under memsleuth run would carry it
+
     path = options["file"]
     try:
         with open(path, encoding="utf-8") as f:
@@ -494,12 +520,16 @@ def report(options):
         return 0
     page = options["html"]
     if page is None:
+        import tempfile
+
         fd, page = tempfile.mkstemp(prefix="memsleuth-", suffix=".html")
         os.close(fd)
     try:
         _check_writable(page)
     except UsageError as exc:
         return _error(str(exc), 1)
+    from . import _html
+
     # The page is drawn from the JSON as saved.
     if not _write(page, _html.render(doc)):
         return 1
@@ -510,6 +540,8 @@ def report(options):
 
 def _open_page(path):
     """Opens the page in the default browser; where there is none, says so in one line."""
+    import webbrowser
+
     url = "file://" + os.path.abspath(path)
     try:
         opened = webbrowser.open(url)

@@ -1,30 +1,52 @@
 """What ``memsleuth run`` profiles: decorated functions, ``--function`` names, or, when the
 program never mentions ``profile``, its top-level code and every function it defines."""
 
-import ast
-import importlib._bootstrap as _bootstrap
+import _ast
+import _frozen_importlib as _bootstrap  # importlib._bootstrap, without the importlib package
 import sys
 
 from . import _profile
+
+# The program runs in a child forked after this module has done its work, and would keep what it
+# imports: the tree is made and walked with the builtin _ast, not ast (which brings enum,
+# contextlib...).
 
 #: The name the rewritten program's injected decorators refer to (a builtin, so the program's
 #: globals stay as python would make them).
 INJECTED = "__memsleuth_profile__"
 
 
+def parse(source, filename):
+    """``ast.parse(source, filename)``."""
+    return compile(source, filename, "exec", _ast.PyCF_ONLY_AST)
+
+
+def _children(node):
+    """``ast.iter_child_nodes(node)``."""
+    for name in node._fields:
+        value = getattr(node, name, None)
+        if isinstance(value, _ast.AST):
+            yield value
+        elif isinstance(value, list):
+            yield from (item for item in value if isinstance(item, _ast.AST))
+
+
 def mentions_profile(tree):
     """Whether the program uses the name ``profile`` anywhere (a decorator, an import...)."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id == "profile":
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, _ast.Name) and node.id == "profile":
             return True
-        if isinstance(node, ast.Attribute) and node.attr == "profile":
+        if isinstance(node, _ast.Attribute) and node.attr == "profile":
             return True
-        if isinstance(node, ast.alias) and (node.asname or node.name).split(".")[-1] == "profile":
+        if isinstance(node, _ast.alias) and (node.asname or node.name).split(".")[-1] == "profile":
             return True
+        pending.extend(_children(node))
     return False
 
 
-class _Decorate(ast.NodeTransformer):
+class _Decorate:
     """Adds the injected decorator, innermost, to every function (``wanted`` None) or to those
     whose qualified name is in ``wanted``; records which it found."""
 
@@ -33,32 +55,29 @@ class _Decorate(ast.NodeTransformer):
         self.found = set()
         self.scope = []
 
-    def _function(self, node):
-        qualname = ".".join([*self.scope, node.name])
-        if self.wanted is None or qualname in self.wanted:
-            decorator = ast.copy_location(ast.Name(id=INJECTED, ctx=ast.Load()), node)
-            node.decorator_list.append(decorator)
-            self.found.add(qualname)
-        self.scope += [node.name, "<locals>"]
-        self.generic_visit(node)
-        del self.scope[-2:]
-        return node
-
-    visit_FunctionDef = _function
-    visit_AsyncFunctionDef = _function
-
-    def visit_ClassDef(self, node):
-        self.scope.append(node.name)
-        self.generic_visit(node)
-        self.scope.pop()
-        return node
+    def visit(self, node):
+        scope = []
+        if isinstance(node, (_ast.FunctionDef, _ast.AsyncFunctionDef)):
+            qualname = ".".join([*self.scope, node.name])
+            if self.wanted is None or qualname in self.wanted:
+                # At the def's place, as ast.copy_location would put it.
+                node.decorator_list.append(_ast.Name(
+                    id=INJECTED, ctx=_ast.Load(), lineno=node.lineno, col_offset=node.col_offset,
+                    end_lineno=node.end_lineno, end_col_offset=node.end_col_offset))
+                self.found.add(qualname)
+            scope = [node.name, "<locals>"]
+        elif isinstance(node, _ast.ClassDef):
+            scope = [node.name]
+        self.scope += scope
+        for child in _children(node):
+            self.visit(child)
+        del self.scope[len(self.scope) - len(scope):]
 
 
 def decorate(tree, wanted):
     """Rewrites ``tree`` in place; returns the qualified names decorated."""
     visitor = _Decorate(wanted)
     visitor.visit(tree)
-    ast.fix_missing_locations(tree)
     return visitor.found
 
 

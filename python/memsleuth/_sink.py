@@ -192,8 +192,6 @@ def fork_program():
     """Under ``memsleuth run``: forks. The child returns None and runs the program, recording
     into the ring; this process becomes the sink, and returns how the program ended once it has."""
     global kind
-    import shutil
-
     if requested() == "thread" or sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
         # Asked to keep the books in a thread, or called from Python with its output redirected
         # in the process: the program must run here (a spawned sink, or a thread, keeps them).
@@ -220,6 +218,8 @@ def fork_program():
     try:
         ending = _native.serve_sink(doorbell_r, replies, pid, False, _native.glibc_serves_above())
     finally:
+        import shutil  # here, in the sink: imported before the fork, the program would keep it
+
         shutil.rmtree(replies, ignore_errors=True)
     ending["pid"] = pid
     return ending

@@ -9,18 +9,17 @@ each function's table covers all its calls so far. ``backend`` arguments are acc
 checked, and memsleuth's own figures are kept.
 """
 
-import contextlib
 import functools
-import logging
 import os
-import re
-import subprocess
 import sys
 import threading
 import time
 
 from . import _native, _profile, _timeline
 from ._nested import nested_codes
+
+# Every program under ``memsleuth run`` imports this module (as ``memory_profiler``) and would
+# keep what it imports: logging, re and subprocess are imported where they are used.
 
 #: The memory_profiler release whose API this module provides.
 __version__ = "0.61.0"
@@ -147,6 +146,8 @@ def memory_usage(proc=-1, interval=.1, timeout=None, timestamps=False, include_c
     if callable(proc):
         proc = (proc, (), {})
     if isinstance(proc, (list, tuple)) and proc and all(isinstance(p, str) for p in proc):
+        import subprocess
+
         process = subprocess.Popen(list(proc))
         try:
             return memory_usage(process, interval, timeout, timestamps, include_children, multiprocess,
@@ -177,7 +178,9 @@ def memory_usage(proc=-1, interval=.1, timeout=None, timestamps=False, include_c
 
 def _sample_process(proc, interval, timeout, timestamps, include_children, multiprocess, stream):
     """The samples of a process, or none when each is written to ``stream`` as it is taken."""
-    popen = proc if isinstance(proc, subprocess.Popen) else None
+    # A program that passes a Popen has imported subprocess.
+    subprocess = sys.modules.get("subprocess")
+    popen = proc if subprocess is not None and isinstance(proc, subprocess.Popen) else None
     if popen is not None:
         pid = popen.pid
     elif isinstance(proc, (int, str)) and not isinstance(proc, bool) and str(proc).lstrip("-").isdigit():
@@ -578,18 +581,8 @@ class TimeStamper:
         mem = _Sampler(os.getpid(), False, self.include_children, False).total()
         return mem, time.time()
 
-    @contextlib.contextmanager
     def _timed(self, func):
-        self.add_function(func)
-        stamps = [self._reading()]
-        self.functions[func].append(stamps)
-        self.current_stack_level += 1
-        self.stack[func].append(self.current_stack_level)
-        try:
-            yield
-        finally:
-            self.current_stack_level -= 1
-            stamps.append(self._reading())
+        return _Timed(self, func)
 
     def wrap_function(self, func):
         """``func`` timed at each call (a coroutine function: until its coroutine returns)."""
@@ -628,6 +621,36 @@ class TimeStamper:
         out.flush()
 
 
+class _Timed:
+    """A call of ``func`` timed by ``stamper``, as a context manager (not contextlib's, which
+    programs under ``memsleuth run`` would then import)."""
+
+    def __init__(self, stamper, func):
+        self.stamper = stamper
+        self.func = func
+
+    def __enter__(self):
+        stamper, func = self.stamper, self.func
+        stamper.add_function(func)
+        self.stamps = [stamper._reading()]
+        stamper.functions[func].append(self.stamps)
+        stamper.current_stack_level += 1
+        stamper.stack[func].append(stamper.current_stack_level)
+
+    def __exit__(self, *exc_info):
+        self.stamper.current_stack_level -= 1
+        self.stamps.append(self.stamper._reading())
+
+    def __call__(self, function):
+        """As a decorator (``@stamper.timestamp("name")``, as contextlib's allow): each call timed."""
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            with _Timed(self.stamper, self.func):
+                return function(*args, **kwargs)
+
+        return timed
+
+
 class _Block:
     """What ``TimeStamper.timestamp`` reports a block as: a function named ``name`` in no module."""
 
@@ -641,7 +664,8 @@ class _Block:
 # LogFile
 
 
-_ROW = re.compile(r"^\s*\d+\s+-?[\d.]+ MiB\s+(-?[\d.]+) MiB")
+#: A table row's Increment: compiled on first use, as re is imported then.
+_ROW = None
 
 
 class LogFile:
@@ -650,10 +674,12 @@ class LogFile:
     Increment is positive."""
 
     def __init__(self, name=None, reportIncrementFlag=False):
+        import logging
+
         self.logger = logging.getLogger(name)
         self.reportIncrementFlag = reportIncrementFlag
 
-    def write(self, msg, level=logging.INFO):
+    def write(self, msg, level=20):  # logging.INFO
         for line in msg.splitlines():
             if self.reportIncrementFlag and not self._reported(line):
                 continue
@@ -661,6 +687,11 @@ class LogFile:
 
     @staticmethod
     def _reported(line):
+        global _ROW
+        if _ROW is None:
+            import re
+
+            _ROW = re.compile(r"^\s*\d+\s+-?[\d.]+ MiB\s+(-?[\d.]+) MiB")
         row = _ROW.match(line)
         if row is not None:
             return float(row.group(1)) > 0
