@@ -537,6 +537,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(enter, m)?)?;
     m.add_function(wrap_pyfunction!(leave, m)?)?;
     m.add_function(wrap_pyfunction!(retake_trace, m)?)?;
+    m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add("line_event", tracing::LINE_CALLBACK.object(m.py())?)?;
     m.add("return_event", tracing::RETURN_CALLBACK.object(m.py())?)?;
     m.add("start_event", tracing::START_CALLBACK.object(m.py())?)?;

@@ -725,6 +725,26 @@ def test_uncaught_exception(tmp_path):
     check_text_matches_json(result.stdout, report)
 
 
+def test_modules_named_as_the_standard_ones_beside_the_program_are_left_alone(tmp_path):
+    """The program's directory comes first on sys.path, and may hold a json.py or a
+    traceback.py of its own: the reports and the program's traceback must not import them."""
+    for name in ("json", "html", "traceback", "linecache"):
+        (tmp_path / f"{name}.py").write_text(f"import sys\nsys.stderr.write('imported the program\\'s {name}.py\\n')\n")
+    script = tmp_path / "prog.py"
+    script.write_text("def f():\n    return [1] * 10\nf()\nraise ValueError('boom')\n")
+    html_path = tmp_path / "report.html"
+    result = memsleuth(
+        "run", "--json", tmp_path / "report.json", "--html", html_path, script, cwd=tmp_path,
+        json_path=tmp_path / "report.json")
+    assert result.returncode == 1, result
+    # As python prints it (3.13's own traceback printing imports the program's traceback.py).
+    assert result.stderr == python(script, cwd=tmp_path).stderr, result
+    for name in ("json", "html", "linecache"):
+        assert f"imported the program's {name}.py" not in result.stderr, result
+    assert {f["name"] for f in result.report["functions"]} >= {"f"}
+    assert html_path.read_text().startswith("<!DOCTYPE html>")
+
+
 def test_uncaught_exception_from_profiled_generator(tmp_path):
     script = CLI / "raises.py"
     result = run(script, "generator", tmp_path=tmp_path)

@@ -12,6 +12,8 @@ the script element.
 import html
 import json
 
+from . import _native
+
 #: The causes of a line's RSS change, in the JSON's order (docs/design.md, "Causes"), with the
 #: colour each has on the page.
 CAUSES = [
@@ -62,15 +64,6 @@ def human_bytes(n):
 
 def signed_bytes(n):
     return ("+" if n > 0 else "") + human_bytes(n)
-
-
-def _version():
-    try:
-        from importlib.metadata import version
-
-        return version("memsleuth")
-    except Exception:  # not installed as a distribution (a source tree on sys.path)
-        return "unknown"
 
 
 def _e(text):
@@ -215,7 +208,7 @@ def _summary(report):
     rows = [
         ("Command line", " ".join(argv) if argv else "(not recorded)"),
         ("Python", report.get("python_version", "")),
-        ("memsleuth version (of this page)", _version()),
+        ("memsleuth version (of this page)", _native.VERSION),
         ("What was profiled", report.get("selection") or ""),
         ("Books kept in", {"thread": "a thread of the program (its RSS includes memsleuth's tables)",
                            "process": "a sink process"}.get(report.get("sink"), report.get("sink") or "")),

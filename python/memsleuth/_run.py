@@ -14,7 +14,10 @@ from . import _native, _profile, _select, _sink, _timeline, compat
 # The program runs in a child forked from this process and keeps every module imported before
 # the fork in its sys.modules, its start-up time and its RSS. So what only some runs need (ast,
 # json, tempfile, shutil, traceback, webbrowser, the HTML report...) is imported where it is used,
-# or after the fork in the sink, which is not the program.
+# or after the fork in the sink, which is not the program. What the program's process itself
+# needs at its end is imported before the program's directory goes first on sys.path, where a
+# json.py of its own would be found instead: the JSON and HTML reports' modules only when asked
+# for, and no traceback module at all (the program's traceback is printed by sys.excepthook).
 
 
 class UsageError(Exception):
@@ -243,6 +246,11 @@ def run(options):
     code = compile(tree, program.filename, "exec")
 
     _sink.run_mode = True
+    if options["json"] is not None or options["html"] is not None or options["follow_fork"]:
+        import json  # noqa: F401 (for _write_reports, from the standard library's json)
+
+        if options["html"] is not None:
+            from . import _html  # noqa: F401
     children = None
     if options["follow_fork"]:
         import tempfile  # the program under --follow-fork keeps it: the directory is made before the fork
@@ -295,10 +303,8 @@ def run(options):
             exec(code, main.__dict__)
     except SystemExit as exc:
         status = _exit_status(exc.code)
-    except KeyboardInterrupt:
-        import traceback
-
-        traceback.print_exception(KeyboardInterrupt, KeyboardInterrupt(), None)
+    except KeyboardInterrupt as exc:
+        _print_program_traceback(exc)
         status = 130
     except BaseException as exc:
         _print_program_traceback(exc)
@@ -414,24 +420,40 @@ def _finish_program():
 
 
 def _print_program_traceback(exc):
-    """The program's traceback as python prints it: memsleuth's own frames (the runner, the
-    generator and coroutine wrappers) left out, in chained exceptions too."""
-    import traceback
-
+    """The program's traceback as python prints it, by sys.excepthook (the program's, if it set
+    one), with memsleuth's own frames (the runner, the generator and coroutine wrappers) taken out
+    of its traceback and of those of the exceptions chained to it."""
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
     seen = set()
-    pending = [report]
+    pending = [exc]
     while pending:
-        te = pending.pop()
-        if id(te) in seen:
+        current = pending.pop()
+        if current is None or id(current) in seen:
             continue
-        seen.add(id(te))
-        te.stack = traceback.StackSummary.from_list(
-            [frame for frame in te.stack if not os.path.abspath(frame.filename).startswith(package)]
-        )
-        pending += [chained for chained in (te.__cause__, te.__context__) if chained is not None]
-    sys.stderr.write("".join(report.format()))
+        seen.add(id(current))
+        current.__traceback__ = _without_frames_in(package, current.__traceback__)
+        pending += [current.__cause__, current.__context__, *getattr(current, "exceptions", ())]
+    try:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    except BaseException:
+        sys.__excepthook__(type(exc), exc, exc.__traceback__)
+
+
+def _without_frames_in(package, tb):
+    """The traceback chain ``tb`` without the entries of code under ``package``."""
+    first = last = None
+    while tb is not None:
+        following = tb.tb_next
+        if not os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package):
+            if last is None:
+                first = tb
+            else:
+                last.tb_next = tb
+            last = tb
+        tb = following
+    if last is not None:
+        last.tb_next = None
+    return first
 
 
 def _write_reports(options, selection, timeline, stamper):
