@@ -88,7 +88,7 @@ impl HotRecord {
         let record = match (head as u8, payload) {
             (kind::ALLOC, &[addr, size]) => HotRecord::Alloc { addr, size, raw },
             (kind::FREE, &[addr]) => HotRecord::Free { addr, raw },
-            (kind::LINE, &[code, lineno]) if flags & HAS_READING == 0 && lineno <= u64::from(u32::MAX) => {
+            (kind::LINE, &[code, lineno]) if flags & HAS_READING == 0 => {
                 HotRecord::Line { code, lineno: lineno as u32 }
             }
             _ => return None,
