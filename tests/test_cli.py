@@ -745,6 +745,23 @@ def test_modules_named_as_the_standard_ones_beside_the_program_are_left_alone(tm
     assert html_path.read_text().startswith("<!DOCTYPE html>")
 
 
+@pytest.mark.parametrize("raised", [
+    "Failed('x')",  # an exception with an attribute named as an exception group's members
+    pytest.param("ExceptionGroup('g', [ValueError(1), KeyError(2)])",
+                 marks=pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are 3.11+")),
+])
+def test_uncaught_exception_with_members_prints_as_python(tmp_path, raised):
+    script = tmp_path / "prog.py"
+    script.write_text(
+        "class Failed(Exception):\n    exceptions = ['not an exception']\n"
+        f"def f():\n    raise {raised}\nf()\n"
+    )
+    result = memsleuth("run", script, cwd=tmp_path)
+    assert result.returncode == 1, result
+    assert result.stderr == python(script, cwd=tmp_path).stderr, result
+    assert_clean_stderr(result.stderr, traceback_expected=True)
+
+
 def test_uncaught_exception_from_profiled_generator(tmp_path):
     script = CLI / "raises.py"
     result = run(script, "generator", tmp_path=tmp_path)

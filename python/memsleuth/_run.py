@@ -432,11 +432,17 @@ def _print_program_traceback(exc):
             continue
         seen.add(id(current))
         current.__traceback__ = _without_frames_in(package, current.__traceback__)
-        pending += [current.__cause__, current.__context__, *getattr(current, "exceptions", ())]
+        pending += [current.__cause__, current.__context__]
+        if _EXCEPTION_GROUP is not None and isinstance(current, _EXCEPTION_GROUP):
+            pending += current.exceptions
     try:
         sys.excepthook(type(exc), exc, exc.__traceback__)
     except BaseException:
         sys.__excepthook__(type(exc), exc, exc.__traceback__)
+
+
+#: The base of exception groups (3.11+), whose members' tracebacks are printed too.
+_EXCEPTION_GROUP = getattr(builtins, "BaseExceptionGroup", None)
 
 
 def _without_frames_in(package, tb):
