@@ -334,6 +334,7 @@ pub fn request(request: Request) -> Option<String> {
 }
 
 /// How the program ended, as the sink saw it.
+#[derive(Default)]
 pub struct Ending {
     /// The status it gave as it ended normally (an Exit record).
     pub exit_record: Option<i32>,
@@ -357,7 +358,7 @@ pub fn serve(doorbell: RawFd, replies: &Path, program: i32, program_is_parent: b
     allocators.apply(&mut BOOKS.lock().ledger);
     KEEPS_BOOKS.store(true, Ordering::Relaxed);
     let Some(ring) = ring() else {
-        return Ending { exit_record: None, waited: None, rss_peak: 0, cut_short: false };
+        return Ending::default();
     };
     let backlog = Backlog::new(BACKLOG_WORDS);
     let mut ending = std::thread::scope(|s| {
@@ -368,7 +369,7 @@ pub fn serve(doorbell: RawFd, replies: &Path, program: i32, program_is_parent: b
             Ok(reader) => {
                 keep_books(ring, &backlog, replies);
                 // The reader never panics (the process aborts on panic): join only waits.
-                reader.join().unwrap_or(Ending { exit_record: None, waited: None, rss_peak: 0, cut_short: true })
+                reader.join().unwrap_or(Ending { cut_short: true, ..Ending::default() })
             }
             // No thread to be had: this one reads and applies in turn, as the books keep up.
             Err(_) => {
@@ -424,7 +425,7 @@ fn read_until_end(
     program_is_parent: bool,
     mut after_read: impl FnMut(&Backlog),
 ) -> Ending {
-    let mut ending = Ending { exit_record: None, waited: None, rss_peak: 0, cut_short: false };
+    let mut ending = Ending::default();
     let mut ended = false;
     loop {
         let mut chunk = backlog.empty_chunk();
