@@ -16,7 +16,7 @@
 //! programs that daemonize close every descriptor they did not open.
 
 use crate::state::{ring, set_ring, SpinLock};
-use memsleuth_core::backlog::{Backlog, Chunk};
+use memsleuth_core::backlog::{Backlog, Chunk, Next};
 use memsleuth_core::books::Books;
 use memsleuth_core::record::{header_words, Record, Request};
 use memsleuth_core::report::{render_function, Report};
@@ -428,9 +428,7 @@ fn read_until_end(
     let mut ending = Ending::default();
     let mut ended = false;
     loop {
-        let mut chunk = backlog.empty_chunk();
-        let drained = ring.drain_into(CHUNK_WORDS, &mut chunk);
-        backlog.push(chunk);
+        let drained = backlog.read_into(|chunk| ring.drain_into(CHUNK_WORDS, chunk));
         after_read(backlog);
         match drained {
             Drained::More(_) => continue,
@@ -448,12 +446,35 @@ fn read_until_end(
     }
 }
 
-/// The books thread: applies the backlog's chunks in order until it is closed and empty.
+/// The books thread: applies the backlog's chunks in order until it is closed and empty,
+/// reading the ring itself whenever the backlog is empty. While it keeps up, the ring never gets
+/// half full and the reader sleeps: the program's records are copied once, on this thread,
+/// instead of handed between two threads that share a core with the program.
 fn keep_books(ring: &Ring<'_>, backlog: &Backlog, replies: &Path) {
-    while let Some(chunk) = backlog.pop() {
-        apply_chunk(ring, backlog, chunk, replies);
+    let mut pause = IDLE_PAUSES.start;
+    loop {
+        match backlog.next(|chunk| {
+            ring.drain_into(CHUNK_WORDS, chunk);
+        }) {
+            Next::Chunk(chunk) => {
+                apply_chunk(ring, backlog, chunk, replies);
+                pause = IDLE_PAUSES.start;
+            }
+            Next::Idle => {
+                backlog.wait(pause);
+                pause = (pause * 2).min(IDLE_PAUSES.end);
+            }
+            Next::Closed => return,
+        }
     }
 }
+
+/// How long the books thread waits on an empty ring, doubling from the first to the last while
+/// nothing comes: short enough that a busy program's ring is read well before it is half full,
+/// and at most the reader's own 2 ms poll when the program is idle. A request, or a ring half
+/// full, wakes it at once through the reader.
+const IDLE_PAUSES: std::ops::Range<std::time::Duration> =
+    std::time::Duration::from_micros(50)..std::time::Duration::from_millis(2);
 
 /// Applies the records of `chunk` to the books, answering requests as they come.
 fn apply_chunk(ring: &Ring<'_>, backlog: &Backlog, chunk: Chunk, replies: &Path) {

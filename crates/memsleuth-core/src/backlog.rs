@@ -4,9 +4,16 @@
 //! the program's work: doubling a block table of millions of entries takes tens of milliseconds,
 //! during which the program would wait on a full ring. The reader keeps the ring drained meanwhile;
 //! the backlog holds up to a bound, past which the reader waits and the ring fills as before.
+//!
+//! The ring has one consumer at a time: whoever holds `reading`. The books thread reads the ring
+//! itself whenever the backlog is empty (`next`), so that the reader is only needed while the
+//! books are busy; the reader adds what it read to the backlog before it lets go (`read_into`).
+//! Records therefore reach the books in the ring's order: what the books thread reads itself is
+//! newer than everything the backlog held when it took `reading`.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Words of records, whole records only, in the order the ring held them.
 pub type Chunk = Vec<u64>;
@@ -17,6 +24,21 @@ pub struct Backlog {
     /// one is taken (for a reader held back by the bound).
     changed: Condvar,
     max_words: usize,
+    /// Held by whoever reads the ring (the reader thread, or the books thread when the backlog
+    /// is empty).
+    reading: Mutex<()>,
+}
+
+/// What the books thread applies next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The oldest chunk of the backlog, or, with the backlog empty, what the books thread read
+    /// from the ring itself.
+    Chunk(Chunk),
+    /// Nothing to apply now: the backlog is empty and so was the ring.
+    Idle,
+    /// Closed, and every chunk taken.
+    Closed,
 }
 
 struct State {
@@ -35,6 +57,7 @@ impl Backlog {
             state: Mutex::new(State { chunks: VecDeque::new(), words: 0, spare: Vec::new(), closed: false }),
             changed: Condvar::new(),
             max_words,
+            reading: Mutex::new(()),
         }
     }
 
@@ -48,9 +71,60 @@ impl Backlog {
         self.lock().spare.pop().unwrap_or_default()
     }
 
-    /// Adds `chunk` (the reader), first waiting while the backlog holds `max_words` or more; an
-    /// empty chunk is kept for reuse.
-    pub fn push(&self, chunk: Chunk) {
+    /// The reader's turn at the ring: `read` fills an empty chunk (whole records, in order), which
+    /// is added to the backlog before another reader of the ring may start. Returns what `read`
+    /// returned.
+    pub fn read_into<R>(&self, read: impl FnOnce(&mut Chunk) -> R) -> R {
+        let _reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        let mut chunk = self.empty_chunk();
+        let got = read(&mut chunk);
+        self.push(chunk);
+        got
+    }
+
+    /// The books thread's next chunk: the backlog's oldest, or, when the backlog is empty and not
+    /// closed, what `read` reads from the ring into an empty chunk (Idle if nothing). Never waits
+    /// for a chunk; a reader adding one waits only for `read` to end.
+    pub fn next(&self, read: impl FnOnce(&mut Chunk)) -> Next {
+        if let Some(next) = self.take_oldest() {
+            return next;
+        }
+        let _reading = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        // The reader may have added a chunk before this thread took the ring: it is older.
+        if let Some(next) = self.take_oldest() {
+            return next;
+        }
+        let mut chunk = self.empty_chunk();
+        read(&mut chunk);
+        if chunk.is_empty() {
+            self.lock().spare.push(chunk);
+            return Next::Idle;
+        }
+        Next::Chunk(chunk)
+    }
+
+    /// The oldest chunk, or Closed, or None when the backlog is empty and open.
+    fn take_oldest(&self) -> Option<Next> {
+        let mut state = self.lock();
+        if let Some(chunk) = state.chunks.pop_front() {
+            state.words -= chunk.len();
+            self.changed.notify_all();
+            return Some(Next::Chunk(chunk));
+        }
+        state.closed.then_some(Next::Closed)
+    }
+
+    /// Waits up to `timeout` for a chunk or the close (the books thread, after `next` was Idle).
+    pub fn wait(&self, timeout: Duration) {
+        let state = self.lock();
+        if state.chunks.is_empty() && !state.closed {
+            drop(self.changed.wait_timeout(state, timeout).unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    /// Adds `chunk` (the reader, holding `reading`), first waiting while the backlog holds
+    /// `max_words` or more; an empty chunk is kept for reuse.
+    fn push(&self, chunk: Chunk) {
         let mut state = self.lock();
         if chunk.is_empty() {
             state.spare.push(chunk);
@@ -160,5 +234,41 @@ mod tests {
             backlog.close();
             assert_eq!(books.join().unwrap(), vec![7]);
         });
+    }
+
+    #[test]
+    fn the_books_thread_reads_the_ring_itself_only_when_the_backlog_is_empty() {
+        let backlog = Backlog::new(16);
+        backlog.read_into(|chunk| chunk.push(1));
+        let mut read = false;
+        assert_eq!(backlog.next(|_| read = true), Next::Chunk(vec![1]));
+        assert!(!read, "the backlog's records are older than the ring's");
+        assert_eq!(backlog.next(|chunk| chunk.push(2)), Next::Chunk(vec![2]));
+        assert_eq!(backlog.next(|_| {}), Next::Idle);
+        backlog.close();
+        assert_eq!(backlog.next(|_| read = true), Next::Closed);
+        assert!(!read, "nothing is read once the reader closed the backlog");
+    }
+
+    #[test]
+    fn what_the_reader_holds_when_the_books_thread_comes_to_the_ring_is_applied_first() {
+        let backlog = Backlog::new(16);
+        let reading = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                backlog.read_into(|chunk| {
+                    reading.store(true, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    chunk.push(1);
+                })
+            });
+            while !reading.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            // The backlog looked empty when the books thread came; the reader's chunk, read from
+            // the ring first, still comes before anything the books thread would read.
+            assert_eq!(backlog.next(|chunk| chunk.push(2)), Next::Chunk(vec![1]));
+        });
+        assert_eq!(backlog.next(|chunk| chunk.push(2)), Next::Chunk(vec![2]));
     }
 }
