@@ -199,6 +199,9 @@ pub struct Local {
     unwrapped: Cell<bool>,
     /// The latest reading while the thread has a profiled frame.
     last: Cell<Option<OsReading>>,
+    /// When the thread last passed a line boundary or took a reading (`rss::now_us`): a line
+    /// that ran long since then makes a reading due.
+    boundary_us: Cell<u64>,
     /// Open quiet sections.
     quiet: Cell<u32>,
     /// The RSS of a reading that reached `RSS_LIMIT`, until the next line or return event
@@ -223,6 +226,7 @@ thread_local! {
             expected_start: Cell::new(0),
             unwrapped: Cell::new(false),
             last: Cell::new(None),
+            boundary_us: Cell::new(0),
             quiet: Cell::new(0),
             over_limit: Cell::new(0),
         }
@@ -458,8 +462,9 @@ pub fn latest_alloc() -> (u64, usize) {
 /// freed, and RSS moved since the last (statm alone tells, a fraction of a reading's cost).
 fn due_reading(me: &Local) -> Option<Reading> {
     let now = rss::now_us();
+    let line_us = now.wrapping_sub(me.boundary_us.replace(now));
     let mut schedule = me.schedule.get();
-    if !schedule.due(now) {
+    if !schedule.due(now, line_us) {
         return None;
     }
     crate::hooks::verify();
@@ -554,6 +559,7 @@ pub fn return_event(code: usize, int_obj: Option<usize>) -> u64 {
 /// call: the check asks CPython for each domain's allocator under its lock, which on 3.12 reads
 /// the clock each time, and was a sixth of a tiny nested profiled call's cost.
 fn reading_now(me: &Local) -> Reading {
+    me.boundary_us.set(rss::now_us());
     crate::hooks::verify();
     take_reading(me)
 }

@@ -44,6 +44,31 @@ def test_native_free_is_charged_to_the_line_that_freed(run_fixture):
     assert abs(after["rss_delta_bytes"]) < grown // 20, after
 
 
+def test_what_a_line_that_ran_long_mapped_is_read_where_it_ends(run_source):
+    # A line of C code that maps memory no hook sees, quick enough (under a millisecond) that
+    # a reading at its end falls due only because it ran 100 us or more (the sleep makes sure of
+    # that), not because RSS was last looked at long ago: the entry's reading was just taken.
+    run = run_source(
+        "import ctypes, time\n"
+        "from memsleuth import profile\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.malloc.restype = ctypes.c_void_p\n"
+        "libc.malloc.argtypes = [ctypes.c_size_t]\n"
+        "malloc, memset, sleep = libc.malloc, ctypes.memset, time.sleep\n"
+        "N = 256 * 1024\n"
+        "@profile\n"
+        "def native():\n"
+        "    before = 1\n"
+        "    block = memset(malloc(N), 1, N); sleep(0.0002)\n"
+        "    after = 1\n"
+        "    return block\n"
+        "native()\n"
+    )
+    mapped = run.line("native", "block = memset(malloc(N), 1, N); sleep(0.0002)")
+    assert abs(mapped["rss_delta_bytes"] - 256 * 1024) < 64 * 1024, mapped
+    assert abs(run.line("native", "after = 1")["rss_delta_bytes"]) < 64 * 1024
+
+
 def test_a_profiler_of_the_program_is_left_in_place(run_source):
     # Before 3.12 memsleuth installs a profile function while a profiled call runs, only where
     # the thread has none, and removes only its own.

@@ -13,10 +13,15 @@ use crate::ledger::FxHasher;
 pub const RSS_ALLOC_TRIGGER: u64 = 64 * 1024;
 /// ... or freed this many blocks (the producer does not know their sizes) ...
 pub const RSS_FREES_TRIGGER: u64 = 1024;
-/// ... or when this much time has passed: memory a C library maps or unmaps is seen by no
-/// hook, and a line can unmap tens of MB in a millisecond (huge pages). Due by time alone, RSS
-/// is looked at first (a read of statm, about 2 us) and the reading taken only if it moved.
-pub const RSS_TIME_TRIGGER_US: u64 = 100;
+/// ... or after a line that ran this long: memory a C library maps or unmaps is seen by no hook,
+/// and a line can unmap tens of MB in a millisecond (huge pages), so what a long line did must
+/// be read where it ends ...
+pub const LONG_LINE_US: u64 = 100;
+/// ... or when RSS was last looked at this long ago (what short lines of C code map bit by bit).
+/// Due by time alone, RSS is looked at first (a read of statm, about 2 us) and the reading taken
+/// only if it moved. Looking every 100 us whatever the lines' length was about 3% of a hot
+/// loop's time.
+pub const RSS_PERIOD_US: u64 = 1000;
 /// Requests at least this large may be served by mmap (glibc's threshold starts at 128 KiB and
 /// only grows), so their coming and going always makes the next reading due.
 pub const BIG_BLOCK: u64 = 128 * 1024;
@@ -67,9 +72,10 @@ impl Schedule {
         self.big_events != 0 || self.allocated >= RSS_ALLOC_TRIGGER || self.frees >= RSS_FREES_TRIGGER
     }
 
-    /// Whether the reading at the next line boundary may not be skipped.
-    pub fn due(&self, now_us: u64) -> bool {
-        self.event_due() || now_us.wrapping_sub(self.time_us) >= RSS_TIME_TRIGGER_US
+    /// Whether the reading at a line boundary may not be skipped; `line_us` is how long it is
+    /// since the thread's previous boundary.
+    pub fn due(&self, now_us: u64, line_us: u64) -> bool {
+        self.event_due() || line_us >= LONG_LINE_US || now_us.wrapping_sub(self.time_us) >= RSS_PERIOD_US
     }
 
     /// Due by time alone, RSS was looked at and found where the latest reading left it.
@@ -417,32 +423,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reading_falls_due_by_allocation_frees_big_events_or_time() {
+    fn a_reading_falls_due_by_allocation_frees_big_events_a_long_line_or_time() {
         let mut s = Schedule::NEW;
         s.taken(10_000);
-        assert!(!s.due(10_000 + RSS_TIME_TRIGGER_US - 1));
-        assert!(s.due(10_000 + RSS_TIME_TRIGGER_US));
+        assert!(!s.due(10_000 + RSS_PERIOD_US - 1, 0));
+        assert!(s.due(10_000 + RSS_PERIOD_US, 0));
+        assert!(!s.due(10_000 + 1, LONG_LINE_US - 1));
+        assert!(s.due(10_000 + 1, LONG_LINE_US), "what a long line did is read where it ends");
         s.allocated(RSS_ALLOC_TRIGGER - 1);
-        assert!(!s.due(10_000));
+        assert!(!s.due(10_000, 0));
         s.allocated(1);
-        assert!(s.due(10_000) && s.event_due());
+        assert!(s.due(10_000, 0) && s.event_due());
         s.taken(10_000);
         for _ in 0..RSS_FREES_TRIGGER - 1 {
             s.freed();
         }
-        assert!(!s.due(10_000));
+        assert!(!s.due(10_000, 0));
         s.freed();
-        assert!(s.due(10_000));
+        assert!(s.due(10_000, 0));
         s.taken(10_000);
         s.allocated(BIG_BLOCK);
         s.taken(10_000);
         s.big_event();
-        assert!(s.due(10_000), "freeing a big block may unmap it");
+        assert!(s.due(10_000, 0), "freeing a big block may unmap it");
         s.taken(10_000);
-        assert!(!s.event_due() && s.due(10_000 + RSS_TIME_TRIGGER_US));
-        s.checked(10_000 + RSS_TIME_TRIGGER_US);
-        assert!(!s.due(10_000 + 2 * RSS_TIME_TRIGGER_US - 1));
-        assert!(s.due(10_000 + 2 * RSS_TIME_TRIGGER_US));
+        assert!(!s.event_due() && s.due(10_000 + RSS_PERIOD_US, 0));
+        s.checked(10_000 + RSS_PERIOD_US);
+        assert!(!s.due(10_000 + 2 * RSS_PERIOD_US - 1, 0));
+        assert!(s.due(10_000 + 2 * RSS_PERIOD_US, 0));
     }
 
     #[test]
