@@ -115,6 +115,15 @@ def command(tool, python, peers_python, script, tmp):
     return [python, script]
 
 
+def compile_memsleuth(python):
+    """Writes the bytecode of memsleuth's modules, as pip does when it installs a package: under
+    an editable install with PYTHONDONTWRITEBYTECODE set, every measured run would compile them
+    from source again (about 58 million instructions, some 20 ms, on 3.12)."""
+    package = subprocess.check_output(
+        [python, "-c", "import memsleuth, os; print(os.path.dirname(memsleuth.__file__))"], text=True).strip()
+    subprocess.check_call([python, "-m", "compileall", "-q", package])
+
+
 def become_subreaper():
     """Orphans of the measured programs (memsleuth's sink processes) come back to this process,
     which reaps them and counts their CPU time and peak RSS apart from the program's."""
@@ -196,6 +205,7 @@ def main():
                              "sizes), memsleuth against plain Python")
     args = parser.parse_args()
 
+    compile_memsleuth(args.python)
     if args.instructions is not None:
         tmp = tempfile.mkdtemp(prefix="memsleuth-bench-")
         try:
