@@ -35,7 +35,7 @@ pub enum Next {
     /// The oldest chunk of the backlog, or, with the backlog empty, what the books thread read
     /// from the ring itself.
     Chunk(Chunk),
-    /// Nothing to apply now: the backlog is empty and so was the ring.
+    /// Nothing to apply now: the backlog is empty and `read` read nothing.
     Idle,
     /// Closed, and every chunk taken.
     Closed,
