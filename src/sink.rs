@@ -465,18 +465,20 @@ fn keep_books(ring: &Ring<'_>, backlog: &Backlog, replies: &Path) {
             }
             Next::Idle => {
                 backlog.wait(pause);
-                // Records coming in: look again soon. None: the program is idle, back off.
-                pause = if pending > 0 { IDLE_PAUSES.start } else { (pause * 2).min(IDLE_PAUSES.end) };
+                // Fewer records than it reads at once: look again soon. None (the program is
+                // idle), or none readable (a producer died mid-record): back off.
+                let coming = (1..MIN_READ_WORDS).contains(&pending);
+                pause = if coming { IDLE_PAUSES.start } else { (pause * 2).min(IDLE_PAUSES.end) };
             }
             Next::Closed => return,
         }
     }
 }
 
-/// Words the books thread leaves in the ring rather than read (8 KiB, a 32nd of the ring): read
-/// right behind the producers, the cache lines they are still writing went back and forth
-/// between the two cores for every record. The reader, woken by a request, a ring half full or
-/// its 2 ms poll, reads whatever there is.
+/// Words the books thread leaves in the ring rather than read (8 KiB, a 32nd of the default
+/// ring): read right behind the producers, the cache lines they are still writing went back and
+/// forth between the two cores for every record. The reader, woken by a request, a ring half
+/// full or its 2 ms poll, reads whatever there is.
 const MIN_READ_WORDS: u64 = 1024;
 
 /// How long the books thread waits on an empty ring, doubling from the first to the last while

@@ -47,7 +47,7 @@ def test_native_free_is_charged_to_the_line_that_freed(run_fixture):
 def test_what_a_line_that_ran_long_mapped_is_read_where_it_ends(run_source):
     # A line of C code that maps memory no hook sees, quick enough (under a millisecond) that
     # a reading at its end falls due only because it ran 100 us or more (the sleep makes sure of
-    # that), not because RSS was last looked at long ago: the entry's reading was just taken.
+    # that), not because RSS was last looked at long ago: it was looked at as the function began.
     run = run_source(
         "import ctypes, time\n"
         "from memsleuth import profile\n"
