@@ -45,26 +45,29 @@ def test_native_free_is_charged_to_the_line_that_freed(run_fixture):
 
 
 def test_what_a_line_that_ran_long_mapped_is_read_where_it_ends(run_source):
-    # A line of C code that maps memory no hook sees, quick enough (under a millisecond) that
-    # a reading at its end falls due only because it ran 100 us or more (the sleep makes sure of
-    # that), not because RSS was last looked at long ago: it was looked at as the function began.
+    # A line of C code that maps memory no hook sees (fresh pages from mmap: a malloc may reuse
+    # resident heap), quick enough (under a millisecond) that a reading at its end falls due only
+    # because it ran 100 us or more (the sleep makes sure of that), not because RSS was last
+    # looked at long ago: it was looked at as the function began.
     run = run_source(
-        "import ctypes, time\n"
+        "import ctypes, mmap, time\n"
         "from memsleuth import profile\n"
         "libc = ctypes.CDLL(None)\n"
-        "libc.malloc.restype = ctypes.c_void_p\n"
-        "libc.malloc.argtypes = [ctypes.c_size_t]\n"
-        "malloc, memset, sleep = libc.malloc, ctypes.memset, time.sleep\n"
+        "libc.mmap.restype = ctypes.c_void_p\n"
+        "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n"
+        "def fresh_pages(n):\n"
+        "    return libc.mmap(None, n, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)\n"
+        "memset, sleep = ctypes.memset, time.sleep\n"
         "N = 256 * 1024\n"
         "@profile\n"
         "def native():\n"
         "    before = 1\n"
-        "    block = memset(malloc(N), 1, N); sleep(0.0002)\n"
+        "    block = memset(fresh_pages(N), 1, N); sleep(0.0002)\n"
         "    after = 1\n"
         "    return block\n"
         "native()\n"
     )
-    mapped = run.line("native", "block = memset(malloc(N), 1, N); sleep(0.0002)")
+    mapped = run.line("native", "block = memset(fresh_pages(N), 1, N); sleep(0.0002)")
     assert abs(mapped["rss_delta_bytes"] - 256 * 1024) < 64 * 1024, mapped
     assert abs(run.line("native", "after = 1")["rss_delta_bytes"]) < 64 * 1024
 
