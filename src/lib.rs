@@ -365,6 +365,29 @@ fn attach_ring(fd: i32) -> PyResult<()> {
     sink::attach_ring(fd).map_err(|e| PyOSError::new_err(format!("memsleuth: cannot map the ring: {e}")))
 }
 
+/// In the program: forks the sink process if this process runs one thread and is small, and
+/// returns its pid (None: it must be spawned). Its answers go in `replies`; `doorbell` is the
+/// read end of the doorbell; `report`, under `--follow-fork`, where its JSON report goes.
+#[pyfunction]
+#[pyo3(signature = (doorbell, replies, glibc_serves_above, report=None))]
+fn fork_sink(
+    py: Python<'_>,
+    doorbell: i32,
+    replies: std::path::PathBuf,
+    glibc_serves_above: u64,
+    report: Option<std::path::PathBuf>,
+) -> PyResult<Option<i32>> {
+    let version = py.version_info();
+    let sink = sink::ForkedSink {
+        doorbell,
+        replies,
+        allocators: allocators(py, glibc_serves_above),
+        report,
+        python_version: format!("{}.{}.{}", version.major, version.minor, version.patch),
+    };
+    sink::fork(sink).map_err(|e| PyOSError::new_err(format!("memsleuth: cannot fork the sink: {e}")))
+}
+
 /// In the program: the sink process `sink_pid` keeps the books; `doorbell` wakes it, answers
 /// come in the directory `replies`.
 #[pyfunction]
@@ -423,12 +446,18 @@ fn report_all_text(precision: usize, min_bytes: u64) -> String {
     render_text(&Report::from_ledger(&books.ledger, "", None, 0), precision, min_bytes)
 }
 
-/// In the sink: what was live at the tracked peak, by line (the death report's section, for a
-/// program that could not ask for its reports).
+/// In the sink: the first lines of the report of a program that ended as `how` says, without
+/// finishing (docs/design.md, "The books live in the sink", Death).
 #[pyfunction]
-fn live_at_peak_text() -> String {
-    let books = sink::BOOKS.lock();
-    render_live_at_peak(&Report::from_ledger(&books.ledger, "", None, 0))
+fn death_heading(how: &str) -> String {
+    sink::death_heading(&sink::BOOKS.lock(), how)
+}
+
+/// The heading of a saved report whose program died: how it ended, the frames running then as
+/// (function, file, line), and its live-at-peak section (text, or empty).
+#[pyfunction]
+fn incomplete_heading(how: &str, frames: Vec<(String, String, u32)>, at_peak: &str) -> String {
+    sink::incomplete_heading(how, frames, at_peak)
 }
 
 /// In the sink: the profiled frames open when the program ended, innermost per thread, as
@@ -570,7 +599,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("THREAD_SINK_HEADING", memsleuth_core::report::THREAD_SINK_HEADING)?;
     m.add_function(wrap_pyfunction!(report_all_text, m)?)?;
     m.add_function(wrap_pyfunction!(open_frames, m)?)?;
-    m.add_function(wrap_pyfunction!(live_at_peak_text, m)?)?;
+    m.add_function(wrap_pyfunction!(death_heading, m)?)?;
+    m.add_function(wrap_pyfunction!(incomplete_heading, m)?)?;
+    m.add_function(wrap_pyfunction!(fork_sink, m)?)?;
     m.add_function(wrap_pyfunction!(tracked_live_bytes, m)?)?;
     m.add_class::<GenFrame>()?;
     m.add_function(wrap_pyfunction!(gen_resume, m)?)?;

@@ -279,14 +279,24 @@ unsafe impl GlobalAlloc for CountingAllocator {
 
 /// The process's RSS high-water mark (VmHWM), in bytes.
 pub fn peak() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
+    status_number("VmHWM:").map_or(0, |kib| kib * 1024)
+}
+
+/// The process's resident bytes now (VmRSS).
+pub fn resident() -> Option<u64> {
+    status_number("VmRSS:").map(|kib| kib * 1024)
+}
+
+/// The process's threads now.
+pub fn threads() -> Option<u64> {
+    status_number("Threads:")
+}
+
+/// The number after `field` in /proc/self/status (kB for sizes).
+fn status_number(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix(field))?;
+    value.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// CLOCK_MONOTONIC in microseconds.

@@ -5,7 +5,8 @@
 //! - `memsleuth run`: memsleuth's own process forks before the program starts; the child runs the
 //!   program, the parent is the sink. It learns how the program ended from waitpid, so a program
 //!   killed by any signal, or ended by `os._exit`, still gets its report.
-//! - `@profile` under plain python: a sink process is spawned at the first profiled call; it
+//! - `@profile` under plain python: a sink process is started at the first profiled call,
+//!   forked from the program where that is safe and cheap (`fork`), spawned otherwise; it
 //!   learns of the program's end when its parent, the program, is gone.
 //! - `MEMSLEUTH_SINK=thread`, or where no process can be started: a thread of the program.
 //!
@@ -19,7 +20,7 @@ use crate::state::{ring, set_ring, SpinLock};
 use memsleuth_core::backlog::{Backlog, Chunk, Next};
 use memsleuth_core::books::Books;
 use memsleuth_core::record::{header_words, Record, Request};
-use memsleuth_core::report::{render_function, Report};
+use memsleuth_core::report::{render_function, render_live_at_peak, render_text, Report};
 use memsleuth_core::ring::{Drained, Ring, CONTROL_WORDS};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -209,7 +210,7 @@ pub fn respond(books: &Books, request: &Request) -> String {
             report.selection = selection.clone();
             let in_thread = SINK_THREAD.load(Ordering::Relaxed);
             report.sink = Some(if in_thread { "thread" } else { "process" }.into());
-            report.process.sink_rss_peak_bytes = (!in_thread).then(crate::rss::peak);
+            report.process.sink_rss_peak_bytes = (!in_thread).then(own_peak);
             report.to_json()
         }
         // Only the function asked for is gathered: every outermost call of every profiled
@@ -226,6 +227,154 @@ pub fn respond(books: &Books, request: &Request) -> String {
             format!("{} {} {}", ledger.table.len(), ledger.footprint(), ledger.process.live_bytes)
         }
     }
+}
+
+/// A sink process is forked from the program, rather than spawned, when the program runs one
+/// thread and holds at most this much in RSS (docs/design.md, "Starting the sink"). A spawned
+/// sink starts a fresh interpreter (about 15 ms here), during which the program fills the ring
+/// and waits; a forked one is ready at once, but shares the program's pages copy-on-write: each
+/// page the program writes afterwards is copied once (about a microsecond), and the sink keeps
+/// the old copy. Under this bound that costs less than the interpreter's start, and the memory
+/// it holds stays small.
+const FORK_MAX_RSS: u64 = 32 << 20;
+
+/// In a forked sink, the resident bytes it had from the program when forked: its own peak is
+/// what it held above them.
+static SHARED_AT_FORK: AtomicU64 = AtomicU64::new(0);
+
+/// This sink process's own peak RSS.
+fn own_peak() -> u64 {
+    crate::rss::peak().saturating_sub(SHARED_AT_FORK.load(Ordering::Relaxed))
+}
+
+/// What a forked sink needs: the read end of the doorbell, the reply directory, the program's
+/// allocators, and, for a child under `--follow-fork`, where its JSON report goes (with the
+/// Python version it names).
+pub struct ForkedSink {
+    pub doorbell: RawFd,
+    pub replies: PathBuf,
+    pub allocators: Allocators,
+    pub report: Option<PathBuf>,
+    pub python_version: String,
+}
+
+/// Forks the sink process from this one, the program, if it runs one thread and is small
+/// (FORK_MAX_RSS); returns its pid, or None where it must be spawned instead. The child never
+/// returns, and never runs Python: it keeps the books until the program ends, leaves its
+/// reports, and exits.
+pub fn fork(sink: ForkedSink) -> std::io::Result<Option<i32>> {
+    // One thread: the child gets only this one, and no lock another thread held (the GIL, the
+    // allocator's, ours) is left held in it.
+    if crate::rss::threads() != Some(1) || crate::rss::resident().is_none_or(|bytes| bytes > FORK_MAX_RSS) {
+        return Ok(None);
+    }
+    // SAFETY: getpid has no preconditions.
+    let program = unsafe { libc::getpid() };
+    // SAFETY: this process runs one thread (checked above), so the child's state is whole; the
+    // child runs only Rust code of this module and ends with _exit.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => forked_sink(sink, program),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// The forked sink, as `_sink.spawned_main` runs a spawned one.
+fn forked_sink(sink: ForkedSink, program: i32) -> ! {
+    // SAFETY: only this thread runs in the child; the calls below change this process's
+    // signal dispositions, descriptors and name, and read nothing the program shares.
+    unsafe {
+        // As exec would: the program's handlers are not this process's (Python's would write to
+        // a wakeup descriptor that is gone). The terminal's signals are the program's to act on.
+        for signal in 1..libc::SIGRTMAX() {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut action) == 0
+                && action.sa_sigaction != libc::SIG_IGN
+                && action.sa_sigaction != libc::SIG_DFL
+            {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+        // Only the standard streams and the doorbell stay open: a descriptor of the program
+        // held open here would keep a pipe it writes from reading end-of-file.
+        let doorbell = if sink.doorbell < 3 { libc::fcntl(sink.doorbell, libc::F_DUPFD, 3) } else { sink.doorbell };
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null >= 0 {
+            libc::dup2(null, 0);
+        }
+        libc::syscall(libc::SYS_close_range, 3, doorbell - 1, 0);
+        libc::syscall(libc::SYS_close_range, doorbell + 1, u32::MAX, 0);
+        libc::prctl(libc::PR_SET_NAME, c"memsleuth-sink".as_ptr());
+        SHARED_AT_FORK.store(crate::rss::resident().unwrap_or(0), Ordering::Relaxed);
+        let ending = serve(doorbell, &sink.replies, program, true, sink.allocators);
+        let _ = std::fs::remove_dir_all(&sink.replies);
+        match sink.report {
+            Some(path) => leave_report(&path, sink.python_version),
+            None if ending.exit_record.is_none() => {
+                let how = "ended without finishing (killed by a signal, crashed, or os._exit)";
+                let books = BOOKS.lock();
+                let text = death_heading(&books, how)
+                    + &render_text(&Report::from_ledger(&books.ledger, "", None, 0), 1, 0);
+                write_all(2, text.as_bytes());
+            }
+            None => {}
+        }
+        libc::_exit(0)
+    }
+}
+
+/// A followed child's sink: its JSON report goes to `path`, where the run's sink collects it
+/// once the `.pending` file beside it is gone.
+fn leave_report(path: &Path, python_version: String) {
+    let request = Request::Json { python_version, argv: None, selection: None, rss_peak: crate::rss::peak(), codes: None };
+    let json = respond(&BOOKS.lock(), &request);
+    let written = path.with_extension("json.tmp");
+    if std::fs::write(&written, json).is_ok() {
+        let _ = std::fs::rename(&written, path);
+    }
+    let _ = std::fs::remove_file(path.with_extension("pending"));
+}
+
+fn write_all(fd: RawFd, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a valid buffer of `bytes.len()` bytes.
+        let wrote = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if wrote <= 0 {
+            if wrote < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        bytes = &bytes[wrote as usize..];
+    }
+}
+
+/// The first lines of a report the sink writes for a program that died: how it ended, the line
+/// each thread's innermost profiled frame was running, and what was live at the tracked peak.
+pub fn death_heading(books: &Books, how: &str) -> String {
+    let frames = books.open_frames().into_iter().filter_map(|(func, lineno)| {
+        let f = books.ledger.funcs().get(func as usize)?;
+        Some((f.info.name.clone(), f.info.filename.clone(), lineno))
+    });
+    incomplete_heading(how, frames, &render_live_at_peak(&Report::from_ledger(&books.ledger, "", None, 0)))
+}
+
+/// The heading of a report whose program died: how it ended, `frames` as (function, file, line)
+/// running then, and the live-at-peak section `at_peak` (text, or empty).
+pub fn incomplete_heading(how: &str, frames: impl IntoIterator<Item = (String, String, u32)>, at_peak: &str) -> String {
+    let mut heading =
+        format!("memsleuth: INCOMPLETE REPORT: the program {how}; the figures cover what it ran until then\n");
+    for (name, filename, lineno) in frames {
+        heading += &format!("  running {name} at {filename}:{lineno}\n");
+    }
+    if !at_peak.is_empty() {
+        heading += "\n";
+        heading += at_peak;
+    }
+    heading
 }
 
 /// The ring went past half full: the sink process is woken now, if it sleeps, so that it drains

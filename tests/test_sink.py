@@ -122,3 +122,70 @@ def test_a_function_whose_source_is_longer_than_a_record_is_still_profiled(tmp_p
     assert proc.returncode == 0, proc.stderr
     calls, allocated, lines = json.loads(proc.stdout.splitlines()[-1])
     assert calls == 1 and allocated and lines > 0
+
+
+SINK_START = """\
+import json, os, sys, threading
+from memsleuth import profile, last_report
+if sys.argv[1] == "spawned":
+    # A second thread when the sink starts: it cannot be forked (docs/design.md, "Starting the sink").
+    done = threading.Event()
+    threading.Thread(target=done.wait).start()
+@profile
+def work():
+    kept = [str(i) for i in range(20_000)]
+    del kept[::2]
+    return len(kept)
+work()
+if sys.argv[1] == "spawned":
+    done.set()
+children = []
+for entry in os.listdir("/proc"):
+    if entry.isdigit():
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == os.getpid():
+            children.append(stat[stat.index("(") + 1:stat.rindex(")")])
+print(json.dumps([children, last_report()]))
+"""
+
+
+@pytest.mark.parametrize("start", ["forked", "spawned"])
+def test_a_forked_and_a_spawned_sink_keep_a_sink_threads_books(start, tmp_path):
+    program = tmp_path / "start.py"
+    program.write_text(SINK_START)
+    results = {}
+    for sink in ("process", "thread"):
+        proc = subprocess.run([sys.executable, str(program), start], capture_output=True, text=True,
+                              env=_env(sink), timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        results[sink] = json.loads(proc.stdout.splitlines()[-1])
+    (children, process), (_, thread) = results["process"], results["thread"]
+    assert children == (["memsleuth-sink"] if start == "forked" else [os.path.basename(sys.executable)])
+    assert process["sink"] == "process"
+    assert _exact(process) == _exact(thread)
+    assert process["functions"][0]["totals"]["allocations"] >= 20_000
+
+
+def test_a_forked_sink_holds_none_of_the_programs_descriptors(tmp_path):
+    """A pipe the program writes must read end-of-file once the program closes it: a sink forked
+    while it was open must not keep a copy of its write end."""
+    program = tmp_path / "pipe.py"
+    program.write_text(
+        "import subprocess, sys\n"
+        "from memsleuth import profile\n"
+        "cat = subprocess.Popen(['cat'], stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n"
+        "@profile\n"
+        "def work():\n"
+        "    return [0] * 1000\n"
+        "work()\n"
+        "cat.stdin.write(b'through')\n"
+        "cat.stdin.close()\n"
+        "print(cat.stdout.read().decode(), cat.wait())\n"
+    )
+    proc = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, env=_env(None), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "through 0"

@@ -355,7 +355,7 @@ def _report_ending(ending, options, selection, argv, children):
             with open(os.path.join(children, f"{ending['pid']}.json"), "w") as f:
                 json.dump(doc, f)
         if not options["quiet"]:
-            parts = [_sink.death_heading(how), f"memsleuth: {selection}\n\n" if selection else "\n"]
+            parts = [_native.death_heading(how), f"memsleuth: {selection}\n\n" if selection else "\n"]
             parts.append(_native.report_all_text(options["precision"], options["min_bytes"]))
             written &= _write(options["output"], "".join(parts))
     if children is not None:
@@ -540,7 +540,7 @@ def report(options):
     if isinstance(incomplete, dict):
         # A report the sink wrote for a program that died: its heading, as it was printed then.
         frames = [(f.get("function"), f.get("filename"), f.get("lineno")) for f in incomplete.get("running", [])]
-        heading = _sink.incomplete_heading(incomplete.get("ended"), frames, _native.live_at_peak_saved(text))
+        heading = _native.incomplete_heading(incomplete.get("ended"), frames, _native.live_at_peak_saved(text))
         rendered = heading + "\n" + rendered
     if options["html"] is None and not options["open"]:
         sys.stdout.write(rendered)

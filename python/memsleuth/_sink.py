@@ -86,17 +86,14 @@ def _reply_directory():
 
 
 def _spawn(ring, report):
+    """Starts the sink process: forked from this one where _native finds that safe and cheap
+    (docs/design.md, "Starting the sink"), spawned otherwise."""
     doorbell_r, doorbell_w = os.pipe()
     replies = _reply_directory()
-    ours = (ring, doorbell_r)
     try:
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        targets = [fd for fd in range(250, 260) if fd not in ours][:2]
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
-        actions += [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(ours, targets)]
-        argv = [sys.executable, "-I", "-S", "-c", _SPAWNED_MAIN, package_parent, *map(str, targets), replies,
-                str(os.getpid()), str(_native.glibc_serves_above()), *([report] if report else [])]
-        pid = os.posix_spawn(sys.executable, argv, os.environ, file_actions=actions)
+        pid = _native.fork_sink(doorbell_r, replies, _native.glibc_serves_above(), report)
+        if pid is None:
+            pid = _spawn_interpreter(ring, doorbell_r, replies, report)
     except BaseException:
         os.close(doorbell_w)
         os.rmdir(replies)
@@ -105,6 +102,18 @@ def _spawn(ring, report):
         os.close(doorbell_r)
     os.set_blocking(doorbell_w, False)
     _native.connect_sink(doorbell_w, replies, pid, False)
+
+
+def _spawn_interpreter(ring, doorbell_r, replies, report):
+    """Spawns a fresh interpreter as the sink, given the ring and the doorbell; returns its pid."""
+    ours = (ring, doorbell_r)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    targets = [fd for fd in range(250, 260) if fd not in ours][:2]
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    actions += [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(ours, targets)]
+    argv = [sys.executable, "-I", "-S", "-c", _SPAWNED_MAIN, package_parent, *map(str, targets), replies,
+            str(os.getpid()), str(_native.glibc_serves_above()), *([report] if report else [])]
+    return os.posix_spawn(sys.executable, argv, os.environ, file_actions=actions)
 
 
 def spawned_main(args):
@@ -127,18 +136,15 @@ def spawned_main(args):
     if len(args) > 5:
         _leave_report(args[5])
     elif ending["exit_record"] is None:
-        sys.stderr.write(death_heading("ended without finishing (killed by a signal, crashed, or os._exit)"))
+        sys.stderr.write(_native.death_heading("ended without finishing (killed by a signal, crashed, or os._exit)"))
         sys.stderr.write(_native.report_all_text(1, 0))
 
 
 def _leave_report(path):
     """A followed child's sink: its JSON report goes where the run's sink collects it."""
-    import json
-
     version = ".".join(str(part) for part in sys.version_info[:3])
-    doc = json.loads(_native.report_json(version, None, None))
     with open(path + ".tmp", "w") as f:
-        json.dump(doc, f)
+        f.write(_native.report_json(version, None, None))
     os.replace(path + ".tmp", path)
     try:
         os.remove(path[:-len(".json")] + ".pending")
@@ -223,20 +229,6 @@ def fork_program():
         shutil.rmtree(replies, ignore_errors=True)
     ending["pid"] = pid
     return ending
-
-
-def death_heading(how):
-    """The first lines of a report the sink writes for a program that died: how it ended, the line
-    each thread's innermost profiled frame was running, and what was live at the tracked peak."""
-    return incomplete_heading(how, _native.open_frames(), _native.live_at_peak_text())
-
-
-def incomplete_heading(how, frames, at_peak):
-    """The heading of a report whose program died: how it ended, `frames` as (function, file,
-    line) running then, and the live-at-peak section `at_peak` (text, or empty)."""
-    running = "".join(f"  running {name} at {filename}:{lineno}\n" for name, filename, lineno in frames)
-    return (f"memsleuth: INCOMPLETE REPORT: the program {how}; the figures cover what it ran until then\n{running}"
-            + (f"\n{at_peak}" if at_peak else ""))
 
 
 def ending_words(ending):
