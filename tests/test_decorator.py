@@ -10,6 +10,7 @@ Sizes: bytearray(n) requests n + 1 bytes for its buffer and, on 64-bit CPython, 
 object (no free list), so it costs n + 57 allocated bytes in two allocations.
 """
 
+import gc
 import re
 import sys
 
@@ -799,3 +800,50 @@ def test_rss_increments_add_up_to_the_calls_change(run_fixture):
         teardown["rss_delta_bytes"],
         func["totals"]["rss_delta_bytes"],
     )
+
+
+def _annotated(a: int, *, b: "str" = "x") -> list:
+    """Documented."""
+
+
+_annotated.extra = {"kept": True}
+
+
+class _Callable:
+    """A callable object without __name__ or __qualname__."""
+
+    def __call__(self):
+        pass
+
+
+def test_the_decorators_update_wrapper_is_functools():
+    """memsleuth copies a function's names as functools.update_wrapper does, without importing
+    functools into the profiled program (docs/design.md, "The books live in the sink")."""
+    import functools
+
+    from memsleuth import _profile
+
+    wrapped_ones = [_annotated, _Callable(), len, functools.partial(print, "a")]
+    if sys.version_info >= (3, 12):
+        namespace = {}
+        exec("def generic[T](x: T) -> T:\n    return x\n", namespace)
+        wrapped_ones.append(namespace["generic"])
+    for wrapped in wrapped_ones:
+        ours, theirs = (update(lambda: None, wrapped) for update in (_profile.update_wrapper, functools.update_wrapper))
+        names = set(vars(ours)) | set(vars(theirs)) | set(functools.WRAPPER_ASSIGNMENTS)
+        assert {n: getattr(ours, n, None) for n in names} == {n: getattr(theirs, n, None) for n in names}, wrapped
+
+
+def test_the_weak_set_of_profiled_functions_forgets_what_is_gone():
+    from memsleuth import _profile
+
+    seen = _profile.WeakSet()
+
+    def f():
+        pass
+
+    seen.add(f)
+    assert f in seen and (lambda: None) not in seen and [] not in seen and 3 not in seen
+    del f
+    gc.collect()
+    assert not seen._refs

@@ -1,19 +1,61 @@
 """The @profile decorator and the tracking it starts."""
 
 import _thread
+import _weakref
 import atexit
-import functools
 import gc
 import os
 import sys
 import types
-import weakref
 
 from . import _native, _nested, _sink, _source
 
 # Modules the decorator does not need (json, threading, the timeline's) are imported where they
 # are used: a program profiled with @profile keeps whatever memsleuth imports in its RSS
-# (docs/design.md, "The books live in the sink").
+# (docs/design.md, "The books live in the sink"). functools and weakref are not imported at all:
+# with collections, operator, itertools, keyword and reprlib they took about 5 ms of each run's
+# start, for update_wrapper and a WeakSet (below).
+
+#: What functools.update_wrapper copies, by version.
+WRAPPER_ASSIGNMENTS = ("__module__", "__name__", "__qualname__", "__doc__", "__annotations__") + (
+    ("__type_params__",) if sys.version_info >= (3, 12) else ())
+
+
+def update_wrapper(wrapper, wrapped):
+    """functools.update_wrapper(wrapper, wrapped) (tests/test_decorator.py compares them)."""
+    for name in WRAPPER_ASSIGNMENTS:
+        try:
+            value = getattr(wrapped, name)
+        except AttributeError:
+            pass
+        else:
+            setattr(wrapper, name, value)
+    wrapper.__dict__.update(getattr(wrapped, "__dict__", {}))
+    wrapper.__wrapped__ = wrapped
+    return wrapper
+
+
+def wraps(wrapped):
+    """functools.wraps(wrapped)."""
+    return lambda wrapper: update_wrapper(wrapper, wrapped)
+
+
+class WeakSet:
+    """The part of weakref.WeakSet used here: add, and `in`."""
+
+    def __init__(self):
+        self._refs = set()
+
+    def add(self, item):
+        # A dead reference keeps the hash it had: the callback finds it in the set.
+        self._refs.add(_weakref.ref(item, self._refs.discard))
+
+    def __contains__(self, item):
+        try:
+            return _weakref.ref(item) in self._refs
+        except TypeError:  # not weakly referenceable, or unhashable
+            return False
+
 
 _started = False
 _start_lock = _thread.allocate_lock()
@@ -85,7 +127,7 @@ def _chaining_settrace(settrace):
     """``sys.settrace`` for 3.9-3.11: a trace function installed inside a profiled call is chained
     to from memsleuth's, which stays in place; it becomes the thread's own when the call ends."""
 
-    @functools.wraps(settrace)
+    @wraps(settrace)
     def chaining_settrace(function):
         settrace(function)
         _native.retake_trace()
@@ -174,7 +216,7 @@ def _register(func):
 
 #: The objects profile() returned: profiling one again returns it as it is. (Not an attribute:
 #: functools.wraps would copy it onto any decorator stacked above.)
-_profiled = weakref.WeakSet()
+_profiled = WeakSet()
 #: Methods that a class statement turns into classmethods when they are plain functions.
 _IMPLICIT_CLASSMETHODS = ("__init_subclass__", "__class_getitem__")
 
@@ -278,7 +320,9 @@ def profile_with(func, settings, backend=None, nested=True):
     """``profile`` with explicit settings. ``nested`` False: the functions inside ``func`` are
     profiled already (it is one of them)."""
     check_backend(backend, "memsleuth.profile")
-    again = functools.partial(profile_with, settings=settings, nested=nested)
+    def again(f):
+        return profile_with(f, settings=settings, nested=nested)
+
     if func is None:
         return again
     if func in _profiled:
@@ -301,7 +345,7 @@ def profile_with(func, settings, backend=None, nested=True):
             deferring = Settings(settings.precision, settings.stream, print_each_call=settings.print_each_call,
                                  at_exit=settings.at_exit, defer=True)
             inner = _nested.with_nested_profiled(
-                func, functools.partial(_profile_nested, settings=deferring, profiled_codes=nested_codes))
+                func, lambda f: _profile_nested(f, settings=deferring, profiled_codes=nested_codes))
             if INLINE_CALLS and inner is func and _is_plain(func):
                 inner = _with_own_code(func)
         return _wrap(inner, settings, like=func, nested_codes=nested_codes)
@@ -348,7 +392,7 @@ def _wrap(func, settings, like, nested_codes=()):
     # generator's step objects) are made quietly: they are the profiler's, not the caller's line's.
     flags = func.__code__.co_flags
     if flags & CO_COROUTINE:
-        @functools.wraps(like)
+        @wraps(like)
         async def coroutine_wrapper(*args, **kwargs):
             inner = func(*args, **kwargs)
             quiet = _native.begin_quiet()
@@ -364,7 +408,7 @@ def _wrap(func, settings, like, nested_codes=()):
 
         wrapper = coroutine_wrapper
     elif flags & CO_GENERATOR:
-        @functools.wraps(like)
+        @wraps(like)
         def generator_wrapper(*args, **kwargs):
             inner = func(*args, **kwargs)
             quiet = _native.begin_quiet()
@@ -380,7 +424,7 @@ def _wrap(func, settings, like, nested_codes=()):
 
         wrapper = generator_wrapper
     elif flags & CO_ASYNC_GENERATOR:
-        @functools.wraps(like)
+        @wraps(like)
         async def async_generator_wrapper(*args, **kwargs):
             inner = func(*args, **kwargs)
             quiet = _native.begin_quiet()
@@ -417,10 +461,10 @@ def _wrap(func, settings, like, nested_codes=()):
     elif INLINE_CALLS and isinstance(func, types.FunctionType):
         # (A bound method or another callable with a code object gets the wrapper.)
         if func is not like:
-            functools.update_wrapper(func, like)
+            update_wrapper(func, like)
         wrapper = _native.profiled_function(fid, func, lambda: report(True))
     else:
-        wrapper = functools.update_wrapper(_native.profiled(fid, func, lambda: report(True)), like)
+        wrapper = update_wrapper(_native.profiled(fid, func, lambda: report(True)), like)
 
     _profiled.add(wrapper)
     return wrapper
