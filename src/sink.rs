@@ -308,6 +308,7 @@ fn forked_sink(sink: ForkedSink, program: i32) -> ! {
         libc::syscall(libc::SYS_close_range, 3, doorbell - 1, 0);
         libc::syscall(libc::SYS_close_range, doorbell + 1, u32::MAX, 0);
         libc::prctl(libc::PR_SET_NAME, c"memsleuth-sink".as_ptr());
+        retitle(b"memsleuth-sink");
         SHARED_AT_FORK.store(crate::rss::resident().unwrap_or(0), Ordering::Relaxed);
         let ending = serve(doorbell, &sink.replies, program, true, sink.allocators);
         let _ = std::fs::remove_dir_all(&sink.replies);
@@ -323,6 +324,30 @@ fn forked_sink(sink: ForkedSink, program: i32) -> ! {
             None => {}
         }
         libc::_exit(0)
+    }
+}
+
+/// Makes `title` this process's command line (/proc/self/cmdline), in place of the program's it
+/// was forked with: `pgrep -f program.py`, or a supervisor counting a program's processes by its
+/// command line, must not find the sink (a spawned one has a command line of its own). The
+/// command line is read from the memory of the process's arguments, which is this process's own
+/// copy since the fork; the title is cut to fit it.
+fn retitle(title: &[u8]) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+    let Some((_, fields)) = stat.rsplit_once(')') else { return };
+    // arg_start and arg_end are the 48th and 49th fields; `fields` starts at the third.
+    let mut numbers = fields.split_whitespace().skip(45).map(|f| f.parse::<usize>().ok());
+    let (Some(Some(start)), Some(Some(end))) = (numbers.next(), numbers.next()) else { return };
+    if start == 0 || end <= start {
+        return;
+    }
+    let len = title.len().min(end - start - 1);
+    // SAFETY: [start, end) is this process's argument memory, mapped and writable (it lies on
+    // its initial stack), and read by no code running here; the bytes past the title are zeroed
+    // so that the kernel reads one argument.
+    unsafe {
+        std::ptr::copy_nonoverlapping(title.as_ptr(), start as *mut u8, len);
+        std::ptr::write_bytes((start + len) as *mut u8, 0, end - start - len);
     }
 }
 

@@ -148,7 +148,9 @@ for entry in os.listdir("/proc"):
         except OSError:
             continue
         if int(stat.rpartition(")")[2].split()[1]) == os.getpid():
-            children.append(stat[stat.index("(") + 1:stat.rindex(")")])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\\0")[0].decode()
+            children.append((stat[stat.index("(") + 1:stat.rindex(")")], cmdline))
 print(json.dumps([children, last_report()]))
 """
 
@@ -164,7 +166,10 @@ def test_a_forked_and_a_spawned_sink_keep_a_sink_threads_books(start, tmp_path):
         assert proc.returncode == 0, proc.stderr
         results[sink] = json.loads(proc.stdout.splitlines()[-1])
     (children, process), (_, thread) = results["process"], results["thread"]
-    assert children == (["memsleuth-sink"] if start == "forked" else [os.path.basename(sys.executable)])
+    # A forked sink shows neither the program's name nor its command line (`pgrep -f start.py`
+    # finds the program alone); a spawned one runs the program's interpreter with -c.
+    assert children == ([["memsleuth-sink", "memsleuth-sink"]] if start == "forked"
+                        else [[os.path.basename(sys.executable), sys.executable]])
     assert process["sink"] == "process"
     assert _exact(process) == _exact(thread)
     assert process["functions"][0]["totals"]["allocations"] >= 20_000
