@@ -317,8 +317,8 @@ fn forked_sink(sink: ForkedSink, program: i32) -> ! {
             None if ending.exit_record.is_none() => {
                 let how = "ended without finishing (killed by a signal, crashed, or os._exit)";
                 let books = BOOKS.lock();
-                let text = death_heading(&books, how)
-                    + &render_text(&Report::from_ledger(&books.ledger, "", None, 0), 1, 0);
+                let text =
+                    death_heading(&books, how) + &render_text(&Report::from_ledger(&books.ledger, "", None, 0), 1, 0);
                 write_all(2, text.as_bytes());
             }
             None => {}
@@ -354,7 +354,8 @@ fn retitle(title: &[u8]) {
 /// A followed child's sink: its JSON report goes to `path`, where the run's sink collects it
 /// once the `.pending` file beside it is gone.
 fn leave_report(path: &Path, python_version: String) {
-    let request = Request::Json { python_version, argv: None, selection: None, rss_peak: crate::rss::peak(), codes: None };
+    let request =
+        Request::Json { python_version, argv: None, selection: None, rss_peak: crate::rss::peak(), codes: None };
     let json = respond(&BOOKS.lock(), &request);
     let written = path.with_extension("json.tmp");
     if std::fs::write(&written, json).is_ok() {
