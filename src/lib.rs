@@ -464,15 +464,7 @@ fn incomplete_heading(how: &str, frames: Vec<(String, String, u32)>, at_peak: &s
 /// (function name, file, line).
 #[pyfunction]
 fn open_frames() -> Vec<(String, String, u32)> {
-    let books = sink::BOOKS.lock();
-    books
-        .open_frames()
-        .into_iter()
-        .filter_map(|(func, lineno)| {
-            let f = books.ledger.funcs().get(func as usize)?;
-            Some((f.info.name.clone(), f.info.filename.clone(), lineno))
-        })
-        .collect()
+    sink::running_frames(&sink::BOOKS.lock())
 }
 
 /// The bytes of tracked blocks live now, process-wide (the timeline's samples).

@@ -281,12 +281,37 @@ pub fn fork(sink: ForkedSink) -> std::io::Result<Option<i32>> {
 
 /// The forked sink, as `_sink.spawned_main` runs a spawned one.
 fn forked_sink(sink: ForkedSink, program: i32) -> ! {
-    // SAFETY: only this thread runs in the child; the calls below change this process's
-    // signal dispositions, descriptors and name, and read nothing the program shares.
-    unsafe {
-        // As exec would: the program's handlers are not this process's (Python's would write to
-        // a wakeup descriptor that is gone). The terminal's signals are the program's to act on.
-        for signal in 1..libc::SIGRTMAX() {
+    reset_signals();
+    let doorbell = keep_only_standard_streams_and(sink.doorbell);
+    // SAFETY: the name is a NUL-terminated string, as PR_SET_NAME reads it.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"memsleuth-sink".as_ptr()) };
+    retitle(b"memsleuth-sink");
+    SHARED_AT_FORK.store(crate::rss::resident().unwrap_or(0), Ordering::Relaxed);
+    let ending = serve(doorbell, &sink.replies, program, true, sink.allocators);
+    let _ = std::fs::remove_dir_all(&sink.replies);
+    match sink.report {
+        Some(path) => leave_report(&path, sink.python_version),
+        None if ending.exit_record.is_none() => {
+            let how = "ended without finishing (killed by a signal, crashed, or os._exit)";
+            let books = BOOKS.lock();
+            let text =
+                death_heading(&books, how) + &render_text(&Report::from_ledger(&books.ledger, "", None, 0), 1, 0);
+            write_all(2, text.as_bytes());
+        }
+        None => {}
+    }
+    // SAFETY: _exit has no preconditions; it skips the program's exit handlers and buffers,
+    // which are the program's to run and flush.
+    unsafe { libc::_exit(0) }
+}
+
+/// As exec would: the program's signal handlers are not this process's (Python's would write to
+/// a wakeup descriptor that is gone), and the terminal's signals are the program's to act on.
+fn reset_signals() {
+    for signal in 1..libc::SIGRTMAX() {
+        // SAFETY: an all-zero sigaction is valid to fill in; sigaction only reads the disposition
+        // into it, and signal() sets a default one (both fail harmlessly on signals glibc keeps).
+        unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(signal, std::ptr::null(), &mut action) == 0
                 && action.sa_sigaction != libc::SIG_IGN
@@ -295,35 +320,28 @@ fn forked_sink(sink: ForkedSink, program: i32) -> ! {
                 libc::signal(signal, libc::SIG_DFL);
             }
         }
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-            libc::signal(signal, libc::SIG_IGN);
-        }
-        // Only the standard streams and the doorbell stay open: a descriptor of the program
-        // held open here would keep a pipe it writes from reading end-of-file.
-        let doorbell = if sink.doorbell < 3 { libc::fcntl(sink.doorbell, libc::F_DUPFD, 3) } else { sink.doorbell };
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: ignoring a signal has no preconditions.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
+}
+
+/// Closes every descriptor but the standard streams (stdin reopened on /dev/null) and
+/// `doorbell`, whose number it returns (moved above 2 if it was one of them): a descriptor of
+/// the program held open here would keep a pipe it writes from reading end-of-file.
+fn keep_only_standard_streams_and(doorbell: RawFd) -> RawFd {
+    // SAFETY: these calls only duplicate, open and close this process's descriptors; nothing
+    // else in it uses the ones closed (the program's, in the program's copy of the table).
+    unsafe {
+        let doorbell = if doorbell < 3 { libc::fcntl(doorbell, libc::F_DUPFD, 3) } else { doorbell };
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
         if null >= 0 {
             libc::dup2(null, 0);
         }
         libc::syscall(libc::SYS_close_range, 3, doorbell - 1, 0);
         libc::syscall(libc::SYS_close_range, doorbell + 1, u32::MAX, 0);
-        libc::prctl(libc::PR_SET_NAME, c"memsleuth-sink".as_ptr());
-        retitle(b"memsleuth-sink");
-        SHARED_AT_FORK.store(crate::rss::resident().unwrap_or(0), Ordering::Relaxed);
-        let ending = serve(doorbell, &sink.replies, program, true, sink.allocators);
-        let _ = std::fs::remove_dir_all(&sink.replies);
-        match sink.report {
-            Some(path) => leave_report(&path, sink.python_version),
-            None if ending.exit_record.is_none() => {
-                let how = "ended without finishing (killed by a signal, crashed, or os._exit)";
-                let books = BOOKS.lock();
-                let text =
-                    death_heading(&books, how) + &render_text(&Report::from_ledger(&books.ledger, "", None, 0), 1, 0);
-                write_all(2, text.as_bytes());
-            }
-            None => {}
-        }
-        libc::_exit(0)
+        doorbell
     }
 }
 
@@ -381,11 +399,23 @@ fn write_all(fd: RawFd, mut bytes: &[u8]) {
 /// The first lines of a report the sink writes for a program that died: how it ended, the line
 /// each thread's innermost profiled frame was running, and what was live at the tracked peak.
 pub fn death_heading(books: &Books, how: &str) -> String {
-    let frames = books.open_frames().into_iter().filter_map(|(func, lineno)| {
-        let f = books.ledger.funcs().get(func as usize)?;
-        Some((f.info.name.clone(), f.info.filename.clone(), lineno))
-    });
-    incomplete_heading(how, frames, &render_live_at_peak(&Report::from_ledger(&books.ledger, "", None, 0)))
+    incomplete_heading(
+        how,
+        running_frames(books),
+        &render_live_at_peak(&Report::from_ledger(&books.ledger, "", None, 0)),
+    )
+}
+
+/// The profiled frames open now, innermost per thread, as (function name, file, line).
+pub fn running_frames(books: &Books) -> Vec<(String, String, u32)> {
+    books
+        .open_frames()
+        .into_iter()
+        .filter_map(|(func, lineno)| {
+            let f = books.ledger.funcs().get(func as usize)?;
+            Some((f.info.name.clone(), f.info.filename.clone(), lineno))
+        })
+        .collect()
 }
 
 /// The heading of a report whose program died: how it ended, `frames` as (function, file, line)
