@@ -329,20 +329,29 @@ fn reset_signals() {
 
 /// Closes every descriptor but the standard streams (stdin reopened on /dev/null) and
 /// `doorbell`, whose number it returns (moved above 2 if it was one of them): a descriptor of
-/// the program held open here would keep a pipe it writes from reading end-of-file.
+/// the program held open here would keep a pipe it writes from reading end-of-file. The open
+/// ones are listed from /proc/self/fd (which `fork` required), not closed with close_range,
+/// which kernels before 5.9 lack.
 fn keep_only_standard_streams_and(doorbell: RawFd) -> RawFd {
-    // SAFETY: these calls only duplicate, open and close this process's descriptors; nothing
-    // else in it uses the ones closed (the program's, in the program's copy of the table).
-    unsafe {
+    // SAFETY: duplicating a descriptor this process holds, and opening /dev/null, have no
+    // preconditions.
+    let (doorbell, null) = unsafe {
         let doorbell = if doorbell < 3 { libc::fcntl(doorbell, libc::F_DUPFD, 3) } else { doorbell };
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-        if null >= 0 {
-            libc::dup2(null, 0);
-        }
-        libc::syscall(libc::SYS_close_range, 3, doorbell - 1, 0);
-        libc::syscall(libc::SYS_close_range, doorbell + 1, u32::MAX, 0);
-        doorbell
+        (doorbell, libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY))
+    };
+    if null >= 0 {
+        // SAFETY: both are this process's descriptors.
+        unsafe { libc::dup2(null, 0) };
     }
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for fd in open.into_iter().filter(|&fd| fd > 2 && fd != doorbell) {
+        // SAFETY: closes a descriptor of this process (the listing's own is closed already: the
+        // close fails harmlessly); nothing here uses the program's.
+        unsafe { libc::close(fd) };
+    }
+    doorbell
 }
 
 /// Makes `title` this process's command line (/proc/self/cmdline), in place of the program's it
