@@ -211,7 +211,7 @@ HEAVY = ("inspect", "dis", "opcode")
 #: What, besides, a program profiled with @profile no longer imports (3.13 imports linecache at
 #: start-up, without tokenize).
 PARSERS = ("ast", "tokenize", "re", "enum", "linecache")
-#: What functools and weakref brought for update_wrapper and a WeakSet, about 5 ms of each run.
+#: What functools and weakref brought for update_wrapper and a WeakSet, about 4 ms of each run.
 HELPERS = ("functools", "weakref", "collections", "operator", "reprlib", "keyword")
 
 

@@ -13,7 +13,7 @@ from . import _native, _nested, _sink, _source
 # Modules the decorator does not need (json, threading, the timeline's) are imported where they
 # are used: a program profiled with @profile keeps whatever memsleuth imports in its RSS
 # (docs/design.md, "The books live in the sink"). functools and weakref are not imported at all:
-# with collections, operator, itertools, keyword and reprlib they took about 5 ms of each run's
+# with collections, operator, itertools, keyword and reprlib they took about 4 ms of each run's
 # start, for update_wrapper and a WeakSet (below).
 
 #: What functools.update_wrapper copies, by version.
