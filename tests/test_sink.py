@@ -124,8 +124,27 @@ def test_a_function_whose_source_is_longer_than_a_record_is_still_profiled(tmp_p
     assert calls == 1 and allocated and lines > 0
 
 
-SINK_START = """\
-import json, os, sys, threading
+#: Defines children(): this process's children, as [name, first word of the command line].
+CHILDREN = """\
+import os
+def children():
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().split(b"\\0")[0].decode()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == os.getpid():
+                found.append([stat[stat.index("(") + 1:stat.rindex(")")], cmdline])
+    return found
+"""
+
+SINK_START = CHILDREN + """\
+import json, sys, threading
 from memsleuth import profile, last_report
 if sys.argv[1] == "spawned":
     # A second thread when the sink starts: it cannot be forked (docs/design.md, "Starting the sink").
@@ -139,19 +158,7 @@ def work():
 work()
 if sys.argv[1] == "spawned":
     done.set()
-children = []
-for entry in os.listdir("/proc"):
-    if entry.isdigit():
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == os.getpid():
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().split(b"\\0")[0].decode()
-            children.append((stat[stat.index("(") + 1:stat.rindex(")")], cmdline))
-print(json.dumps([children, last_report()]))
+print(json.dumps([children(), last_report()]))
 """
 
 
@@ -194,3 +201,25 @@ def test_a_forked_sink_holds_none_of_the_programs_descriptors(tmp_path):
     proc = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, env=_env(None), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "through 0"
+
+
+def test_a_forked_sinks_peak_rss_is_its_own(tmp_path):
+    """A forked sink shares the program's pages from the fork; the report's sink peak is what it
+    held above them (docs/design.md, "Starting the sink")."""
+    program = tmp_path / "shared.py"
+    program.write_text(CHILDREN + (
+        "import json\n"
+        "from memsleuth import profile, last_report\n"
+        "kept = bytearray(16 << 20)\n"
+        "kept[::4096] = b'x' * len(range(0, len(kept), 4096))  # resident before the sink is forked\n"
+        "@profile\n"
+        "def work():\n"
+        "    return [0] * 1000\n"
+        "work()\n"
+        "print(json.dumps([children(), last_report()['process']]))\n"
+    ))
+    proc = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, env=_env(None), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    children, process = json.loads(proc.stdout.splitlines()[-1])
+    assert children == [["memsleuth-sink", "memsleuth-sink"]], "the sink was forked, sharing the 16 MiB"
+    assert 0 < process["sink_rss_peak_bytes"] < 12 << 20, process
