@@ -377,15 +377,28 @@ fn fork_sink(
     glibc_serves_above: u64,
     report: Option<std::path::PathBuf>,
 ) -> PyResult<Option<i32>> {
-    let version = py.version_info();
     let sink = sink::ForkedSink {
         doorbell,
         replies,
         allocators: allocators(py, glibc_serves_above),
         report,
-        python_version: format!("{}.{}.{}", version.major, version.minor, version.patch),
+        python_version: python_version(py),
     };
     sink::fork(sink).map_err(|e| PyOSError::new_err(format!("memsleuth: cannot fork the sink: {e}")))
+}
+
+/// In a spawned sink, once its program has ended (`finished`: normally): a followed child's JSON
+/// report at `report`, or the death report on stderr (as a forked sink leaves them).
+#[pyfunction]
+#[pyo3(signature = (finished, report=None))]
+fn leave_sink_reports(py: Python<'_>, finished: bool, report: Option<std::path::PathBuf>) {
+    sink::leave_reports(finished, report.as_deref(), python_version(py));
+}
+
+/// This interpreter's version as the reports name it ("3.12.1").
+fn python_version(py: Python<'_>) -> String {
+    let version = py.version_info();
+    format!("{}.{}.{}", version.major, version.minor, version.patch)
 }
 
 /// In the program: the sink process `sink_pid` keeps the books; `doorbell` wakes it, answers
@@ -594,6 +607,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(death_heading, m)?)?;
     m.add_function(wrap_pyfunction!(incomplete_heading, m)?)?;
     m.add_function(wrap_pyfunction!(fork_sink, m)?)?;
+    m.add_function(wrap_pyfunction!(leave_sink_reports, m)?)?;
     m.add_function(wrap_pyfunction!(tracked_live_bytes, m)?)?;
     m.add_class::<GenFrame>()?;
     m.add_function(wrap_pyfunction!(gen_resume, m)?)?;

@@ -22,6 +22,7 @@ use memsleuth_core::books::Books;
 use memsleuth_core::record::{header_words, Record, Request};
 use memsleuth_core::report::{render_function, render_live_at_peak, render_text, Report};
 use memsleuth_core::ring::{Drained, Ring, CONTROL_WORDS};
+use std::io::Write;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64 as Word;
@@ -289,17 +290,7 @@ fn forked_sink(sink: ForkedSink, program: i32) -> ! {
     SHARED_AT_FORK.store(crate::rss::resident().unwrap_or(0), Ordering::Relaxed);
     let ending = serve(doorbell, &sink.replies, program, true, sink.allocators);
     let _ = std::fs::remove_dir_all(&sink.replies);
-    match sink.report {
-        Some(path) => leave_report(&path, sink.python_version),
-        None if ending.exit_record.is_none() => {
-            let how = "ended without finishing (killed by a signal, crashed, or os._exit)";
-            let books = BOOKS.lock();
-            let text =
-                death_heading(&books, how) + &render_text(&Report::from_ledger(&books.ledger, "", None, 0), 1, 0);
-            write_all(2, text.as_bytes());
-        }
-        None => {}
-    }
+    leave_reports(ending.exit_record.is_some(), sink.report.as_deref(), sink.python_version);
     // SAFETY: _exit has no preconditions; it skips the program's exit handlers and buffers,
     // which are the program's to run and flush.
     unsafe { libc::_exit(0) }
@@ -378,30 +369,25 @@ fn retitle(title: &[u8]) {
     }
 }
 
-/// A followed child's sink: its JSON report goes to `path`, where the run's sink collects it
-/// once the `.pending` file beside it is gone.
-fn leave_report(path: &Path, python_version: String) {
-    let request =
-        Request::Json { python_version, argv: None, selection: None, rss_peak: crate::rss::peak(), codes: None };
-    let json = respond(&BOOKS.lock(), &request);
-    let written = path.with_extension("json.tmp");
-    if std::fs::write(&written, json).is_ok() {
-        let _ = std::fs::rename(&written, path);
-    }
-    let _ = std::fs::remove_file(path.with_extension("pending"));
-}
-
-fn write_all(fd: RawFd, mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        // SAFETY: writes from a valid buffer of `bytes.len()` bytes.
-        let wrote = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if wrote <= 0 {
-            if wrote < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return;
+/// What a sink started by `@profile` (forked or spawned) leaves once its program has ended: a
+/// followed child's JSON report at `report`, where the run's sink collects it once the
+/// `.pending` file beside it is gone; otherwise, for a program that did not finish, its heading
+/// and tables on stderr.
+pub fn leave_reports(finished: bool, report: Option<&Path>, python_version: String) {
+    let books = BOOKS.lock();
+    if let Some(path) = report {
+        let request =
+            Request::Json { python_version, argv: None, selection: None, rss_peak: crate::rss::peak(), codes: None };
+        let written = path.with_extension("json.tmp");
+        if std::fs::write(&written, respond(&books, &request)).is_ok() {
+            let _ = std::fs::rename(&written, path);
         }
-        bytes = &bytes[wrote as usize..];
+        let _ = std::fs::remove_file(path.with_extension("pending"));
+    } else if !finished {
+        let how = "ended without finishing (killed by a signal, crashed, or os._exit)";
+        let text = death_heading(&books, how) + &render_text(&Report::from_ledger(&books.ledger, "", None, 0), 1, 0);
+        // Nowhere to say that stderr is gone.
+        let _ = std::io::stderr().write_all(text.as_bytes());
     }
 }
 

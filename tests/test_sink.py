@@ -223,3 +223,24 @@ def test_a_forked_sinks_peak_rss_is_its_own(tmp_path):
     children, process = json.loads(proc.stdout.splitlines()[-1])
     assert children == [["memsleuth-sink", "memsleuth-sink"]], "the sink was forked, sharing the 16 MiB"
     assert 0 < process["sink_rss_peak_bytes"] < 12 << 20, process
+
+
+@pytest.mark.parametrize("start", ["forked", "spawned"])
+def test_a_forked_and_a_spawned_sink_leave_a_killed_programs_report_on_stderr(start, tmp_path):
+    program = tmp_path / "killed.py"
+    program.write_text(
+        "import os, signal, sys, threading\n"
+        "from memsleuth import profile\n"
+        "if sys.argv[1] == 'spawned':\n"
+        "    threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+        "@profile\n"
+        "def work():\n"
+        "    kept = [bytes(1000) for _ in range(1000)]\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "work()\n"
+    )
+    proc = subprocess.run([sys.executable, str(program), start], capture_output=True, text=True, env=_env(None),
+                          timeout=60)
+    assert proc.returncode == -9
+    assert proc.stderr.startswith("memsleuth: INCOMPLETE REPORT: the program ended without finishing"), proc.stderr
+    assert "running work at " in proc.stderr and "kept = [bytes(1000)" in proc.stderr, proc.stderr

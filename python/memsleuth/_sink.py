@@ -91,9 +91,10 @@ def _spawn(ring, report):
     doorbell_r, doorbell_w = os.pipe()
     replies = _reply_directory()
     try:
-        pid = _native.fork_sink(doorbell_r, replies, _native.glibc_serves_above(), report)
+        glibc_serves_above = _native.glibc_serves_above()
+        pid = _native.fork_sink(doorbell_r, replies, glibc_serves_above, report)
         if pid is None:
-            pid = _spawn_interpreter(ring, doorbell_r, replies, report)
+            pid = _spawn_interpreter(ring, doorbell_r, replies, glibc_serves_above, report)
     except BaseException:
         os.close(doorbell_w)
         os.rmdir(replies)
@@ -104,7 +105,7 @@ def _spawn(ring, report):
     _native.connect_sink(doorbell_w, replies, pid, False)
 
 
-def _spawn_interpreter(ring, doorbell_r, replies, report):
+def _spawn_interpreter(ring, doorbell_r, replies, glibc_serves_above, report):
     """Spawns a fresh interpreter as the sink, given the ring and the doorbell; returns its pid."""
     ours = (ring, doorbell_r)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +113,7 @@ def _spawn_interpreter(ring, doorbell_r, replies, report):
     actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
     actions += [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(ours, targets)]
     argv = [sys.executable, "-I", "-S", "-c", _SPAWNED_MAIN, package_parent, *map(str, targets), replies,
-            str(os.getpid()), str(_native.glibc_serves_above()), *([report] if report else [])]
+            str(os.getpid()), str(glibc_serves_above), *([report] if report else [])]
     return os.posix_spawn(sys.executable, argv, os.environ, file_actions=actions)
 
 
@@ -133,23 +134,7 @@ def spawned_main(args):
         ending = _native.serve_sink(doorbell, replies, program, True, glibc_serves_above)
     finally:
         shutil.rmtree(replies, ignore_errors=True)
-    if len(args) > 5:
-        _leave_report(args[5])
-    elif ending["exit_record"] is None:
-        sys.stderr.write(_native.death_heading("ended without finishing (killed by a signal, crashed, or os._exit)"))
-        sys.stderr.write(_native.report_all_text(1, 0))
-
-
-def _leave_report(path):
-    """A followed child's sink: its JSON report goes where the run's sink collects it."""
-    version = ".".join(str(part) for part in sys.version_info[:3])
-    with open(path + ".tmp", "w") as f:
-        f.write(_native.report_json(version, None, None))
-    os.replace(path + ".tmp", path)
-    try:
-        os.remove(path[:-len(".json")] + ".pending")
-    except OSError:
-        pass
+    _native.leave_sink_reports(ending["exit_record"] is not None, args[5] if len(args) > 5 else None)
 
 
 def follow_forks(directory):
