@@ -8,7 +8,7 @@ import os
 import sys
 import types
 
-from . import _native, _nested, _sink, _source
+from . import _bytecode, _native, _nested, _sink, _source
 
 # Modules the decorator does not need (json, threading, the timeline's) are imported where they
 # are used: a program profiled with @profile keeps whatever memsleuth imports in its RSS
@@ -166,7 +166,7 @@ def _with_own_code(func):
     code = func.__code__
     copy = _code_copies.get(code)
     if copy is None:
-        copy = _code_copies[code] = code.replace()
+        copy = _code_copies[code] = _bytecode.with_line_nops(code) or code.replace()
     own = types.FunctionType(copy, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
     own.__kwdefaults__ = func.__kwdefaults__
     # What it is registered under: a functools.wraps wrapper carries the wrapped one's names.

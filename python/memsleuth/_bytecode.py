@@ -1,0 +1,254 @@
+"""A profiled function's own code object, with each line opened by a NOP (CPython 3.12).
+
+Under sys.monitoring's LINE events, 3.12 wraps the first instruction of every line in
+INSTRUMENTED_LINE, which runs that instruction's generic form and keeps it from specializing: a
+loop body opening with ``LOAD_GLOBAL str`` looks ``str`` up in two dicts on every iteration, and
+the loop's ``FOR_ITER`` runs generic. The copy made here starts each line (and each jump or
+handler target) with a NOP of the same location, so the NOP is what gets wrapped, and the line's
+real first instruction specializes as it does without a profiler. The events are the same: the
+NOP has the line, the location and the predecessor its instruction had (docs/design.md, "Line
+events on 3.12").
+
+Opcodes are 3.12's, written out rather than read from ``opcode`` (which a profiled program must
+not be made to import); tests compare them with ``opcode``'s. Only plain functions are
+rewritten (generators and coroutines have jumps with other rules); anything unexpected leaves
+the code as it was.
+"""
+
+import sys
+
+#: The rewrite applies to this version's bytecode only.
+APPLIES = sys.version_info[:2] == (3, 12)
+
+NOP = 9
+END_FOR = 4
+RESUME = 151
+EXTENDED_ARG = 144
+FOR_ITER = 93
+HAVE_ARGUMENT = 90
+FORWARD_JUMPS = frozenset((93, 110, 114, 115, 128, 129))  # FOR_ITER, JUMP_FORWARD, POP_JUMP_IF_*
+BACKWARD_JUMPS = frozenset((140,))  # JUMP_BACKWARD
+#: Jumps of generators and coroutines, never rewritten: SEND, JUMP_BACKWARD_NO_INTERRUPT.
+OTHER_JUMPS = frozenset((123, 134))
+#: Inline cache entries after each instruction that has them.
+CACHES = {25: 1, 60: 1, 92: 1, 93: 1, 95: 4, 106: 9, 107: 1, 116: 4, 122: 1, 123: 1, 141: 1, 171: 3}
+
+CO_GENERATOR, CO_COROUTINE, CO_ITERABLE_COROUTINE, CO_ASYNC_GENERATOR = 0x20, 0x80, 0x100, 0x200
+
+
+def with_line_nops(code):
+    """A copy of ``code`` whose lines each open with a NOP, or None where it does not apply."""
+    if not APPLIES or code.co_flags & (CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR):
+        return None
+    units = _units(code.co_code)
+    if units is None:
+        return None
+    positions = list(code.co_positions())
+    starts = _line_starts(code, units, positions)
+    if starts is None:
+        return None
+    layout = _layout(code.co_code, units, starts, positions)
+    if layout is None:
+        return None
+    new_code, located, where = layout
+    moved = {unit.start: at for unit, at in zip(units, where)}
+    moved[len(code.co_code) // 2] = len(new_code) // 2
+    return code.replace(
+        co_code=new_code,
+        co_linetable=_location_table(code.co_firstlineno, located),
+        co_exceptiontable=_exception_table(code.co_exceptiontable, moved),
+    )
+
+
+class _Unit:
+    """One instruction: its EXTENDED_ARG prefixes, opcode, argument and inline caches."""
+
+    __slots__ = ("start", "prefixes", "op", "arg", "caches", "target")
+
+    def __init__(self, start, prefixes, op, arg, caches):
+        self.start, self.prefixes, self.op, self.arg, self.caches = start, prefixes, op, arg, caches
+        #: For a jump, the unit index it lands on.
+        self.target = None
+
+    @property
+    def end(self):
+        return self.start + self.prefixes + 1 + self.caches
+
+
+def _units(co_code):
+    """The instructions of ``co_code`` (in code units of two bytes), their jumps resolved to the
+    unit they land on; None if a jump is of a kind not rewritten here."""
+    units = []
+    by_start = {}
+    i, n = 0, len(co_code) // 2
+    while i < n:
+        start, prefixes, arg = i, 0, 0
+        op = co_code[2 * i]
+        while op == EXTENDED_ARG:
+            arg = (arg | co_code[2 * i + 1]) << 8
+            prefixes += 1
+            i += 1
+            op = co_code[2 * i]
+        arg |= co_code[2 * i + 1]
+        unit = _Unit(start, prefixes, op, arg, CACHES.get(op, 0))
+        by_start[start] = len(units)
+        units.append(unit)
+        i = unit.end
+    for unit in units:
+        if unit.op in OTHER_JUMPS:
+            return None
+        if unit.op in FORWARD_JUMPS or unit.op in BACKWARD_JUMPS:
+            lands = unit.end + unit.arg if unit.op in FORWARD_JUMPS else unit.end - unit.arg
+            if unit.op == FOR_ITER:
+                # An exhausted iterator skips the END_FOR its argument points at.
+                end_for = by_start.get(lands)
+                if end_for is None or units[end_for].op != END_FOR:
+                    return None
+                lands = units[end_for].end
+            unit.target = by_start.get(lands)
+            if unit.target is None:
+                return None
+    return units
+
+
+def _line_starts(code, units, positions):
+    """Indexes of the units to open with a NOP: each that starts a line, is a jump's landing or
+    an exception handler, after the function's RESUME (before it nothing is instrumented)."""
+    resume = next((k for k, unit in enumerate(units) if unit.op == RESUME), None)
+    if resume is None:
+        return None
+    by_start = {unit.start: k for k, unit in enumerate(units)}
+    starts = {unit.target for unit in units if unit.target is not None}
+    for start, end, target, _depth, _lasti in _parse_exception_table(code.co_exceptiontable):
+        if not (start in by_start and (end in by_start or end == units[-1].end) and target in by_start):
+            return None
+        starts.add(by_start[target])
+    last_line = None
+    for k, unit in enumerate(units):
+        line = positions[unit.start][0]
+        if line is not None and line != last_line:
+            starts.add(k)
+            last_line = line
+    return {k for k in starts if k > resume and units[k].op != END_FOR}
+
+
+def _layout(co_code, units, starts, positions):
+    """The new bytecode, the location of each of its code units, and where each old unit now
+    starts (its NOP, if it has one); None if a jump would have to go the other way."""
+    prefixes = [unit.prefixes for unit in units]
+    while True:
+        where, at = [], 0
+        for k, unit in enumerate(units):
+            where.append(at)
+            at += (k in starts) + prefixes[k] + 1 + unit.caches
+        args, grown = [], False
+        for k, unit in enumerate(units):
+            if unit.target is None:
+                args.append(unit.arg)
+                continue
+            after = where[k] + (k in starts) + prefixes[k] + 1 + unit.caches
+            lands = where[unit.target]
+            if unit.op == FOR_ITER:
+                lands -= 1  # the END_FOR before its landing, which never gets a NOP
+            arg = lands - after if unit.op in FORWARD_JUMPS else after - lands
+            if arg < 0:
+                return None
+            needed = (arg.bit_length() - 1) // 8 if arg else 0
+            if needed > prefixes[k]:
+                prefixes[k] = needed  # and lay it all out again: the jumps over it grew
+                grown = True
+            args.append(arg)
+        if not grown:
+            break
+    code, located = bytearray(), []
+    for k, unit in enumerate(units):
+        first = positions[unit.start]
+        if k in starts:
+            code += bytes((NOP, 0))
+            located.append(first)
+        added = prefixes[k] - unit.prefixes
+        located += [first] * added + positions[unit.start:unit.end]
+        arg = args[k]
+        for shift in range(prefixes[k], 0, -1):
+            code += bytes((EXTENDED_ARG, arg >> (8 * shift) & 0xFF))
+        code += bytes((unit.op, arg & 0xFF))
+        op_at = unit.start + unit.prefixes
+        code += co_code[2 * (op_at + 1):2 * unit.end]
+    return bytes(code), located, where
+
+
+def _parse_exception_table(table):
+    """(start, end, target, depth, lasti) of each entry, in code units."""
+    entries, i = [], 0
+
+    def item():
+        nonlocal i
+        byte = table[i]
+        i += 1
+        value = byte & 63
+        while byte & 64:
+            byte = table[i]
+            i += 1
+            value = value << 6 | byte & 63
+        return value
+
+    while i < len(table):
+        start, length, target, depth_lasti = item(), item(), item(), item()
+        entries.append((start, start + length, target, depth_lasti >> 1, depth_lasti & 1))
+    return entries
+
+
+def _exception_item(out, value, first):
+    """Appends one number of an exception table entry: 6-bit groups, most significant first,
+    0x40 on all but the last, 0x80 on an entry's first byte."""
+    groups = [value & 63]
+    value >>= 6
+    while value:
+        groups.append(value & 63)
+        value >>= 6
+    for n, group in enumerate(reversed(groups)):
+        out.append(group | (64 if n < len(groups) - 1 else 0) | (128 if first and n == 0 else 0))
+
+
+def _exception_table(table, moved):
+    """The exception table with its offsets moved (``moved``: old offset -> new)."""
+    out = bytearray()
+    for start, end, target, depth, lasti in _parse_exception_table(table):
+        start, end, target = moved[start], moved[end], moved[target]
+        _exception_item(out, start, True)
+        _exception_item(out, end - start, False)
+        _exception_item(out, target, False)
+        _exception_item(out, depth << 1 | lasti, False)
+    return bytes(out)
+
+
+def _varint(out, value):
+    """A location table number: 6-bit groups, least significant first, 0x40 on all but the last."""
+    while value >= 64:
+        out.append(64 | value & 63)
+        value >>= 6
+    out.append(value)
+
+
+def _location_table(first_line, located):
+    """A location table (3.11+ format) giving each code unit its (line, end line, column, end
+    column), in the long form throughout, or the no-location form; runs of up to eight equal
+    code units share an entry."""
+    out, line, k = bytearray(), first_line, 0
+    while k < len(located):
+        run = 1
+        while run < 8 and k + run < len(located) and located[k + run] == located[k]:
+            run += 1
+        start, end, column, end_column = located[k]
+        if start is None:
+            out.append(0x80 | 15 << 3 | run - 1)
+        else:
+            out.append(0x80 | 14 << 3 | run - 1)
+            delta = start - line
+            _varint(out, -delta << 1 | 1 if delta < 0 else delta << 1)
+            _varint(out, (start if end is None else end) - start)
+            _varint(out, 0 if column is None else column + 1)
+            _varint(out, 0 if end_column is None else end_column + 1)
+            line = start
+        k += run
+    return bytes(out)
