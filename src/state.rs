@@ -124,6 +124,8 @@ fn filter_bit(addr: usize) -> (usize, u64) {
     ((hash as usize / 64) % FILTER_WORDS, 1 << (hash % 64))
 }
 
+#[cold]
+#[inline(never)]
 fn big_block_allocated(addr: usize, size: u64) {
     let mut residency = RESIDENCY.lock();
     residency.allocated(addr, size);
@@ -131,13 +133,16 @@ fn big_block_allocated(addr: usize, size: u64) {
     BIG_FILTER[word].fetch_or(bit, Ordering::Release);
 }
 
-/// Whether the free of `addr` was a big block's.
+/// Whether a big block may live at `addr` (the filter's bit is set): a free there must ask
+/// `big_block_freed`.
 #[inline(always)]
-fn big_block_freed(addr: usize) -> bool {
+fn may_be_big_block(addr: usize) -> bool {
     let (word, bit) = filter_bit(addr);
-    if BIG_FILTER[word].load(Ordering::Acquire) & bit == 0 {
-        return false;
-    }
+    BIG_FILTER[word].load(Ordering::Acquire) & bit != 0
+}
+
+/// Whether the free of `addr`, where `may_be_big_block` said one may live, was a big block's.
+fn big_block_freed(addr: usize) -> bool {
     let mut residency = RESIDENCY.lock();
     let freed = residency.freed(addr);
     if freed && STALE_BITS.fetch_add(1, Ordering::Relaxed) >= FILTER_WORDS {
@@ -337,10 +342,20 @@ impl Local {
     fn note_free(&self, addr: usize) {
         let mut schedule = self.schedule.get();
         schedule.freed();
-        if big_block_freed(addr) {
-            schedule.big_event();
-        }
         self.schedule.set(schedule);
+        if may_be_big_block(addr) {
+            self.note_big_free(addr);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn note_big_free(&self, addr: usize) {
+        if big_block_freed(addr) {
+            let mut schedule = self.schedule.get();
+            schedule.big_event();
+            self.schedule.set(schedule);
+        }
     }
 
     pub fn realloc_begins(&self, old: usize, raw: bool) {

@@ -29,7 +29,7 @@ const ANSWERED: usize = 12;
 const PAD: u64 = 0xff;
 
 pub struct Ring<'a> {
-    control: &'a [AtomicU64],
+    control: &'a [AtomicU64; CONTROL_WORDS],
     data: &'a [AtomicU64],
     mask: usize,
 }
@@ -64,12 +64,11 @@ impl<'a> Ring<'a> {
     /// A ring over `words`: CONTROL_WORDS control words, then the data, whose length must be a
     /// power of two. Zeroed memory is an empty ring. None if the length is not of that form.
     pub fn new(words: &'a [AtomicU64]) -> Option<Self> {
-        let data_len = words.len().checked_sub(CONTROL_WORDS)?;
-        if !data_len.is_power_of_two() || data_len < 2 {
+        let (control, data) = words.split_first_chunk::<CONTROL_WORDS>()?;
+        if !data.len().is_power_of_two() || data.len() < 2 {
             return None;
         }
-        let (control, data) = words.split_at(CONTROL_WORDS);
-        Some(Ring { control, data, mask: data_len - 1 })
+        Some(Ring { control, data, mask: data.len() - 1 })
     }
 
     /// Data words.
@@ -184,10 +183,15 @@ impl<'a> Ring<'a> {
 
     #[inline]
     fn commit(&self, at: usize, words: &[u64]) {
-        for (slot, word) in self.data[at + 1..at + words.len()].iter().zip(&words[1..]) {
+        let (Some((slot, rest)), Some((header, payload))) =
+            (self.data[at..at + words.len()].split_first(), words.split_first())
+        else {
+            return;
+        };
+        for (slot, word) in rest.iter().zip(payload) {
             slot.store(*word, Ordering::Relaxed);
         }
-        self.data[at].store(words[0], Ordering::Release);
+        slot.store(*header, Ordering::Release);
     }
 
     /// Reads records in order, handing each to `apply`, until none is written yet or about
