@@ -1,6 +1,6 @@
-"""The code copies whose lines open with a NOP (python/memsleuth/_bytecode.py, 3.12 only): the
-same instructions, locations, exception handlers, results and line events as the code they copy,
-and the line's real first instruction free to specialize."""
+"""The code copies whose lines open with a NOP (python/memsleuth/_bytecode.py, 3.12 and 3.13):
+the same instructions, locations, exception handlers, results and line events as the code they
+copy, and the line's real first instruction free to specialize."""
 
 import dis
 import opcode
@@ -15,24 +15,28 @@ import pytest
 
 from memsleuth import _bytecode
 
-pytestmark = pytest.mark.skipif(sys.version_info[:2] != (3, 12), reason="the rewrite is for 3.12's bytecode")
+pytestmark = pytest.mark.skipif(_bytecode.OPCODES is None, reason="the rewrite is for 3.12's and 3.13's bytecode")
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_opcodes_written_out_are_312s():
-    assert _bytecode.NOP == opcode.opmap["NOP"]
-    assert _bytecode.END_FOR == opcode.opmap["END_FOR"]
-    assert _bytecode.RESUME == opcode.opmap["RESUME"]
-    assert _bytecode.EXTENDED_ARG == opcode.opmap["EXTENDED_ARG"]
-    assert _bytecode.FOR_ITER == opcode.opmap["FOR_ITER"]
-    assert _bytecode.HAVE_ARGUMENT == opcode.HAVE_ARGUMENT
-    real_jumps = {op for op in opcode.hasjrel if op < 256}
-    assert real_jumps == _bytecode.FORWARD_JUMPS | _bytecode.BACKWARD_JUMPS | _bytecode.OTHER_JUMPS
-    assert {op for op in real_jumps if "BACKWARD" in opcode.opname[op]} == _bytecode.BACKWARD_JUMPS | {
-        opcode.opmap["JUMP_BACKWARD_NO_INTERRUPT"]}
+def test_the_opcodes_written_out_are_this_interpreters():
+    ops = _bytecode.OPCODES
+    names = {"nop": "NOP", "resume": "RESUME", "extended_arg": "EXTENDED_ARG", "end_for": "END_FOR",
+             "for_iter": "FOR_ITER"}
+    assert {attr: getattr(ops, attr) for attr in names} == {attr: opcode.opmap[name] for attr, name in names.items()}
+    forward = {"FOR_ITER", "JUMP_FORWARD", "POP_JUMP_IF_FALSE", "POP_JUMP_IF_TRUE", "POP_JUMP_IF_NONE",
+               "POP_JUMP_IF_NOT_NONE"}
+    assert ops.forward == {opcode.opmap[name] for name in forward}
+    assert ops.backward == {opcode.opmap["JUMP_BACKWARD"], opcode.opmap["JUMP_BACKWARD_NO_INTERRUPT"]}
+    assert ops.other == {opcode.opmap["SEND"]}
+    # Every real relative jump is one of them (JUMP and JUMP_NO_INTERRUPT, 256 and up, are the
+    # compiler's pseudo-instructions).
+    assert {op for op in opcode.hasjrel if op < 256} == ops.forward | ops.backward | ops.other
     assert not opcode.hasjabs
-    assert _bytecode.CACHES == {op: n for op, n in enumerate(opcode._inline_cache_entries) if n}
+    entries = opcode._inline_cache_entries
+    by_op = entries.items() if isinstance(entries, dict) else ((opcode.opname[op], n) for op, n in enumerate(entries))
+    assert ops.caches == {opcode.opmap[name]: n for name, n in by_op if n and name in opcode.opmap}
 
 
 def code_objects(code):
@@ -103,7 +107,8 @@ def test_every_line_of_a_copy_opens_with_a_nop():
 
     copy = _bytecode.with_line_nops(loop.__code__)
     instructions = list(dis.get_instructions(copy))
-    starts = [ins.opname for ins in instructions if ins.starts_line is not None or ins.is_jump_target]
+    # 3.13's starts_line is a bool, 3.12's the line or None.
+    starts = [ins.opname for ins in instructions if ins.starts_line not in (None, False) or ins.is_jump_target]
     # dis counts FOR_ITER's END_FOR as a target, but the loop's exit lands past it, on a NOP.
     assert starts[0] == "RESUME" and set(starts[1:]) == {"NOP", "END_FOR"}, starts
     assert starts.count("NOP") == 5, starts  # three lines, the loop's head, its exit

@@ -1,53 +1,72 @@
-"""A profiled function's own code object, with each line opened by a NOP (CPython 3.12).
+"""A profiled function's own code object, with each line opened by a NOP (CPython 3.12, 3.13).
 
-Under sys.monitoring's LINE events, 3.12 wraps the first instruction of every line in
+Under sys.monitoring's LINE events, the interpreter wraps the first instruction of every line in
 INSTRUMENTED_LINE, which runs that instruction's generic form and keeps it from specializing: a
 loop body opening with ``LOAD_GLOBAL str`` looks ``str`` up in two dicts on every iteration, and
 the loop's ``FOR_ITER`` runs generic. The copy made here starts each line (and each jump or
 handler target) with a NOP of the same location, so the NOP is what gets wrapped, and the line's
 real first instruction specializes as it does without a profiler. The events are the same: the
 NOP has the line, the location and the predecessor its instruction had (docs/design.md, "Line
-events on 3.12").
+events on 3.12 and 3.13").
 
-Opcodes are 3.12's, written out rather than read from ``opcode`` (which a profiled program must
-not be made to import); tests compare them with ``opcode``'s. Only plain functions are
-rewritten (generators and coroutines have jumps with other rules); anything unexpected leaves
-the code as it was.
+Opcodes are written out per version rather than read from ``opcode`` (which a profiled program
+must not be made to import); tests compare them with ``opcode``'s. Only plain functions are
+rewritten (generators and coroutines have jumps with other rules); code whose jumps or handlers
+do not land where these tables say leaves the code as it was.
 """
 
 import sys
 
-#: The rewrite applies to this version's bytecode only.
-APPLIES = sys.version_info[:2] == (3, 12)
 
-NOP = 9
-END_FOR = 4
-RESUME = 151
-EXTENDED_ARG = 144
-FOR_ITER = 93
-HAVE_ARGUMENT = 90
-FORWARD_JUMPS = frozenset((93, 110, 114, 115, 128, 129))  # FOR_ITER, JUMP_FORWARD, POP_JUMP_IF_*
-BACKWARD_JUMPS = frozenset((140,))  # JUMP_BACKWARD
-#: Jumps of generators and coroutines, never rewritten: SEND, JUMP_BACKWARD_NO_INTERRUPT.
-OTHER_JUMPS = frozenset((123, 134))
-#: Inline cache entries after each instruction that has them.
-CACHES = {25: 1, 60: 1, 92: 1, 93: 1, 95: 4, 106: 9, 107: 1, 116: 4, 122: 1, 123: 1, 141: 1, 171: 3}
+class _Opcodes:
+    """One CPython version's opcodes, as far as the rewrite needs them."""
+
+    def __init__(self, nop, resume, extended_arg, end_for, for_iter, forward, backward, other, caches, after_end_for):
+        self.nop, self.resume, self.extended_arg, self.end_for, self.for_iter = nop, resume, extended_arg, end_for, for_iter
+        #: Relative jumps, by direction (FOR_ITER, JUMP_FORWARD and the POP_JUMP_IFs forward;
+        #: JUMP_BACKWARD and JUMP_BACKWARD_NO_INTERRUPT back).
+        self.forward, self.backward = frozenset(forward), frozenset(backward)
+        #: SEND, of generators and coroutines, which are never rewritten.
+        self.other = frozenset(other)
+        #: Inline cache entries after each instruction that has them.
+        self.caches = caches
+        #: Instructions after a loop's END_FOR that an exhausted FOR_ITER skips with it.
+        self.after_end_for = after_end_for
+
+
+_TABLES = {
+    (3, 12): _Opcodes(nop=9, resume=151, extended_arg=144, end_for=4, for_iter=93,
+                      forward=(93, 110, 114, 115, 128, 129), backward=(140, 134), other=(123,),
+                      caches={25: 1, 60: 1, 92: 1, 93: 1, 95: 4, 106: 9, 107: 1, 116: 4, 122: 1, 123: 1, 141: 1,
+                              171: 3},
+                      after_end_for=0),
+    # END_FOR is followed by a POP_TOP, skipped too; the conditional jumps and JUMP_BACKWARD
+    # have a cache entry.
+    (3, 13): _Opcodes(nop=30, resume=149, extended_arg=71, end_for=11, for_iter=72,
+                      forward=(72, 79, 97, 98, 99, 100), backward=(77, 78), other=(104,),
+                      caches={91: 4, 45: 1, 117: 1, 58: 1, 59: 1, 5: 1, 72: 1, 93: 1, 82: 9, 108: 4, 53: 3, 39: 1,
+                              104: 1, 77: 1, 40: 3, 100: 1, 97: 1, 98: 1, 99: 1},
+                      after_end_for=1),
+}
+
+#: This interpreter's opcodes; None where the rewrite does not apply.
+OPCODES = _TABLES.get(sys.version_info[:2])
 
 CO_GENERATOR, CO_COROUTINE, CO_ITERABLE_COROUTINE, CO_ASYNC_GENERATOR = 0x20, 0x80, 0x100, 0x200
 
 
 def with_line_nops(code):
     """A copy of ``code`` whose lines each open with a NOP, or None where it does not apply."""
-    if not APPLIES or code.co_flags & (CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR):
+    if OPCODES is None or code.co_flags & (CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR):
         return None
-    units = _units(code.co_code)
+    units = _units(code.co_code, OPCODES)
     if units is None:
         return None
     positions = list(code.co_positions())
-    starts = _line_starts(code, units, positions)
+    starts = _line_starts(code, units, positions, OPCODES)
     if starts is None:
         return None
-    layout = _layout(code.co_code, units, starts, positions)
+    layout = _layout(code.co_code, units, starts, positions, OPCODES)
     if layout is None:
         return None
     new_code, located, where = layout
@@ -75,46 +94,50 @@ class _Unit:
         return self.start + self.prefixes + 1 + self.caches
 
 
-def _units(co_code):
+def _units(co_code, ops):
     """The instructions of ``co_code`` (in code units of two bytes), their jumps resolved to the
-    unit they land on; None if a jump is of a kind not rewritten here."""
+    unit they land on; None if a jump is of a kind not rewritten here, or lands elsewhere than at
+    an instruction."""
     units = []
     by_start = {}
     i, n = 0, len(co_code) // 2
     while i < n:
         start, prefixes, arg = i, 0, 0
         op = co_code[2 * i]
-        while op == EXTENDED_ARG:
+        while op == ops.extended_arg:
             arg = (arg | co_code[2 * i + 1]) << 8
             prefixes += 1
             i += 1
             op = co_code[2 * i]
         arg |= co_code[2 * i + 1]
-        unit = _Unit(start, prefixes, op, arg, CACHES.get(op, 0))
+        unit = _Unit(start, prefixes, op, arg, ops.caches.get(op, 0))
         by_start[start] = len(units)
         units.append(unit)
         i = unit.end
     for unit in units:
-        if unit.op in OTHER_JUMPS:
+        if unit.op in ops.other:
             return None
-        if unit.op in FORWARD_JUMPS or unit.op in BACKWARD_JUMPS:
-            lands = unit.end + unit.arg if unit.op in FORWARD_JUMPS else unit.end - unit.arg
-            if unit.op == FOR_ITER:
-                # An exhausted iterator skips the END_FOR its argument points at.
+        if unit.op in ops.forward or unit.op in ops.backward:
+            lands = unit.end + unit.arg if unit.op in ops.forward else unit.end - unit.arg
+            if unit.op == ops.for_iter:
+                # An exhausted iterator skips the END_FOR its argument points at (and on 3.13
+                # the POP_TOP after it), each one code unit.
                 end_for = by_start.get(lands)
-                if end_for is None or units[end_for].op != END_FOR:
+                skipped = units[end_for:end_for + 1 + ops.after_end_for] if end_for is not None else []
+                if len(skipped) != 1 + ops.after_end_for or skipped[0].op != ops.end_for or any(
+                        u.end - u.start != 1 for u in skipped):
                     return None
-                lands = units[end_for].end
+                lands = skipped[-1].end
             unit.target = by_start.get(lands)
             if unit.target is None:
                 return None
     return units
 
 
-def _line_starts(code, units, positions):
+def _line_starts(code, units, positions, ops):
     """Indexes of the units to open with a NOP: each that starts a line, is a jump's landing or
     an exception handler, after the function's RESUME (before it nothing is instrumented)."""
-    resume = next((k for k, unit in enumerate(units) if unit.op == RESUME), None)
+    resume = next((k for k, unit in enumerate(units) if unit.op == ops.resume), None)
     if resume is None:
         return None
     by_start = {unit.start: k for k, unit in enumerate(units)}
@@ -129,10 +152,13 @@ def _line_starts(code, units, positions):
         if line is not None and line != last_line:
             starts.add(k)
             last_line = line
-    return {k for k in starts if k > resume and units[k].op != END_FOR}
+    # An exhausted FOR_ITER skips its loop's END_FOR (and what follows it on 3.13) to land right
+    # after: nothing may come between.
+    skipped = {k + n for k, unit in enumerate(units) if unit.op == ops.end_for for n in range(1 + ops.after_end_for)}
+    return {k for k in starts if k > resume and k not in skipped}
 
 
-def _layout(co_code, units, starts, positions):
+def _layout(co_code, units, starts, positions, ops):
     """The new bytecode, the location of each of its code units, and where each old unit now
     starts (its NOP, if it has one); None if a jump would have to go the other way."""
     prefixes = [unit.prefixes for unit in units]
@@ -148,9 +174,9 @@ def _layout(co_code, units, starts, positions):
                 continue
             after = where[k] + (k in starts) + prefixes[k] + 1 + unit.caches
             lands = where[unit.target]
-            if unit.op == FOR_ITER:
-                lands -= 1  # the END_FOR before its landing, which never gets a NOP
-            arg = lands - after if unit.op in FORWARD_JUMPS else after - lands
+            if unit.op == ops.for_iter:
+                lands -= 1 + ops.after_end_for  # back to the END_FOR, which never gets a NOP
+            arg = lands - after if unit.op in ops.forward else after - lands
             if arg < 0:
                 return None
             needed = (arg.bit_length() - 1) // 8 if arg else 0
@@ -164,13 +190,13 @@ def _layout(co_code, units, starts, positions):
     for k, unit in enumerate(units):
         first = positions[unit.start]
         if k in starts:
-            code += bytes((NOP, 0))
+            code += bytes((ops.nop, 0))
             located.append(first)
         added = prefixes[k] - unit.prefixes
         located += [first] * added + positions[unit.start:unit.end]
         arg = args[k]
         for shift in range(prefixes[k], 0, -1):
-            code += bytes((EXTENDED_ARG, arg >> (8 * shift) & 0xFF))
+            code += bytes((ops.extended_arg, arg >> (8 * shift) & 0xFF))
         code += bytes((unit.op, arg & 0xFF))
         op_at = unit.start + unit.prefixes
         code += co_code[2 * (op_at + 1):2 * unit.end]
