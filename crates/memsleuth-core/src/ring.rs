@@ -181,6 +181,8 @@ impl<'a> Ring<'a> {
         }
     }
 
+    /// Writes a record where `reserve` put it: `at + words.len()` is within the data words, and
+    /// a record is never empty (`reserve` refuses one), so the `else` is never taken.
     #[inline]
     fn commit(&self, at: usize, words: &[u64]) {
         let (Some((slot, rest)), Some((header, payload))) =
