@@ -63,13 +63,13 @@ def without_nops(code):
     exception table by the same indexes."""
     instructions = list(dis.get_instructions(code))
     kept = [k for k, ins in enumerate(instructions) if ins.opname not in ("NOP", "EXTENDED_ARG")]
-    index_at = {}
+    # Each offset's index among the kept instructions: its own, or the next one's.
+    index_at = {len(code.co_code): len(kept)}
+    following = len(kept)
+    position = {k: n for n, k in enumerate(kept)}
     for k in reversed(range(len(instructions))):
-        if k in kept:
-            following = kept.index(k)
-        index_at[instructions[k].offset] = following if instructions[k].offset >= 0 else None
-    end = len(code.co_code)
-    index_at[end] = len(kept)
+        following = position.get(k, following)
+        index_at[instructions[k].offset] = following
 
     def at_or_after(offset):
         return index_at[offset] if offset in index_at else index_at[min(o for o in index_at if o > offset)]
