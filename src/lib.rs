@@ -463,7 +463,8 @@ fn report_all_text(precision: usize, min_bytes: u64) -> String {
 /// finishing (docs/design.md, "The books live in the sink", Death).
 #[pyfunction]
 fn death_heading(how: &str) -> String {
-    sink::death_heading(&sink::BOOKS.lock(), how)
+    let books = sink::BOOKS.lock();
+    sink::death_heading(&books, &Report::from_ledger(&books.ledger, "", None, 0), how)
 }
 
 /// The heading of a saved report whose program died: how it ended, the frames running then as

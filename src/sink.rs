@@ -385,20 +385,18 @@ pub fn leave_reports(finished: bool, report: Option<&Path>, python_version: Stri
         let _ = std::fs::remove_file(path.with_extension("pending"));
     } else if !finished {
         let how = "ended without finishing (killed by a signal, crashed, or os._exit)";
-        let text = death_heading(&books, how) + &render_text(&Report::from_ledger(&books.ledger, "", None, 0), 1, 0);
+        let report = Report::from_ledger(&books.ledger, "", None, 0);
+        let text = death_heading(&books, &report, how) + &render_text(&report, 1, 0);
         // Nowhere to say that stderr is gone.
         let _ = std::io::stderr().write_all(text.as_bytes());
     }
 }
 
 /// The first lines of a report the sink writes for a program that died: how it ended, the line
-/// each thread's innermost profiled frame was running, and what was live at the tracked peak.
-pub fn death_heading(books: &Books, how: &str) -> String {
-    incomplete_heading(
-        how,
-        running_frames(books),
-        &render_live_at_peak(&Report::from_ledger(&books.ledger, "", None, 0)),
-    )
+/// each thread's innermost profiled frame was running, and what was live at the tracked peak
+/// (from `report`, the books' whole report, which the caller builds once for its tables too).
+pub fn death_heading(books: &Books, report: &Report, how: &str) -> String {
+    incomplete_heading(how, running_frames(books), &render_live_at_peak(report))
 }
 
 /// The profiled frames open now, innermost per thread, as (function name, file, line).
