@@ -59,11 +59,13 @@ def with_line_nops(code):
     """A copy of ``code`` whose lines each open with a NOP, or None where it does not apply."""
     if OPCODES is None or code.co_flags & (CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR):
         return None
-    units = _units(code.co_code, OPCODES)
-    if units is None:
+    found = _units(code.co_code, OPCODES)
+    if found is None:
         return None
+    units, by_start = found
+    handlers = _parse_exception_table(code.co_exceptiontable)
     positions = list(code.co_positions())
-    starts = _line_starts(code, units, positions, OPCODES)
+    starts = _line_starts(units, by_start, handlers, positions, OPCODES)
     if starts is None:
         return None
     layout = _layout(code.co_code, units, starts, positions, OPCODES)
@@ -75,7 +77,7 @@ def with_line_nops(code):
     return code.replace(
         co_code=new_code,
         co_linetable=_location_table(code.co_firstlineno, located),
-        co_exceptiontable=_exception_table(code.co_exceptiontable, moved),
+        co_exceptiontable=_exception_table(handlers, moved),
     )
 
 
@@ -96,8 +98,8 @@ class _Unit:
 
 def _units(co_code, ops):
     """The instructions of ``co_code`` (in code units of two bytes), their jumps resolved to the
-    unit they land on; None if a jump is of a kind not rewritten here, or lands elsewhere than at
-    an instruction."""
+    unit they land on, and each one's index by the code unit it starts at; None if a jump is of a
+    kind not rewritten here, or lands elsewhere than at an instruction."""
     units = []
     by_start = {}
     i, n = 0, len(co_code) // 2
@@ -131,18 +133,17 @@ def _units(co_code, ops):
             unit.target = by_start.get(lands)
             if unit.target is None:
                 return None
-    return units
+    return units, by_start
 
 
-def _line_starts(code, units, positions, ops):
+def _line_starts(units, by_start, handlers, positions, ops):
     """Indexes of the units to open with a NOP: each that starts a line, is a jump's landing or
     an exception handler, after the function's RESUME (before it nothing is instrumented)."""
     resume = next((k for k, unit in enumerate(units) if unit.op == ops.resume), None)
     if resume is None:
         return None
-    by_start = {unit.start: k for k, unit in enumerate(units)}
     starts = {unit.target for unit in units if unit.target is not None}
-    for start, end, target, _depth, _lasti in _parse_exception_table(code.co_exceptiontable):
+    for start, end, target, _depth, _lasti in handlers:
         if not (start in by_start and (end in by_start or end == units[-1].end) and target in by_start):
             return None
         starts.add(by_start[target])
@@ -236,10 +237,11 @@ def _exception_item(out, value, first):
         out.append(group | (64 if n < len(groups) - 1 else 0) | (128 if first and n == 0 else 0))
 
 
-def _exception_table(table, moved):
-    """The exception table with its offsets moved (``moved``: old offset -> new)."""
+def _exception_table(handlers, moved):
+    """The exception table of ``handlers`` (as parsed) with their offsets moved (``moved``: old
+    offset -> new)."""
     out = bytearray()
-    for start, end, target, depth, lasti in _parse_exception_table(table):
+    for start, end, target, depth, lasti in handlers:
         start, end, target = moved[start], moved[end], moved[target]
         _exception_item(out, start, True)
         _exception_item(out, end - start, False)
