@@ -34,7 +34,8 @@ pub static BOOKS: SpinLock<Books> = SpinLock::new(Books::new());
 
 /// Data words of the ring by default (docs/design.md, "The books live in the sink", where the
 /// size was measured): small, since all of it is resident in the program, and enough that the
-/// sink, woken when it is half full, drains it before the producers catch up.
+/// books thread, looking at it every few thousand words it applies, drains it before the
+/// producers catch up.
 pub const RING_WORDS: usize = 1 << 15;
 /// Bounds of `MEMSLEUTH_RING_KIB`, which sets the data's size in KiB (a power of two) for
 /// measuring other sizes.
@@ -426,23 +427,15 @@ pub fn incomplete_heading(how: &str, frames: impl IntoIterator<Item = (String, S
     heading
 }
 
-/// The ring went past half full: the sink process is woken now, if it sleeps, so that it drains
-/// while the producers go on (a sink thread wakes by itself).
-#[cold]
-pub fn nudge() {
-    if !SINK_THREAD.load(Ordering::Relaxed) {
-        ring_doorbell();
-    }
-}
-
 /// Waits on a full ring that yield to the sink before sleeping: the sink hands room back every
 /// page it reads (a few microseconds), and a sleep costs tens of microseconds.
 const YIELDS: u32 = 256;
 
 /// A producer found the ring full, `waits` times in a row so far. Returns false if the sink is
-/// gone (recording stops). docs/design.md, "The books live in the sink": the doorbell was rung
-/// when the ring went past half full and is rung again now; the producer yields its CPU to the
-/// sink a bounded number of times, then sleeps between tries, checking that the sink lives.
+/// gone (recording stops). docs/design.md, "The books live in the sink": the doorbell wakes the
+/// sink's reader, and a pipe's wake-up runs it on the waker's CPU, which the program, waiting
+/// now, can spare (it rings only then and with a request, for that reason); the producer yields
+/// its CPU a bounded number of times, then sleeps between tries, checking that the sink lives.
 pub fn make_room(waits: u32) -> bool {
     if SINK_THREAD.load(Ordering::Relaxed) {
         drain_here();
@@ -592,7 +585,7 @@ const CHUNK_WORDS: usize = 1 << 16;
 /// The reader thread: drains the ring into `backlog` until the program has ended and the ring
 /// is caught up (or holds a record that cannot be read), then closes the backlog.
 fn read_ring(ring: &Ring<'_>, backlog: &Backlog, doorbell: RawFd, program: i32, program_is_parent: bool) -> Ending {
-    let ending = read_until_end(ring, backlog, doorbell, program, program_is_parent, |_| {});
+    let ending = read_until_end(ring, backlog, doorbell, program, program_is_parent, true, |_| {});
     backlog.close();
     ending
 }
@@ -606,7 +599,7 @@ fn read_ring_applying(
     program_is_parent: bool,
     replies: &Path,
 ) -> Ending {
-    read_until_end(ring, backlog, doorbell, program, program_is_parent, |backlog| {
+    read_until_end(ring, backlog, doorbell, program, program_is_parent, false, |backlog| {
         while backlog.words() > 0 {
             if let Some(chunk) = backlog.pop() {
                 apply_chunk(ring, backlog, chunk, replies);
@@ -615,12 +608,16 @@ fn read_ring_applying(
     })
 }
 
+/// Drains the ring into `backlog` whenever the doorbell rings, the program ends, or (at each
+/// 2 ms poll) there is something to read: with `books_read_too`, only a ring half full, the
+/// books thread reading the rest itself.
 fn read_until_end(
     ring: &Ring<'_>,
     backlog: &Backlog,
     doorbell: RawFd,
     program: i32,
     program_is_parent: bool,
+    books_read_too: bool,
     mut after_read: impl FnMut(&Backlog),
 ) -> Ending {
     let mut ending = Ending::default();
@@ -640,14 +637,21 @@ fn read_until_end(
             }
             Drained::Caught(_) => {}
         }
-        ended = wait_for_records(doorbell, program, program_is_parent, &mut ending);
+        loop {
+            let (now_ended, rung) = wait_for_records(doorbell, program, program_is_parent, &mut ending);
+            ended = now_ended;
+            if ended || rung || !books_read_too || ring.pending_words() >= (ring.capacity() / 2) as u64 {
+                break;
+            }
+        }
     }
 }
 
 /// The books thread: applies the backlog's chunks in order until it is closed and empty,
-/// reading the ring itself whenever the backlog is empty. While it keeps up, the ring never gets
-/// half full and the reader sleeps: the program's records are copied once, on this thread,
-/// instead of handed between two threads that share a core with the program.
+/// reading the ring itself whenever the backlog is empty, and every TOP_UP_WORDS it applies.
+/// While it keeps up, the ring never gets half full and the reader sleeps: the program's records
+/// are copied once, on this thread, instead of handed between two threads that share a core
+/// with the program.
 fn keep_books(ring: &Ring<'_>, backlog: &Backlog, replies: &Path) {
     let mut pause = IDLE_PAUSES.start;
     loop {
@@ -675,22 +679,39 @@ fn keep_books(ring: &Ring<'_>, backlog: &Backlog, replies: &Path) {
 
 /// Words the books thread leaves in the ring rather than read (8 KiB, a 32nd of the default
 /// ring): read right behind the producers, the cache lines they are still writing went back and
-/// forth between the two cores for every record. The reader, woken by a request, a ring half
-/// full or its 2 ms poll, reads whatever there is.
+/// forth between the two cores for every record. The reader, woken by a request or a full ring,
+/// reads whatever there is.
 const MIN_READ_WORDS: u64 = 1024;
 
 /// How long the books thread waits on an empty ring, doubling from the first to the last while
 /// nothing comes: short enough that a busy program's ring is read well before it is half full,
-/// and at most the reader's own 2 ms poll when the program is idle. A request, or a ring half
-/// full, wakes it at once through the reader.
+/// and at most the reader's own 2 ms poll when the program is idle. A request, or a full ring,
+/// wakes it at once through the reader.
 const IDLE_PAUSES: std::ops::Range<std::time::Duration> =
     std::time::Duration::from_micros(50)..std::time::Duration::from_millis(2);
 
-/// Applies the records of `chunk` to the books, answering requests as they come.
+/// Words of records the books thread applies between looks at the ring (about 100 us of
+/// alloc-heavy's records; the ring holds about 1 ms of them).
+const TOP_UP_WORDS: usize = 4096;
+
+/// Applies the records of `chunk` to the books, answering requests as they come. Every
+/// TOP_UP_WORDS it looks at the ring (docs/design.md, "Who wakes the reader"), which then needs
+/// no reader: woken through the pipe, the reader took the program's CPU hundreds of times a
+/// second. A block table that the next TOP_UP_WORDS could make double is doubled first, with
+/// the same looks at the ring between its steps.
 fn apply_chunk(ring: &Ring<'_>, backlog: &Backlog, chunk: Chunk, replies: &Path) {
     let mut books = BOOKS.lock();
     let mut at = 0;
+    let mut next_look = 0;
     while let Some(&head) = chunk.get(at) {
+        if at >= next_look {
+            next_look = at + TOP_UP_WORDS;
+            // A record adds at most one block, and is at least two words long.
+            if books.ledger.table.due_to_grow(TOP_UP_WORDS / 2) {
+                books.ledger.table.grow_with(|| top_up(ring, backlog));
+            }
+            top_up(ring, backlog);
+        }
         let Some(words) = chunk.get(at..at + header_words(head).max(1)) else { break };
         apply(&mut books, words, |token, text| {
             let (partial, path) = (replies.join(format!("{token}.partial")), replies.join(token.to_string()));
@@ -704,6 +725,16 @@ fn apply_chunk(ring: &Ring<'_>, backlog: &Backlog, chunk: Chunk, replies: &Path)
     }
     drop(books);
     backlog.recycle(chunk);
+}
+
+/// Moves the ring's records into the backlog once it is a quarter full: well before the
+/// producers fill it, and not right behind them (MIN_READ_WORDS).
+fn top_up(ring: &Ring<'_>, backlog: &Backlog) {
+    if ring.pending_words() >= (ring.capacity() / 4) as u64 {
+        backlog.top_up(|chunk| {
+            ring.drain_into(CHUNK_WORDS, chunk);
+        });
+    }
 }
 
 /// The program this process is the parent of (0 if none).
@@ -737,10 +768,10 @@ fn forward_signals(program: i32) {
     }
 }
 
-/// Waits up to a few milliseconds for a wake-up; returns whether the program has ended. The
-/// doorbell reads end-of-file once the program closed it (at its end, or earlier: a daemon
-/// closes every descriptor), so the program's end is told by its pid.
-fn wait_for_records(doorbell: RawFd, program: i32, program_is_parent: bool, ending: &mut Ending) -> bool {
+/// Waits up to a few milliseconds for a wake-up; returns whether the program has ended, and
+/// whether the doorbell rang. The doorbell reads end-of-file once the program closed it (at its
+/// end, or earlier: a daemon closes every descriptor), so the program's end is told by its pid.
+fn wait_for_records(doorbell: RawFd, program: i32, program_is_parent: bool, ending: &mut Ending) -> (bool, bool) {
     let mut poll = libc::pollfd { fd: doorbell, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     let ready = unsafe { libc::poll(&mut poll, 1, 2) };
@@ -756,18 +787,18 @@ fn wait_for_records(doorbell: RawFd, program: i32, program_is_parent: bool, endi
     }
     if program_is_parent {
         // SAFETY: getppid has no preconditions.
-        return unsafe { libc::getppid() } != program;
+        return (unsafe { libc::getppid() } != program, ready > 0);
     }
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: polls our own child without blocking.
     if unsafe { libc::wait4(program, &mut status, libc::WNOHANG, &mut usage) } != program {
-        return false;
+        return (false, ready > 0);
     }
     let exited = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
     let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
     ending.waited = Some((exited, signal));
     ending.rss_peak = usage.ru_maxrss as u64 * 1024;
-    true
+    (true, ready > 0)
 }

@@ -7,7 +7,7 @@ use crate::rss;
 use memsleuth_core::causes::OsReading;
 use memsleuth_core::readings::{Residency, Schedule, BIG_BLOCK};
 use memsleuth_core::record::{alloc_words, free_words, line_words, Reading, Record, Words};
-use memsleuth_core::ring::{Pushed, Ring};
+use memsleuth_core::ring::Ring;
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -270,16 +270,6 @@ fn wait_for_room(tries: u32) -> bool {
 /// Tries on a full ring spent spinning before `make_room` is asked.
 const SPINS: u32 = 64;
 
-/// Appends `words` to this process's ring, waiting while it is full; the record that takes the
-/// ring past half full rings the sink's doorbell, so that the sink is draining before anyone
-/// has to wait for it.
-#[inline(always)]
-fn push(ring: &Ring<'_>, words: &[u64]) {
-    if ring.push(words, wait_for_room) == Pushed::HalfFull {
-        crate::sink::nudge();
-    }
-}
-
 impl Local {
     fn id(&self) -> u32 {
         match self.thread.get() {
@@ -302,7 +292,7 @@ impl Local {
         if let Some(ring) = ring() {
             let mut words = Words::new();
             record.encode_into(self.id(), &mut words);
-            push(ring, words.as_slice());
+            ring.push(words.as_slice(), wait_for_room);
         }
     }
 
@@ -321,7 +311,7 @@ impl Local {
             big_block_allocated(addr, size);
         }
         if let Some(ring) = ring() {
-            push(ring, &alloc_words(self.id(), addr as u64, size, raw));
+            ring.push(&alloc_words(self.id(), addr as u64, size, raw), wait_for_room);
         }
     }
 
@@ -334,7 +324,7 @@ impl Local {
         }
         self.note_free(addr);
         if let Some(ring) = ring() {
-            push(ring, &free_words(self.id(), addr as u64, raw));
+            ring.push(&free_words(self.id(), addr as u64, raw), wait_for_room);
         }
     }
 
@@ -538,7 +528,7 @@ pub fn line_event(code: usize, lineno: u32, int_obj: Option<usize>) -> u64 {
         me.top_lineno.set(lineno);
         match (reading, ring()) {
             (None, Some(ring)) => {
-                push(ring, &line_words(me.id(), code as u64, lineno));
+                ring.push(&line_words(me.id(), code as u64, lineno), wait_for_room);
             }
             (reading, _) => me.emit(Record::Line { code: code as u64, lineno, reading }),
         }

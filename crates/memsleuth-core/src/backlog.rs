@@ -6,10 +6,11 @@
 //! the backlog holds up to a bound, past which the reader waits and the ring fills as before.
 //!
 //! The ring has one consumer at a time: whoever holds `reading`. The books thread reads the ring
-//! itself whenever the backlog is empty (`next`), so that the reader is only needed while the
-//! books are busy; the reader adds what it read to the backlog before it lets go (`read_into`).
-//! Records therefore reach the books in the ring's order: what the books thread reads itself is
-//! newer than everything the backlog held when it took `reading`.
+//! itself whenever the backlog is empty (`next`), and adds to the backlog what it reads in the
+//! middle of a chunk (`top_up`), so that the reader is only needed while the books are stuck; the
+//! reader adds what it read to the backlog before it lets go (`read_into`). Records therefore
+//! reach the books in the ring's order: what is read is newer than everything the backlog held
+//! when `reading` was taken, and goes after it.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -82,6 +83,26 @@ impl Backlog {
         got
     }
 
+    /// The books thread's look at the ring in the middle of a chunk: `read` fills an empty chunk,
+    /// added to the backlog after those it holds, as the reader's are. Skipped (`read` is not
+    /// called) while the reader holds the ring, which it is draining then, or while the backlog
+    /// is at its bound, which only the books thread itself would bring down. Returns whether
+    /// `read` was called.
+    pub fn top_up(&self, read: impl FnOnce(&mut Chunk)) -> bool {
+        let _reading = match self.reading.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        if self.lock().words >= self.max_words {
+            return false;
+        }
+        let mut chunk = self.empty_chunk();
+        read(&mut chunk);
+        self.add(self.lock(), chunk);
+        true
+    }
+
     /// The books thread's next chunk: the backlog's oldest, or, when the backlog is empty and not
     /// closed, what `read` reads from the ring into an empty chunk (Idle if nothing). Never waits
     /// for a chunk; a reader adding one waits only for `read` to end.
@@ -126,12 +147,17 @@ impl Backlog {
     /// `max_words` or more; an empty chunk is kept for reuse.
     fn push(&self, chunk: Chunk) {
         let mut state = self.lock();
+        while !chunk.is_empty() && state.words >= self.max_words && !state.closed {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        self.add(state, chunk);
+    }
+
+    /// Adds `chunk` after the chunks held (an empty one is kept for reuse).
+    fn add(&self, mut state: MutexGuard<'_, State>, chunk: Chunk) {
         if chunk.is_empty() {
             state.spare.push(chunk);
             return;
-        }
-        while state.words >= self.max_words && !state.closed {
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         state.words += chunk.len();
         state.chunks.push_back(chunk);
@@ -270,5 +296,40 @@ mod tests {
             assert_eq!(backlog.next(|chunk| chunk.push(2)), Next::Chunk(vec![1]));
         });
         assert_eq!(backlog.next(|chunk| chunk.push(2)), Next::Chunk(vec![2]));
+    }
+
+    /// The books thread's top-up lands after what the backlog holds; it is skipped, without
+    /// waiting, while the reader holds the ring or the backlog is at its bound.
+    #[test]
+    fn a_top_up_comes_after_the_backlog_and_never_waits() {
+        let backlog = Backlog::new(4);
+        backlog.read_into(|chunk| chunk.push(1));
+        assert!(backlog.top_up(|chunk| chunk.push(2)));
+        assert!(backlog.top_up(|_| {}), "an empty read adds nothing");
+        assert_eq!(backlog.words(), 2);
+        assert!(backlog.top_up(|chunk| chunk.extend([3, 3])));
+        assert!(!backlog.top_up(|_| panic!("read at the bound")), "the backlog holds 4 words");
+        assert_eq!(backlog.pop(), Some(vec![1]));
+        let reading = AtomicBool::new(false);
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                backlog.read_into(|chunk| {
+                    reading.store(true, Ordering::SeqCst);
+                    while !done.load(Ordering::SeqCst) {
+                        std::thread::yield_now();
+                    }
+                    chunk.push(4);
+                })
+            });
+            while !reading.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            assert!(!backlog.top_up(|_| panic!("read while the reader holds the ring")));
+            done.store(true, Ordering::SeqCst);
+        });
+        for chunk in [vec![2], vec![3, 3], vec![4]] {
+            assert_eq!(backlog.next(|_| panic!("the ring read with chunks held")), Next::Chunk(chunk));
+        }
     }
 }

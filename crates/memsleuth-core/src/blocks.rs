@@ -37,18 +37,22 @@ const MIN_SLOTS: usize = 1 << 16;
 const MAX_LOAD_NUM: usize = 4;
 const MAX_LOAD_DEN: usize = 5;
 /// Dense heap ranges a table-span apart overlay each other and make long runs whatever the
-/// load. A placement probing this far doubles the span at the next insert, as long as the table
-/// stays at least a quarter full (so memory stays bounded at 4 slots per live block). Well above
+/// load. A placement probing this far doubles the span soon after (CROWDED_GRACE), as long as the
+/// table stays at least a quarter full (so memory stays bounded at 4 slots per live block). Well above
 /// the longest probe of scattered addresses at 80% load (a few dozen slots), but low enough to
 /// catch overlaid ranges early: at 256, a heap of 32-byte blocks spread over 54 MiB, folded over
 /// a 16 MiB span, ran at a mean displacement of 10 for hundreds of thousands of operations first.
 const CROWDED_PROBE: usize = 64;
+/// Inserts a crowded table takes before it doubles by itself: the sink, which looks at most every
+/// 2,048 inserts, doubles it first, with `grow_with`, keeping its ring drained meanwhile.
+const CROWDED_GRACE: usize = 4096;
 
 pub struct BlockTable {
     slots: Vec<Slot>,
     mask: usize,
     len: usize,
-    crowded: bool,
+    /// Inserts since a placement probed CROWDED_PROBE slots (None: none since the table grew).
+    crowded_for: Option<usize>,
     huge_sizes: std::collections::BTreeMap<usize, u64>,
 }
 
@@ -60,7 +64,13 @@ impl Default for BlockTable {
 
 impl BlockTable {
     pub const fn new() -> Self {
-        BlockTable { slots: Vec::new(), mask: 0, len: 0, crowded: false, huge_sizes: std::collections::BTreeMap::new() }
+        BlockTable {
+            slots: Vec::new(),
+            mask: 0,
+            len: 0,
+            crowded_for: None,
+            huge_sizes: std::collections::BTreeMap::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -109,9 +119,12 @@ impl BlockTable {
     #[inline]
     pub fn insert(&mut self, addr: usize, block: Block) -> Option<Block> {
         debug_assert!(addr != 0);
-        let full = (self.len + 1) * MAX_LOAD_DEN > self.slots.len() * MAX_LOAD_NUM;
-        if full || (self.crowded && self.len * 4 >= self.slots.len()) {
-            self.grow();
+        let crowded_long = self.crowded_for.is_some_and(|inserts| inserts >= CROWDED_GRACE);
+        if self.fills_within(1) || (crowded_long && self.quarter_full()) {
+            self.grow_with(|| {});
+        }
+        if let Some(inserts) = &mut self.crowded_for {
+            *inserts += 1;
         }
         let huge = block.size >= HUGE as u64;
         let entry = Slot { addr, size: if huge { HUGE } else { block.size as u32 }, birth: block.birth };
@@ -166,7 +179,7 @@ impl BlockTable {
             i = (i + 1) & self.mask;
             dist += 1;
             if dist == CROWDED_PROBE {
-                self.crowded = true;
+                self.crowded_for.get_or_insert(0);
             }
         }
     }
@@ -189,7 +202,7 @@ impl BlockTable {
         }
         *self.slot_mut(i) = entry;
         if self.displacement(end) >= CROWDED_PROBE {
-            self.crowded = true;
+            self.crowded_for.get_or_insert(0);
         }
     }
 
@@ -247,25 +260,56 @@ impl BlockTable {
         Some(removed)
     }
 
-    fn grow(&mut self) {
+    /// Whether `inserts` more blocks would make the table grow: past 4/5 full, or crowded while
+    /// at least a quarter full. The sink grows it ahead of the records it applies, with
+    /// `grow_with`, so that it can keep reading the ring while the entries move.
+    pub fn due_to_grow(&self, inserts: usize) -> bool {
+        self.fills_within(inserts) || (self.crowded_for.is_some() && self.quarter_full())
+    }
+
+    fn fills_within(&self, inserts: usize) -> bool {
+        (self.len + inserts) * MAX_LOAD_DEN > self.slots.len() * MAX_LOAD_NUM
+    }
+
+    fn quarter_full(&self) -> bool {
+        self.len * 4 >= self.slots.len()
+    }
+
+    /// Doubles the table, calling `between` after every GROW_STEP slots of the work (the new
+    /// table's pages made resident, then the old table's slots moved): doubling four million
+    /// entries takes tens of milliseconds, far longer than the program's ring lasts.
+    pub fn grow_with(&mut self, mut between: impl FnMut()) {
         let new_len = (self.slots.len() * 2).max(MIN_SLOTS);
         let old = std::mem::replace(&mut self.slots, empty_slots(new_len));
         // The zeroed slots may be fresh untouched pages; touch them all now, so the table is
         // resident from the start and the `profiler` cause is what it allocated.
         let base = self.slots.as_mut_ptr() as *mut u8;
-        for offset in (0..new_len * std::mem::size_of::<Slot>()).step_by(4096) {
+        let bytes = new_len * std::mem::size_of::<Slot>();
+        for (page, offset) in (0..bytes).step_by(PAGE).enumerate() {
             // SAFETY: `offset` lies inside the slots' allocation; a volatile write of the zero
             // already there changes nothing but makes the kernel back the page.
             unsafe { std::ptr::write_volatile(base.add(offset), 0) };
+            if (page + 1) % (GROW_STEP * std::mem::size_of::<Slot>() / PAGE) == 0 {
+                between();
+            }
         }
         self.mask = new_len - 1;
-        self.crowded = false;
-        for slot in old.into_iter().filter(|s| s.addr != 0) {
-            let placed = self.place(slot);
-            debug_assert!(placed.is_none(), "addresses in the old table are distinct");
+        self.crowded_for = None;
+        for (moved, slot) in old.into_iter().enumerate() {
+            if slot.addr != 0 {
+                let placed = self.place(slot);
+                debug_assert!(placed.is_none(), "addresses in the old table are distinct");
+            }
+            if (moved + 1) % GROW_STEP == 0 {
+                between();
+            }
         }
     }
 }
+
+const PAGE: usize = 4096;
+/// Slots of a doubling's work between two calls of its `between`: about 100 us here.
+const GROW_STEP: usize = 1 << 14;
 
 /// `n` empty slots from zeroed memory: an empty slot is all zero bytes, and a large zeroed
 /// allocation comes from fresh pages, where filling the slots one by one would write them all.
@@ -436,5 +480,57 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t.remove(0x1000), Some(block(16)));
         assert!(t.is_empty());
+    }
+
+    /// `due_to_grow` says true exactly before the insert that would double the table, and
+    /// `grow_with` doubles it ahead, calling `between` at every step of the work (the sink
+    /// reads its ring there), with every entry found again afterwards.
+    #[test]
+    fn growing_ahead_pauses_between_steps_and_keeps_every_entry() {
+        let mut t = BlockTable::new();
+        let addrs: Vec<usize> = (0..MIN_SLOTS * 4 / 5).map(|i| 0x5500_0000_0000 + (i << 4)).collect();
+        for (n, &addr) in addrs.iter().enumerate() {
+            assert_eq!(t.due_to_grow(1), n == 0, "an empty table grows; then there is room for entry {n}");
+            t.insert(addr, block(n as u64));
+        }
+        assert_eq!(t.footprint(), MIN_SLOTS * std::mem::size_of::<Slot>(), "not grown yet");
+        assert!(t.due_to_grow(1));
+        assert!(!t.due_to_grow(0));
+        let mut pauses = 0;
+        t.grow_with(|| pauses += 1);
+        assert_eq!(t.footprint(), 2 * MIN_SLOTS * std::mem::size_of::<Slot>());
+        // The new table's pages, then the old table's slots, GROW_STEP slots a pause.
+        assert_eq!(pauses, 2 * MIN_SLOTS / GROW_STEP + MIN_SLOTS / GROW_STEP);
+        assert!(!t.due_to_grow(1));
+        for (n, &addr) in addrs.iter().enumerate() {
+            assert_eq!(t.get(addr), Some(block(n as u64)), "{addr:#x}");
+        }
+        assert_eq!(t.len(), addrs.len());
+    }
+
+    /// A crowded table is due to grow at once, for the sink to double between its looks at the
+    /// ring, but doubles by itself only CROWDED_GRACE inserts later.
+    #[test]
+    fn a_crowded_table_doubles_by_itself_only_after_a_grace() {
+        let span = MIN_SLOTS << 4;
+        let mut t = BlockTable::new();
+        let dense = |i: usize| 0x7f00_0000_0000 + (i << 4);
+        for i in 0..MIN_SLOTS / 4 {
+            t.insert(dense(i), block(1));
+        }
+        assert!(!t.due_to_grow(1));
+        // Aliases of one home a table-span apart, past the dense run: the 65th probes 64 slots.
+        for k in 1..=CROWDED_PROBE + 1 {
+            t.insert(0x5500_0000_0000 + k * span, block(2));
+        }
+        assert!(t.due_to_grow(0), "crowded");
+        let small = MIN_SLOTS * std::mem::size_of::<Slot>();
+        for i in 0..CROWDED_GRACE - 1 {
+            t.insert(dense(MIN_SLOTS / 4 + i), block(3));
+        }
+        assert_eq!(t.footprint(), small, "not within the grace");
+        t.insert(dense(MIN_SLOTS / 4 + CROWDED_GRACE), block(3));
+        assert_eq!(t.footprint(), 2 * small, "doubled once the grace ran out");
+        assert!(!t.due_to_grow(1));
     }
 }

@@ -41,9 +41,6 @@ const RELEASE_EVERY: u64 = 512;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pushed {
     Written,
-    /// Written, and this record took the ring past half full: the consumer should be woken
-    /// now, before the producers have to wait for it.
-    HalfFull,
     /// Not written: the ring was full and `wait` gave up (or the record is too long).
     Dropped,
 }
@@ -108,23 +105,18 @@ impl<'a> Ring<'a> {
     #[inline]
     pub fn push(&self, words: &[u64], wait: impl FnMut(u32) -> bool) -> Pushed {
         match self.reserve(words.len(), wait) {
-            Some((at, half_full)) => {
+            Some(at) => {
                 self.commit(at, words);
-                if half_full {
-                    Pushed::HalfFull
-                } else {
-                    Pushed::Written
-                }
+                Pushed::Written
             }
             None => Pushed::Dropped,
         }
     }
 
-    /// Reserves `n` contiguous words; returns where the record goes, and whether this record
-    /// took the ring past half full. The common case, room without wrapping and no other producer
+    /// Reserves `n` contiguous words; returns where the record goes. The common case, room without wrapping and no other producer
     /// in the way, is inlined into each hook; the rest is `reserve_slowly`.
     #[inline(always)]
-    fn reserve(&self, n: usize, wait: impl FnMut(u32) -> bool) -> Option<(usize, bool)> {
+    fn reserve(&self, n: usize, wait: impl FnMut(u32) -> bool) -> Option<usize> {
         let capacity = self.capacity() as u64;
         let head = self.head().load(Ordering::Relaxed);
         let at = head as usize & self.mask;
@@ -137,7 +129,7 @@ impl<'a> Ring<'a> {
                     .compare_exchange_weak(head, head.wrapping_add(need), Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
-                return Some((at, pending < capacity / 2 && pending + need >= capacity / 2));
+                return Some(at);
             }
         }
         self.reserve_slowly(n, wait)
@@ -145,7 +137,7 @@ impl<'a> Ring<'a> {
 
     #[cold]
     #[inline(never)]
-    fn reserve_slowly(&self, n: usize, mut wait: impl FnMut(u32) -> bool) -> Option<(usize, bool)> {
+    fn reserve_slowly(&self, n: usize, mut wait: impl FnMut(u32) -> bool) -> Option<usize> {
         if n == 0 || n > self.capacity() / 2 {
             return None;
         }
@@ -172,12 +164,11 @@ impl<'a> Ring<'a> {
             {
                 continue;
             }
-            let half_full = pending < capacity / 2 && pending + need >= capacity / 2;
             if n > to_end {
                 self.data[at].store(PAD | (to_end as u64) << 32, Ordering::Release);
-                return Some((0, half_full));
+                return Some(0);
             }
-            return Some((at, half_full));
+            return Some(at);
         }
     }
 
@@ -343,20 +334,6 @@ mod tests {
     }
 
     #[test]
-    fn the_record_that_takes_the_ring_past_half_full_says_so_once() {
-        let mem = memory(64);
-        let ring = Ring::new(&mem).unwrap();
-        let words = record(1, 1).encode(1); // 3 words: the 11th takes it from 30 to 33 of 64
-        let pushed: Vec<Pushed> = (0..16).map(|_| ring.push(words.as_slice(), |_| false)).collect();
-        let half = pushed.iter().position(|p| *p == Pushed::HalfFull);
-        assert_eq!(half, Some(10));
-        assert_eq!(pushed.iter().filter(|p| **p == Pushed::HalfFull).count(), 1);
-        read_all(&ring);
-        let again = (0..11).map(|_| ring.push(words.as_slice(), |_| false)).filter(|p| *p == Pushed::HalfFull);
-        assert_eq!(again.count(), 1, "and again once it was drained");
-    }
-
-    #[test]
     fn a_long_drain_hands_back_room_as_it_reads() {
         // A producer waiting on a full ring gets room once a page of it is read, before the
         // drain ends.
@@ -398,7 +375,7 @@ mod tests {
         ring.push(record(1, 1).encode(1).as_slice(), |_| false);
         // Reserved, payload written, header never stored: the producer died here.
         let dying = record(2, 2).encode(2);
-        let (at, _) = ring.reserve(dying.as_slice().len(), |_| false).unwrap();
+        let at = ring.reserve(dying.as_slice().len(), |_| false).unwrap();
         ring.data[at + 1].store(dying.as_slice()[1], Ordering::Relaxed);
         // Another thread's record after it is written in full, but sits behind the gap.
         ring.push(record(3, 3).encode(3).as_slice(), |_| false);
