@@ -654,10 +654,15 @@ fn read_until_end(
 /// with the program.
 fn keep_books(ring: &Ring<'_>, backlog: &Backlog, replies: &Path) {
     let mut pause = IDLE_PAUSES.start;
+    let mut last_pending = 0;
     loop {
         let pending = ring.pending_words();
+        // Producers that wrote nothing since the last look have stopped: what they left is read,
+        // however little (the reader no longer reads it at its poll).
+        let settled = pending == last_pending;
+        last_pending = pending;
         match backlog.next(|chunk| {
-            if pending >= MIN_READ_WORDS {
+            if pending >= MIN_READ_WORDS || (settled && pending > 0) {
                 ring.drain_into(CHUNK_WORDS, chunk);
             }
         }) {
@@ -667,9 +672,9 @@ fn keep_books(ring: &Ring<'_>, backlog: &Backlog, replies: &Path) {
             }
             Next::Idle => {
                 backlog.wait(pause);
-                // Fewer records than it reads at once: look again soon. None (the program is
-                // idle), or none readable (a producer died mid-record): back off.
-                let coming = (1..MIN_READ_WORDS).contains(&pending);
+                // Fewer records than it reads at once, still coming: look again soon. None (the
+                // program is idle), or none readable (a producer died mid-record): back off.
+                let coming = pending > 0 && !settled;
                 pause = if coming { IDLE_PAUSES.start } else { (pause * 2).min(IDLE_PAUSES.end) };
             }
             Next::Closed => return,

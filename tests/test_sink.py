@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,40 @@ def test_a_forked_and_a_spawned_sink_leave_a_killed_programs_report_on_stderr(st
     assert proc.returncode == -9
     assert proc.stderr.startswith("memsleuth: INCOMPLETE REPORT: the program ended without finishing"), proc.stderr
     assert "running work at " in proc.stderr and "kept = [bytes(1000)" in proc.stderr, proc.stderr
+
+
+
+def _wakeups(pid):
+    """Voluntary context switches of every thread of process `pid` so far."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as status:
+            total += sum(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt"))
+    return total
+
+
+def test_the_sink_backs_off_while_the_program_is_idle(tmp_path):
+    """What a program leaves in the ring as it goes idle is read, and the sink then backs off to
+    its 2 ms pauses: it does not wake every 50 us for as long as the program sleeps with a few
+    records waiting (docs/design.md, "Who wakes the reader")."""
+    script = tmp_path / "idle.py"
+    script.write_text("import time\n"
+                      "@profile\n"
+                      "def idle():\n"
+                      "    kept = [bytearray(10) for _ in range(3)]\n"
+                      "    print('idle', flush=True)\n"
+                      "    time.sleep(1.0)\n"
+                      "    return kept\n"
+                      "idle()\n")
+    # Under `memsleuth run` the sink is the command's own process.
+    with subprocess.Popen([BIN, "run", "-q", script], stdout=subprocess.PIPE, text=True,
+                          env=_env(None)) as sink:
+        assert sink.stdout.readline() == "idle\n"
+        time.sleep(0.1)
+        before = _wakeups(sink.pid)
+        time.sleep(0.5)
+        woken = _wakeups(sink.pid) - before
+        assert sink.wait(timeout=60) == 0
+    # The books thread's 2 ms pause and the reader's 2 ms poll: about 500 in half a second.
+    # Looking again every 50 us while a few records stayed unread made about 5,000.
+    assert woken < 2000
