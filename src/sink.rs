@@ -600,7 +600,7 @@ fn read_ring_applying(
     replies: &Path,
 ) -> Ending {
     read_until_end(ring, backlog, doorbell, program, program_is_parent, false, |backlog| {
-        while backlog.words() > 0 {
+        while !backlog.is_empty() {
             if let Some(chunk) = backlog.pop() {
                 apply_chunk(ring, backlog, chunk, replies);
             }

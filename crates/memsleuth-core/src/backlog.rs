@@ -42,20 +42,30 @@ pub enum Next {
     Closed,
 }
 
+/// The bound is on memory: a chunk is counted by its capacity, which a reused chunk keeps from
+/// its largest fill (the books thread's top-ups are a fraction of that), held or spare.
 struct State {
     chunks: VecDeque<Chunk>,
-    words: usize,
+    /// Capacity of the chunks held.
+    held: usize,
     /// Emptied chunks, given back to the reader so that it does not allocate (and fault in)
-    /// fresh memory for each one.
+    /// fresh memory for each one, as many as fit under the bound beside the chunks held.
     spare: Vec<Chunk>,
+    spare_words: usize,
     closed: bool,
 }
 
 impl Backlog {
-    /// A backlog that holds up to `max_words` words before the reader waits.
+    /// A backlog whose chunks take up to `max_words` words of memory before the reader waits.
     pub fn new(max_words: usize) -> Self {
         Backlog {
-            state: Mutex::new(State { chunks: VecDeque::new(), words: 0, spare: Vec::new(), closed: false }),
+            state: Mutex::new(State {
+                chunks: VecDeque::new(),
+                held: 0,
+                spare: Vec::new(),
+                spare_words: 0,
+                closed: false,
+            }),
             changed: Condvar::new(),
             max_words,
             reading: Mutex::new(()),
@@ -69,7 +79,10 @@ impl Backlog {
 
     /// An empty chunk for the reader to fill, reused where one was given back.
     pub fn empty_chunk(&self) -> Chunk {
-        self.lock().spare.pop().unwrap_or_default()
+        let mut state = self.lock();
+        let chunk = state.spare.pop().unwrap_or_default();
+        state.spare_words -= chunk.capacity();
+        chunk
     }
 
     /// The reader's turn at the ring: `read` fills an empty chunk (whole records, in order), which
@@ -94,7 +107,7 @@ impl Backlog {
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return false,
         };
-        if self.lock().words >= self.max_words {
+        if self.lock().held >= self.max_words {
             return false;
         }
         let mut chunk = self.empty_chunk();
@@ -118,7 +131,7 @@ impl Backlog {
         let mut chunk = self.empty_chunk();
         read(&mut chunk);
         if chunk.is_empty() {
-            self.lock().spare.push(chunk);
+            self.recycle(chunk);
             return Next::Idle;
         }
         Next::Chunk(chunk)
@@ -128,7 +141,7 @@ impl Backlog {
     fn take_oldest(&self) -> Option<Next> {
         let mut state = self.lock();
         if let Some(chunk) = state.chunks.pop_front() {
-            state.words -= chunk.len();
+            state.held -= chunk.capacity();
             self.changed.notify_all();
             return Some(Next::Chunk(chunk));
         }
@@ -143,11 +156,11 @@ impl Backlog {
         }
     }
 
-    /// Adds `chunk` (the reader, holding `reading`), first waiting while the backlog holds
+    /// Adds `chunk` (the reader, holding `reading`), first waiting while the chunks held take
     /// `max_words` or more; an empty chunk is kept for reuse.
     fn push(&self, chunk: Chunk) {
         let mut state = self.lock();
-        while !chunk.is_empty() && state.words >= self.max_words && !state.closed {
+        while !chunk.is_empty() && state.held >= self.max_words && !state.closed {
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         self.add(state, chunk);
@@ -156,12 +169,21 @@ impl Backlog {
     /// Adds `chunk` after the chunks held (an empty one is kept for reuse).
     fn add(&self, mut state: MutexGuard<'_, State>, chunk: Chunk) {
         if chunk.is_empty() {
-            state.spare.push(chunk);
+            Self::keep_spare(&mut state, chunk, self.max_words);
             return;
         }
-        state.words += chunk.len();
+        state.held += chunk.capacity();
         state.chunks.push_back(chunk);
         self.changed.notify_all();
+    }
+
+    /// Keeps an emptied chunk for reuse if it fits under the bound beside the chunks held and
+    /// the spares; frees it otherwise.
+    fn keep_spare(state: &mut State, chunk: Chunk, max_words: usize) {
+        if state.held + state.spare_words + chunk.capacity() <= max_words {
+            state.spare_words += chunk.capacity();
+            state.spare.push(chunk);
+        }
     }
 
     /// The oldest chunk (the books thread), waiting for one; None once the backlog is closed
@@ -170,7 +192,7 @@ impl Backlog {
         let mut state = self.lock();
         loop {
             if let Some(chunk) = state.chunks.pop_front() {
-                state.words -= chunk.len();
+                state.held -= chunk.capacity();
                 self.changed.notify_all();
                 return Some(chunk);
             }
@@ -184,7 +206,7 @@ impl Backlog {
     /// Gives back a chunk the books thread applied.
     pub fn recycle(&self, mut chunk: Chunk) {
         chunk.clear();
-        self.lock().spare.push(chunk);
+        Self::keep_spare(&mut self.lock(), chunk, self.max_words);
     }
 
     /// No more chunks will come: `pop` returns those still held, then None.
@@ -193,9 +215,9 @@ impl Backlog {
         self.changed.notify_all();
     }
 
-    /// Words held now.
-    pub fn words(&self) -> usize {
-        self.lock().words
+    /// Whether no chunk is held now.
+    pub fn is_empty(&self) -> bool {
+        self.lock().chunks.is_empty()
     }
 }
 
@@ -212,8 +234,8 @@ mod tests {
             chunk.extend([n, n]);
             backlog.push(chunk);
         }
+        // An empty chunk is not held: the books never see it (`chunk[0]` below).
         backlog.push(Vec::new());
-        assert_eq!(backlog.words(), 6, "an empty chunk holds nothing");
         backlog.close();
         let mut seen = Vec::new();
         while let Some(chunk) = backlog.pop() {
@@ -298,17 +320,22 @@ mod tests {
         assert_eq!(backlog.next(|chunk| chunk.push(2)), Next::Chunk(vec![2]));
     }
 
+    fn chunk_of(capacity: usize, words: &[u64]) -> Chunk {
+        let mut chunk = Vec::with_capacity(capacity);
+        chunk.extend_from_slice(words);
+        chunk
+    }
+
     /// The books thread's top-up lands after what the backlog holds; it is skipped, without
     /// waiting, while the reader holds the ring or the backlog is at its bound.
     #[test]
     fn a_top_up_comes_after_the_backlog_and_never_waits() {
-        let backlog = Backlog::new(4);
-        backlog.read_into(|chunk| chunk.push(1));
-        assert!(backlog.top_up(|chunk| chunk.push(2)));
+        let backlog = Backlog::new(8);
+        backlog.read_into(|chunk| *chunk = chunk_of(4, &[1]));
+        assert!(backlog.top_up(|chunk| *chunk = chunk_of(2, &[2])));
         assert!(backlog.top_up(|_| {}), "an empty read adds nothing");
-        assert_eq!(backlog.words(), 2);
-        assert!(backlog.top_up(|chunk| chunk.extend([3, 3])));
-        assert!(!backlog.top_up(|_| panic!("read at the bound")), "the backlog holds 4 words");
+        assert!(backlog.top_up(|chunk| *chunk = chunk_of(2, &[3, 3])));
+        assert!(!backlog.top_up(|_| panic!("read at the bound")), "the chunks held take 8 words");
         assert_eq!(backlog.pop(), Some(vec![1]));
         let reading = AtomicBool::new(false);
         let done = AtomicBool::new(false);
@@ -331,5 +358,21 @@ mod tests {
         for chunk in [vec![2], vec![3, 3], vec![4]] {
             assert_eq!(backlog.next(|_| panic!("the ring read with chunks held")), Next::Chunk(chunk));
         }
+    }
+
+    /// The bound is on memory: a chunk counts by its capacity, and an applied chunk is kept for
+    /// reuse only while it fits under the bound beside the chunks held and the other spares.
+    #[test]
+    fn chunks_held_and_spare_stay_under_the_bound() {
+        let backlog = Backlog::new(8);
+        backlog.push(chunk_of(8, &[1]));
+        assert!(!backlog.top_up(|_| panic!("read at the bound")), "one word in a chunk of 8 fills 8");
+        let first = backlog.pop().unwrap();
+        backlog.push(chunk_of(8, &[2]));
+        backlog.recycle(first);
+        assert_eq!(backlog.empty_chunk().capacity(), 0, "no spare past the bound: freed");
+        let second = backlog.pop().unwrap();
+        backlog.recycle(second);
+        assert_eq!(backlog.empty_chunk().capacity(), 8, "kept for reuse under the bound");
     }
 }
