@@ -260,7 +260,7 @@ def _wakeups(pid):
 def test_the_sink_backs_off_while_the_program_is_idle(tmp_path):
     """What a program leaves in the ring as it goes idle is read, and the sink then backs off to
     its 2 ms pauses: it does not wake every 50 us for as long as the program sleeps with a few
-    records waiting (docs/design.md, "Who wakes the reader")."""
+    records waiting (docs/design.md, "What that moved")."""
     script = tmp_path / "idle.py"
     script.write_text("import time\n"
                       "@profile\n"

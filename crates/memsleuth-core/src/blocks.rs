@@ -308,7 +308,8 @@ impl BlockTable {
 }
 
 const PAGE: usize = 4096;
-/// Slots of a doubling's work between two calls of its `between`: about 100 us here.
+/// Slots of a doubling's work between two calls of its `between`: about 0.1 ms here (0.5 ms at
+/// most, measured at four million entries).
 const GROW_STEP: usize = 1 << 14;
 
 /// `n` empty slots from zeroed memory: an empty slot is all zero bytes, and a large zeroed
