@@ -578,8 +578,12 @@ pub fn render_function(f: &FunctionReport, precision: usize, min_bytes: u64) -> 
         out.push('\n');
     }
     // A teardown that moved nothing (most calls: their locals are small ints and borrowed
-    // objects) would be a row of zeros under every table; the JSON keeps it.
-    let moved = |g: &Figures| g.allocated_bytes != 0 || g.freed_bytes != 0 || g.rss_delta_bytes != 0;
+    // objects) would be a row of zeros under every table; the JSON keeps it. Nor does an RSS
+    // change too small to show at this precision (a page) make one: whether a page moved there
+    // is the machine's noise, and the row would read 0.0 MiB.
+    let shown = |bytes: i64| mib(bytes.unsigned_abs() as f64, precision) != mib(0.0, precision);
+    let moved =
+        |g: &Figures| g.allocated_bytes != 0 || g.freed_bytes != 0 || shown(g.rss_delta_bytes) || g.note.is_some();
     let teardown = f.teardown.as_ref().filter(|g| moved(g) && !below(g));
     if let Some(g) = teardown {
         out.push_str(figures_row("", g, TEARDOWN_ROW).trim_end());
@@ -910,6 +914,12 @@ mod tests {
         (quiet.allocated_bytes, quiet.freed_bytes, quiet.net_bytes, quiet.rss_delta_bytes) = (0, 0, 0, 0);
         f.teardown = Some(quiet.clone());
         assert!(!render_function(&f, 1, 0).contains(TEARDOWN_ROW));
+        // A page of RSS reads 0.0 MiB at one decimal, 0.0039 MiB at four.
+        quiet.rss_delta_bytes = -4096;
+        f.teardown = Some(quiet.clone());
+        assert!(!render_function(&f, 1, 0).contains(TEARDOWN_ROW));
+        assert!(render_function(&f, 4, 0).contains(TEARDOWN_ROW));
+        quiet.rss_delta_bytes = 0;
         quiet.freed_bytes = 64;
         f.teardown = Some(quiet);
         assert!(render_function(&f, 1, 0).contains(TEARDOWN_ROW));
