@@ -169,7 +169,7 @@ impl Backlog {
     /// Adds `chunk` after the chunks held (an empty one is kept for reuse).
     fn add(&self, mut state: MutexGuard<'_, State>, chunk: Chunk) {
         if chunk.is_empty() {
-            Self::keep_spare(&mut state, chunk, self.max_words);
+            self.keep_spare(&mut state, chunk);
             return;
         }
         state.held += chunk.capacity();
@@ -179,8 +179,8 @@ impl Backlog {
 
     /// Keeps an emptied chunk for reuse if it fits under the bound beside the chunks held and
     /// the spares; frees it otherwise.
-    fn keep_spare(state: &mut State, chunk: Chunk, max_words: usize) {
-        if state.held + state.spare_words + chunk.capacity() <= max_words {
+    fn keep_spare(&self, state: &mut State, chunk: Chunk) {
+        if state.held + state.spare_words + chunk.capacity() <= self.max_words {
             state.spare_words += chunk.capacity();
             state.spare.push(chunk);
         }
@@ -206,7 +206,7 @@ impl Backlog {
     /// Gives back a chunk the books thread applied.
     pub fn recycle(&self, mut chunk: Chunk) {
         chunk.clear();
-        Self::keep_spare(&mut self.lock(), chunk, self.max_words);
+        self.keep_spare(&mut self.lock(), chunk);
     }
 
     /// No more chunks will come: `pop` returns those still held, then None.

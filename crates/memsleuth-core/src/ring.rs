@@ -113,8 +113,9 @@ impl<'a> Ring<'a> {
         }
     }
 
-    /// Reserves `n` contiguous words; returns where the record goes. The common case, room without wrapping and no other producer
-    /// in the way, is inlined into each hook; the rest is `reserve_slowly`.
+    /// Reserves `n` contiguous words; returns where the record goes. The common case, room
+    /// without wrapping and no other producer in the way, is inlined into each hook; the rest is
+    /// `reserve_slowly`.
     #[inline(always)]
     fn reserve(&self, n: usize, wait: impl FnMut(u32) -> bool) -> Option<usize> {
         let capacity = self.capacity() as u64;
